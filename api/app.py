@@ -1,0 +1,54 @@
+"""create_app(settings): the FastAPI application of an API node (ingest + read API + /metrics)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api import errors
+from api.ingest import Ingestor
+from api.routes import groups, ingest, jobs
+from core import metrics
+from core.broker import ensure_consumer_group
+from core.runtime import Runtime
+from core.settings import Settings
+
+log = logging.getLogger("faultline.api")
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = app.state.runtime = runtime or Runtime.open(settings)
+        app.state.ingestor = Ingestor(rt)
+        try:
+            await ensure_consumer_group(rt.redis, rt.keys)
+            await rt.load_projects()
+        except Exception as exc:  # Redis down at start: serve 503s until it is back, do not crash-loop
+            log.warning("startup: %s", exc)
+        rt.spawn(rt.watch(), "watch")
+        rt.spawn(metrics.watch_loop_lag(), "loop-lag")
+        yield
+        await rt.close()
+
+    app = FastAPI(title="Faultline", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse)
+    errors.install(app)
+    app.include_router(ingest.router)
+    app.include_router(groups.router)
+    app.include_router(jobs.router)
+
+    Instrumentator(excluded_handlers=["/metrics", "/health.*"]).instrument(app)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint(_: Request) -> Response:
+        body, ctype = metrics.render()
+        return Response(body, media_type=ctype)
+
+    return app

@@ -1,0 +1,51 @@
+"""Annotated dependencies, so handlers read as what they need rather than how to get it."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from api.errors import ApiError
+from core.runtime import Runtime
+from core.settings import Settings
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.runtime.settings  # type: ignore[no-any-return]
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def project_id(runtime: RuntimeDep, x_faultline_key: Annotated[str | None, Header()] = None) -> int:
+    return await require_project(runtime, x_faultline_key)
+
+
+async def require_project(runtime: Runtime, key: str | None) -> int:
+    if not key:
+        raise ApiError(401, "missing_key", "send the project's ingest key in the X-Faultline-Key header")
+    pid = await runtime.lookup_project(key)
+    if pid is None:
+        raise ApiError(401, "invalid_key", "unknown ingest key")
+    return pid
+
+
+def admin(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    expected = runtime.settings.admin_token or ""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "missing_token", "send 'Authorization: Bearer <admin token>'",
+                       headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ApiError(401, "invalid_token", "invalid admin token", headers={"WWW-Authenticate": "Bearer"})
+
+
+ProjectId = Annotated[int, Depends(project_id)]
+Admin = Depends(admin)

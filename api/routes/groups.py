@@ -1,0 +1,102 @@
+"""Read API: GET /errors (filter, sort, cursor pagination) and GET /errors/{fingerprint}."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Query
+from sqlalchemy import and_, func, or_, select
+from starlette.responses import Response
+
+from api.deps import Admin, RuntimeDep
+from api.errors import ApiError, json_response
+from core import metrics
+from core.db.models import ErrorGroup, Sample
+from core.events import Level
+
+router = APIRouter(tags=["read"], dependencies=[Admin])
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def group_json(g: Any) -> dict[str, Any]:
+    return {
+        "fingerprint": g.fingerprint, "project_id": g.project_id, "message": g.message,
+        "error_type": g.error_type, "service": g.service, "level": g.level, "count": g.count,
+        "first_seen": iso(g.first_seen), "last_seen": iso(g.last_seen),
+    }
+
+
+def _encode_cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> list[Any]:
+    try:
+        values = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, orjson.JSONDecodeError, ValueError):
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from None
+    if not (isinstance(values, list) and len(values) == 2 and isinstance(values[1], str)
+            and isinstance(values[0], int | float)):
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned")
+    return values
+
+
+@router.get("/errors")
+async def list_groups(
+    runtime: RuntimeDep,
+    service: Annotated[str | None, Query(max_length=128)] = None,
+    level: Level | None = None,
+    project_id: int | None = None,
+    sort: Literal["count", "last_seen"] = "count",
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> Response:
+    # Keyset pagination on (sort key, fingerprint), descending: stable under concurrent inserts.
+    key = ErrorGroup.count if sort == "count" else func.coalesce(ErrorGroup.last_seen, 0.0)
+    stmt = select(ErrorGroup.__table__)
+    if service is not None:
+        stmt = stmt.where(ErrorGroup.service == service)
+    if level is not None:
+        stmt = stmt.where(ErrorGroup.level == level)
+    if project_id is not None:
+        stmt = stmt.where(ErrorGroup.project_id == project_id)
+    if cursor:
+        value, fp = _decode_cursor(cursor)
+        stmt = stmt.where(or_(key < value, and_(key == value, ErrorGroup.fingerprint < fp)))
+    stmt = stmt.order_by(key.desc(), ErrorGroup.fingerprint.desc()).limit(limit + 1)
+    with metrics.timed(metrics.DB_SECONDS, "list_groups"):
+        async with runtime.engine.connect() as conn:
+            rows = list(await conn.execute(stmt))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = None
+    if more and rows:
+        last = rows[-1]
+        next_cursor = _encode_cursor([last.count if sort == "count" else (last.last_seen or 0.0),
+                                      last.fingerprint])
+    return json_response(200, {"items": [group_json(g) for g in rows], "next_cursor": next_cursor})
+
+
+@router.get("/errors/{fingerprint}")
+async def get_group(fingerprint: str, runtime: RuntimeDep) -> Response:
+    if len(fingerprint) != 64 or any(c not in "0123456789abcdef" for c in fingerprint):
+        raise ApiError(422, "invalid_fingerprint", "a fingerprint is 64 lowercase hex digits")
+    with metrics.timed(metrics.DB_SECONDS, "get_group"):
+        async with runtime.engine.connect() as conn:
+            row = (await conn.execute(select(ErrorGroup.__table__).where(
+                ErrorGroup.fingerprint == fingerprint))).first()
+            samples = (await conn.execute(
+                select(Sample.payload).where(Sample.fingerprint == fingerprint)
+                .order_by(Sample.id.desc()).limit(runtime.settings.samples_per_group))).scalars().all()
+    if row is None:
+        raise ApiError(404, "not_found", "no error group with this fingerprint")
+    body = group_json(row)
+    body["samples"] = [orjson.loads(p) for p in samples]
+    return json_response(200, body)

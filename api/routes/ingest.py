@@ -1,0 +1,76 @@
+"""POST /errors/log and POST /errors/batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from api.body import parse_json, read_body, validate
+from api.deps import ProjectId, RuntimeDep
+from api.errors import ApiError, json_response, validation_details
+from api.ingest import Accepted, Ingestor, QueueFull
+from core.events import BatchIn, LogErrorIn
+
+router = APIRouter(tags=["ingest"])
+
+
+def _ingestor(request: Request) -> Ingestor:
+    return request.app.state.ingestor  # type: ignore[no-any-return]
+
+
+def _accepted(a: Accepted) -> dict[str, Any]:
+    body: dict[str, Any] = {"status": "queued", "fingerprint": a.fingerprint, "event_id": a.event_id}
+    if a.duplicate:
+        body["duplicate"] = True  # accepted, not counted again
+    return body
+
+
+async def _run(request: Request, project: int, items: list[LogErrorIn]) -> list[Accepted]:
+    try:
+        return await _ingestor(request).ingest(project, items)
+    except QueueFull as full:
+        raise ApiError(503, "backpressure", "ingest queue is full; retry later",
+                       {"queue_depth": full.depth}, headers={"Retry-After": "5"}) from None
+
+
+@router.post("/errors/log", status_code=202)
+async def log_error(request: Request, project: ProjectId, runtime: RuntimeDep) -> Response:
+    body = await read_body(request, runtime.settings.max_body_bytes)
+    item = validate(LogErrorIn, parse_json(body))
+    [accepted] = await _run(request, project, [item])
+    request.state.accepted = [accepted]
+    return json_response(202, _accepted(accepted))
+
+
+@router.post("/errors/batch", status_code=202)
+async def log_batch(request: Request, project: ProjectId, runtime: RuntimeDep) -> Response:
+    limit = runtime.settings.batch_max_events
+    body = await read_body(request, runtime.settings.max_body_bytes)
+    data = parse_json(body)
+    if isinstance(data, dict) and isinstance(data.get("events"), list) and len(data["events"]) > limit:
+        raise ApiError(413, "batch_too_large", f"batch has {len(data['events'])} events; the limit is {limit}")
+    batch = validate(BatchIn, data)
+    results: list[dict[str, Any] | None] = [None] * len(batch.events)
+    valid: list[tuple[int, LogErrorIn]] = []
+    for i, raw in enumerate(batch.events):
+        try:
+            valid.append((i, LogErrorIn.model_validate(raw)))
+        except ValidationError as exc:
+            results[i] = {"index": i, "status": "invalid",
+                          "errors": validation_details(exc.errors(include_url=False, include_input=False))}
+    accepted: list[Accepted] = []
+    if valid:
+        accepted = await _run(request, project, [item for _, item in valid])
+        for (i, _), acc in zip(valid, accepted, strict=True):
+            results[i] = {"index": i, **_accepted(acc)}
+    request.state.accepted = accepted
+    summary = {
+        "accepted": sum(not a.duplicate for a in accepted),
+        "duplicates": sum(a.duplicate for a in accepted),
+        "invalid": len(batch.events) - len(valid),
+        "results": results,
+    }
+    return json_response(202 if valid else 422, summary)

@@ -1,0 +1,110 @@
+"""The event model: what a client may send, and the internal event that travels to the workers.
+
+The internal `Event` already has the slots of a Sentry event (exception chain with frames, tags, release,
+environment), so Sentry ingest can fill it without a rewrite; the plain REST payload fills a subset.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+MAX_MESSAGE = 8192
+MAX_STACK = 65_536
+MAX_SERVICE = 128
+MAX_FINGERPRINT = 512
+MAX_CONTEXT_BYTES = 16_384
+MAX_TAGS = 50
+
+Level = Literal["debug", "info", "warning", "error", "fatal"]
+LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "fatal")
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+def normalize_event_id(value: str) -> str:
+    """Accept a UUID in any common spelling; return 32 lowercase hex digits (Sentry's form)."""
+    candidate = value.strip().lower().replace("-", "")
+    if _HEX32.match(candidate):
+        return candidate
+    try:
+        return uuid.UUID(value).hex
+    except ValueError:
+        raise ValueError("event_id must be a UUID (32 hex digits, dashes optional)") from None
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+class LogErrorIn(BaseModel):
+    """The seed's payload for POST /errors/log, with a size limit on every field."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    message: Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE)]
+    stack: Annotated[str, StringConstraints(max_length=MAX_STACK)] | None = None
+    service: Annotated[str, StringConstraints(min_length=1, max_length=MAX_SERVICE)] = "default"
+    level: Level = "error"
+    context: dict[str, Any] | None = None
+    fingerprint: Annotated[str, StringConstraints(min_length=1, max_length=MAX_FINGERPRINT)] | None = None
+    event_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+
+    @field_validator("event_id")
+    @classmethod
+    def _event_id(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_event_id(value)
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(orjson.dumps(value)) > MAX_CONTEXT_BYTES:
+            raise ValueError(f"context is larger than {MAX_CONTEXT_BYTES} bytes once serialised")
+        return value
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # The upper bound is checked against settings.batch_max_events by the route (configurable).
+    events: list[dict[str, Any]] = Field(min_length=1)
+
+
+class Frame(BaseModel):
+    filename: str | None = None
+    function: str | None = None
+    module: str | None = None
+    lineno: int | None = None
+    in_app: bool | None = None
+
+
+class ExceptionInfo(BaseModel):
+    type: str | None = None
+    value: str | None = None
+    module: str | None = None
+    frames: list[Frame] = Field(default_factory=list)
+
+
+class Event(BaseModel):
+    """One accepted event, as the API hands it to the workers (and, later, as Sentry ingest will)."""
+
+    event_id: str
+    project_id: int
+    fingerprint: str
+    received_at: float
+    message: str
+    level: Level = "error"
+    service: str = "default"
+    stack: str | None = None
+    context: dict[str, Any] | None = None
+    # Sentry-shaped slots: innermost exception last, as in Sentry's `exception.values`.
+    exception: list[ExceptionInfo] | None = None
+    tags: dict[str, str] | None = None
+    release: str | None = None
+    environment: str | None = None
+    platform: str | None = None
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(exclude_none=True))

@@ -1,0 +1,84 @@
+"""Every Redis key, stream and channel name Faultline uses, in one place.
+
+All keys of one stack share the `{prefix}` hash tag, so the multi-key Lua scripts also run on Redis Cluster
+(every key lands in the same slot).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "fl"
+
+    @property
+    def tag(self) -> str:
+        return "{" + self.prefix + "}"
+
+    # task stream read by the workers through the consumer group below
+    @property
+    def stream(self) -> str:
+        return f"{self.tag}:tasks"
+
+    consumer_group: str = "workers"
+
+    # event_id -> job state ("queued", "succeeded", ...). Doubles as the dedup marker.
+    def event(self, event_id: str) -> str:
+        return f"{self.tag}:ev:{event_id}"
+
+    # fingerprint -> delta not yet in the DB; renamed to flushing(batch) by the sync job
+    @property
+    def pending_counts(self) -> str:
+        return f"{self.tag}:counts:pending"
+
+    def flushing(self, batch_id: str) -> str:
+        return f"{self.tag}:counts:flushing:{batch_id}"
+
+    @property
+    def flushing_batches(self) -> str:
+        return f"{self.tag}:counts:flushing"
+
+    # fingerprint -> running total seen by Redis (fast view for the live feed; the DB holds the truth)
+    @property
+    def live_counts(self) -> str:
+        return f"{self.tag}:counts:live"
+
+    # ingest key -> project id
+    @property
+    def projects(self) -> str:
+        return f"{self.tag}:projects"
+
+    # delayed retries: sorted set scored by due time (ms), member = taskiq message
+    @property
+    def retries(self) -> str:
+        return f"{self.tag}:retries"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.tag}:dead"
+
+    def job(self, task_id: str) -> str:
+        return f"{self.tag}:job:{task_id}"
+
+    def sync_lock(self, bucket: int) -> str:
+        return f"{self.tag}:lock:sync:{bucket}"
+
+    @property
+    def sync_runs(self) -> str:
+        """bucket -> how many replicas ran that interval's sync (the lock makes it 1)"""
+        return f"{self.tag}:sync:runs"
+
+    def heartbeat(self, role: str, name: str) -> str:
+        return f"{self.tag}:hb:{role}:{name}"
+
+    def heartbeat_pattern(self, role: str) -> str:
+        return f"{self.tag}:hb:{role}:*"
+
+    def ratelimit(self, tier: str, client: str) -> str:
+        return f"{self.tag}:rl:{tier}:{client}"
+
+    @property
+    def socketio_channel(self) -> str:
+        return f"{self.prefix}-socketio"

@@ -1,0 +1,65 @@
+"""Prometheus metrics shared by every process, one histogram per layer as in the seed.
+
+Under gunicorn/several processes PROMETHEUS_MULTIPROC_DIR is set before this module is imported
+(faultline/ sets it), and /metrics aggregates the per-process files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+_FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+REDIS_SECONDS = Histogram("redis_operation_duration_seconds", "Redis call latency", ["op"], buckets=_FAST)
+DB_SECONDS = Histogram("db_operation_duration_seconds", "Database call latency", ["op"], buckets=_FAST)
+LOOP_LAG = Gauge("event_loop_lag_seconds", "How late the event loop ran a 0.25 s timer", ["process"],
+                 multiprocess_mode="liveall")
+QUEUE_DEPTH = Gauge("faultline_queue_depth", "Task stream entries not yet acknowledged",
+                    multiprocess_mode="livemax")
+RETRY_DEPTH = Gauge("faultline_retry_waiting", "Tasks waiting for a delayed retry", multiprocess_mode="livemax")
+DEAD_LETTERS = Gauge("faultline_dead_letters", "Tasks in the dead-letter list", multiprocess_mode="livemax")
+JOBS = Counter("faultline_jobs_total", "Task outcomes", ["outcome"])
+EVENTS = Counter("faultline_events_total", "Ingested events by outcome", ["outcome"])
+SYNC_SECONDS = Histogram("faultline_sync_duration_seconds", "Count sync duration")
+SYNCED_EVENTS = Counter("faultline_synced_events_total", "Event counts moved from Redis to the DB")
+
+
+@contextmanager
+def timed(hist: Histogram, op: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        hist.labels(op).observe(time.perf_counter() - start)
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+async def watch_loop_lag(interval: float = 0.25) -> None:
+    """Runs forever: the lateness of a timer is the time the loop was busy with something else."""
+    gauge = LOOP_LAG.labels(str(os.getpid()))
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(interval)
+        gauge.set(max(0.0, loop.time() - start - interval))

@@ -1,0 +1,29 @@
+"""The contract between the API and the workers: task names and message shapes.
+
+The API does not import taskiq to enqueue: its ingest script XADDs a message in taskiq's JSON wire format
+(`TaskiqMessage`) straight onto the stream, in the same atomic step that dedups and counts the event.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+
+PERSIST_EVENTS = "faultline.persist_events"
+ATTEMPT_LABEL = "attempt"
+
+
+def message_frame(task_id: str | None = None) -> tuple[str, str]:
+    """Head and tail of a persist_events message; the script puts the event JSON list between them."""
+    tid = task_id or uuid.uuid4().hex
+    head = (
+        '{"task_id":"' + tid + '","task_name":"' + PERSIST_EVENTS + '",'
+        '"labels":{},"labels_types":null,"args":[],"kwargs":{"events":['
+    )
+    return head, "]}}"
+
+
+def persist_message(events: list[dict[str, object]], task_id: str | None = None) -> bytes:
+    head, tail = message_frame(task_id)
+    return (head + ",".join(orjson.dumps(e).decode() for e in events) + tail).encode()

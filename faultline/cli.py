@@ -1,0 +1,222 @@
+"""`faultline` command: up, api, worker, scheduler, migrate, project, worker-check, dlq."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+
+from core.settings import DATA_DIR, get_settings
+
+
+def _logging() -> None:
+    logging.basicConfig(level=os.environ.get("FAULTLINE_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from faultline.stack import Stack, StackConfig
+
+    creds = load_credentials(DATA_DIR / "credentials.env")
+    admin = os.environ.get("FAULTLINE_ADMIN_TOKEN") or creds.get("FAULTLINE_ADMIN_TOKEN") or secrets.token_urlsafe(24)
+    key = os.environ.get("FAULTLINE_INGEST_KEY") or creds.get("FAULTLINE_INGEST_KEY") or secrets.token_urlsafe(24)
+    stack = Stack(StackConfig(base_dir=DATA_DIR.resolve(), nodes=args.nodes, port=args.port, workers=args.workers,
+                              db=args.db, admin_token=admin, ingest_key=key))
+    stopping = False
+
+    def _stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        stack.start()
+    except BaseException:
+        stack.stop()
+        raise
+    write_credentials(DATA_DIR / "credentials.env", {"FAULTLINE_ADMIN_TOKEN": stack.admin_token,
+                                                     "FAULTLINE_INGEST_KEY": stack.ingest_key})
+    print(f"\nFaultline is up on {stack.url}  ({args.nodes} API nodes, {args.workers} workers, db={args.db})")
+    print(f"  ingest key  : {stack.ingest_key}   (header X-Faultline-Key)")
+    print(f"  admin token : {stack.admin_token}   (Authorization: Bearer ...)")
+    print(f"  saved to {DATA_DIR / 'credentials.env'} (mode 0600). Ctrl-C stops everything.\n", flush=True)
+    while not stopping:
+        stack.supervise_once()
+        time.sleep(0.5)
+    print("stopping...", flush=True)
+    stack.stop()
+    print("stopped", flush=True)
+    return 0
+
+
+def load_credentials(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def write_credentials(path: Path, values: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.writelines(f"{k}={v}\n" for k, v in values.items())
+    os.chmod(path, 0o600)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    get_settings()  # refuse bad settings before forking workers
+    argv = [sys.executable, "-m", "gunicorn", "faultline.asgi:create()", "-c", "python:faultline.gunicorn_conf",
+            "-b", f"{args.host}:{args.port}", "-w", str(args.workers)]
+    os.execv(sys.executable, argv)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from core.heartbeat import default_name
+    from workers.main import run_worker
+
+    _logging()
+    asyncio.run(run_worker(get_settings(), args.name or default_name()))
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from core.heartbeat import default_name
+    from workers.scheduler import run_scheduler
+
+    _logging()
+    asyncio.run(run_scheduler(get_settings(), args.name or default_name()))
+    return 0
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from core.db.migrate import migrate
+
+    _logging()
+    asyncio.run(migrate(get_settings()))
+    print("schema is up to date")
+    return 0
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from core.db import repo
+    from core.db.engine import make_engine
+    from core.db.migrate import migrate
+    from core.keys import Keys
+    from core.redis import make_redis
+
+    async def create() -> tuple[int, str]:
+        settings = get_settings()
+        await migrate(settings)
+        engine = make_engine(settings)
+        async with engine.begin() as conn:
+            pid, key = await repo.ensure_project(conn, args.name, args.key or secrets.token_urlsafe(24))
+        await engine.dispose()
+        redis = make_redis(settings, timeout=5)
+        try:
+            await redis.hset(Keys(settings.key_prefix).projects, key, str(pid))
+        except Exception as exc:
+            print(f"warning: Redis not reachable ({exc}); nodes will load the key at start", file=sys.stderr)
+        finally:
+            await redis.aclose()
+        return pid, key
+
+    _, key = asyncio.run(create())
+    print(key)
+    return 0
+
+
+def cmd_worker_check(args: argparse.Namespace) -> int:
+    from core.heartbeat import default_name, is_alive
+    from core.keys import Keys
+    from core.redis import make_redis
+
+    async def check() -> bool:
+        settings = get_settings()
+        redis = make_redis(settings, timeout=2)
+        try:
+            return await is_alive(redis, Keys(settings.key_prefix), args.role, args.name or default_name())
+        except Exception:
+            return False
+        finally:
+            await redis.aclose()
+
+    alive = asyncio.run(check())
+    print("alive" if alive else "no heartbeat")
+    return 0 if alive else 1
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    import orjson
+
+    from core.keys import Keys
+    from core.redis import make_redis
+
+    async def run() -> int:
+        settings = get_settings()
+        keys = Keys(settings.key_prefix)
+        redis = make_redis(settings, timeout=5)
+        try:
+            if args.action == "list":
+                for raw in await redis.lrange(keys.dead_letters, 0, args.limit - 1):
+                    rec = orjson.loads(raw)
+                    print(f"{rec['task_id']}  attempts={rec['attempts']}  {rec['error']}")
+                return 0
+            moved = 0
+            while (raw := await redis.rpop(keys.dead_letters)) is not None:
+                rec = orjson.loads(raw)
+                msg = orjson.loads(rec["message"])
+                msg["labels"] = {}
+                await redis.xadd(keys.stream, {"data": orjson.dumps(msg)})
+                moved += 1
+            print(f"replayed {moved} tasks")
+            return 0
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="faultline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run the whole local stack in the foreground")
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--port", type=int, default=8080)
+    up.add_argument("--workers", type=int, default=2)
+    up.add_argument("--db", default="mariadb", help="sqlite | mariadb | a SQLAlchemy URL")
+    up.set_defaults(func=cmd_up)
+    api = sub.add_parser("api", help="run one API node (gunicorn + uvicorn workers)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=1)
+    api.set_defaults(func=cmd_api)
+    for name, func in (("worker", cmd_worker), ("scheduler", cmd_scheduler)):
+        p = sub.add_parser(name, help=f"run one {name} process")
+        p.add_argument("--name", default=None)
+        p.set_defaults(func=func)
+    sub.add_parser("migrate", help="create or upgrade the schema").set_defaults(func=cmd_migrate)
+    project = sub.add_parser("project", help="manage projects")
+    psub = project.add_subparsers(dest="action", required=True)
+    create = psub.add_parser("create", help="create a project and print its ingest key")
+    create.add_argument("name")
+    create.add_argument("--key", default=None)
+    create.set_defaults(func=cmd_project)
+    check = sub.add_parser("worker-check", help="exit 0 if the worker's heartbeat is fresh (exec probe)")
+    check.add_argument("--role", choices=["worker", "scheduler"], default="worker")
+    check.add_argument("--name", default=None)
+    check.set_defaults(func=cmd_worker_check)
+    dlq = sub.add_parser("dlq", help="dead-letter list")
+    dlq.add_argument("action", choices=["list", "replay"])
+    dlq.add_argument("--limit", type=int, default=50)
+    dlq.set_defaults(func=cmd_dlq)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)

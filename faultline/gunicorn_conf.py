@@ -1,0 +1,21 @@
+"""gunicorn settings for an API node (`faultline api`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+worker_class = "faultline.uvicorn_worker.Worker"
+# Above FAULTLINE_SHUTDOWN_TIMEOUT so the app's own drain sequence always finishes first.
+graceful_timeout = int(float(os.environ.get("FAULTLINE_SHUTDOWN_TIMEOUT", "25"))) + 3
+keepalive = 5
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("FAULTLINE_LOG_LEVEL", "info")
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,71 @@
+"""The scheduler: once per interval, sync counts to the DB and prune old rows.
+
+Any number of replicas may run. Each interval is a bucket of Redis server time (one clock for all);
+the replica that wins `SET NX` on the bucket's lock does the work, the others skip it. The sync is
+idempotent anyway (workers/sync.py), so the lock saves work rather than guarding correctness.
+SIGTERM waits for a sync in progress to finish, then exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from core import heartbeat, metrics
+from core.db.engine import make_engine
+from core.keys import Keys
+from core.redis import make_redis
+from core.settings import Settings
+from workers.sync import housekeeping, sync_counts
+
+log = logging.getLogger("faultline.scheduler")
+HOUSEKEEPING_EVERY = 10  # intervals
+
+
+async def run_scheduler(settings: Settings, name: str) -> None:
+    keys = Keys(settings.key_prefix)
+    redis = make_redis(settings, pool_size=8, timeout=5.0)
+    engine = make_engine(settings)
+    interval = settings.sync_interval
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    beat = asyncio.create_task(heartbeat.beat_forever(redis, keys, "scheduler", name))
+    lag = asyncio.create_task(metrics.watch_loop_lag())
+    log.info("scheduler %s: sync every %.1fs", name, interval)
+    while not stop.is_set():
+        wait = interval
+        try:
+            secs, micros = await redis.time()
+            now = secs + micros / 1e6
+            bucket = int(now // interval)
+            wait = (bucket + 1) * interval - now
+            if await redis.set(keys.sync_lock(bucket), name, nx=True, px=int(interval * 2000)):
+                # shield: a SIGTERM arriving mid-sync lets the sync finish (no half-done batch)
+                await asyncio.shield(_run_once(redis, engine, keys, settings, bucket, name))
+        except Exception as exc:
+            log.warning("sync failed, retrying next interval: %s", exc)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=max(0.01, wait))
+        except TimeoutError:
+            pass
+    beat.cancel()
+    lag.cancel()
+    await heartbeat.stop(redis, keys, "scheduler", name)
+    await redis.aclose()
+    await engine.dispose()
+    log.info("scheduler %s stopped", name)
+
+
+async def _run_once(redis: object, engine: object, keys: Keys, settings: Settings, bucket: int, name: str) -> None:
+    added = await sync_counts(redis, engine, keys)  # type: ignore[arg-type]
+    runs = keys.sync_runs
+    pipe = redis.pipeline(transaction=False)  # type: ignore[attr-defined]
+    pipe.hincrby(runs, str(bucket), 1)
+    pipe.expire(runs, 3600)
+    await pipe.execute()
+    if bucket % HOUSEKEEPING_EVERY == 0:
+        await housekeeping(engine, settings.samples_per_group)  # type: ignore[arg-type]
+    log.debug("sync bucket %d by %s: %d events", bucket, name, added)

@@ -1,0 +1,20 @@
+"""Task bodies. The API enqueues by name (core.tasks); this module is the only place they run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskiq import AsyncBroker
+
+from core.events import Event
+from core.tasks import PERSIST_EVENTS
+from workers.writer import BatchWriter
+
+
+def register(broker: AsyncBroker, writer: BatchWriter) -> None:
+    @broker.task(task_name=PERSIST_EVENTS)
+    async def persist_events(events: list[dict[str, Any]]) -> int:
+        # Validation errors make this a poison task: retried, then dead-lettered with the reason.
+        parsed = [Event.model_validate(e) for e in events]
+        await writer.submit(parsed)
+        return len(parsed)
