@@ -11,6 +11,7 @@ graceful_timeout = int(float(os.environ.get("FAULTLINE_SHUTDOWN_TIMEOUT", "25"))
 keepalive = 5
 accesslog = None
 errorlog = "-"
+control_socket_disable = True
 loglevel = os.environ.get("FAULTLINE_LOG_LEVEL", "info")
 
 

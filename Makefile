@@ -1,0 +1,48 @@
+# One entry point. `make up` and `make test` do the whole set-up on a fresh Debian machine.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | md5sum | cut -c1-8)
+
+.PHONY: up test lint typecheck unit bench loadtest system venv node clean
+
+up: system venv node
+	$(VENV)/bin/faultline up $(ARGS)
+
+test: system venv node lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+system:
+	@bash deploy/install-system-deps.sh
+
+venv: $(STAMP)
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-*; touch $@
+
+# The dashboard's Socket.IO client comes from the npm registry at set-up time (not kept in the repo).
+node: realtime/static/vendor/socket.io.min.js
+realtime/static/vendor/socket.io.min.js: package.json
+	npm install --no-audit --no-fund --silent
+	mkdir -p realtime/static/vendor
+	cp node_modules/socket.io-client/dist/socket.io.min.js $@
+
+bench: system venv
+	$(PY) -m loadtest.bench $(ARGS)
+
+loadtest: system venv
+	$(PY) -m loadtest.run $(SCENARIO) $(ARGS)
+
+lock:
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev -o requirements.lock
+
+clean:
+	rm -rf .faultline test-artifacts .pytest_cache .mypy_cache .ruff_cache
