@@ -5,6 +5,7 @@ No SQL here. The script (core/scripts/ingest.lua) also sheds load when the queue
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -32,6 +33,10 @@ class QueueFull(Exception):
         self.depth = depth
 
 
+def derived_event_id(edge_id: str, index: int) -> str:
+    return hashlib.blake2b(f"{edge_id}:{index}".encode(), digest_size=16).hexdigest()
+
+
 def fingerprint_of(project_id: int, item: LogErrorIn) -> str:
     if item.fingerprint:
         return client_fingerprint(project_id, item.fingerprint)
@@ -44,15 +49,17 @@ class Ingestor:
         self.keys = runtime.keys
         self.script = load_script(runtime.redis, "ingest")
 
-    async def ingest(self, project_id: int, items: list[LogErrorIn]) -> list[Accepted]:
+    async def ingest(self, project_id: int, items: list[LogErrorIn], edge_id: str | None = None) -> list[Accepted]:
+        """`edge_id`: the load balancer's id of this request, the same when it retries the request on
+        another node; events without an event_id get one derived from it, so a retry counts nothing twice."""
         settings = self.runtime.settings
         now = time.time()
         head, tail = message_frame()
         keys = [self.keys.stream, self.keys.pending_counts, self.keys.live_counts]
         args: list[str | bytes | int] = [settings.dedup_ttl, settings.queue_soft_limit, head, tail]
         out: list[Accepted] = []
-        for item in items:
-            event_id = item.event_id or new_event_id()
+        for index, item in enumerate(items):
+            event_id = item.event_id or (derived_event_id(edge_id, index) if edge_id else new_event_id())
             fp = fingerprint_of(project_id, item)
             event = {"event_id": event_id, "project_id": project_id, "fingerprint": fp, "received_at": now,
                      "message": item.message, "level": item.level, "service": item.service}

@@ -18,6 +18,8 @@ from core.settings import DATA_DIR, get_settings
 def _logging() -> None:
     logging.basicConfig(level=os.environ.get("FAULTLINE_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    # taskiq logs every task at INFO: thousands of lines a second under load.
+    logging.getLogger("taskiq").setLevel(logging.WARNING)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

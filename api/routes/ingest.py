@@ -30,7 +30,10 @@ def _accepted(a: Accepted) -> dict[str, Any]:
 
 async def _run(request: Request, project: int, items: list[LogErrorIn]) -> list[Accepted]:
     try:
-        return await _ingestor(request).ingest(project, items)
+        edge_id = request.headers.get("x-edge-request-id")
+        if edge_id is not None and not (0 < len(edge_id) <= 64 and edge_id.isalnum()):
+            edge_id = None
+        return await _ingestor(request).ingest(project, items, edge_id)
     except QueueFull as full:
         raise ApiError(503, "backpressure", "ingest queue is full; retry later",
                        {"queue_depth": full.depth}, headers={"Retry-After": "5"}) from None
