@@ -20,6 +20,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 
 _FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -36,6 +37,12 @@ JOBS = Counter("faultline_jobs_total", "Task outcomes", ["outcome"])
 EVENTS = Counter("faultline_events_total", "Ingested events by outcome", ["outcome"])
 SYNC_SECONDS = Histogram("faultline_sync_duration_seconds", "Count sync duration")
 SYNCED_EVENTS = Counter("faultline_synced_events_total", "Event counts moved from Redis to the DB")
+# Under gunicorn's multiprocess mode the default process_* collector is not aggregated, so every process
+# reports its own RSS here (read once a second by watch_loop_lag) for the "memory per process" panel.
+PROCESS_RSS = Gauge("faultline_process_resident_memory_bytes", "Resident memory of this process", ["process"],
+                    multiprocess_mode="liveall")
+QUEUE_AGE = Gauge("faultline_queue_oldest_age_seconds", "Age of the oldest unacknowledged task",
+                  multiprocess_mode="livemax")
 
 
 @contextmanager
@@ -55,11 +62,30 @@ def render() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
+def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
+    """Workers and schedulers serve no HTTP: expose their /metrics on a side port for Prometheus."""
+    if not port:
+        return
+    registry = None
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, addr=host, **({"registry": registry} if registry else {}))
+
+
 async def watch_loop_lag(interval: float = 0.25) -> None:
     """Runs forever: the lateness of a timer is the time the loop was busy with something else."""
+    import psutil
+
     gauge = LOOP_LAG.labels(str(os.getpid()))
+    rss = PROCESS_RSS.labels(str(os.getpid()))
+    proc = psutil.Process()
     loop = asyncio.get_running_loop()
+    tick = 0
     while True:
+        if tick % 4 == 0:  # RSS once a second: ~20 us of psutil per read
+            rss.set(proc.memory_info().rss)
+        tick += 1
         start = loop.time()
         await asyncio.sleep(interval)
         gauge.set(max(0.0, loop.time() - start - interval))

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     write_batch_size: int = 500
     write_batch_delay: float = 0.05
 
+    # Workers and schedulers serve their /metrics on this port when set (API nodes use their HTTP port).
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+
     drain_delay: float = 5.0
     shutdown_timeout: float = 25.0
 

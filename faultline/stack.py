@@ -52,6 +52,7 @@ class Stack:
         self.node_ports: dict[str, int] = {}
         self.workers: list[Child] = []
         self.schedulers: list[Child] = []
+        self.metrics_ports: dict[str, int] = {}  # worker/scheduler name -> its /metrics port (Prometheus)
         self._serial = 0
         self.admin_token = config.admin_token or secrets.token_urlsafe(24)
         self.ingest_key = config.ingest_key or secrets.token_urlsafe(24)
@@ -71,7 +72,7 @@ class Stack:
         for _ in range(self.cfg.workers):
             self.start_worker()
         for i in range(self.cfg.schedulers):
-            self.schedulers.append(self._child(f"scheduler-{i + 1}", ["scheduler"]).start())
+            self.schedulers.append(self._metered_child(f"scheduler-{i + 1}", ["scheduler"]).start())
         for node in self.nodes:
             self.wait_ready(self.node_ports[node.name])
         return self
@@ -133,9 +134,13 @@ class Stack:
         self.node_ports[name] = port
         return child
 
+    def _metered_child(self, name: str, args: list[str]) -> Child:
+        port = self.metrics_ports[name] = free_port()
+        return self._child(name, args, FAULTLINE_METRICS_PORT=str(port))
+
     def start_worker(self) -> Child:
         self._serial += 1
-        child = self._child(f"worker-{self._serial}", ["worker"]).start()
+        child = self._metered_child(f"worker-{self._serial}", ["worker"]).start()
         self.workers.append(child)
         return child
 

@@ -34,10 +34,21 @@ async def _pump_forever(settings: Settings, keys: Keys, redis: object) -> None:
             metrics.QUEUE_DEPTH.set(depth)
             metrics.RETRY_DEPTH.set(await redis.zcard(keys.retries))  # type: ignore[attr-defined]
             metrics.DEAD_LETTERS.set(await redis.llen(keys.dead_letters))  # type: ignore[attr-defined]
+            metrics.QUEUE_AGE.set(await _oldest_age(redis, keys))
         except Exception as exc:
             log.warning("retry pump: %s", exc)
             moved = 0
         await asyncio.sleep(0.05 if moved else 0.2)
+
+
+async def _oldest_age(redis: object, keys: Keys) -> float:
+    """Seconds since the oldest unacked task was enqueued (stream ids are Redis-clock milliseconds)."""
+    first = await redis.xrange(keys.stream, count=1)  # type: ignore[attr-defined]
+    if not first:
+        return 0.0
+    secs, micros = await redis.time()  # type: ignore[attr-defined]
+    enqueued_ms = int(first[0][0].split(b"-")[0])
+    return max(0.0, secs + micros / 1e6 - enqueued_ms / 1000)
 
 
 async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | None = None) -> None:
@@ -55,6 +66,7 @@ async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, finish.set)
 
+    metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
     await broker.startup()
     writer.start()
     background = [

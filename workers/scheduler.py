@@ -32,6 +32,7 @@ async def run_scheduler(settings: Settings, name: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
     beat = asyncio.create_task(heartbeat.beat_forever(redis, keys, "scheduler", name))
     lag = asyncio.create_task(metrics.watch_loop_lag())
     log.info("scheduler %s: sync every %.1fs", name, interval)
