@@ -66,11 +66,12 @@ def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
     """Workers and schedulers serve no HTTP: expose their /metrics on a side port for Prometheus."""
     if not port:
         return
-    registry = None
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    start_http_server(port, addr=host, **({"registry": registry} if registry else {}))
+        start_http_server(port, addr=host, registry=registry)
+    else:
+        start_http_server(port, addr=host)
 
 
 async def watch_loop_lag(interval: float = 0.25) -> None:
