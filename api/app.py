@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -23,10 +23,16 @@ from core.settings import Settings
 log = logging.getLogger("faultline.api")
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+def create_app(settings: Settings, runtime: Runtime | None = None,
+               on_runtime: Callable[[Runtime], None] | None = None) -> FastAPI:
+    """on_runtime: called with the process's Runtime once it exists (the composition root registers its
+    drain/flush hooks there)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = app.state.runtime = runtime or Runtime.open(settings)
+        if on_runtime is not None:
+            on_runtime(rt)
         app.state.ingestor = Ingestor(rt)
         try:
             await ensure_consumer_group(rt.redis, rt.keys)

@@ -75,8 +75,20 @@ class Settings(BaseSettings):
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
 
+    # SIGTERM sequence of an API node (faultline/uvicorn_worker.py): readiness turns 503 at once, the node
+    # keeps serving for drain_delay (5 s: a load balancer polling readiness every 2 s with 2 failures
+    # notices in 4 s), then stops accepting, finishes in-flight requests and closes, all within
+    # shutdown_timeout (25 s, below Kubernetes' default 30 s grace period).
     drain_delay: float = 5.0
     shutdown_timeout: float = 25.0
+    # Liveness fails above this resident set size (MB) so the orchestrator restarts a leaking process;
+    # keep it below the container's memory limit (deploy/k8s: 512 Mi) so we restart before the OOM killer.
+    memory_limit_mb: int = 450
+    # Liveness fails when the event loop takes longer than this to run a callback: 5 s means stuck,
+    # not busy (under saturation the loop lags ~0.1 s, docs/performance-floor).
+    liveness_max_lag: float = 5.0
+    # Reported (not required) by readiness: disk used above this fraction of the data volume.
+    disk_max_used: float = 0.9
 
     @property
     def resolved_database_url(self) -> str:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from api.app import create_app
+from core.runtime import Runtime, ShutdownHook
 from core.settings import Settings, get_settings
 from health import probes
 
 
-def create(settings: Settings | None = None) -> Any:
+def create(settings: Settings | None = None, drain_hooks: Sequence[ShutdownHook] = (),
+           flush_hooks: Sequence[ShutdownHook] = ()) -> Any:
+    """drain_hooks run on SIGTERM once the listener is closed, before open connections are (e.g. tell
+    Socket.IO clients to reconnect to another node); flush_hooks run before the Redis and DB pools close.
+    Both are how the pieces this module wires together join the drain without importing each other."""
     settings = settings or get_settings()
-    app = create_app(settings)
+
+    def wire(rt: Runtime) -> None:
+        rt.drain_hooks.extend(drain_hooks)
+        rt.flush_hooks.extend(flush_hooks)
+
+    app = create_app(settings, on_runtime=wire)
     app.include_router(probes.router)
     return app

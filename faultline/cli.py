@@ -1,4 +1,4 @@
-"""`faultline` command: up, api, worker, scheduler, migrate, project, worker-check, dlq."""
+"""`faultline` command: up, rollout, api, worker, scheduler, migrate, project, worker-check, dlq."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def _logging() -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from faultline import rollout
     from faultline.stack import Stack, StackConfig
 
     creds = load_credentials(DATA_DIR / "credentials.env")
@@ -30,14 +31,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     key = os.environ.get("FAULTLINE_INGEST_KEY") or creds.get("FAULTLINE_INGEST_KEY") or secrets.token_urlsafe(24)
     stack = Stack(StackConfig(base_dir=DATA_DIR.resolve(), nodes=args.nodes, port=args.port, workers=args.workers,
                               db=args.db, admin_token=admin, ingest_key=key))
-    stopping = False
+    stopping = rollout_wanted = False
 
     def _stop(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
 
+    def _rollout(signum: int, _frame: object) -> None:  # SIGHUP, sent by `faultline rollout`
+        nonlocal rollout_wanted
+        rollout_wanted = True
+
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _rollout)
     try:
         stack.start()
     except BaseException:
@@ -49,8 +55,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"  ingest key  : {stack.ingest_key}   (header X-Faultline-Key)")
     print(f"  admin token : {stack.admin_token}   (Authorization: Bearer ...)")
     print(f"  saved to {DATA_DIR / 'credentials.env'} (mode 0600). Ctrl-C stops everything.\n", flush=True)
+    rollout.write_pid(DATA_DIR)
     while not stopping:
         stack.supervise_once()
+        if rollout_wanted:
+            rollout_wanted = False
+            rollout.run_requested(stack, DATA_DIR)
         time.sleep(0.5)
     print("stopping...", flush=True)
     stack.stop()
@@ -71,6 +81,16 @@ def write_credentials(path: Path, values: dict[str, str]) -> None:
     with os.fdopen(fd, "w") as f:
         f.writelines(f"{k}={v}\n" for k, v in values.items())
     os.chmod(path, 0o600)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    import json
+
+    from faultline.rollout import request_rollout
+
+    outcome = request_rollout(DATA_DIR, args.timeout)
+    print(json.dumps(outcome, indent=2))
+    return 0 if outcome.get("ok") else 1
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -196,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--workers", type=int, default=2)
     up.add_argument("--db", default="mariadb", help="sqlite | mariadb | a SQLAlchemy URL")
     up.set_defaults(func=cmd_up)
+    roll = sub.add_parser("rollout", help="rolling restart of the running `faultline up` (maxSurge 1, "
+                                          "maxUnavailable 0)")
+    roll.add_argument("--timeout", type=float, default=600.0)
+    roll.set_defaults(func=cmd_rollout)
     api = sub.add_parser("api", help="run one API node (gunicorn + uvicorn workers)")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
