@@ -14,6 +14,8 @@ from starlette.responses import Response
 
 from api import errors
 from api.ingest import Ingestor
+from api.ratelimit import rate_limiting
+from api.requestid import RequestIdMiddleware
 from api.routes import groups, ingest, jobs
 from core import metrics
 from core.broker import ensure_consumer_group
@@ -34,6 +36,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
         if on_runtime is not None:
             on_runtime(rt)
         app.state.ingestor = Ingestor(rt)
+        if limits is not None:
+            limits.start(rt)
         try:
             await ensure_consumer_group(rt.redis, rt.keys)
             await rt.load_projects()
@@ -49,8 +53,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
     app.include_router(ingest.router)
     app.include_router(groups.router)
     app.include_router(jobs.router)
+    # Inside the metrics middleware (a 429 is counted like any response), before routing (a refused request
+    # costs one limiter call, nothing else). None when FAULTLINE_RATE_LIMIT_ENABLED=false: zero cost.
+    limits = rate_limiting(app, settings)
 
     Instrumentator(excluded_handlers=["/metrics", "/health.*"]).instrument(app)
+    app.add_middleware(RequestIdMiddleware)  # outermost of ours: every answer carries and logs the id
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint(_: Request) -> Response:

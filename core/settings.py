@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.ratelimit.proxies import parse_cidrs
+from core.ratelimit.tiers import DEFAULT_ROUTES, DEFAULT_TIERS, validate_config
+
 DEV_ADMIN_TOKEN = "dev-admin-token"
 DEV_INGEST_KEY = "dev-ingest-key"
 DATA_DIR = Path(".faultline")
@@ -45,6 +48,19 @@ class Settings(BaseSettings):
     # Limits on what a client may send; nginx's client_max_body_size is rendered from max_body_bytes.
     max_body_bytes: int = 1_048_576
     batch_max_events: int = 1000
+
+    # Rate limiting (core/ratelimit/, api/ratelimit.py), per client = ingest key when known, else client IP.
+    # Tiers "name:limit/window" (the seed's defaults); route rules "METHOD /path=tiers|off" separated by ";".
+    # Both are parsed at start-up: a bad value stops the process with a message naming the bad part.
+    rate_limit_enabled: bool = True
+    rate_limits: str = DEFAULT_TIERS
+    rate_limit_routes: str = DEFAULT_ROUTES
+    # redis: exact across nodes (one Lua call per request); memory: a single node without Redis.
+    rate_limit_backend: Literal["redis", "memory"] = "redis"
+    # Redis unreachable: refuse with a fast 503 (default) rather than let unlimited traffic through.
+    rate_limit_fail_open: bool = False
+    # X-Forwarded-For / X-Real-IP are believed only from these peers (nginx on the same host by default).
+    trusted_proxies: str = "127.0.0.1/32,::1/128"
 
     # A repeated event_id inside this window is accepted but not counted. 900 s covers client retries;
     # at 1,000 events/s it costs ~0.9 M small keys (~80 MB) in Redis.
@@ -95,6 +111,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(DATA_DIR / 'faultline.db').resolve()}"
+
+    @model_validator(mode="after")
+    def _rate_limits(self) -> Settings:
+        validate_config(self.rate_limits, self.rate_limit_routes)
+        parse_cidrs(self.trusted_proxies)
+        return self
 
     @model_validator(mode="after")
     def _secrets(self) -> Settings:

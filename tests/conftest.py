@@ -60,8 +60,10 @@ def make_settings(redis_server: RedisServer, sqlite_url: str) -> Callable[..., S
     prefix = f"t{uuid.uuid4().hex[:8]}"
 
     def make(**overrides: Any) -> Settings:
+        # Rate limiting off unless a test asks for it: tests send thousands of requests with one key, and
+        # the default tiers (10/s per client) would refuse them (tests/*/test_ratelimit* turn it on).
         values: dict[str, Any] = {"redis_url": redis_server.url, "database_url": sqlite_url, "key_prefix": prefix,
-                                  "admin_token": "test-admin-token"}
+                                  "admin_token": "test-admin-token", "rate_limit_enabled": False}
         values.update(overrides)
         return Settings(**values)
 
@@ -85,6 +87,8 @@ def stack_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Ca
     def make(**kwargs: Any) -> Stack:
         kwargs.setdefault("port", 0)
         kwargs.setdefault("db", "sqlite")
+        # Rate limiting off unless the test sets FAULTLINE_RATE_LIMIT_ENABLED in env (see make_settings).
+        kwargs["env"] = {"FAULTLINE_RATE_LIMIT_ENABLED": "false", **kwargs.get("env", {})}
         cfg = StackConfig(base_dir=tmp_path / f"stack{len(stacks)}", sink=sink, **kwargs)
         stack = Stack(cfg)
         stacks.append(stack)
