@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from api.errors import ApiError
+from core import access
 from core.runtime import Runtime
 from core.settings import Settings
 
@@ -47,5 +48,23 @@ def admin(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = 
         raise ApiError(401, "invalid_token", "invalid admin token", headers={"WWW-Authenticate": "Bearer"})
 
 
+def reader(request: Request, runtime: RuntimeDep,
+           authorization: Annotated[str | None, Header()] = None) -> None:
+    """Read-only routes: the admin token, or the dashboard token (limited to its projects, if scoped)."""
+    token = access.bearer(authorization)
+    if not token:
+        raise ApiError(401, "missing_token", "send 'Authorization: Bearer <admin or dashboard token>'",
+                       headers={"WWW-Authenticate": "Bearer"})
+    principal = access.authenticate(runtime.settings, token)
+    if principal is None:
+        raise ApiError(401, "invalid_token", "invalid token", headers={"WWW-Authenticate": "Bearer"})
+    if principal.projects is not None:
+        pid = request.query_params.get("project_id", "")
+        if request.path_params or not pid.isdigit() or not principal.may_see(int(pid)):
+            raise ApiError(403, "forbidden", "this dashboard token reads GET /errors?project_id=<id> only, "
+                           f"for projects {sorted(principal.projects)}")
+
+
 ProjectId = Annotated[int, Depends(project_id)]
 Admin = Depends(admin)
+Reader = Depends(reader)

@@ -55,7 +55,8 @@ class Ingestor:
         settings = self.runtime.settings
         now = time.time()
         head, tail = message_frame()
-        keys = [self.keys.stream, self.keys.pending_counts, self.keys.live_counts]
+        keys = [self.keys.stream, self.keys.pending_counts, self.keys.live_counts,
+                self.keys.feed_dirty, self.keys.feed_groups]
         args: list[str | bytes | int] = [settings.dedup_ttl, settings.queue_soft_limit, head, tail]
         out: list[Accepted] = []
         for index, item in enumerate(items):

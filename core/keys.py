@@ -82,3 +82,29 @@ class Keys:
     @property
     def socketio_channel(self) -> str:
         return f"{self.prefix}-socketio"
+
+    # --- live feed (core/feed.py) ---
+    # fingerprints counted since the coalescer's last take (SADD by ingest.lua, SPOP by feed_take.lua)
+    @property
+    def feed_dirty(self) -> str:
+        return f"{self.tag}:feed:dirty"
+
+    # fingerprint -> small JSON group summary, written once on first sighting (HSETNX by ingest.lua)
+    @property
+    def feed_groups(self) -> str:
+        return f"{self.tag}:feed:groups"
+
+    # fingerprint -> live total last emitted to clients: deltas are computed against it, atomically
+    @property
+    def feed_emitted(self) -> str:
+        return f"{self.tag}:feed:emitted"
+
+    # fingerprint -> Redis time (s) of the take that last saw it change
+    @property
+    def feed_last_seen(self) -> str:
+        return f"{self.tag}:feed:last"
+
+    # lease of the one coalescer allowed to emit (SET NX PX, renewed by its holder)
+    @property
+    def feed_lock(self) -> str:
+        return f"{self.tag}:feed:lock"

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
 
     admin_token: str | None = None
     dashboard_token: str | None = None
+    # Read-only dashboard token scope: comma-separated project ids, empty = every project.
+    dashboard_projects: str = Field(default="", pattern=r"^[0-9,\s]*$")
+    # Live feed: the coalescer emits at most once per interval per room (4/s), whatever the ingest rate.
+    feed_interval: float = Field(default=0.25, gt=0.0, le=5.0)
     # Bootstrap project key: `faultline up` creates the "default" project with it.
     ingest_key: str | None = None
 
@@ -121,7 +125,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _secrets(self) -> Settings:
         if self.env == "production":
-            for name in ("admin_token", "ingest_key"):
+            for name in ("admin_token", "ingest_key", "dashboard_token"):
                 value = getattr(self, name)
                 if value in (DEV_ADMIN_TOKEN, DEV_INGEST_KEY) or (value is not None and len(value) < 16):
                     raise ValueError(f"FAULTLINE_{name.upper()} is a development or short secret")

@@ -9,6 +9,8 @@ from api.app import create_app
 from core.runtime import Runtime, ShutdownHook
 from core.settings import Settings, get_settings
 from health import probes
+from realtime import dashboard
+from realtime.server import RealtimeServer, SocketIORoute
 
 
 def create(settings: Settings | None = None, drain_hooks: Sequence[ShutdownHook] = (),
@@ -18,10 +20,15 @@ def create(settings: Settings | None = None, drain_hooks: Sequence[ShutdownHook]
     Both are how the pieces this module wires together join the drain without importing each other."""
     settings = settings or get_settings()
 
+    live = RealtimeServer(settings)  # Socket.IO feed: its drain hook closes websockets before uvicorn does
+
     def wire(rt: Runtime) -> None:
         rt.drain_hooks.extend(drain_hooks)
         rt.flush_hooks.extend(flush_hooks)
+        live.attach(rt)
 
     app = create_app(settings, on_runtime=wire)
     app.include_router(probes.router)
+    dashboard.mount(app)
+    app.add_middleware(SocketIORoute, sio=live.sio)
     return app

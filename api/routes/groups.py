@@ -12,13 +12,13 @@ from fastapi import APIRouter, Query
 from sqlalchemy import and_, func, or_, select
 from starlette.responses import Response
 
-from api.deps import Admin, RuntimeDep
+from api.deps import Reader, RuntimeDep
 from api.errors import ApiError, json_response
 from core import metrics
 from core.db.models import ErrorGroup, Sample
 from core.events import Level
 
-router = APIRouter(tags=["read"], dependencies=[Admin])
+router = APIRouter(tags=["read"], dependencies=[Reader])  # admin or dashboard token
 
 
 def iso(ts: float | None) -> str | None:

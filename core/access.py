@@ -1,0 +1,44 @@
+"""Who may read what: the admin token sees everything, the dashboard token is read-only and may be
+limited to some projects (FAULTLINE_DASHBOARD_PROJECTS). Shared by the REST read API and the live feed."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Literal
+
+from core.settings import Settings
+
+
+@dataclass(frozen=True)
+class Principal:
+    role: Literal["admin", "dashboard"]
+    projects: frozenset[int] | None  # None = every project
+
+    def may_see(self, project_id: int) -> bool:
+        return self.projects is None or project_id in self.projects
+
+
+def _same(a: str, b: str | None) -> bool:
+    # constant time: the comparison must not tell an attacker how many leading characters were right
+    return bool(b) and hmac.compare_digest(a.encode(), (b or "").encode())
+
+
+def dashboard_scope(settings: Settings) -> frozenset[int] | None:
+    ids = [part.strip() for part in settings.dashboard_projects.split(",") if part.strip()]
+    return frozenset(int(i) for i in ids) if ids else None
+
+
+def authenticate(settings: Settings, token: str | None) -> Principal | None:
+    if not token:
+        return None
+    if _same(token, settings.admin_token):
+        return Principal("admin", None)
+    if _same(token, settings.dashboard_token):
+        return Principal("dashboard", dashboard_scope(settings))
+    return None
+
+
+def bearer(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None

@@ -1,0 +1,188 @@
+"""The live feed's write side: one coalescer turns Redis counters into a few Socket.IO messages per second.
+
+Why not emit from the hot path or from the workers' after-commit hook: at 5,000 events/s that is 5,000
+messages/s per client, and worker hooks run at least once (a redelivered batch would count twice). Instead
+ingest.lua SADDs each counted fingerprint to a dirty set, atomically with its count. Every `feed_interval`
+(250 ms) the coalescer that holds the lease SPOPs the dirty set and reads the exact live totals in ONE script
+(feed_take.lua), then emits per room: `error:new` (groups seen for the first time), `error:count`
+(fingerprint, absolute total, delta) and `error:spike`. So a room gets at most 3 messages per tick, 12/s,
+however high the ingest rate; totals are absolute, so a client that missed messages converges on the next.
+
+The coalescer runs in every API process and is elected by a Redis lease (2 s): if its node dies, another
+takes over within 2 s. It emits through a write-only AsyncRedisManager (pub/sub), which every node's
+Socket.IO server relays to its own clients. Nothing here imports realtime/: api and workers stay independent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import socketio
+from redis.asyncio import Redis
+
+from core.keys import Keys
+from core.redis import load_script
+from core.settings import Settings
+
+log = logging.getLogger("faultline.feed")
+LEASE_MS = 2000  # 8 ticks: survives a GC pause or loop lag, fails over in <= 2 s
+TAKE_MAX = 5000  # fingerprints per take: bounds one script call (~5 ms); the rest waits for the next tick
+META_CACHE_MAX = 100_000
+
+
+def project_room(project_id: int) -> str:
+    return f"project:{project_id}"
+
+
+def service_room(project_id: int, service: str) -> str:
+    return f"service:{project_id}:{service}"
+
+
+def decode_summary(raw: bytes | str | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) and isinstance(value.get("project_id"), int) else None
+
+
+@dataclass
+class _Rate:
+    fast: float = 0.0  # events/s, time constant 2 s: "now"
+    slow: float = 0.0  # events/s, time constant 60 s: "recent average"
+    since: float = 0.0  # when the coalescer started watching this group
+    updated: float = 0.0
+    last_spike: float = -math.inf
+
+
+@dataclass
+class SpikeDetector:
+    """A group spikes when its 2-s rate is >= `factor` x its 60-s average and >= `min_rate` events/s.
+
+    Continuous-time EWMAs updated lazily (only for groups that moved): O(changed groups) per tick, not
+    O(all groups). A group must be watched for `warmup` s first (a brand-new group is `error:new`, not a
+    spike), and reports again only after `cooldown` s.
+    """
+
+    factor: float = 5.0
+    min_rate: float = 20.0
+    warmup: float = 10.0
+    cooldown: float = 30.0
+    rates: dict[str, _Rate] = field(default_factory=dict)
+
+    def observe(self, fp: str, delta: int, now: float) -> dict[str, float] | None:
+        r = self.rates.get(fp)
+        if r is None:
+            r = self.rates[fp] = _Rate(since=now, updated=now)
+            if len(self.rates) > META_CACHE_MAX:
+                self.rates.clear()
+            return None
+        dt = max(now - r.updated, 0.05)
+        rate = delta / dt
+        baseline = r.slow
+        for attr, tau in (("fast", 2.0), ("slow", 60.0)):
+            keep = math.exp(-dt / tau)
+            setattr(r, attr, getattr(r, attr) * keep + (1 - keep) * rate)
+        r.updated = now
+        if (now - r.since >= self.warmup and now - r.last_spike >= self.cooldown
+                and r.fast >= self.min_rate and r.fast >= self.factor * max(baseline, 0.1)):
+            r.last_spike = now
+            return {"rate": round(r.fast, 1), "baseline": round(baseline, 2)}
+        return None
+
+
+class FeedCoalescer:
+    def __init__(self, settings: Settings, redis: Redis, name: str,
+                 manager: socketio.AsyncRedisManager | None = None) -> None:
+        self.keys = Keys(settings.key_prefix)
+        self.redis = redis
+        self.name = name
+        self.interval = settings.feed_interval
+        self.manager = manager or socketio.AsyncRedisManager(
+            settings.redis_url, channel=self.keys.socketio_channel, write_only=True)
+        self.take = load_script(redis, "feed_take")
+        self.lease = load_script(redis, "feed_lease")
+        self.meta: dict[str, dict[str, Any]] = {}
+        self.spikes = SpikeDetector()
+        self.leader = False
+        self.messages = 0  # emitted (per room), for logs and tests
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                held = await self.lease(keys=[self.keys.feed_lock], args=[self.name, LEASE_MS, "hold"])
+                if bool(held) != self.leader:
+                    log.info("feed coalescer %s: %s", self.name, "leading" if held else "standing by")
+                    self.leader = bool(held)
+                if self.leader:
+                    await self.tick()
+            except Exception as exc:  # Redis blip: the dirty set keeps the work for the next tick
+                log.warning("feed tick: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval)
+        if self.leader:
+            with contextlib.suppress(Exception):
+                await self.lease(keys=[self.keys.feed_lock], args=[self.name, LEASE_MS, "release"])
+
+    async def tick(self) -> int:
+        """One take + emit; returns the number of messages emitted."""
+        k = self.keys
+        out = await self.take(keys=[k.feed_dirty, k.live_counts, k.feed_emitted, k.feed_last_seen],
+                              args=[TAKE_MAX])
+        now = float(out[0])
+        moved = [(_s(out[i]), int(out[i + 1]), int(out[i + 2])) for i in range(1, len(out), 3)]
+        if not moved:
+            return 0
+        await self._load_meta([fp for fp, _, prev in moved if prev == 0 or fp not in self.meta])
+        rooms: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for fp, total, prev in moved:
+            meta = self.meta.get(fp)
+            if meta is None:  # counted before the feed existed: no summary to route it by
+                continue
+            delta = max(total - prev, 0)
+            targets = [project_room(meta["project_id"])]
+            if meta.get("service"):
+                targets.append(service_room(meta["project_id"], meta["service"]))
+            spike = self.spikes.observe(fp, delta, now)
+            for room in targets:
+                bucket = rooms.setdefault(room, {"new": [], "counts": [], "spikes": []})
+                if prev == 0:
+                    bucket["new"].append({**meta, "count": total, "last_seen": now})
+                bucket["counts"].append({"fingerprint": fp, "total": total, "delta": delta})
+                if spike:
+                    bucket["spikes"].append({"fingerprint": fp, "total": total, **spike})
+        sent = 0
+        for room, b in rooms.items():
+            # error:new before error:count of the same tick: a client learns a group before its counts
+            if b["new"]:
+                await self.manager.emit("error:new", {"room": room, "t": now, "groups": b["new"]}, room=room)
+            await self.manager.emit("error:count", {"room": room, "t": now, "counts": b["counts"]}, room=room)
+            if b["spikes"]:
+                await self.manager.emit("error:spike", {"room": room, "t": now, "spikes": b["spikes"]},
+                                        room=room)
+            sent += 1 + bool(b["new"]) + bool(b["spikes"])
+        self.messages += sent
+        return sent
+
+    async def _load_meta(self, fps: list[str]) -> None:
+        if not fps:
+            return
+        if len(self.meta) > META_CACHE_MAX:
+            self.meta.clear()
+        raws = await self.redis.hmget(self.keys.feed_groups, fps)  # type: ignore[misc]
+        for fp, raw in zip(fps, raws, strict=True):
+            meta = decode_summary(raw)
+            if meta is not None:
+                self.meta[fp] = meta
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

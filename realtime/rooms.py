@@ -1,0 +1,90 @@
+"""Room requests from clients: parse, check against what the token may see, and read a snapshot.
+
+Rooms: `project:<id>` (every group of a project) and `service:<id>:<service>` (one service of it);
+`project:*` stands for every project the token may see. A request is all-or-nothing: one forbidden room
+refuses the whole subscription, so a client never ends up half subscribed without knowing it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from redis.asyncio import Redis
+
+from core.access import Principal
+from core.feed import decode_summary, project_room, service_room
+from core.keys import Keys
+
+MAX_ROOMS = 50
+SNAPSHOT_MAX = 500  # groups sent back on subscribe, most recently seen first: a wall screen shows fewer
+_ROOM = re.compile(r"^(?:project:(?P<pid>\d{1,9}|\*)"
+                   r"|service:(?P<spid>\d{1,9}):(?P<svc>[^\x00-\x1f]{1,128}))$")
+
+
+class RoomError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def answer(self) -> dict[str, Any]:
+        return {"ok": False, "error": self.code, "message": str(self)}
+
+
+def requested_rooms(data: Any) -> list[str]:
+    """The rooms of a `subscribe`/`unsubscribe` payload: {"rooms": ["project:1", ...]}."""
+    rooms = data.get("rooms") if isinstance(data, dict) else None
+    if not isinstance(rooms, list) or not rooms or len(rooms) > MAX_ROOMS:
+        raise RoomError("bad_request", f'send {{"rooms": [...]}} with 1 to {MAX_ROOMS} room names')
+    if not all(isinstance(r, str) and _ROOM.match(r) for r in rooms):
+        raise RoomError("bad_request", "a room is 'project:<id>', 'project:*' or 'service:<id>:<service>'")
+    return list(dict.fromkeys(rooms))
+
+
+def allowed_rooms(principal: Principal, rooms: list[str], projects: set[int]) -> list[str]:
+    """Expand `project:*` and check every room; raises RoomError('forbidden') on the first refusal."""
+    visible = sorted(p for p in projects if principal.may_see(p))
+    out: list[str] = []
+    for room in rooms:
+        m = _ROOM.match(room)
+        assert m is not None
+        if m["pid"] == "*":
+            out.extend(project_room(p) for p in visible)
+            continue
+        pid = int(m["pid"] or m["spid"])
+        if pid not in projects or not principal.may_see(pid):
+            # the same answer for "does not exist" and "not yours": no probing for project ids
+            raise RoomError("forbidden", f"this token may not see room {room!r}")
+        out.append(project_room(pid) if m["pid"] else service_room(pid, m["svc"]))
+    return list(dict.fromkeys(out))
+
+
+async def known_projects(redis: Redis, keys: Keys) -> set[int]:
+    return {int(v) for v in await redis.hvals(keys.projects)}  # type: ignore[misc]
+
+
+async def snapshot(redis: Redis, keys: Keys, rooms: list[str]) -> list[dict[str, Any]]:
+    """Live view of the rooms' groups from Redis (exact totals now), newest activity first.
+
+    Sent with the subscribe answer; the client merges it with GET /errors and keeps the larger total, so
+    a reconnecting client ends with no group missing whatever it missed while away.
+    """
+    wanted_projects = {int(r.split(":")[1]) for r in rooms if r.startswith("project:")}
+    wanted_services = {(int(r.split(":")[1]), r.split(":", 2)[2]) for r in rooms if r.startswith("service:")}
+    groups: list[dict[str, Any]] = []
+    raw: dict[Any, Any] = await redis.hgetall(keys.feed_groups)  # type: ignore[misc]
+    for value in raw.values():
+        meta = decode_summary(value)
+        if meta and (meta["project_id"] in wanted_projects
+                     or (meta["project_id"], meta.get("service")) in wanted_services):
+            groups.append(meta)
+    if not groups:
+        return []
+    fps = [g["fingerprint"] for g in groups]
+    totals = await redis.hmget(keys.live_counts, fps)  # type: ignore[misc]
+    last = await redis.hmget(keys.feed_last_seen, fps)  # type: ignore[misc]
+    for g, total, seen in zip(groups, totals, last, strict=True):
+        g["count"] = int(total or 0)
+        g["last_seen"] = float(seen) if seen else g.get("first_seen")
+    groups.sort(key=lambda g: g["last_seen"] or 0.0, reverse=True)
+    return groups[:SNAPSHOT_MAX]

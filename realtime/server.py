@@ -1,0 +1,157 @@
+"""The Socket.IO server of an API node: auth on connect, room subscriptions, drain.
+
+Every node runs one, wrapped around FastAPI by socketio.ASGIApp. Nodes share rooms through
+AsyncRedisManager (Redis pub/sub): the coalescer (core/feed.py) publishes once, every node delivers to its
+own clients. Websocket only: nginx's least_conn has no sticky sessions, and long-polling needs them.
+
+Client protocol:
+  connect with auth {"token": ...} (or an `Authorization: Bearer` header): the admin or the dashboard token.
+  emit "subscribe" {"rooms": ["project:*" | "project:<id>" | "service:<id>:<svc>", ...]} with an ack:
+     {"ok": true, "rooms": [...], "projects": [...], "node": ..., "snapshot": [...]} or {"ok": false, ...}
+  emit "unsubscribe" {"rooms": [...]}.
+  receive "error:new", "error:count", "error:spike" (core/feed.py), and "feed:reconnect" before a drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import socketio
+from redis.asyncio import Redis
+
+from core import access
+from core.feed import FeedCoalescer
+from core.keys import Keys
+from core.runtime import Runtime
+from core.settings import Settings
+from realtime import rooms
+
+log = logging.getLogger("faultline.realtime")
+
+
+def _token(auth: Any, environ: dict[str, Any]) -> str | None:
+    if isinstance(auth, dict) and isinstance(auth.get("token"), str):
+        return auth["token"] or None
+    # No token in the query string: it would end up in nginx's access log.
+    return access.bearer(environ.get("HTTP_AUTHORIZATION"))
+
+
+def _peer(environ: dict[str, Any]) -> str:
+    return str(environ.get("HTTP_X_REAL_IP") or environ.get("REMOTE_ADDR") or "?")
+
+
+class RealtimeServer:
+    def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.redis: Redis = redis  # type: ignore[assignment]  # set by attach() when the process starts
+        self.coalescer: FeedCoalescer | None = None
+        self._stop_feed = asyncio.Event()
+        self._feed_task: asyncio.Task[None] | None = None
+        manager = socketio.AsyncRedisManager(settings.redis_url, channel=self.keys.socketio_channel)
+        # cors "*": auth is a token the page sends explicitly, never a cookie, so another origin cannot
+        # ride on a user's session; and nginx forwards Host without the port, which breaks the same-origin
+        # check for any non-80 port. 64 KB messages: clients only send small subscription requests.
+        self.sio = socketio.AsyncServer(async_mode="asgi", client_manager=manager, transports=["websocket"],
+                                        cors_allowed_origins="*", max_http_buffer_size=65_536,
+                                        ping_interval=25, ping_timeout=20, logger=False,
+                                        engineio_logger=False)
+        self.sio.on("connect", self.on_connect)
+        self.sio.on("subscribe", self.on_subscribe)
+        self.sio.on("unsubscribe", self.on_unsubscribe)
+        self.sio.on("*", self.on_other)
+
+    def attach(self, rt: Runtime) -> None:
+        """Start with the API process (lifespan): share its Redis pool, listen to the feed channel, run
+        this process's candidate coalescer, and join the SIGTERM drain."""
+        self.redis = rt.redis
+        # Subscribe now rather than at the first client's connect (the library's default), so the first
+        # client of a node misses nothing published while the listener was starting.
+        if not self.sio.manager_initialized:
+            self.sio.manager_initialized = True
+            self.sio.manager.initialize()
+        name = f"{self.settings.node_name}:{os.getpid()}"
+        self.coalescer = FeedCoalescer(self.settings, rt.redis, name)
+        self._feed_task = asyncio.create_task(self.coalescer.run(self._stop_feed), name="feed-coalescer")
+        rt.drain_hooks.append(self.drain)
+        rt.flush_hooks.append(self.stop_feed)
+
+    async def stop_feed(self) -> None:
+        """Stop the coalescer and free its lease, so a node that stays up takes over within one tick."""
+        self._stop_feed.set()
+        if self._feed_task is not None:
+            await asyncio.gather(self._feed_task, return_exceptions=True)
+
+    async def drain(self) -> None:
+        await self.stop_feed()
+        await disconnect_all(self.sio)
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        principal = access.authenticate(self.settings, _token(auth, environ))
+        if principal is None:
+            reason = "missing_token" if not _token(auth, environ) else "invalid_token"
+            log.warning("socket refused from %s: %s", _peer(environ), reason)
+            raise socketio.exceptions.ConnectionRefusedError(
+                f"{reason}: connect with auth {{token: <admin or dashboard token>}}", {"error": reason})
+        await self.sio.save_session(sid, {"principal": principal, "peer": _peer(environ)})
+        log.info("socket %s connected from %s as %s", sid, _peer(environ), principal.role)
+
+    async def on_subscribe(self, sid: str, *args: Any) -> dict[str, Any]:
+        # *args: a client sending extra or no arguments gets an error answer, not a TypeError in the handler
+        session = await self.sio.get_session(sid)
+        try:
+            wanted = rooms.requested_rooms(args[0] if len(args) == 1 else None)
+            projects = await rooms.known_projects(self.redis, self.keys)
+            granted = rooms.allowed_rooms(session["principal"], wanted, projects)
+        except rooms.RoomError as err:
+            log.warning("socket %s from %s: subscribe refused (%s)", sid, session["peer"], err)
+            return err.answer()
+        for room in granted:
+            await self.sio.enter_room(sid, room)
+        snap = await rooms.snapshot(self.redis, self.keys, granted)
+        visible = sorted(p for p in projects if session["principal"].may_see(p))
+        return {"ok": True, "rooms": granted, "projects": visible, "node": self.settings.node_name,
+                "interval": self.settings.feed_interval, "snapshot": snap}
+
+    async def on_unsubscribe(self, sid: str, *args: Any) -> dict[str, Any]:
+        try:
+            wanted = rooms.requested_rooms(args[0] if len(args) == 1 else None)
+        except rooms.RoomError as err:
+            return err.answer()
+        for room in wanted:
+            await self.sio.leave_room(sid, room)
+        return {"ok": True, "rooms": wanted}
+
+    async def on_other(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
+        log.debug("socket %s: ignored unknown event %r", sid, event[:64] if isinstance(event, str) else event)
+        return {"ok": False, "error": "unknown_event", "message": "events: subscribe, unsubscribe"}
+
+
+class SocketIORoute:
+    """ASGI middleware sending /socket.io/ to the Socket.IO server and the rest to FastAPI, which keeps
+    its own lifespan (`app.add_middleware(SocketIORoute, sio=...)`)."""
+
+    def __init__(self, app: Any, sio: socketio.AsyncServer) -> None:
+        self.app = app
+        self.sio_app = socketio.ASGIApp(sio, socketio_path="socket.io")
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith("/socket.io/"):
+            await self.sio_app(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+async def disconnect_all(sio: socketio.AsyncServer, grace: float = 0.2) -> None:
+    """Drain: tell this node's clients to reconnect elsewhere, then close their sockets.
+
+    `feed:reconnect` goes to local clients only (ignore_queue: not through Redis, or every node's clients
+    would leave). The JS and Python clients reconnect by themselves when the transport closes; nginx sends
+    them to a node that still accepts. `sio.shutdown()` would not disconnect anyone; `eio.disconnect()` does.
+    """
+    await sio.emit("feed:reconnect", {"reason": "draining"}, ignore_queue=True)
+    await asyncio.sleep(grace)  # let the frames go out before the close
+    await sio.eio.disconnect()
