@@ -1,0 +1,93 @@
+"""CPU and memory of every process of a running target (our stack, the floor or the baseline).
+
+Names are stable across runs ("api-1", "api-1/w1", "redis", ...) so reports can line them up.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from faultline.procs import Child
+
+
+def _with_children(name: str, pid: int | None) -> dict[str, psutil.Process]:
+    if pid is None:
+        return {}
+    try:
+        root = psutil.Process(pid)
+        found = {name: root}
+        for i, kid in enumerate(root.children(recursive=True), 1):
+            found[f"{name}/w{i}"] = kid
+        return found
+    except psutil.NoSuchProcess:
+        return {}
+
+
+def _executor_pid(executor: Any) -> int | None:
+    proc = getattr(getattr(executor, "proc", None), "process", None)
+    return proc.pid if proc is not None else None
+
+
+def target_processes(target: Any) -> dict[str, psutil.Process]:
+    """Processes of a faultline Stack or a loadtest Fleet (duck-typed on their attributes)."""
+    found: dict[str, psutil.Process] = {}
+    kids = getattr(target, "children", [])
+    children: list[Child] = kids() if callable(kids) else list(kids)  # Stack: method; Fleet: list
+    for child in children:
+        found.update(_with_children(child.name, child.pid))
+    for attr in ("redis", "mariadb", "nginx"):
+        server = getattr(target, attr, None)
+        if server is not None:
+            found.update(_with_children(attr, _executor_pid(server)))
+    return found
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds each process used between start() and stop(), as cores (1.0 = one full core)."""
+
+    procs: dict[str, psutil.Process]
+    before: dict[str, float] = field(default_factory=dict)
+    cores: dict[str, float] = field(default_factory=dict)
+    _t0: float = 0.0
+
+    def start(self) -> CpuMeter:
+        self._t0 = time.monotonic()
+        self.before = {n: _cpu(p) for n, p in self.procs.items()}
+        return self
+
+    def stop(self) -> dict[str, float]:
+        wall = max(1e-6, time.monotonic() - self._t0)
+        self.cores = {n: (_cpu(p) - self.before[n]) / wall for n, p in self.procs.items()}
+        return self.cores
+
+
+def _cpu(p: psutil.Process) -> float:
+    try:
+        t = p.cpu_times()
+        return float(t.user + t.system)
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def rss_bytes(procs: dict[str, psutil.Process]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name, p in procs.items():
+        try:
+            out[name] = int(p.memory_info().rss)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def grouped_cores(cores: dict[str, float]) -> dict[str, float]:
+    """api-1/w1 -> api, worker-4 -> worker, redis -> redis: what each role costs in total."""
+    groups: dict[str, float] = {}
+    for name, value in cores.items():
+        role = name.split("/")[0].rsplit("-", 1)[0]
+        groups[role] = groups.get(role, 0.0) + value
+    return groups

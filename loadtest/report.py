@@ -1,0 +1,106 @@
+"""Tables for `make bench`: the same rows rendered for the terminal (rich) and for the markdown report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich.table import Table
+
+from loadtest.procstats import grouped_cores
+
+REPORTS = Path(__file__).resolve().parent / "reports"
+HEAD = ["case", "req/s", "events/s", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "429", "5xx", "conn err",
+        "wrk CPU", "stack CPU"]
+
+
+def machine_description() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    mem = psutil.virtual_memory().total / 2**30
+    return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, load average at the end {load}")
+
+
+def _row(name: str, res: dict[str, Any]) -> list[str]:
+    w = res["wrk"]
+    return [name, f"{w.rps:,.0f}", f"{w.events_per_s or w.rps:,.0f}", f"{w.p50_ms:.1f}", f"{w.p95_ms:.1f}",
+            f"{w.p99_ms:.1f}", f"{w.p999_ms:.1f}", str(w.rejected_429), str(w.errors_5xx), str(w.conn_errors),
+            f"{w.generator_cores:.2f}", f"{sum(res['cores'].values()):.2f}"]
+
+
+def _ratio(label: str, num: float, den: float, target: float) -> list[str]:
+    ratio = num / den if den else 0.0
+    verdict = "meets" if ratio >= target else "MISSES"
+    return [label, f"{ratio:.2f}", "", "", "", "", "", "", "", "", "", f"target >= {target} ({verdict})"]
+
+
+Section = tuple[str, list[list[str]]]
+
+
+def bench_sections(chosen: dict[str, Any], limiter: bool, batch_size: int) -> list[Section]:
+    ingest, floor, batch = chosen["ingest"], chosen["floor"], chosen["batch"]
+    sections = [("Ingest vs the bare-202 floor (same nodes, same nginx)",
+                 [_row("ingest", ingest), _row("floor", floor),
+                  _ratio("ingest / floor", ingest["wrk"].rps, floor["wrk"].rps, 0.6)])]
+    if limiter and "limiter on" in chosen:
+        on = chosen["limiter on"]
+        sections.append(("Rate limiter on vs off (limits too high to reject: its cost only)",
+                         [_row("limiter off", ingest), _row("limiter on", on),
+                          _ratio("on / off", on["wrk"].rps, ingest["wrk"].rps, 0.9)]))
+    else:
+        sections.append(("Rate limiter on vs off", [["limiter not available: no figures"] + [""] * 11]))
+    sections.append((f"Single events vs /errors/batch ({batch_size} events per request)",
+                     [_row("single", ingest), _row("batch", batch),
+                      _ratio("batch events/s / 30,000", batch["wrk"].events_per_s, 30_000, 1.0)]))
+    roles = sorted({r for res in chosen.values() for r in grouped_cores(res["cores"])})
+    cpu_rows = []
+    for name, res in chosen.items():
+        per_role = grouped_cores(res["cores"])
+        cpu_rows.append([name, *(f"{per_role.get(r, 0.0):.2f}" for r in roles),
+                         f"{res['wrk'].generator_cores:.2f}", f"{res['drain_s']:.1f}"])
+    sections.append(("CPU per role during each case (cores; 2 on this machine) and queue drain after it",
+                     [["case", *roles, "wrk", "drain s"], *cpu_rows]))
+    return sections
+
+
+def bench_tables(chosen: dict[str, Any], limiter: bool, batch_size: int) -> list[Table]:
+    tables = []
+    for title, rows in bench_sections(chosen, limiter, batch_size):
+        head = rows[0] if rows and rows[0][0] == "case" else HEAD
+        body = rows[1:] if head is rows[0] else rows
+        table = Table(title=title, title_justify="left")
+        for i, col in enumerate(head):
+            table.add_column(col, justify="left" if i == 0 else "right")
+        for row in body:
+            table.add_row(*row)
+        tables.append(table)
+    return tables
+
+
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def bench_markdown(chosen: dict[str, Any], limiter: bool, args: argparse.Namespace, machine: str) -> str:
+    parts = [f"# make bench\n\n{machine}\n\n`python -m loadtest.bench --seconds {args.seconds:g} "
+             f"--warmup {args.warmup:g} --rounds {args.rounds} --connections {args.connections} "
+             f"--batch-size {args.batch_size}`\n"]
+    for title, rows in bench_sections(chosen, limiter, args.batch_size):
+        head = rows[0] if rows and rows[0][0] == "case" else HEAD
+        body = rows[1:] if head is rows[0] else rows
+        parts.append(f"## {title}\n\n{markdown_table(head, body)}\n")
+    return "\n".join(parts)
