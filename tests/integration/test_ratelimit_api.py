@@ -1,0 +1,167 @@
+"""The middleware inside a real app (real Redis, SQLite): headers, 429 body, exemptions, route rules,
+client identity, fail closed/open, the in-process backend, and X-Request-ID."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from core.db import repo
+from core.db.engine import make_engine
+from core.db.migrate import migrate
+from core.keys import Keys
+from core.redis import make_redis
+from core.settings import Settings
+from faultline.services import free_port
+from health import probes
+
+KEY = "rl-test-ingest-key-0123456789"
+EVENT = {"message": "TypeError: x is undefined", "service": "web"}
+
+
+async def prepare(settings: Settings) -> None:
+    await migrate(settings)
+    engine = make_engine(settings)
+    async with engine.begin() as conn:
+        await repo.ensure_project(conn, "rl", KEY)
+    await engine.dispose()
+
+
+@asynccontextmanager
+async def client(settings: Settings, peer: str = "127.0.0.1") -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    app.include_router(probes.router)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=(peer, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as c:
+            c.headers.update({"Authorization": f"Bearer {settings.admin_token}"})
+            yield c
+
+
+@pytest.fixture
+async def limited(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    def make(**kw: Any) -> Settings:
+        return make_settings(**{"rate_limit_enabled": True, "rate_limits": "short:3/5s,long:1000/h", **kw})
+    await prepare(make())
+    return make
+
+
+async def test_headers_429_body_and_a_refused_request_is_not_ingested(
+        limited: Callable[..., Settings]) -> None:
+    settings = limited()
+    keys = Keys(settings.key_prefix)
+    redis = make_redis(settings)
+    async with client(settings) as c:
+        for left in (2, 1, 0):
+            r = await c.post("/errors/log", json=EVENT, headers={"X-Faultline-Key": KEY})
+            assert r.status_code == 202, r.text
+            assert r.headers["x-ratelimit-limit"] == "3" and r.headers["x-ratelimit-remaining"] == str(left)
+            assert int(r.headers["x-ratelimit-reset"]) > 1_700_000_000
+        queued = await redis.xlen(keys.stream)
+        counted = sum(int(v) for v in (await redis.hgetall(keys.live_counts)).values())
+        r = await c.post("/errors/log", json=EVENT, headers={"X-Faultline-Key": KEY})
+        assert r.status_code == 429
+        body = r.json()
+        assert set(body) == {"statusCode", "message", "retryAfterMs", "tier"}
+        assert body["statusCode"] == 429 and body["message"] == "Rate limit exceeded"
+        assert body["tier"] == "short"
+        assert 4000 < body["retryAfterMs"] <= 5000
+        # integer seconds, rounded up
+        assert r.headers["retry-after"] == str(-(-body["retryAfterMs"] // 1000))
+        assert r.headers["x-ratelimit-remaining"] == "0"
+        # no enqueue, no counting
+        assert await redis.xlen(keys.stream) == queued == 3
+        assert sum(int(v) for v in (await redis.hgetall(keys.live_counts)).values()) == counted == 3
+        # probes and metrics are never limited
+        for _ in range(10):
+            r = await c.get("/health/live")
+            assert r.status_code == 200 and "x-ratelimit-limit" not in r.headers
+        assert (await c.get("/metrics")).status_code == 200
+    await redis.aclose()
+
+
+async def test_batch_route_has_its_own_tighter_window(limited: Callable[..., Settings]) -> None:
+    settings = limited(rate_limits="short:10/5s,long:1000/h")  # default route rule: batch short 2/s
+    async with client(settings) as c:
+        batch = {"events": [EVENT]}
+        codes = [(await c.post("/errors/batch", json=batch, headers={"X-Faultline-Key": KEY})).status_code
+                 for _ in range(3)]
+        assert codes == [202, 202, 429]
+        r = await c.post("/errors/log", json=EVENT, headers={"X-Faultline-Key": KEY})
+        # the batch rule's "short" is its own window: the shared one has only this request in it
+        assert r.status_code == 202 and r.headers["x-ratelimit-remaining"] == "9"
+
+
+async def test_unknown_keys_fall_back_to_the_ip(limited: Callable[..., Settings]) -> None:
+    """Inventing ingest keys does not mint fresh windows."""
+    async with client(limited()) as c:
+        codes = [(await c.post("/errors/log", json=EVENT, headers={"X-Faultline-Key": secrets.token_hex(8)})
+                  ).status_code for _ in range(4)]
+        assert codes == [401, 401, 401, 429]
+        # the known key has its own window, untouched by the IP's
+        assert (await c.post("/errors/log", json=EVENT, headers={"X-Faultline-Key": KEY})).status_code == 202
+
+
+async def test_forwarded_for_counts_only_from_a_trusted_peer(limited: Callable[..., Settings]) -> None:
+    untrusted = limited(trusted_proxies="10.0.0.0/8")  # the test client (127.0.0.1) is not a proxy
+    async with client(untrusted) as c:
+        spoofed = [{"X-Forwarded-For": f"198.51.100.{i}", "X-Real-IP": f"198.51.100.{i}"} for i in range(4)]
+        codes = [(await c.get("/errors", headers=h)).status_code for h in spoofed]
+        assert codes == [200, 200, 200, 429]  # rotating a spoofed header did not change the key
+    trusted = limited()  # 127.0.0.1 is a trusted proxy by default: its header names the client
+    async with client(trusted, peer="127.0.0.1") as c:
+        codes = [(await c.get("/errors", headers={"X-Forwarded-For": f"198.51.100.{i // 3}"})).status_code
+                 for i in range(7)]
+        assert codes == [200, 200, 200, 200, 200, 200, 200]
+        assert (await c.get("/errors", headers={"X-Forwarded-For": "198.51.100.0"})).status_code == 429
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+async def test_redis_down_fails_closed_by_default(limited: Callable[..., Settings], fail_open: bool) -> None:
+    settings = limited(redis_url=f"redis://127.0.0.1:{free_port()}/0", rate_limit_fail_open=fail_open)
+    async with client(settings) as c:
+        r = await c.get("/errors")
+        if fail_open:
+            assert r.status_code == 200 and "x-ratelimit-limit" not in r.headers
+        else:
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert r.json() == {"error": "unavailable", "message": "rate limiter unavailable, retry shortly"}
+
+
+async def test_memory_backend_limits_without_redis_keys(limited: Callable[..., Settings]) -> None:
+    settings = limited(rate_limit_backend="memory")
+    redis = make_redis(settings)
+    async with client(settings) as c:
+        codes = [(await c.get("/errors")).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+    assert [k async for k in redis.scan_iter(match=Keys(settings.key_prefix).ratelimit("*", "*"))] == []
+    await redis.aclose()
+
+
+async def test_disabled_means_no_middleware(limited: Callable[..., Settings]) -> None:
+    async with client(limited(rate_limit_enabled=False)) as c:
+        for _ in range(20):
+            r = await c.get("/errors")
+            assert r.status_code == 200 and "x-ratelimit-limit" not in r.headers
+
+
+async def test_request_id_is_kept_generated_and_logged(limited: Callable[..., Settings],
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="faultline.access")
+    async with client(limited()) as c:
+        r = await c.get("/errors", headers={"X-Request-ID": "edge-abc.123"})
+        assert r.headers["x-request-id"] == "edge-abc.123"
+        forged = await c.get("/errors", headers={"X-Request-ID": "evil\nINFO fake log line"})
+        generated = forged.headers["x-request-id"]
+        assert len(generated) == 32 and int(generated, 16) >= 0
+        r = await c.get("/errors/" + "0" * 64, headers={"X-Request-ID": "rid-404-check"})
+        assert r.status_code == 404
+    assert any("rid=rid-404-check" in m and " 404 " in m for m in caplog.messages)
+    assert not any("edge-abc.123" in m for m in caplog.messages)  # a 200 is logged only at DEBUG

@@ -1,0 +1,89 @@
+"""The Redis sliding-window-log limiter against a real redis-server: exact, atomic, Redis-time based."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from core.keys import Keys
+from core.ratelimit.limiter import LimiterUnavailable
+from core.ratelimit.redis_limiter import RedisLimiter
+from core.ratelimit.tiers import Tier, parse_tiers
+from core.redis import make_redis
+from faultline.services import free_port
+
+
+@pytest.fixture
+def limiter_pair(make_settings: Callable[..., Any]) -> Any:
+    """Two limiters with separate clients: two API processes sharing one Redis."""
+    settings = make_settings()
+    keys = Keys(settings.key_prefix)
+    clients = [make_redis(settings, timeout=5), make_redis(settings, timeout=5)]
+    return [RedisLimiter(c, keys) for c in clients], keys, clients[0]
+
+
+async def test_concurrent_hits_from_two_processes_admit_exactly_the_limit(limiter_pair: Any) -> None:
+    (a, b), keys, redis = limiter_pair
+    tiers = parse_tiers("burst:50/30s,long:1000/h")
+    results = await asyncio.gather(*[(a if i % 2 else b).hit("ip:1.2.3.4", tiers) for i in range(300)])
+    assert sum(d.allowed for d in results) == 50
+    for tier in tiers:
+        key = keys.ratelimit(tier.key, "ip:1.2.3.4")
+        assert key.startswith("{" + keys.prefix + "}:")  # hash tag: every key of a call in one cluster slot
+        assert await redis.zcard(key) == 50  # unique members: no two admitted requests collided
+        assert 0 < await redis.pttl(key) <= tier.window_ms
+    refused = [d for d in results if not d.allowed]
+    assert {d.tier.name for d in refused} == {"burst"} and all(d.remaining == 0 for d in refused)
+
+
+async def test_refused_requests_are_not_logged_and_retry_after_is_exact(limiter_pair: Any) -> None:
+    (lim, _), keys, redis = limiter_pair
+    tiers = (Tier("short", 3, 1000),)
+    key = keys.ratelimit("short", "k:abc")
+    admitted = [await lim.hit("k:abc", tiers) for _ in range(3)]
+    assert [d.remaining for d in admitted] == [2, 1, 0]
+    oldest = await redis.zrange(key, 0, 0, withscores=True)
+    for _ in range(20):
+        refused = await lim.hit("k:abc", tiers)
+        assert not refused.allowed
+    assert await redis.zcard(key) == 3 and await redis.zrange(key, 0, 0, withscores=True) == oldest
+    # exact: the oldest entry (Redis µs) + window - Redis now at the refusal
+    assert refused.wait_us == int(oldest[0][1]) + 1_000_000 - refused.now_us
+    assert refused.retry_after_s == 1 and 0 < refused.retry_after_ms <= 1000
+    await asyncio.sleep(max(refused.retry_after_ms - 150, 0) / 1000)
+    assert not (await lim.hit("k:abc", tiers)).allowed  # 150 ms early: still refused
+    again = await lim.hit("k:abc", tiers)
+    await asyncio.sleep(again.retry_after_ms / 1000 + 0.002)
+    assert (await lim.hit("k:abc", tiers)).allowed  # waited exactly as told: admitted
+
+
+async def test_reported_tier_is_the_one_that_frees_last(limiter_pair: Any) -> None:
+    (lim, _), _, _ = limiter_pair
+    tiers = parse_tiers("short:2/200ms,medium:3/1m")
+    assert (await lim.hit("c", tiers)).tier.name == "short"
+    await lim.hit("c", tiers)
+    await asyncio.sleep(0.25)
+    third = await lim.hit("c", tiers)
+    assert third.allowed and third.tier.name == "medium" and third.remaining == 0
+    d = await lim.hit("c", tiers)
+    assert not d.allowed and d.tier.name == "medium" and 58_000 < d.retry_after_ms <= 60_000
+    assert d.retry_after_s == -(-d.retry_after_ms // 1000)
+
+
+async def test_clients_do_not_share_windows(limiter_pair: Any) -> None:
+    (lim, _), _, _ = limiter_pair
+    tiers = (Tier("short", 2, 10_000),)
+    assert [(await lim.hit("ip:10.0.0.1", tiers)).allowed for _ in range(3)] == [True, True, False]
+    assert [(await lim.hit("ip:10.0.0.2", tiers)).allowed for _ in range(3)] == [True, True, False]
+
+
+async def test_unreachable_redis_raises_limiter_unavailable(make_settings: Callable[..., Any]) -> None:
+    settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    redis = make_redis(settings)
+    lim = RedisLimiter(redis, Keys(settings.key_prefix))
+    with pytest.raises(LimiterUnavailable):
+        await lim.hit("c", (Tier("short", 1, 1000),))
+    await redis.aclose()
