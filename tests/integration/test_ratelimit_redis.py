@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -87,3 +88,35 @@ async def test_unreachable_redis_raises_limiter_unavailable(make_settings: Calla
     with pytest.raises(LimiterUnavailable):
         await lim.hit("c", (Tier("short", 1, 1000),))
     await redis.aclose()
+
+
+async def seed_pipeline_hit(redis: Any, key: str, limit: int, window_ms: int, node_now_ms: int,
+                            n: int) -> bool:
+    """The seed's NestJS guard (section 3.2), verbatim in redis-py: node clock, add before counting."""
+    pipe = redis.pipeline()
+    pipe.zremrangebyscore(key, 0, node_now_ms - window_ms)
+    pipe.zadd(key, {f"{node_now_ms}:{n}": node_now_ms})
+    pipe.zcard(key)
+    pipe.pexpire(key, window_ms)
+    count = (await pipe.execute())[2]
+    return bool(count <= limit)
+
+
+async def test_the_seeds_pipeline_breaks_where_ours_holds(limiter_pair: Any) -> None:
+    """Control for the two flaws the issue names, so the tests above are known to be able to fail."""
+    (ours, _), keys, redis = limiter_pair
+    skews_ms = (-37_000, 0, 53_000)  # three nodes' clocks, as in tests/e2e/test_ratelimit_edge.py
+    seed_admitted = 0
+    for i in range(30):  # 30 requests within a few ms, spread over the three nodes, limit 10 per 10 s
+        now_ms = time.time_ns() // 1_000_000 + skews_ms[i % 3]
+        seed_admitted += await seed_pipeline_hit(redis, keys.ratelimit("seed", "c"), 10, 10_000, now_ms, i)
+    tiers = (Tier("short", 10, 10_000),)
+    ours_admitted = sum([(await ours.hit("c", tiers)).allowed for _ in range(30)])
+    assert ours_admitted == 10
+    assert seed_admitted > 10  # the +53 s node prunes the other nodes' entries: the window leaks
+
+    # lockout: the seed adds refused requests, so a client retrying faster than the window never gets in
+    key = keys.ratelimit("seed-lock", "c")
+    now_ms = time.time_ns() // 1_000_000
+    results = [await seed_pipeline_hit(redis, key, 2, 1000, now_ms + 100 * i, i) for i in range(30)]
+    assert results[:2] == [True, True] and not any(results[2:])  # 2.8 s of retries, refused all along
