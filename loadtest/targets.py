@@ -122,6 +122,14 @@ def wait_drained(stack: Stack, timeout: float = 120.0) -> float:
         client.close()
 
 
+def queue_depth(stack: Stack) -> int:
+    client = redis_sync.Redis.from_url(stack.settings().redis_url)
+    try:
+        return int(client.xlen(Keys(stack.settings().key_prefix).stream))
+    finally:
+        client.close()
+
+
 def redis_memory(stack: Stack) -> int:
     client = redis_sync.Redis.from_url(stack.settings().redis_url)
     try:
