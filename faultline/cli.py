@@ -30,7 +30,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     admin = os.environ.get("FAULTLINE_ADMIN_TOKEN") or creds.get("FAULTLINE_ADMIN_TOKEN") or secrets.token_urlsafe(24)
     key = os.environ.get("FAULTLINE_INGEST_KEY") or creds.get("FAULTLINE_INGEST_KEY") or secrets.token_urlsafe(24)
     stack = Stack(StackConfig(base_dir=DATA_DIR.resolve(), nodes=args.nodes, port=args.port, workers=args.workers,
-                              db=args.db, admin_token=admin, ingest_key=key))
+                              db=args.db, admin_token=admin, ingest_key=key,
+                              env={"FAULTLINE_RATE_LIMIT_ENABLED": "false"} if args.no_rate_limit else {}))
     stopping = rollout_wanted = False
 
     def _stop(signum: int, _frame: object) -> None:
@@ -52,6 +53,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     write_credentials(DATA_DIR / "credentials.env", {"FAULTLINE_ADMIN_TOKEN": stack.admin_token,
                                                      "FAULTLINE_INGEST_KEY": stack.ingest_key})
     print(f"\nFaultline is up on {stack.url}  ({args.nodes} API nodes, {args.workers} workers, db={args.db})")
+    limits = stack.settings()
+    shown = "off"
+    if limits.rate_limit_enabled:
+        shown = f"{limits.rate_limits} per client; {limits.rate_limit_routes}"
+    print(f"  rate limits : {shown}   (`faultline up --no-rate-limit` turns them off)")
     print(f"  ingest key  : {stack.ingest_key}   (header X-Faultline-Key)")
     print(f"  admin token : {stack.admin_token}   (Authorization: Bearer ...)")
     print(f"  saved to {DATA_DIR / 'credentials.env'} (mode 0600). Ctrl-C stops everything.\n", flush=True)
@@ -215,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--port", type=int, default=8080)
     up.add_argument("--workers", type=int, default=2)
     up.add_argument("--db", default="mariadb", help="sqlite | mariadb | a SQLAlchemy URL")
+    # On by default, as in production (the seed's tiers, per ingest key); off for load tests of the rest.
+    up.add_argument("--no-rate-limit", action="store_true", help="FAULTLINE_RATE_LIMIT_ENABLED=false")
     up.set_defaults(func=cmd_up)
     roll = sub.add_parser("rollout", help="rolling restart of the running `faultline up` (maxSurge 1, "
                                           "maxUnavailable 0)")
