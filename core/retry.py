@@ -65,7 +65,8 @@ class RetryMiddleware(TaskiqMiddleware):
             log.warning("task %s attempt %d failed (%s); retry in %.2fs", message.task_id, attempt, error, delay)
             return
         record = {"task_id": message.task_id, "task_name": message.task_name, "attempts": attempt,
-                  "error": error, "failed_at": time.time(), "message": _wire(message, message.labels)}
+                  "error": error, "failed_at": time.time(),
+                  "message": _wire(message, message.labels).decode()}
         pipe = self.redis.pipeline(transaction=False)
         pipe.lpush(self.keys.dead_letters, orjson.dumps(record))
         self._status(pipe, message.task_id, event_ids, "dead", attempt, error)

@@ -1,0 +1,84 @@
+"""In-process API (real Redis, real DB) through httpx, with the app's lifespan run."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from core.db import repo
+from core.db.engine import make_engine
+from core.db.migrate import migrate
+from core.settings import Settings
+from faultline.asgi import create
+
+INGEST_KEY = "test-ingest-key-0123456789"
+
+
+async def prepare(settings: Settings, key: str = INGEST_KEY) -> int:
+    await migrate(settings)
+    engine = make_engine(settings)
+    async with engine.begin() as conn:
+        pid, _ = await repo.ensure_project(conn, "test", key)
+    await engine.dispose()
+    return pid
+
+
+@asynccontextmanager
+async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+            client.headers.update({"X-Faultline-Key": INGEST_KEY,
+                                   "Authorization": f"Bearer {settings.admin_token}"})
+            yield client
+
+
+@pytest.fixture
+def client_factory() -> Callable[[Settings], Any]:
+    return api_client
+
+
+def env_of(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that makes a child process see these settings."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAULTLINE_")}
+    for name, value in settings.model_dump().items():
+        if value is not None and name != "node_name":
+            env[f"FAULTLINE_{name.upper()}"] = str(value)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def spawn(request: pytest.FixtureRequest) -> Any:
+    """Start `faultline <args>` as a real child process; stopped (SIGTERM, then SIGKILL) at teardown."""
+    import sys
+
+    from faultline.procs import Child
+    from tests.conftest import ARTIFACTS
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = open(ARTIFACTS / f"{request.node.name}.children.log", "a")  # noqa: SIM115
+    children: list[Child] = []
+
+    def sink(line: str) -> None:
+        log.write(line + "\n")
+        log.flush()
+
+    def start(name: str, args: list[str], settings: Settings, **extra: str) -> Child:
+        child = Child(name, [sys.executable, "-m", "faultline", *args],
+                      env_of(settings, FAULTLINE_NODE_NAME=name, **extra), sink=sink, restart=False).start()
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        child.stop(timeout=10)
+    log.close()
