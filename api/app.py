@@ -57,7 +57,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
     # costs one limiter call, nothing else). None when FAULTLINE_RATE_LIMIT_ENABLED=false: zero cost.
     limits = rate_limiting(app, settings)
 
-    Instrumentator(excluded_handlers=["/metrics", "/health.*"]).instrument(app)
+    # Buckets around the targets (p95 <= 10 ms, p99 <= 25 ms): the library's default buckets start at 100 ms
+    # and cannot tell 2 ms from 90 ms on the dashboard's per-route p95 panel.
+    Instrumentator(excluded_handlers=["/metrics", "/health.*"]).instrument(
+        app, latency_lowr_buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
     app.add_middleware(RequestIdMiddleware)  # outermost of ours: every answer carries and logs the id
 
     @app.get("/metrics", include_in_schema=False)
