@@ -1,0 +1,144 @@
+"""Issue 2 end to end: the stack `faultline up` runs (3 nodes, nginx, 2 workers, scheduler, MariaDB)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from sqlalchemy import select
+
+from core.db.engine import make_engine
+from core.db.models import ErrorGroup
+from core.keys import Keys
+from core.redis import make_redis
+from faultline.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from faultline.stack import StackConfig
+    from tests.conftest import ARTIFACTS
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = open(ARTIFACTS / "e2e_pipeline.log", "w")  # noqa: SIM115
+
+    def sink(line: str) -> None:
+        log.write(line + "\n")
+        log.flush()
+
+    st = Stack(StackConfig(base_dir=tmp_path_factory.mktemp("pipeline"), port=0, db="mariadb", sink=sink,
+                           env={"FAULTLINE_SYNC_INTERVAL": "1", "FAULTLINE_REDELIVER_AFTER": "3",
+                                "FAULTLINE_RATE_LIMIT_ENABLED": "false"}))
+    st.start()
+    yield st
+    st.stop()
+    log.close()
+
+
+async def post(session: aiohttp.ClientSession, url: str, key: str, body: dict[str, Any]) -> tuple[int, Any]:
+    async with session.post(url, json=body, headers={"X-Faultline-Key": key}) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def wait_for(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s: {what}")
+
+
+async def test_events_through_nginx_spread_over_three_nodes_and_show_up_counted(stack: Stack) -> None:
+    marker = f"SpreadError: probe {time.time_ns()}"
+    async with aiohttp.ClientSession() as s:
+        results = await asyncio.gather(*[
+            post(s, f"{stack.url}/errors/log", stack.ingest_key, {"message": marker, "service": "e2e"})
+            for _ in range(90)])
+        assert {code for code, _ in results} == {202}
+        fps = {body["fingerprint"] for _, body in results}
+        assert len(fps) == 1
+        fp = fps.pop()
+        await asyncio.sleep(1.5)  # nginx flushes its access log every second
+        log = (Path(stack.nginx.prefix) / "access.log").read_text()  # type: ignore[union-attr]
+        upstreams = set(re.findall(r"POST /errors/log HTTP/1.1\" 202 .* up=(\S+)", log))
+        assert len(upstreams) == 3, upstreams
+
+        async def counted() -> bool:
+            async with s.get(f"{stack.url}/errors/{fp}",
+                             headers={"Authorization": f"Bearer {stack.admin_token}"}) as r:
+                return r.status == 200 and (await r.json())["count"] == 90
+
+        started = time.monotonic()
+        await wait_for(counted, 10, "the group to show its 90 events")
+        assert time.monotonic() - started < 1 + 3  # one sync interval (1 s) plus margin
+        async with s.get(f"{stack.url}/errors", params={"service": "e2e"},
+                         headers={"Authorization": f"Bearer {stack.admin_token}"}) as r:
+            items = (await r.json())["items"]
+        assert [(g["message"], g["count"]) for g in items] == [(marker, 90)]
+
+
+async def test_nginx_refuses_an_oversized_body_with_json(stack: Stack) -> None:
+    async with aiohttp.ClientSession() as s:
+        body = b'{"message": "' + b"x" * 2_000_000 + b'"}'
+        async with s.post(f"{stack.url}/errors/log", data=body, headers={
+                "X-Faultline-Key": stack.ingest_key, "Content-Type": "application/json"}) as r:
+            assert r.status == 413
+            assert (await r.json(content_type=None))["error"] == "body_too_large"
+
+
+async def test_ten_thousand_events_with_a_worker_sigkilled_counted_exactly(stack: Stack) -> None:
+    fingerprints = [f"e2e-kill-{i}" for i in range(20)]
+    accepted: Counter[str] = Counter()
+    statuses: Counter[int] = Counter()
+    total = 10_000
+    sem = asyncio.Semaphore(64)
+
+    async def one(session: aiohttp.ClientSession, i: int) -> None:
+        async with sem:
+            body = {"message": f"KillError: item {i}", "fingerprint": fingerprints[i % 20], "service": "kill"}
+            code, reply = await post(session, f"{stack.url}/errors/log", stack.ingest_key, body)
+            statuses[code] += 1
+            if code == 202 and not reply.get("duplicate"):
+                accepted[reply["fingerprint"]] += 1
+
+    async def killer() -> None:
+        await asyncio.sleep(2.0)
+        victim = stack.workers[0]
+        victim.signal(signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        stack.supervise_once()  # the supervisor restarts it, as `faultline up` does
+        assert victim.restarts == 1
+
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=connector) as s:
+        await asyncio.gather(killer(), *[one(s, i) for i in range(total)])
+    assert statuses == Counter({202: total}), statuses
+    assert sum(accepted.values()) == total
+
+    settings = stack.settings()
+    keys = Keys(settings.key_prefix)
+    redis = make_redis(settings, timeout=5)
+
+    async def drained() -> bool:
+        return (await redis.xlen(keys.stream) == 0 and await redis.zcard(keys.retries) == 0
+                and not await redis.exists(keys.pending_counts))
+
+    await wait_for(drained, 90, "workers to drain the queue and the scheduler to sync")
+    await asyncio.sleep(1.5)  # one more sync interval
+    engine = make_engine(settings)
+    async with engine.connect() as conn:
+        rows = dict((await conn.execute(select(ErrorGroup.fingerprint, ErrorGroup.count)
+                                        .where(ErrorGroup.fingerprint.in_(list(accepted))))).all())
+    await engine.dispose()
+    await redis.aclose()
+    assert rows == dict(accepted), {fp: (rows.get(fp), n) for fp, n in accepted.items() if rows.get(fp) != n}
