@@ -21,6 +21,7 @@ from core.db.migrate import migrate
 from core.keys import Keys
 from core.redis import make_redis
 from core.settings import Settings
+from faultline import promtargets
 from faultline.procs import Child, LogSink, stdout_sink
 from faultline.services import MariaDBServer, NginxServer, RedisServer, free_port
 
@@ -75,6 +76,7 @@ class Stack:
             self.schedulers.append(self._metered_child(f"scheduler-{i + 1}", ["scheduler"]).start())
         for node in self.nodes:
             self.wait_ready(self.node_ports[node.name])
+        promtargets.write(self.base / "prometheus-targets", self.node_ports, self.metrics_ports)
         return self
 
     def _database(self) -> str:
