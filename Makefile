@@ -25,7 +25,7 @@ $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --no-deps -e .
 	rm -f $(VENV)/.installed-*; touch $@
 
 # The dashboard's Socket.IO client comes from the npm registry at set-up time (not kept in the repo).

@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -83,7 +84,7 @@ class FaultlineBroker(RedisStreamBroker):
     async def _declare_consumer_group(self) -> None:
         await ensure_consumer_group(Redis(connection_pool=self.connection_pool), self.keys)
 
-    def _ack_generator(self, id: str, queue_name: str) -> Callable[[], Awaitable[None]]:
+    def _ack_generator(self, id: Any, queue_name: Any) -> Callable[[], Awaitable[None]]:
         msg_id = id.decode() if isinstance(id, bytes) else id
 
         async def _ack() -> None:
@@ -99,7 +100,7 @@ class FaultlineBroker(RedisStreamBroker):
                     next_reclaim = time.monotonic() + self.reclaim_every
                     for msg_id, msg in await self._reclaim(conn):
                         yield AckableMessage(data=msg[b"data"], ack=self._ack_generator(msg_id, self.queue_name))
-                fetched = await conn.xreadgroup(
+                fetched: Any = await conn.xreadgroup(
                     self.consumer_group_name, self.consumer_name, {self.queue_name: ">"},
                     block=self.block, count=self.count,
                 )

@@ -28,6 +28,11 @@ def make_redis(settings: Settings, *, pool_size: int | None = None, timeout: flo
     return Redis(connection_pool=pool)
 
 
+def as_str(value: bytes | str) -> str:
+    """Redis replies are bytes (decode_responses is off: payloads stay bytes end to end)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def load_script(redis: Redis, name: str) -> AsyncScript:
     """A script called by SHA (EVALSHA), reloaded transparently after a Redis restart."""
     source = resources.files("core.scripts").joinpath(f"{name}.lua").read_text()

@@ -16,7 +16,7 @@ from core import metrics
 from core.db import repo
 from core.db.engine import make_engine
 from core.keys import Keys
-from core.redis import make_redis
+from core.redis import as_str, make_redis
 from core.settings import Settings
 
 log = logging.getLogger("faultline.runtime")
@@ -110,7 +110,7 @@ class Runtime:
 
     async def refresh_projects(self) -> None:
         raw = await self.redis.hgetall(self.keys.projects)
-        self.projects = {k.decode(): int(v) for k, v in raw.items()}
+        self.projects = {as_str(k): int(v) for k, v in raw.items()}
 
     async def lookup_project(self, key: str) -> int | None:
         pid = self.projects.get(key)

@@ -199,8 +199,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                     print(f"{rec['task_id']}  attempts={rec['attempts']}  {rec['error']}")
                 return 0
             moved = 0
-            while (raw := await redis.rpop(keys.dead_letters)) is not None:
-                rec = orjson.loads(raw)
+            while (popped := await redis.rpop(keys.dead_letters)) is not None:
+                rec = orjson.loads(popped)  # type: ignore[arg-type]
                 msg = orjson.loads(rec["message"])
                 msg["labels"] = {}
                 await redis.xadd(keys.stream, {"data": orjson.dumps(msg)})

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from core.db import repo
 from core.db.engine import make_engine
@@ -101,8 +102,9 @@ class Stack:
         await redis.aclose()
 
     def settings(self) -> Settings:
-        return Settings(**{k.removeprefix("FAULTLINE_").lower(): v for k, v in self.env().items()
-                           if k.startswith("FAULTLINE_") and k != "FAULTLINE_NODE_NAME"})
+        values: dict[str, Any] = {k.removeprefix("FAULTLINE_").lower(): v for k, v in self.env().items()
+                                  if k.startswith("FAULTLINE_") and k != "FAULTLINE_NODE_NAME"}
+        return Settings(**values)
 
     def env(self, **extra: str) -> dict[str, str]:
         assert self.redis is not None

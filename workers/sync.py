@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core import metrics
 from core.db import repo
 from core.keys import Keys
-from core.redis import load_script
+from core.redis import as_str, load_script
 
 log = logging.getLogger("faultline.sync")
 
@@ -33,9 +33,9 @@ async def sync_counts(redis: Redis, engine: AsyncEngine, keys: Keys) -> int:
         keys=[keys.pending_counts, keys.flushing_batches, keys.flushing(batch_id)], args=[batch_id])
     added = 0
     for raw_id in batches:
-        bid = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+        bid = as_str(raw_id)
         raw = await redis.hgetall(keys.flushing(bid))
-        deltas = {fp.decode(): int(n) for fp, n in raw.items()}
+        deltas = {as_str(fp): int(n) for fp, n in raw.items()}
         with metrics.timed(metrics.DB_SECONDS, "apply_counts"):
             async with engine.begin() as conn:
                 applied = await repo.apply_count_batch(conn, bid, deltas)

@@ -10,16 +10,17 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Table, delete, func, select
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.db.models import AppliedBatch, ErrorGroup, Project, Sample
 
-_groups = ErrorGroup.__table__
-_samples = Sample.__table__
-_batches = AppliedBatch.__table__
+_groups: Table = ErrorGroup.__table__  # type: ignore[assignment]
+_samples: Table = Sample.__table__  # type: ignore[assignment]
+_batches: Table = AppliedBatch.__table__  # type: ignore[assignment]
+_projects: Table = Project.__table__  # type: ignore[assignment]
 
 # MySQL/MariaDB errors worth retrying as they are: 1205 lock wait timeout, 1213 deadlock,
 # 2002/2003/2006/2013 connection lost or refused.
@@ -147,7 +148,7 @@ async def ensure_project(conn: AsyncConnection, name: str, ingest_key: str) -> t
     existing = (await conn.execute(select(Project.id, Project.ingest_key).where(Project.name == name))).first()
     if existing is not None:
         return int(existing[0]), str(existing[1])
-    result = await conn.execute(Project.__table__.insert().values(
+    result = await conn.execute(_projects.insert().values(
         name=name, ingest_key=ingest_key, created_at=time.time()))
     return int(result.inserted_primary_key[0]), ingest_key  # type: ignore[index]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import sqlite3
 import time
@@ -128,7 +129,7 @@ async def test_poison_task_goes_to_dead_letters_with_growing_backoff(make_settin
     assert [s["attempts"] for _, s in seen] == [1, 2, 3, 4]
     delays = [s["next_attempt_in"] for _, s in seen[:-1]]
     assert delays[0] < delays[1] < delays[2], delays
-    gaps = [b[0] - a[0] for a, b in zip(seen, seen[1:], strict=False)]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(seen)]
     for gap, delay in zip(gaps, delays, strict=True):
         assert gap >= delay * 0.95, (gaps, delays)  # never retried early
     assert gaps[2] > gaps[0]
