@@ -29,7 +29,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from tests.conftest import ARTIFACTS
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / "e2e_pipeline.log", "w")  # noqa: SIM115
+    log = open(ARTIFACTS / "e2e_pipeline.log", "w")
 
     def sink(line: str) -> None:
         log.write(line + "\n")

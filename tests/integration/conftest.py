@@ -65,7 +65,7 @@ def spawn(request: pytest.FixtureRequest) -> Any:
     from tests.conftest import ARTIFACTS
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / f"{request.node.name}.children.log", "a")  # noqa: SIM115
+    log = open(ARTIFACTS / f"{request.node.name}.children.log", "a")
     children: list[Child] = []
 
     def sink(line: str) -> None:

@@ -10,17 +10,18 @@ import pytest
 from core.keys import Keys
 from core.redis import make_redis
 from core.settings import Settings
-from tests.integration.conftest import INGEST_KEY, api_client, prepare
+from tests.integration.conftest import api_client, prepare
 from workers.sync import sync_counts
 from workers.writer import BatchWriter
 
 
 async def drain_queue(settings: Settings) -> int:
     """Process everything queued the way a worker does (batch writer), then sync counts."""
+    import orjson
+
     from core.db.engine import make_engine
     from core.events import Event
     from core.tasks import PERSIST_EVENTS
-    import orjson
 
     keys = Keys(settings.key_prefix)
     redis = make_redis(settings, timeout=5)
