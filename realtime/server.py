@@ -9,7 +9,9 @@ Client protocol:
   emit "subscribe" {"rooms": ["project:*" | "project:<id>" | "service:<id>:<svc>", ...]} with an ack:
      {"ok": true, "rooms": [...], "projects": [...], "node": ..., "snapshot": [...]} or {"ok": false, ...}
   emit "unsubscribe" {"rooms": [...]}.
-  receive "error:new", "error:count", "error:spike" (core/feed.py), and "feed:reconnect" before a drain.
+  receive "error:new", "error:count", "error:spike" (core/feed.py), and "feed:reconnect" before a drain:
+     the node then closes the socket gracefully, which python-socketio clients treat as final (only a
+     dropped transport is retried), so a client told to go reconnects by itself, through the load balancer.
 """
 
 from __future__ import annotations
@@ -152,6 +154,8 @@ async def disconnect_all(sio: socketio.AsyncServer, grace: float = 0.2) -> None:
     would leave). The JS and Python clients reconnect by themselves when the transport closes; nginx sends
     them to a node that still accepts. `sio.shutdown()` would not disconnect anyone; `eio.disconnect()` does.
     """
+    if not sio.eio.sockets:  # nobody here (eio.disconnect() fails on an empty set)
+        return
     await sio.emit("feed:reconnect", {"reason": "draining"}, ignore_queue=True)
     await asyncio.sleep(grace)  # let the frames go out before the close
     await sio.eio.disconnect()
