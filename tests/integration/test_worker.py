@@ -208,3 +208,23 @@ async def test_db_outage_ingest_keeps_accepting_and_workers_catch_up(
         await redis.aclose()
     finally:
         db.stop()
+
+
+async def test_project_create_prints_a_working_key(make_settings: Any) -> None:
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import env_of
+
+    settings = make_settings()
+    await prepare(settings)
+    out = subprocess.run([sys.executable, "-m", "faultline", "project", "create", "billing"],
+                         env=env_of(settings), capture_output=True, text=True, timeout=60, check=True)
+    key = out.stdout.strip().splitlines()[-1]
+    assert len(key) >= 24
+    again = subprocess.run([sys.executable, "-m", "faultline", "project", "create", "billing"],
+                           env=env_of(settings), capture_output=True, text=True, timeout=60, check=True)
+    assert again.stdout.strip().splitlines()[-1] == key  # idempotent: the same project, the same key
+    async with api_client(settings) as c:
+        r = await c.post("/errors/log", json={"message": "billing broke"}, headers={"X-Faultline-Key": key})
+        assert r.status_code == 202
