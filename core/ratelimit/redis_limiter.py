@@ -1,23 +1,28 @@
 """The distributed limiter: one EVALSHA of core/scripts/ratelimit.lua per request, for all its tiers.
 
 Exact across any number of API nodes (the script is atomic and reads Redis TIME, never a node clock).
-Client CPU is the cost that matters (~150 µs per redis-py call, docs/performance-floor): one call, keys and
-arguments prebuilt per tier set, members from a counter instead of a random source.
+Client CPU is the cost that matters (one redis-py call ~150 µs, docs/performance-floor; a request without
+the limiter ~650 µs). So the calls of requests that arrive in the same event-loop iteration go out as ONE
+pipeline (no MULTI: each script is atomic on its own, order is kept), which roughly halves the client
+cost per call under load and adds no timer: the batch leaves at the end of the current iteration.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from core.keys import Keys
 from core.ratelimit.limiter import Decision, LimiterUnavailable
 from core.ratelimit.tiers import Tier
 from core.redis import load_script
+
+Call = tuple[list[str], list[str | int], "asyncio.Future[list[int]]"]
 
 
 class RedisLimiter:
@@ -29,6 +34,8 @@ class RedisLimiter:
         self._token = secrets.token_hex(4)
         self._serial = itertools.count()
         self._prepared: dict[int, tuple[tuple[Tier, ...], list[str], list[int]]] = {}
+        self._pending: list[Call] = []
+        self._sends: set[asyncio.Task[None]] = set()
 
     def _prepare(self, tiers: Sequence[Tier]) -> tuple[tuple[Tier, ...], list[str], list[int]]:
         # Tier tuples come from the policy and live as long as the process: cache by identity.
@@ -42,12 +49,59 @@ class RedisLimiter:
     async def hit(self, client: str, tiers: Sequence[Tier]) -> Decision:
         frozen, prefixes, args = self._prepare(tiers)
         member = f"{self._token}{next(self._serial):x}"
-        try:
-            allowed, index, remaining, wait_us, now_us = await self.script(
-                keys=[p + client for p in prefixes], args=[member, *args])
-        except (TimeoutError, RedisError, OSError) as exc:
-            raise LimiterUnavailable(str(exc) or type(exc).__name__) from exc
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
+        self._pending.append(([p + client for p in prefixes], [member, *args], future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)
+        allowed, index, remaining, wait_us, now_us = await future
         return Decision(bool(allowed), frozen[int(index) - 1], int(remaining), int(wait_us), int(now_us))
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.create_task(self._send(batch))
+        self._sends.add(task)  # keep a reference until done (the loop holds only weak ones)
+        task.add_done_callback(self._sends.discard)
+
+    async def _send(self, batch: list[Call]) -> None:
+        try:
+            results = await self._evalsha_all(batch)
+        except (TimeoutError, RedisError, OSError) as exc:
+            error = LimiterUnavailable(str(exc) or type(exc).__name__)
+            results = [error] * len(batch)
+        except BaseException as exc:  # cancelled: no caller may wait for ever
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(LimiterUnavailable(repr(exc)))
+            raise
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result if isinstance(result, LimiterUnavailable)
+                                     else LimiterUnavailable(str(result)))
+            else:
+                future.set_result(result)  # type: ignore[arg-type]
+
+    async def _evalsha_all(self, batch: list[Call]) -> list[object]:
+        if len(batch) == 1:  # nothing to share: the plain call (EVALSHA, reloads the script if needed)
+            keys, args, _ = batch[0]
+            return [await self.script(keys=keys, args=args)]
+        results: list[object] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        for _attempt in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    keys, args, _ = batch[i]
+                    pipe.evalsha(self.script.sha, len(keys), *keys, *args)
+                for i, result in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+                    results[i] = result
+            # Redis restarted or flushed its scripts: load it and redo only those calls (nothing was logged)
+            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
+            if not todo:
+                break
+            await self.redis.script_load(self.script.script)
+        return results
 
     async def close(self) -> None:
         """The Redis client belongs to the runtime, which closes it."""

@@ -120,3 +120,16 @@ async def test_the_seeds_pipeline_breaks_where_ours_holds(limiter_pair: Any) -> 
     now_ms = time.time_ns() // 1_000_000
     results = [await seed_pipeline_hit(redis, key, 2, 1000, now_ms + 100 * i, i) for i in range(30)]
     assert results[:2] == [True, True] and not any(results[2:])  # 2.8 s of retries, refused all along
+
+
+async def test_script_flush_is_survived_by_single_and_batched_calls(limiter_pair: Any) -> None:
+    """Concurrent calls share one pipeline; after SCRIPT FLUSH (a Redis restart) both paths reload."""
+    (lim, _), keys, redis = limiter_pair
+    tiers = (Tier("short", 40, 30_000),)
+    await lim.hit("c", tiers)
+    await redis.script_flush()
+    assert (await lim.hit("c", tiers)).allowed  # single call: redis-py's EVALSHA fallback
+    await redis.script_flush()
+    results = await asyncio.gather(*[lim.hit("c", tiers) for _ in range(60)])  # batched
+    assert sum(d.allowed for d in results) == 38
+    assert await redis.zcard(keys.ratelimit("short", "c")) == 40  # nothing logged twice
