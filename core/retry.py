@@ -26,6 +26,8 @@ from core.tasks import ATTEMPT_LABEL
 
 log = logging.getLogger("faultline.retry")
 TRANSIENT_LABEL = "transient_attempt"
+# The dead-letter list keeps the newest 10,000 failures: enough to diagnose and replay, bounded in Redis.
+DEAD_LETTER_CAP = 10_000
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -69,6 +71,7 @@ class RetryMiddleware(TaskiqMiddleware):
                   "message": _wire(message, message.labels).decode()}
         pipe = self.redis.pipeline(transaction=False)
         pipe.lpush(self.keys.dead_letters, orjson.dumps(record))
+        pipe.ltrim(self.keys.dead_letters, 0, DEAD_LETTER_CAP - 1)
         self._status(pipe, message.task_id, event_ids, "dead", attempt, error)
         await pipe.execute()
         metrics.JOBS.labels("dead").inc()

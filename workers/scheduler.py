@@ -17,7 +17,7 @@ from core.db.engine import make_engine
 from core.keys import Keys
 from core.redis import make_redis
 from core.settings import Settings
-from workers.sync import housekeeping, sync_counts
+from workers.sync import housekeeping, prune_consumers, sync_counts
 
 log = logging.getLogger("faultline.scheduler")
 HOUSEKEEPING_EVERY = 10  # intervals
@@ -69,4 +69,5 @@ async def _run_once(redis: object, engine: object, keys: Keys, settings: Setting
     await pipe.execute()
     if bucket % HOUSEKEEPING_EVERY == 0:
         await housekeeping(engine, settings.samples_per_group)  # type: ignore[arg-type]
+        await prune_consumers(redis, keys)  # type: ignore[arg-type]
     log.debug("sync bucket %d by %s: %d events", bucket, name, added)

@@ -59,3 +59,17 @@ async def housekeeping(engine: AsyncEngine, samples_per_group: int) -> None:
     async with engine.begin() as conn:
         await repo.prune_samples(conn, samples_per_group)
         await repo.prune_batches(conn, time.time() - 7 * 86_400)
+
+
+async def prune_consumers(redis: Redis, keys: Keys, idle_ms: int = 3_600_000) -> int:
+    """Forget stream consumers (one per worker process ever started) idle for an hour with nothing pending."""
+    removed = 0
+    try:
+        consumers = await redis.xinfo_consumers(keys.stream, keys.consumer_group)
+    except Exception:
+        return 0
+    for c in consumers:
+        if int(c.get("pending", 0)) == 0 and int(c.get("idle", 0)) > idle_ms:
+            await redis.xgroup_delconsumer(keys.stream, keys.consumer_group, c["name"])
+            removed += 1
+    return removed

@@ -1,0 +1,100 @@
+"""Idempotent writes on SQLite and MariaDB: each can run twice and change nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from core.db import repo
+from core.db.engine import make_engine
+from core.db.migrate import migrate
+from core.db.models import ErrorGroup, Sample
+from core.keys import Keys
+from core.redis import make_redis
+from core.settings import Settings
+from workers.sync import prune_consumers, sync_counts
+
+
+@pytest.fixture
+async def settings(make_settings: Any, db_url: str) -> Settings:
+    s = make_settings(database_url=db_url)
+    await migrate(s)
+    return s
+
+
+def group(fp: str, t: float, message: str = "m") -> dict[str, Any]:
+    return {"fingerprint": fp, "project_id": 1, "message": message, "error_type": "E", "service": "s",
+            "level": "error", "first_seen": t, "last_seen": t}
+
+
+async def test_count_batch_applies_once_and_placeholder_is_filled(settings: Settings) -> None:
+    engine = make_engine(settings)
+    fp = "a" * 64
+    async with engine.begin() as conn:
+        assert await repo.apply_count_batch(conn, "b1", {fp: 3})
+    async with engine.begin() as conn:
+        assert not await repo.apply_count_batch(conn, "b1", {fp: 3})  # replay: no-op
+    async with engine.begin() as conn:
+        await repo.upsert_groups(conn, [group(fp, 200.0, "first message")])
+        await repo.upsert_groups(conn, [group(fp, 100.0, "later message"), group("b" * 64, 50.0)])
+        await repo.upsert_groups(conn, [group(fp, 300.0, "third")])
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(ErrorGroup.__table__).where(ErrorGroup.fingerprint == fp))).one()
+    await engine.dispose()
+    assert row.count == 3  # the worker's upserts never touch the count
+    assert row.message == "first message"  # filled once, then kept
+    assert (row.first_seen, row.last_seen) == (100.0, 300.0)
+
+
+async def test_sync_survives_a_crash_between_rename_and_commit(settings: Settings) -> None:
+    keys = Keys(settings.key_prefix)
+    redis = make_redis(settings, timeout=5)
+    engine = make_engine(settings)
+    # a sync that crashed after moving the pending hash aside: the batch is left in the flushing set
+    await redis.hset(keys.flushing("crashed"), mapping={"c" * 64: 4})
+    await redis.sadd(keys.flushing_batches, "crashed")
+    await redis.hset(keys.pending_counts, mapping={"c" * 64: 1, "d" * 64: 2})
+    assert await sync_counts(redis, engine, keys) == 7
+    # and one that crashed after its commit but before clean-up: the ledger makes the retry a no-op
+    await redis.hset(keys.flushing("crashed"), mapping={"c" * 64: 4})
+    await redis.sadd(keys.flushing_batches, "crashed")
+    assert await sync_counts(redis, engine, keys) == 0
+    async with engine.connect() as conn:
+        counts = dict((await conn.execute(select(ErrorGroup.fingerprint, ErrorGroup.count))).all())
+    assert counts == {"c" * 64: 5, "d" * 64: 2}
+    assert not await redis.exists(keys.flushing_batches)
+    await redis.aclose()
+    await engine.dispose()
+
+
+async def test_prune_keeps_the_newest_samples_of_each_group(settings: Settings) -> None:
+    engine = make_engine(settings)
+    rows = [{"event_id": f"{g}{i:031d}", "fingerprint": g * 64, "received_at": time.time() + i, "payload": "{}"}
+            for g in "ef" for i in range(8)]
+    async with engine.begin() as conn:
+        await repo.insert_samples(conn, rows)
+        await repo.insert_samples(conn, rows)  # redelivery: ignored
+        await repo.prune_samples(conn, keep=3)
+    async with engine.connect() as conn:
+        kept = (await conn.execute(select(Sample.fingerprint, func.count()).group_by(Sample.fingerprint))).all()
+        ids = set((await conn.execute(select(Sample.event_id))).scalars())
+    await engine.dispose()
+    assert dict(kept) == {"e" * 64: 3, "f" * 64: 3}
+    assert ids == {f"{g}{i:031d}" for g in "ef" for i in (5, 6, 7)}
+
+
+async def test_idle_consumers_are_forgotten(make_settings: Any) -> None:
+    settings = make_settings()
+    keys = Keys(settings.key_prefix)
+    redis = make_redis(settings, timeout=5)
+    await redis.xgroup_create(keys.stream, keys.consumer_group, id="0", mkstream=True)
+    await redis.xgroup_createconsumer(keys.stream, keys.consumer_group, "gone")
+    assert await prune_consumers(redis, keys, idle_ms=3_600_000) == 0
+    await asyncio.sleep(0.05)
+    assert await prune_consumers(redis, keys, idle_ms=10) == 1
+    assert await redis.xinfo_consumers(keys.stream, keys.consumer_group) == []
+    await redis.aclose()
