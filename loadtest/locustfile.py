@@ -21,6 +21,7 @@ from locust.contrib.fasthttp import FastHttpUser
 
 from loadtest.payloads import PayloadMix
 from loadtest.scenarios import stage_at, stages
+from loadtest.stats import classify, summary
 
 PLAN = stages(os.environ.get("LOADTEST_SCENARIO", "ramp"),
               stage_seconds=float(os.environ.get("LOADTEST_STAGE_SECONDS", "30")),
@@ -74,30 +75,6 @@ class Tally:
             json.dump(data, f)
 
 
-def classify(status: int) -> str:
-    if 200 <= status < 300:
-        return "ok"
-    if status == 429:
-        return "429"
-    if status >= 500:
-        return "5xx"
-    if status == 0:
-        return "conn"
-    return "other"
-
-
-def summary(values: array[float]) -> dict[str, float]:
-    if not values:
-        return {"count": 0}
-    ordered = sorted(values)
-    n = len(ordered)
-
-    def pct(p: float) -> float:
-        return ordered[min(n - 1, int(p / 100 * n))]
-
-    return {"count": n, "p50": pct(50), "p95": pct(95), "p99": pct(99), "p999": pct(99.9), "max": ordered[-1]}
-
-
 TALLY = Tally()
 
 
@@ -123,7 +100,7 @@ class ErrorReporter(FastHttpUser):
 
     @task
     def log_error(self) -> None:
-        with self.client.post("/errors/log", data=self.mix.body(), headers=self.headers,
+        with self.client.post("/errors/log", data=self.mix.body().decode(), headers=self.headers,
                               catch_response=True) as resp:
             status = resp.status_code or 0
             latency = float(resp.request_meta["response_time"])

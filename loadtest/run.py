@@ -124,9 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     log = (out / "stack.log").open("w")
     console.print(f"[bold]make loadtest SCENARIO={args.scenario}[/]  report: {out}")
     results: dict[str, Any] = {}
+
+    def sink(text: str) -> None:
+        log.write(text + "\n")
+
     try:
         for name in [t.strip() for t in args.targets.split(",") if t.strip()]:
-            results[name] = run_target(name, args, out, lambda s: log.write(s + "\n"))
+            results[name] = run_target(name, args, out, sink)
     finally:
         log.close()
     report = loadreport.build(args, results, machine_description(), out)

@@ -53,8 +53,12 @@ def exported(text: str) -> set[str]:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     log = (tmp_path_factory.mktemp("logs") / "stack.log").open("w")
     env = {"FAULTLINE_RATE_LIMITS": "short:5/s,medium:1000/m", "FAULTLINE_SYNC_INTERVAL": "1"}
+
+    def sink(line: str) -> None:
+        log.write(line + "\n")
+
     st = Stack(StackConfig(base_dir=tmp_path_factory.mktemp("stack"), nodes=1, port=0, workers=1, schedulers=1,
-                           db="sqlite", env=env, sink=lambda line: log.write(line + "\n")))
+                           db="sqlite", env=env, sink=sink))
     try:
         st.start()
         yield st
