@@ -142,3 +142,12 @@ async def test_ten_thousand_events_with_a_worker_sigkilled_counted_exactly(stack
     await engine.dispose()
     await redis.aclose()
     assert rows == dict(accepted), {fp: (rows.get(fp), n) for fp, n in accepted.items() if rows.get(fp) != n}
+
+
+async def test_a_full_batch_through_nginx(stack: Stack) -> None:
+    events = [{"message": f"BatchError: row {i}", "fingerprint": f"batch-{i % 7}", "stack": "x" * 200}
+              for i in range(1000)]  # ~300 KB: larger than any nginx buffer default
+    async with aiohttp.ClientSession() as s:
+        code, body = await post(s, f"{stack.url}/errors/batch", stack.ingest_key, {"events": events})
+    assert code == 202, body
+    assert body["accepted"] == 1000 and len({r["fingerprint"] for r in body["results"]}) == 7

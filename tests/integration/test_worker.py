@@ -218,12 +218,14 @@ async def test_project_create_prints_a_working_key(make_settings: Any) -> None:
 
     settings = make_settings()
     await prepare(settings)
-    out = subprocess.run([sys.executable, "-m", "faultline", "project", "create", "billing"],
-                         env=env_of(settings), capture_output=True, text=True, timeout=60, check=True)
+    def create() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "faultline", "project", "create", "billing"],
+                              env=env_of(settings), capture_output=True, text=True, timeout=60, check=True)
+
+    out = await asyncio.to_thread(create)
     key = out.stdout.strip().splitlines()[-1]
     assert len(key) >= 24
-    again = subprocess.run([sys.executable, "-m", "faultline", "project", "create", "billing"],
-                           env=env_of(settings), capture_output=True, text=True, timeout=60, check=True)
+    again = await asyncio.to_thread(create)
     assert again.stdout.strip().splitlines()[-1] == key  # idempotent: the same project, the same key
     async with api_client(settings) as c:
         r = await c.post("/errors/log", json={"message": "billing broke"}, headers={"X-Faultline-Key": key})
