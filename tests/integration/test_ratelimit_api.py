@@ -3,8 +3,10 @@ client identity, fail closed/open, the in-process backend, and X-Request-ID."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -165,3 +167,34 @@ async def test_request_id_is_kept_generated_and_logged(limited: Callable[..., Se
         assert r.status_code == 404
     assert any("rid=rid-404-check" in m and " 404 " in m for m in caplog.messages)
     assert not any("edge-abc.123" in m for m in caplog.messages)  # a 200 is logged only at DEBUG
+
+
+async def test_hung_redis_answers_503_without_every_request_waiting(limited: Callable[..., Settings]) -> None:
+    """A Redis that accepts connections and never answers: the first call times out, the breaker answers
+    the next ones at once (10 requests at 0.3 s each would take 3 s)."""
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(-1)
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = limited(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.3)
+    try:
+        async with client(settings) as c:
+            started = time.monotonic()
+            codes = [(await c.get("/errors")).status_code for _ in range(10)]
+            elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    assert codes == [503] * 10
+    assert elapsed < 2.0, elapsed
+
+
+async def test_sentry_key_identifies_the_client(limited: Callable[..., Settings]) -> None:
+    """The Sentry SDK sends its key in X-Sentry-Auth (or ?sentry_key=): a known key gets its own window."""
+    async with client(limited()) as c:
+        auth = {"X-Sentry-Auth": f"Sentry sentry_key={KEY}, sentry_version=7, sentry_client=test/1.0"}
+        remaining = [(await c.get("/errors", headers=auth)).headers["x-ratelimit-remaining"] for _ in range(2)]
+        query = await c.get(f"/errors?sentry_key={KEY}&sentry_version=7")
+        by_ip = await c.get("/errors")
+    assert remaining == ["2", "1"] and query.headers["x-ratelimit-remaining"] == "0"
+    assert by_ip.headers["x-ratelimit-remaining"] == "2"  # the IP's window is a different one
