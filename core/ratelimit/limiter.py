@@ -55,11 +55,20 @@ def wall_clock_us() -> int:
     return time.time_ns() // 1000
 
 
-class MemoryLimiter:
-    """One process's windows in memory: for a single node without Redis (each process counts alone)."""
+def monotonic_us() -> int:
+    return time.monotonic_ns() // 1000
 
-    def __init__(self, clock: Callable[[], int] = wall_clock_us) -> None:
+
+class MemoryLimiter:
+    """One process's windows in memory: for a single node without Redis (each process counts alone).
+
+    Windows run on the monotonic clock (a wall-clock step back would freeze them); only the Reset header
+    is converted to wall time.
+    """
+
+    def __init__(self, clock: Callable[[], int] = monotonic_us, wall: Callable[[], int] = wall_clock_us) -> None:
         self.clock = clock
+        self.wall = wall
         self.windows: dict[str, deque[int]] = {}
         self._horizon: dict[str, int] = {}  # key -> its window in µs, for the sweep
         self._calls = 0
@@ -84,7 +93,7 @@ class MemoryLimiter:
                     block = (free_at, tier, 0)
         self._maybe_sweep(now)
         if block is not None:
-            return Decision(False, block[1], 0, block[0] - now, now)
+            return Decision(False, block[1], 0, block[0] - now, self.wall())
         best = None
         for tier, log in zip(tiers, logs, strict=True):
             log.append(now)
@@ -92,7 +101,7 @@ class MemoryLimiter:
             if best is None or left < best[1]:
                 best = (tier, left, log[0] + tier.window_ms * 1000 - now)
         assert best is not None
-        return Decision(True, best[0], best[1], best[2], now)
+        return Decision(True, best[0], best[1], best[2], self.wall())
 
     def _maybe_sweep(self, now: int) -> None:
         self._calls += 1
