@@ -1,8 +1,8 @@
 """Rate limiting at the door: a pure ASGI middleware that answers 429 before any routing or body parsing.
 
-Pure ASGI rather than BaseHTTPMiddleware, which wraps every request in a task and a stream (it costs
-more than the limiter's own Redis call, docs/performance-floor). A refused request costs one script call:
-the route never runs, so nothing is parsed, enqueued or counted.
+Pure ASGI rather than BaseHTTPMiddleware, which runs every request in an extra task and pipes the
+response through a memory stream (docs/performance-floor lists pure ASGI among the levers that counted).
+A refused request costs one script call: the route never runs, so nothing is parsed, enqueued or counted.
 
 Client = the project's ingest key when it is one we know (X-Faultline-Key, or the Sentry key), else the
 client IP (api/clientip.py). Unknown keys fall back to the IP, so inventing keys does not mint windows.
@@ -70,8 +70,9 @@ class RateLimitGuard:
                 real_ip = value
             elif name == b"x-sentry-auth" and key is None:
                 key = _sentry_key(value)
-        if key is None and b"sentry_key=" in scope["query_string"]:
-            key = _sentry_key(scope["query_string"].replace(b"&", b","))
+        query = scope.get("query_string", b"")
+        if key is None and b"sentry_key=" in query:
+            key = _sentry_key(query.replace(b"&", b","))
         if key:
             text = key.decode("latin-1")
             if self.known_key(text):
