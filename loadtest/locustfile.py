@@ -41,8 +41,14 @@ class Tally:
         self.users_by_window: dict[int, int] = {}
         self.accepted: Counter[str] = Counter()
         self.duplicates = 0
+        self.retries = 0
+        self.unknown = 0  # fresh events whose first attempt and retry both failed: counted or not, unknown
 
-    def record(self, latency_ms: float, status: int, body: bytes, users: int) -> None:
+    def record(self, latency_ms: float, status: int, body: bytes, users: int,
+               first_failed: bool = False) -> None:
+        """One answer. `first_failed`: a retry of a fresh event whose first attempt got a 5xx or no answer;
+        a "duplicate" then means that first attempt was counted by the server (e.g. Redis ran the script
+        but the reply came after the node's redis_timeout), so it is tallied as accepted here."""
         elapsed = time.monotonic() - self.start
         stage = stage_at(PLAN, elapsed)
         stage = len(PLAN) - 1 if stage is None else stage
@@ -56,7 +62,7 @@ class Tally:
                 answer = orjson.loads(body)
             except orjson.JSONDecodeError:
                 return
-            if answer.get("duplicate"):
+            if answer.get("duplicate") and not first_failed:
                 self.duplicates += 1
             else:
                 self.accepted[answer.get("fingerprint", "?")] += 1
@@ -70,6 +76,8 @@ class Tally:
                         for w, v in sorted(self.by_window.items())],
             "accepted_by_fingerprint": dict(self.accepted),
             "duplicates": self.duplicates,
+            "retries": self.retries,
+            "unknown_outcome": self.unknown,
         }
         with open(path, "w") as f:
             json.dump(data, f)
@@ -100,16 +108,29 @@ class ErrorReporter(FastHttpUser):
 
     @task
     def log_error(self) -> None:
-        with self.client.post("/errors/log", data=self.mix.body().decode(), headers=self.headers,
-                              catch_response=True) as resp:
+        body = self.mix.body().decode()
+        fresh = not self.mix.last_was_repeat
+        status = self.post(body, first_failed=False)
+        if status == 0 or status >= 500:
+            # As an SDK does: one retry of the same event (same event_id) after 1 s. Safe because ingest
+            # is idempotent by event id; it is also how the client learns whether the first try counted.
+            TALLY.retries += 1
+            time.sleep(1.0)
+            again = self.post(body, first_failed=fresh)
+            if fresh and (again == 0 or again >= 500):
+                TALLY.unknown += 1
+
+    def post(self, body: str, first_failed: bool) -> int:
+        with self.client.post("/errors/log", data=body, headers=self.headers, catch_response=True) as resp:
             status = resp.status_code or 0
             latency = float(resp.request_meta["response_time"])
             users = self.environment.runner.user_count if self.environment.runner else 0
-            TALLY.record(latency, status, resp.content or b"", users)
+            TALLY.record(latency, status, resp.content or b"", users, first_failed)
             if 200 <= status < 300:
                 resp.success()
             else:
                 resp.failure(f"HTTP {status}")
+        return status
 
 
 class ScenarioShape(LoadTestShape):

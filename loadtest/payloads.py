@@ -37,12 +37,14 @@ class PayloadMix:
     seed: int | None = None
     rng: random.Random = field(init=False)
     recent: deque[dict[str, object]] = field(default_factory=lambda: deque(maxlen=256))
+    last_was_repeat: bool = False  # the last event() re-sent an earlier event (a deliberate duplicate)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
 
     def event(self) -> dict[str, object]:
-        if self.recent and self.rng.random() < REPEAT_SHARE:
+        self.last_was_repeat = bool(self.recent) and self.rng.random() < REPEAT_SHARE
+        if self.last_was_repeat:
             return self.rng.choice(self.recent)  # a client retry: the same event, sent again
         group = group_name(self.rng)
         n = int(group.rsplit("-", 1)[1])

@@ -124,3 +124,20 @@ def test_count_comparison_names_the_groups_that_differ() -> None:
     assert verify.compare({"a": 3, "b": 1}, {"a": 3, "b": 1})["exact"] is True
     diff = verify.compare({"a": 3, "b": 1}, {"a": 2, "c": 1})
     assert diff["exact"] is False and diff["groups_wrong"] == 3 and diff["examples"]["a"] == (3, 2)
+
+
+def test_counts_above_the_tally_are_right_only_within_the_unknown_outcomes() -> None:
+    # two events failed twice on the client side; the server counted one of them: still correct
+    ok = verify.compare({"a": 3}, {"a": 4}, unknown=2)
+    assert ok["exact"] is False and ok["within_unknown"] is True
+    assert verify.compare({"a": 3}, {"a": 6}, unknown=2)["within_unknown"] is False  # more than could be
+    assert verify.compare({"a": 3}, {"a": 2}, unknown=2)["within_unknown"] is False  # a lost event never is
+
+
+def test_payload_mix_flags_deliberate_repeats() -> None:
+    mix = PayloadMix(seed=3)
+    seen: set[str] = set()
+    for _ in range(2000):
+        event_id = str(mix.event()["event_id"])
+        assert mix.last_was_repeat == (event_id in seen)
+        seen.add(event_id)
