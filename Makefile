@@ -4,12 +4,12 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | md5sum | cut -c1-8)
 
-.PHONY: up test lint typecheck unit bench loadtest system venv node clean
+.PHONY: up test lint typecheck unit bench loadtest system venv node checkov clean
 
 up: system venv node
 	$(VENV)/bin/faultline up $(ARGS)
 
-test: system venv node lint
+test: system venv node checkov lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: venv
@@ -43,6 +43,17 @@ loadtest: system venv
 
 lock:
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev -o requirements.lock
+
+# checkov (security scan of deploy/k8s, tests/unit/test_k8s_security.py) in its own virtualenv: it pins
+# dozens of packages that would fight the app's lock. Pinned; reinstalled only when this line changes.
+CHECKOV_VERSION := 3.3.30
+CHECKOV := .venv-checkov/.installed-$(CHECKOV_VERSION)
+checkov: $(CHECKOV)
+$(CHECKOV): | venv
+	rm -rf .venv-checkov
+	$(VENV)/bin/uv venv -q --python $(PY) .venv-checkov
+	$(VENV)/bin/uv pip install -q --python .venv-checkov/bin/python checkov==$(CHECKOV_VERSION)
+	touch $@
 
 clean:
 	rm -rf .faultline test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -213,7 +213,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Also used by tests that check the Dockerfile and the k8s manifests only run commands that exist."""
     parser = argparse.ArgumentParser(prog="faultline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run the whole local stack in the foreground")
@@ -252,5 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     dlq.add_argument("action", choices=["list", "replay"])
     dlq.add_argument("--limit", type=int, default=50)
     dlq.set_defaults(func=cmd_dlq)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

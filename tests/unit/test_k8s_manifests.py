@@ -1,0 +1,199 @@
+"""deploy/k8s rendered by kustomize: valid against the Kubernetes schemas, and in agreement with the app.
+
+The timing figures live in two places (the ConfigMap the app reads, the probes/preStop/grace periods the
+kubelet uses); these tests read both and fail when they drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from core.settings import Settings
+from faultline import gunicorn_conf
+from faultline.asgi import create
+from faultline.cli import build_parser
+from health import checks
+from tests.unit.k8s_render import REPO, by_kind, pod_specs, render
+
+K8S_VERSION = "1.32.0"  # the kubectl here embeds kustomize v5.5 (kubectl 1.32)
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[dict[str, Any]]:
+    return render("production")
+
+
+@pytest.fixture(scope="module")
+def config(docs: list[dict[str, Any]]) -> dict[str, str]:
+    [cm] = by_kind(docs, "ConfigMap").values()
+    return dict(cm["data"])
+
+
+@pytest.fixture(scope="module")
+def settings(config: dict[str, str]) -> Settings:
+    """What the pods' Settings would be (the Secret's values are filled in out of band)."""
+    env = {k.removeprefix("FAULTLINE_").lower(): v for k, v in config.items() if k.startswith("FAULTLINE_")}
+    return Settings(**env, admin_token="x" * 32)
+
+
+def _container(docs: list[dict[str, Any]], workload: str) -> dict[str, Any]:
+    [container] = pod_specs(docs)[workload]["containers"]
+    return container
+
+
+def _mib(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * factor
+    return float(quantity) / 1_048_576
+
+
+@pytest.mark.parametrize("overlay", ["base", "production"])
+def test_every_rendered_object_validates_against_the_schema(overlay: str) -> None:
+    objects = render(overlay)
+    kinds = {d["kind"] for d in objects}
+    assert {"Deployment", "Service", "Ingress", "ConfigMap", "Secret", "HorizontalPodAutoscaler",
+            "PodDisruptionBudget", "Job", "NetworkPolicy", "ServiceAccount"} <= kinds
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)  # raises on any unknown/invalid field
+
+
+def test_production_overlay_sets_namespace_and_pinned_image(docs: list[dict[str, Any]]) -> None:
+    namespaced = [d for d in docs if d["kind"] != "Namespace"]
+    assert {d["metadata"].get("namespace") for d in namespaced} == {"faultline"}
+    images = {c["image"] for spec in pod_specs(docs).values() for c in spec["containers"]}
+    assert images == {"registry.example.com/faultline/faultline:0.1.0"}
+
+
+def test_config_map_is_valid_app_settings(config: dict[str, str], settings: Settings) -> None:
+    fields = {f"FAULTLINE_{name.upper()}" for name in Settings.model_fields}
+    # read with os.environ before Settings exist (logging set-up in the CLI and the gunicorn config)
+    direct = {k for k in config if any(k in f.read_text() for f in (REPO / "faultline").glob("*.py"))}
+    unknown = {k for k in config if k.startswith("FAULTLINE_")} - fields - direct
+    assert not unknown, f"ConfigMap keys the app does not read: {unknown}"
+    assert settings.env == "production"
+
+
+def test_api_termination_fits_the_grace_period(docs: list[dict[str, Any]], settings: Settings) -> None:
+    pod = pod_specs(docs)["faultline-api"]
+    api = _container(docs, "faultline-api")
+    pre_stop = api["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    sleep = float(pre_stop[1])
+    grace = pod["terminationGracePeriodSeconds"]
+    # gunicorn SIGKILLs its workers at graceful_timeout; the app's own sequence must end before that.
+    graceful = settings.shutdown_timeout + 3
+    assert int(float(settings.shutdown_timeout)) + 3 == int(graceful)
+    assert settings.shutdown_timeout < graceful
+    assert grace > sleep + settings.shutdown_timeout
+    assert grace > sleep + graceful, f"grace {grace}s <= preStop {sleep}s + gunicorn graceful {graceful}s"
+    assert settings.drain_delay < settings.shutdown_timeout
+
+
+def test_gunicorn_graceful_timeout_follows_the_shutdown_timeout() -> None:
+    assert gunicorn_conf.graceful_timeout == int(float(Settings().shutdown_timeout)) + 3
+
+
+def test_readiness_notices_a_drain_within_the_drain_delay(docs: list[dict[str, Any]], settings: Settings) -> None:
+    ready = _container(docs, "faultline-api")["readinessProbe"]
+    assert ready["periodSeconds"] * ready["failureThreshold"] <= settings.drain_delay
+
+
+def test_probe_paths_and_ports_exist_in_the_app(docs: list[dict[str, Any]], settings: Settings) -> None:
+    api = _container(docs, "faultline-api")
+    paths = set(create(settings).openapi()["paths"])  # every route the node's app serves
+    ports = {p["name"]: p["containerPort"] for p in api["ports"]}
+    argv = build_parser().parse_args(api["command"][1:])
+    for kind, expected in (("startupProbe", "/health/live"), ("livenessProbe", "/health/live"),
+                           ("readinessProbe", "/health/ready")):
+        probe = api[kind]["httpGet"]
+        assert probe["path"] == expected and probe["path"] in paths
+        assert ports[probe["port"]] == argv.port  # the probe hits the port gunicorn binds
+        # a probe must outlast the slowest check it runs (the DB ping in readiness: checks.DB_TIMEOUT)
+        assert api[kind]["timeoutSeconds"] > max(checks.DB_TIMEOUT, checks.REDIS_TIMEOUT)
+    assert argv.host == "0.0.0.0"
+
+
+def test_memory_limit_is_below_the_container_limit(docs: list[dict[str, Any]], settings: Settings) -> None:
+    api = _container(docs, "faultline-api")
+    workers = build_parser().parse_args(api["command"][1:]).workers
+    limit = _mib(api["resources"]["limits"]["memory"])
+    # each gunicorn worker checks its own RSS; the master takes ~50 MB
+    assert settings.memory_limit_mb * workers + 64 < limit
+
+
+@pytest.mark.parametrize("workload,role", [("faultline-worker", "worker"), ("faultline-scheduler", "scheduler")])
+def test_background_processes_use_the_heartbeat_exec_probe(docs: list[dict[str, Any]], settings: Settings,
+                                                           workload: str, role: str) -> None:
+    container = _container(docs, workload)
+    assert build_parser().parse_args(container["command"][1:]).func.__name__ == f"cmd_{role}"
+    for kind in ("startupProbe", "livenessProbe"):
+        command = container[kind]["exec"]["command"]
+        args = build_parser().parse_args(command[1:])
+        assert command[0] == "faultline" and args.func.__name__ == "cmd_worker_check" and args.role == role
+    names = {e["name"]: e for e in container.get("env", [])}
+    assert names["FAULTLINE_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # a worker finishes its running tasks within shutdown_timeout before it exits
+    assert pod_specs(docs)[workload]["terminationGracePeriodSeconds"] > settings.shutdown_timeout
+
+
+def test_every_deployment_rolls_with_surge_1_unavailable_0(docs: list[dict[str, Any]]) -> None:
+    for name, deployment in by_kind(docs, "Deployment").items():
+        strategy = deployment["spec"]["strategy"]
+        assert strategy["type"] == "RollingUpdate", name
+        assert strategy["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}, name
+
+
+def test_every_container_command_is_a_faultline_command(docs: list[dict[str, Any]]) -> None:
+    seen = set()
+    for spec in pod_specs(docs).values():
+        for container in spec["containers"]:
+            assert container["command"][0] == "faultline"
+            seen.add(build_parser().parse_args(container["command"][1:]).func.__name__)
+    assert seen == {"cmd_api", "cmd_worker", "cmd_scheduler", "cmd_migrate"}
+
+
+def test_ingress_carries_websockets_and_the_body_limit(docs: list[dict[str, Any]], settings: Settings) -> None:
+    [ingress] = by_kind(docs, "Ingress").values()
+    notes = ingress["metadata"]["annotations"]
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    # Socket.IO feeds sit idle for minutes: ingress-nginx's default 60 s would cut them.
+    assert int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+    assert int(notes["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 3600
+    assert _mib(notes["nginx.ingress.kubernetes.io/proxy-body-size"].replace("m", "Mi")) * 1_048_576 == \
+        settings.max_body_bytes
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] in by_kind(docs, "Service")
+
+
+def test_selectors_point_at_real_pods(docs: list[dict[str, Any]]) -> None:
+    deployments = by_kind(docs, "Deployment")
+    labels = {n: d["spec"]["template"]["metadata"]["labels"] for n, d in deployments.items()}
+
+    def matches(selector: dict[str, str]) -> set[str]:
+        return {n for n, lab in labels.items() if selector.items() <= lab.items()}
+
+    for service in by_kind(docs, "Service").values():
+        assert matches(service["spec"]["selector"]) == {"faultline-api"}
+    for pdb in by_kind(docs, "PodDisruptionBudget").values():
+        assert len(matches(pdb["spec"]["selector"]["matchLabels"])) == 1
+    [hpa] = by_kind(docs, "HorizontalPodAutoscaler").values()
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "faultline-api"
+    assert hpa["spec"]["minReplicas"] >= deployments["faultline-api"]["spec"]["replicas"]
+
+
+def test_migration_job_runs_faultline_migrate(docs: list[dict[str, Any]]) -> None:
+    [job] = by_kind(docs, "Job").values()
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert build_parser().parse_args(container["command"][1:]).func.__name__ == "cmd_migrate"
+    assert job["spec"]["template"]["spec"]["restartPolicy"] in ("OnFailure", "Never")
+
+
+def test_secret_is_a_template_without_values(docs: list[dict[str, Any]]) -> None:
+    [secret] = by_kind(docs, "Secret").values()
+    assert "data" not in secret
+    assert all(value == "" for value in secret["stringData"].values())
