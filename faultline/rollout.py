@@ -55,7 +55,7 @@ def _stop_timeout(stack: Stack) -> float:
     return stack.settings().shutdown_timeout + 5
 
 
-def _wait_heartbeat(stack: Stack, role: str, name: str, timeout: float = 60.0) -> None:
+def _wait_heartbeat(stack: Stack, role: str, name: str, timeout: float = 120.0) -> None:
     assert stack.redis is not None
     client = redis.Redis.from_url(stack.redis.url, socket_timeout=2)
     key = Keys(stack.settings().key_prefix).heartbeat(role, name)

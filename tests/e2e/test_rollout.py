@@ -10,6 +10,7 @@ same per-group totals the ingest clients were acknowledged. Also: `faultline rol
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -74,10 +75,30 @@ class FeedWatcher:
             self.connects += 1
             asyncio.get_running_loop().create_task(subscribe())  # the ack needs this loop running
 
+        told = False
+
         async def on_reconnect_notice(_: Any) -> None:
+            nonlocal told
+            told = True
             self.reconnect_notices += 1
 
+        async def come_back() -> None:
+            while not self._stop.is_set() and not sio.connected:
+                await asyncio.sleep(0.2)
+                with contextlib.suppress(socketio.exceptions.ConnectionError):
+                    await sio.connect(self.url, transports=["websocket"], auth={"token": self.token},
+                                      wait_timeout=10)
+
+        async def on_disconnect(reason: Any = None) -> None:
+            # As the dashboard does (realtime/static/dashboard.js): socket.io clients do not retry a
+            # server-side close, and a drain is exactly that, announced by feed:reconnect.
+            nonlocal told
+            if told or reason == sio.reason.SERVER_DISCONNECT:
+                asyncio.get_running_loop().create_task(come_back())
+            told = False
+
         sio.on("connect", on_connect)
+        sio.on("disconnect", on_disconnect)
         sio.on("feed:reconnect", on_reconnect_notice)
         sio.on("error:new", lambda d: self._merge(d["groups"], "count"))
         sio.on("error:count", lambda d: self._merge(d["counts"], "total"))
