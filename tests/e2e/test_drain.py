@@ -18,7 +18,8 @@ from collections.abc import Iterator
 import pytest
 
 from faultline.stack import Stack
-from tests.e2e.steady_load import SteadyLoad, check_exactly_once, module_stack
+from tests.e2e.stack_checks import check_exactly_once, module_stack, report
+from tests.e2e.steady_load import SteadyLoad
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mariadb]
 PHASES = ("drain delay", "stop accepting", "reconnect clients", "finish in-flight", "flush", "close pools")
@@ -46,16 +47,16 @@ def test_sigterm_under_load_drains_in_logged_phases_and_exits_0(stack: tuple[Sta
     stats = load.stats
     s.nodes.remove(node)
     phases = [m.groups() for line in lines if line.startswith(node.name) and (m := PHASE_LINE.search(line))]
-    print(f"\nSIGTERM {node.name}: exit {code} after {took:.2f}s; phases: "
+    report(f"\nSIGTERM {node.name}: exit {code} after {took:.2f}s; phases: "
           + ", ".join(f"{name.strip()} {float(d):.3f}s" for name, d, _ in phases))
-    print(f"clients: {stats.summary()}")
+    report(f"clients: {stats.summary()}")
     assert code == 0
     assert took < s.settings().shutdown_timeout
     assert [p[0].strip() for p in phases] == list(PHASES)
     assert float(phases[0][1]) >= s.settings().drain_delay * 0.95  # really kept serving that long
     assert stats.bad_statuses == 0 and stats.failed == 0, stats.unexpected
     assert sum(stats.transport_errors.values()) == 0  # nginx hid the node's departure completely
-    print(check_exactly_once(s, load))
+    report(check_exactly_once(s, load))
 
 
 def test_sigkill_under_load_loses_no_accepted_event(stack: tuple[Stack, list[str]]) -> None:
@@ -71,8 +72,8 @@ def test_sigkill_under_load_loses_no_accepted_event(stack: tuple[Stack, list[str
     stats = load.stats
     s.nodes.remove(node)
     errors = stats.bad_statuses + sum(stats.transport_errors.values())
-    print(f"\nSIGKILL {node.name}: client-visible errors={errors} (statuses other than 202/429: "
+    report(f"\nSIGKILL {node.name}: client-visible errors={errors} (statuses other than 202/429: "
           f"{stats.bad_statuses}, transport: {dict(stats.transport_errors)}), events that failed every "
           f"re-send: {stats.failed}")
-    print(f"clients: {stats.summary()}")
-    print(check_exactly_once(s, load))
+    report(f"clients: {stats.summary()}")
+    report(check_exactly_once(s, load))

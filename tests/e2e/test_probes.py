@@ -19,7 +19,7 @@ import redis
 
 from core.keys import Keys
 from faultline.stack import Stack
-from tests.e2e.steady_load import module_stack, node_get
+from tests.e2e.stack_checks import module_stack, node_get, report
 
 pytestmark = pytest.mark.e2e
 SOFT, HARD = 20, 40
@@ -145,7 +145,7 @@ def test_readiness_503_from_the_first_instant_of_drain_while_still_serving(stack
     assert all(p[1] == 200 for p in answered[:first_503])  # before SIGTERM reached the worker
     assert all(p[1] == 503 for p in answered[first_503:]), "readiness came back during a drain"
     drain = answered[first_503][2]["details"]["drain"]  # type: ignore[index]
-    print(f"\nfirst 503 {answered[first_503][0]:.3f}s after kill, drain age then {drain['since_s']}s; "
+    report(f"\nfirst 503 {answered[first_503][0]:.3f}s after kill, drain age then {drain['since_s']}s; "
           f"{served_while_draining} ingest requests served while draining; exit {code} after {took:.2f}s")
     assert drain["state"] == "draining" and drain["since_s"] < 0.5
     assert served_while_draining > 0  # kept serving through the drain delay

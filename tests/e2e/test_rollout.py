@@ -29,7 +29,8 @@ import socketio
 from faultline.rollout import rolling_restart
 from faultline.services import free_port
 from faultline.stack import Stack
-from tests.e2e.steady_load import BASE_ENV, SteadyLoad, check_exactly_once, module_stack, node_get
+from tests.e2e.stack_checks import BASE_ENV, check_exactly_once, module_stack, node_get, report
+from tests.e2e.steady_load import SteadyLoad
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mariadb]
 
@@ -131,12 +132,12 @@ def test_two_rollouts_under_load_fail_nothing_and_count_everything_once(stack: t
     # 100 clients x 0.4 s think time: ~250 req/s offered, so replacement processes can start on the shared box
     with FeedWatcher(s.url, s.admin_token) as feed, SteadyLoad(s.url, s.ingest_key, clients=100, think=0.4) as load:
         load.wait_requests(500)
-        rollouts = [rolling_restart(s, log=print) for _ in range(2)]
+        rollouts = [rolling_restart(s, log=report) for _ in range(2)]
         load.wait_requests(500)
     stats = load.stats
     for r in rollouts:
-        print(json.dumps(r.as_dict()))
-    print(f"\nrollout x2 under load: {stats.summary()}")
+        report(json.dumps(r.as_dict()))
+    report(f"\nrollout x2 under load: {stats.summary()}")
     assert all(r.ok for r in rollouts), [r.as_dict() for r in rollouts]
     assert [s.role for s in rollouts[0].steps] == ["api"] * 3 + ["worker"] * 2 + ["scheduler"]
     assert not {c.name for c in s.nodes + s.workers} & first  # every node and worker replaced
@@ -147,10 +148,10 @@ def test_two_rollouts_under_load_fail_nothing_and_count_everything_once(stack: t
     # response, and re-sends (same event id). Reported, not hidden: ingress-nginx does not reload on
     # endpoint changes, so Kubernetes does not have this; the local stack does.
     assert stats.resent_duplicates == 0  # those requests never reached a node
-    print(check_exactly_once(s, load))
+    report(check_exactly_once(s, load))
     expected = dict(Counter(stats.accepted.values()))
     seen = feed.wait_for(expected)
-    print(f"feed client: {feed.connects} connects, {feed.reconnect_notices} feed:reconnect notices, nodes "
+    report(f"feed client: {feed.connects} connects, {feed.reconnect_notices} feed:reconnect notices, nodes "
           f"{sorted(set(feed.nodes))}; totals match on {sum(seen[f] == n for f, n in expected.items())}/"
           f"{len(expected)} groups")
     assert seen == expected
@@ -176,7 +177,7 @@ def test_faultline_rollout_sighups_faultline_up(tmp_path: Path) -> None:
         done = subprocess.run([*faultline, "rollout", "--timeout", "120"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=150)
         outcome = json.loads(done.stdout)
-        print(f"\n`faultline rollout`: exit {done.returncode}, {outcome['seconds']}s, "
+        report(f"\n`faultline rollout`: exit {done.returncode}, {outcome['seconds']}s, "
               f"{[(st['role'], st['old'], st['new'], st['exit_code']) for st in outcome['steps']]}")
         assert done.returncode == 0 and outcome["ok"]
         assert [st["role"] for st in outcome["steps"]] == ["api", "worker", "scheduler"]
