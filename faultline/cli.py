@@ -69,6 +69,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             rollout.run_requested(stack, DATA_DIR)
         time.sleep(0.5)
     print("stopping...", flush=True)
+    rollout.remove_pid(DATA_DIR)
     stack.stop()
     print("stopped", flush=True)
     return 0

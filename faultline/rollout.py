@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
 import redis
 
 from core.keys import Keys
@@ -140,6 +141,10 @@ def write_pid(data_dir: Path) -> None:
     (data_dir / PID_FILE).write_text(str(os.getpid()))
 
 
+def remove_pid(data_dir: Path) -> None:
+    (data_dir / PID_FILE).unlink(missing_ok=True)
+
+
 def run_requested(stack: Stack, data_dir: Path, log: Callable[[str], None] = print) -> Rollout:
     """Called by `up` after a SIGHUP."""
     request = data_dir / REQUEST_FILE
@@ -160,12 +165,15 @@ def request_rollout(data_dir: Path, timeout: float) -> dict[str, object]:
     if not pid_file.exists():
         raise SystemExit(f"no running `faultline up` ({pid_file} missing)")
     pid = int(pid_file.read_text())
+    try:  # a stale pid file may name a process that is not ours any more: never signal that one
+        cmdline = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        cmdline = ""
+    if "faultline" not in cmdline or " up" not in cmdline:
+        raise SystemExit(f"no running `faultline up` (pid {pid} from {pid_file} is not one)")
     rid = uuid.uuid4().hex
     (data_dir / REQUEST_FILE).write_text(rid)
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except ProcessLookupError:
-        raise SystemExit(f"`faultline up` (pid {pid}) is not running") from None
+    os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + timeout
     result = data_dir / RESULT_FILE
     while time.monotonic() < deadline:

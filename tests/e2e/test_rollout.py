@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import socketio
 
-from faultline.rollout import rolling_restart
+from faultline.rollout import request_rollout, rolling_restart
 from faultline.services import free_port
 from faultline.stack import Stack
 from tests.e2e.stack_checks import BASE_ENV, check_exactly_once, module_stack, node_get, report
@@ -186,3 +186,13 @@ def test_faultline_rollout_sighups_faultline_up(tmp_path: Path) -> None:
         up.send_signal(signal.SIGTERM)
         code = up.wait(timeout=60)
     assert code == 0, "".join(output[-30:])
+
+
+def test_faultline_rollout_never_signals_a_stranger(tmp_path: Path) -> None:
+    """A stale pid file naming some other process (here: this test run) is refused, not SIGHUPed."""
+    (tmp_path / "up.pid").write_text(str(os.getpid()))
+    with pytest.raises(SystemExit, match="no running `faultline up`"):
+        request_rollout(tmp_path, timeout=1)
+    (tmp_path / "up.pid").unlink()
+    with pytest.raises(SystemExit, match="missing"):
+        request_rollout(tmp_path, timeout=1)
