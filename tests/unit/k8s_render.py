@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ def kustomize_command() -> list[str]:
     """`kustomize build`, else `kubectl kustomize` (kubectl >= 1.21 embeds kustomize v4+)."""
     if shutil.which("kustomize"):
         return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
+    kubectl = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    if kubectl:  # the machine's, or the venv's (Makefile `kubectl` target)
+        return [kubectl, "kustomize"]
     pytest.fail("neither kustomize nor kubectl is installed: the manifests cannot be rendered")
 
 
