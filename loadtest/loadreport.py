@@ -90,7 +90,8 @@ def memory(res: dict[str, Any], warmup_s: float) -> dict[str, Any]:
 
 
 def p99_drift(res: dict[str, Any], warmup_s: float) -> dict[str, float] | None:
-    windows = [w for w in res["tally"]["windows"] if w["t"] >= warmup_s and w.get("count")]
+    # the last window is cut short by the end of the run (and holds the ramp-down): left out
+    windows = [w for w in res["tally"]["windows"][:-1] if w["t"] >= warmup_s and w.get("count")]
     if len(windows) < 3:
         return None
     third = max(1, len(windows) // 3)
@@ -137,7 +138,7 @@ def build(args: argparse.Namespace, results: dict[str, Any], machine: str, out: 
               _rich("Per stage (ms)", DETAIL_HEAD, detail)]
     for name, res in results.items():
         mem = memory(res, warmup)
-        drift = p99_drift(res, warmup)
+        drift = p99_drift(res, warmup) if args.scenario == "soak" else None  # ramp/spike change the load
         lines = [f"locust CPU: {res['locust_cpu_cores']:.2f} cores over {res['elapsed_s']:.0f} s",
                  f"counts: {res['counts']}",
                  f"RSS growth after {warmup:.0f} s warm-up: max {mem['max_growth_pct']:.1f} % "
