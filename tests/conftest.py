@@ -78,7 +78,7 @@ def stack_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Ca
     """
     stacks: list[Stack] = []
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / f"{request.node.name.replace('/', '_')}.log", "w")  # noqa: SIM115
+    log = open(ARTIFACTS / f"{request.node.name.replace('/', '_')}.log", "w")
 
     def sink(line: str) -> None:
         log.write(line + "\n")
