@@ -6,6 +6,8 @@ environment), so Sentry ingest can fill it without a rewrite; the plain REST pay
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import uuid
 from typing import Annotated, Any, Literal
@@ -36,8 +38,23 @@ def normalize_event_id(value: str) -> str:
         raise ValueError("event_id must be a UUID (32 hex digits, dashes optional)") from None
 
 
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+def _reseed() -> None:  # a forked child must not repeat its parent's ids
+    global _ID_PREFIX, _ID_COUNTER
+    _ID_PREFIX = os.urandom(8).hex()
+    _ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+os.register_at_fork(after_in_child=_reseed)
+
+
 def new_event_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits: 64 random bits per process + a 64-bit counter. Unique like a UUID4 across processes
+    (a prefix collision needs ~4 billion processes), without a urandom syscall per event."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 class LogErrorIn(BaseModel):

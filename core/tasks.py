@@ -6,9 +6,9 @@ The API does not import taskiq to enqueue: its ingest script XADDs a message in 
 
 from __future__ import annotations
 
-import uuid
-
 import orjson
+
+from core.events import new_event_id
 
 PERSIST_EVENTS = "faultline.persist_events"
 ATTEMPT_LABEL = "attempt"
@@ -16,7 +16,7 @@ ATTEMPT_LABEL = "attempt"
 
 def message_frame(task_id: str | None = None) -> tuple[str, str]:
     """Head and tail of a persist_events message; the script puts the event JSON list between them."""
-    tid = task_id or uuid.uuid4().hex
+    tid = task_id or new_event_id()
     head = (
         '{"task_id":"' + tid + '","task_name":"' + PERSIST_EVENTS + '",'
         '"labels":{},"labels_types":null,"args":[],"kwargs":{"events":['

@@ -53,7 +53,28 @@ class RedisServer:
                "--maxclients", "10000", "--logfile", str(self.data_dir / "redis.log")]
         self.proc = TCPExecutor(cmd, host="127.0.0.1", port=self.port, timeout=20)
         self.proc.start()
+        self._wait_loaded()
         return self
+
+    def _wait_loaded(self, timeout: float = 120.0) -> None:
+        """The port opens before a large AOF is replayed; until then every command answers LOADING."""
+        import time
+
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.exceptions.BusyLoadingError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+        finally:
+            client.close()
 
     def stop(self) -> None:
         if self.proc:
