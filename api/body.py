@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from api.errors import ApiError, validation_details
 
@@ -24,11 +25,15 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, "body_too_large", f"body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client went away mid-body (a timeout, a killed load generator): nothing was accepted.
+        raise ApiError(400, "client_disconnected", "the client closed the connection before the body ended") from None
     body = b"".join(chunks)
     if not body:
         raise ApiError(400, "empty_body", "the request body is empty")

@@ -14,7 +14,7 @@ import pytest
 from core.keys import Keys
 from core.redis import make_redis
 from core.settings import Settings
-from tests.integration.conftest import api_client, prepare
+from tests.integration.conftest import INGEST_KEY, api_client, prepare
 
 JSON = {"Content-Type": "application/json"}
 
@@ -138,3 +138,26 @@ async def test_redis_unreachable_is_a_fast_503(make_settings: Any, blackhole: in
     assert {r.status_code for r in results} == {503}
     assert results[0].json()["error"] == "unavailable" and results[0].headers["retry-after"] == "1"
     assert elapsed < 1.0 + 0.5  # each request gives up within the 0.5 s Redis timeout
+
+
+async def test_client_disconnect_mid_body_is_not_a_500(settings: Settings) -> None:
+    await prepare(settings)
+    async with api_client(settings) as c:
+        app = c._transport.app  # type: ignore[attr-defined]
+        messages = [{"type": "http.request", "body": b'{"message": "x', "more_body": True},
+                    {"type": "http.disconnect"}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/errors/log", "raw_path": b"/errors/log", "query_string": b"",
+                 "root_path": "", "client": ("127.0.0.1", 5000), "server": ("node", 80),
+                 "headers": [(b"content-type", b"application/json"), (b"x-faultline-key", INGEST_KEY.encode())]}
+        await app(scope, receive, send)
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        assert start["status"] == 400
