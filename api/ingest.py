@@ -5,6 +5,7 @@ No SQL here. The script (core/scripts/ingest.lua) also sheds load when the queue
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
@@ -43,21 +44,34 @@ def fingerprint_of(project_id: int, item: LogErrorIn) -> str:
     return default_fingerprint(project_id, item.service, item.message, item.stack)
 
 
+@dataclass(slots=True)
+class _Pending:
+    keys: list[str]
+    args: list[bytes | str]
+    future: asyncio.Future[list[int]]
+
+
 class Ingestor:
+    """Requests that arrive in the same event-loop turn share ONE script call and ONE queued task.
+
+    Under load a node has tens of requests in flight; coalescing them costs no latency (the flush runs
+    later in the same loop turn) and turns N Redis round trips + N worker tasks into 1 + 1. The script
+    stays atomic per call, and each request still gets its own per-event results.
+    """
+
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.keys = runtime.keys
         self.script = load_script(runtime.redis, "ingest")
+        self._pending: list[_Pending] = []
+        self._calls: set[asyncio.Task[None]] = set()  # strong references: the loop only keeps weak ones
 
     async def ingest(self, project_id: int, items: list[LogErrorIn], edge_id: str | None = None) -> list[Accepted]:
         """`edge_id`: the load balancer's id of this request, the same when it retries the request on
         another node; events without an event_id get one derived from it, so a retry counts nothing twice."""
-        settings = self.runtime.settings
         now = time.time()
-        head, tail = message_frame()
-        keys = [self.keys.stream, self.keys.pending_counts, self.keys.live_counts,
-                self.keys.feed_dirty, self.keys.feed_groups]
-        args: list[str | bytes | int] = [settings.dedup_ttl, settings.queue_soft_limit, head, tail]
+        keys: list[str] = []
+        args: list[bytes | str] = []
         out: list[Accepted] = []
         for index, item in enumerate(items):
             event_id = item.event_id or (derived_event_id(edge_id, index) if edge_id else new_event_id())
@@ -72,12 +86,13 @@ class Ingestor:
             args.append(fp)
             args.append(orjson.dumps(event))
             out.append(Accepted(event_id, fp, False, False))
-        with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
-            result = await self.script(keys=keys, args=args)
-        if result[0] == -1:
-            metrics.EVENTS.labels("shed").inc(len(items))
-            raise QueueFull(int(result[1]))
-        for acc, total in zip(out, result[1:], strict=True):
+        loop = asyncio.get_running_loop()
+        pending = _Pending(keys, args, loop.create_future())
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append(pending)
+        totals = await pending.future
+        for acc, total in zip(out, totals, strict=True):
             acc.duplicate = total == 0
             acc.first_seen = total == 1
         dup = sum(a.duplicate for a in out)
@@ -85,3 +100,40 @@ class Ingestor:
         if dup:
             metrics.EVENTS.labels("duplicate").inc(dup)
         return out
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._call(batch))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def _call(self, batch: list[_Pending]) -> None:
+        settings = self.runtime.settings
+        head, tail = message_frame()
+        keys = [self.keys.stream, self.keys.pending_counts, self.keys.live_counts,
+                self.keys.feed_dirty, self.keys.feed_groups]
+        args: list[str | bytes | int] = [settings.dedup_ttl, settings.queue_soft_limit, head, tail]
+        for p in batch:
+            keys += p.keys
+            args += p.args
+        try:
+            with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
+                result = await self.script(keys=keys, args=args)
+        except BaseException as exc:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if result[0] == -1:
+            metrics.EVENTS.labels("shed").inc(sum(len(p.keys) for p in batch))
+            for p in batch:
+                p.future.set_exception(QueueFull(int(result[1])))
+            return
+        offset = 1
+        for p in batch:
+            n = len(p.keys)
+            if not p.future.done():  # a request whose client went away still had its events counted
+                p.future.set_result([int(x) for x in result[offset:offset + n]])
+            offset += n
