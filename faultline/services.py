@@ -25,6 +25,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_http_ok(url: str, timeout: float = 60.0) -> None:
+    """Poll until `url` answers 200 (a readiness probe, say)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
 def require(binary: str, package: str) -> str:
     path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
     if not path:

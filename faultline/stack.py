@@ -10,8 +10,6 @@ import os
 import secrets
 import shutil
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from core.redis import make_redis
 from core.settings import Settings
 from faultline import promtargets
 from faultline.procs import Child, LogSink, stdout_sink
-from faultline.services import MariaDBServer, NginxServer, RedisServer, free_port
+from faultline.services import MariaDBServer, NginxServer, RedisServer, free_port, wait_http_ok
 
 
 @dataclass
@@ -149,16 +147,7 @@ class Stack:
         return child
 
     def wait_ready(self, port: int, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except Exception:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"API node on port {port} not ready after {timeout}s")
+        wait_http_ok(f"http://127.0.0.1:{port}/health/ready", timeout)
 
     def children(self) -> list[Child]:
         return [*self.nodes, *self.workers, *self.schedulers]

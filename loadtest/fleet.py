@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from faultline.procs import Child, LogSink, stdout_sink
-from faultline.services import NginxServer, free_port
+from faultline.services import NginxServer, free_port, wait_http_ok
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,7 +38,7 @@ class Fleet:
             self.ports.append(port)
         self.nginx = NginxServer(self.base_dir / "nginx", self.ports, port=free_port()).start()
         for port in self.ports:
-            wait_ready(f"http://127.0.0.1:{port}/health/ready")
+            wait_http_ok(f"http://127.0.0.1:{port}/health/ready")
         return self
 
     def stop(self) -> None:
@@ -55,14 +53,3 @@ class Fleet:
         return self.nginx.url
 
 
-def wait_ready(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
