@@ -11,8 +11,7 @@ LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention={"ix": "ix_%(table_name)s_%(column_0_N_name)s",
-                                           "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-                                           "pk": "pk_%(table_name)s"})
+                                           "uq": "uq_%(table_name)s_%(column_0_N_name)s"})
 
 
 class Project(Base):
