@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from typing import Any
 
@@ -38,7 +39,11 @@ def test_metrics_aggregate_every_process_of_a_node(stack_factory: Any) -> None:
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 202
     seen_pids: set[str] = set()
-    for _ in range(6):  # several scrapes: different processes answer, all must agree
+    deadline = time.monotonic() + 15
+    # Scrape until both processes have reported their loop lag (each sets it 0.25 s after its own start-up,
+    # which may finish after the node's first readiness answer); every scrape must agree on the counts.
+    while len(seen_pids) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
         text = _get(f"{base}/metrics")
         assert _sample(text, "http_requests_total", handler="/errors/log", method="POST") == 40
         assert _sample(text, "redis_operation_duration_seconds_count", op="ingest") == 40
