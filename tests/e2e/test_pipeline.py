@@ -19,6 +19,7 @@ from core.db.models import ErrorGroup
 from core.keys import Keys
 from core.redis import make_redis
 from faultline.stack import Stack
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -47,15 +48,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
 async def post(session: aiohttp.ClientSession, url: str, key: str, body: dict[str, Any]) -> tuple[int, Any]:
     async with session.post(url, json=body, headers={"X-Faultline-Key": key}) as r:
         return r.status, await r.json(content_type=None)
-
-
-async def wait_for(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s: {what}")
 
 
 async def test_events_through_nginx_spread_over_three_nodes_and_show_up_counted(stack: Stack) -> None:

@@ -23,16 +23,8 @@ from core.settings import Settings
 from core.tasks import persist_message
 from faultline.services import MariaDBServer
 from tests.integration.conftest import api_client, prepare
+from tests.waiting import wait_for
 from workers.sync import sync_counts
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 async def db_totals(settings: Settings) -> tuple[int, int]:
