@@ -72,7 +72,7 @@ class BatchWriter:
 
     async def _write_items(self, items: list[Item]) -> None:
         try:
-            await self.write([e for events, _ in items for e in events])
+            await self._write_retrying_conflicts([e for events, _ in items for e in events])
         except Exception as exc:
             if repo.is_transient(exc) or len(items) == 1:
                 for _, fut in items:
@@ -94,6 +94,19 @@ class BatchWriter:
         for _, fut in items:
             if not fut.done():
                 fut.set_result(None)
+
+    async def _write_retrying_conflicts(self, events: Sequence[Event]) -> None:
+        """Two workers upserting the same hot groups can deadlock (MariaDB 1213) or time out on a row lock
+        (1205); InnoDB rolled the loser back, so running the same idempotent batch again at once is right,
+        and cheaper than failing every task in it into the retry queue."""
+        for attempt in range(3):
+            try:
+                await self.write(events)
+                return
+            except Exception as exc:
+                if attempt == 2 or not repo.is_lock_conflict(exc):
+                    raise
+                await asyncio.sleep(0.01 * (attempt + 1))
 
     async def write(self, events: Sequence[Event]) -> None:
         groups: dict[str, dict[str, Any]] = {}

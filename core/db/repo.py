@@ -44,6 +44,13 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def is_lock_conflict(exc: BaseException) -> bool:
+    """MySQL/MariaDB deadlock (1213) or lock wait timeout (1205): the transaction was rolled back."""
+    orig = getattr(exc, "orig", None)
+    code = orig.args[0] if orig is not None and getattr(orig, "args", None) else None
+    return code in (1205, 1213)
+
+
 def _is_mysql(conn: AsyncConnection) -> bool:
     return conn.dialect.name in ("mysql", "mariadb")
 
