@@ -40,6 +40,11 @@ class Keys:
     def flushing_batches(self) -> str:
         return f"{self.tag}:counts:flushing"
 
+    # incremented by every rename of the pending hash (flush_start.lua); read by core/counts.py
+    @property
+    def sync_generation(self) -> str:
+        return f"{self.tag}:counts:generation"
+
     # fingerprint -> running total seen by Redis (fast view for the live feed; the DB holds the truth)
     @property
     def live_counts(self) -> str:
