@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,36 +22,43 @@ from core import metrics
 from core.db import repo
 from core.events import Event
 from core.fingerprint import error_type
+from core.heartbeat import Progress
 from core.keys import Keys
+from core.retry import RowsRejected
 from core.settings import Settings
 
 log = logging.getLogger("faultline.writer")
-Item = tuple[Sequence[Event], asyncio.Future[None]]
+Item = tuple[Sequence[Event], asyncio.Future[None], int]  # events, done, attempt number
 AfterCommit = Callable[[Sequence[Event]], Awaitable[None]]
 
 
 class BatchWriter:
     def __init__(self, settings: Settings, engine: AsyncEngine, redis: Redis,
-                 after_commit: AfterCommit | None = None) -> None:
+                 after_commit: AfterCommit | None = None, progress: Progress | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.redis = redis
         self.keys = Keys(settings.key_prefix)
         self.after_commit = after_commit
+        self.progress = progress or Progress()
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="batch-writer")
 
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """For the worker's supervisor: if the writer loop ever ends, nothing gets stored any more."""
+        return [self._task] if self._task else []
+
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def submit(self, events: Sequence[Event]) -> None:
+    async def submit(self, events: Sequence[Event], attempt: int = 1) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self.queue.put((events, fut))
+        await self.queue.put((events, fut, attempt))
         await fut
 
     async def _run(self) -> None:
@@ -71,44 +79,64 @@ class BatchWriter:
             await self._write_items(items)
 
     async def _write_items(self, items: list[Item]) -> None:
+        """Write the batch; if the DB refuses it for good, find the refused rows by bisection: every other
+        event is stored and only the tasks holding a refused row fail (RowsRejected names the rows, so the
+        retries and the dead letter carry those rows alone). A DB that is down fails everything as
+        transient: retried without limit, never dead-lettered (core/retry.py)."""
         try:
-            await self._write_retrying_conflicts([e for events, _ in items for e in events])
+            await self._write_retrying_conflicts([e for events, _, _ in items for e in events], _attempts(items))
         except Exception as exc:
-            if repo.is_transient(exc) or len(items) == 1:
-                for _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(exc)
+            if repo.is_transient(exc):
+                self.progress.errors += 1
+                for _, fut, _ in items:
+                    _settle(fut, exc)
                 return
-            # Some item holds data the DB refuses: write them one by one so only the poison one fails.
-            log.warning("batch of %d tasks failed (%s); isolating", len(items), exc)
-            for events, fut in items:
+            log.warning("batch of %d tasks refused (%s); isolating the refused rows", len(items), exc)
+            for events, fut, attempt in items:
+                rejected: list[tuple[Event, BaseException]] = []
                 try:
-                    await self.write(events)
-                except Exception as one:
-                    if not fut.done():
-                        fut.set_exception(one)
+                    await self._isolate(events, attempt, rejected)
+                except Exception as down:  # the DB went away meanwhile: transient for this task
+                    _settle(fut, down)
+                    continue
+                if rejected:
+                    self.progress.errors += 1
+                    _settle(fut, RowsRejected([ev.event_id for ev, _ in rejected], rejected[0][1]))
                 else:
-                    if not fut.done():
-                        fut.set_result(None)
+                    _settle(fut, None)
             return
-        for _, fut in items:
-            if not fut.done():
-                fut.set_result(None)
+        for _, fut, _ in items:
+            _settle(fut, None)
 
-    async def _write_retrying_conflicts(self, events: Sequence[Event]) -> None:
+    async def _isolate(self, events: Sequence[Event], attempt: int,
+                       rejected: list[tuple[Event, BaseException]]) -> None:
+        """Write `events`, halving whatever the DB refuses down to single rows: ~2*log2(n) writes per bad row."""
+        try:
+            await self._write_retrying_conflicts(events, dict.fromkeys((e.event_id for e in events), attempt))
+        except Exception as exc:
+            if repo.is_transient(exc):
+                raise
+            if len(events) == 1:
+                rejected.append((events[0], exc))
+                return
+            mid = len(events) // 2
+            await self._isolate(events[:mid], attempt, rejected)
+            await self._isolate(events[mid:], attempt, rejected)
+
+    async def _write_retrying_conflicts(self, events: Sequence[Event], attempts: dict[str, int]) -> None:
         """Two workers upserting the same hot groups can deadlock (MariaDB 1213) or time out on a row lock
         (1205); InnoDB rolled the loser back, so running the same idempotent batch again at once is right,
         and cheaper than failing every task in it into the retry queue."""
         for attempt in range(3):
             try:
-                await self.write(events)
+                await self.write(events, attempts)
                 return
             except Exception as exc:
                 if attempt == 2 or not repo.is_lock_conflict(exc):
                     raise
                 await asyncio.sleep(0.01 * (attempt + 1))
 
-    async def write(self, events: Sequence[Event]) -> None:
+    async def write(self, events: Sequence[Event], attempts: dict[str, int] | None = None) -> None:
         groups: dict[str, dict[str, Any]] = {}
         per_group: dict[str, list[Event]] = {}
         for ev in events:
@@ -130,26 +158,42 @@ class BatchWriter:
              "payload": ev.to_json().decode()}
             for fp, evs in per_group.items() for ev in evs[-keep:]
         ]
-        ids = [ev.event_id for ev in events]
-        await self._set_state(ids, b'{"state":"running","attempts":1}')
+        # The job record keeps the attempt number core/retry.py counted (1 unless this is a retry).
+        attempts = attempts or {}
+        await self._set_state(events, "running", attempts)
         with metrics.timed(metrics.DB_SECONDS, "persist_batch"):
             async with self.engine.begin() as conn:
                 await repo.upsert_groups(conn, list(groups.values()))
                 await repo.insert_samples(conn, samples)
-        await self._set_state(ids, b'{"state":"succeeded","attempts":1}')
+        self.progress.written += len(events)
+        await self._set_state(events, "succeeded", attempts)
         if self.after_commit is not None:
             try:
                 await self.after_commit(events)
             except Exception as exc:  # the live feed is best effort; the data is safe
                 log.warning("after-commit hook failed: %s", exc)
 
-    async def _set_state(self, event_ids: list[str], value: bytes) -> None:
+    async def _set_state(self, events: Sequence[Event], state: str, attempts: dict[str, int]) -> None:
         try:
             pipe = self.redis.pipeline(transaction=False)
-            for event_id in event_ids:
-                pipe.set(self.keys.event(event_id), value, xx=True, keepttl=True)
+            for ev in events:
+                value = orjson.dumps({"state": state, "attempts": attempts.get(ev.event_id, 1)})
+                pipe.set(self.keys.event(ev.event_id), value, xx=True, keepttl=True)
             with metrics.timed(metrics.REDIS_SECONDS, "job_state"):
                 await pipe.execute()
         except Exception as exc:  # job state is informational; never fail a write for it
             log.debug("job state update failed: %s", exc)
 
+
+
+def _attempts(items: list[Item]) -> dict[str, int]:
+    return {ev.event_id: attempt for events, _, attempt in items for ev in events}
+
+
+def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(exc)
