@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 
 from core import metrics
+from core.backoff import delay_for
 from core.db.repo import is_transient
 from core.heartbeat import Progress
 from core.keys import Keys
@@ -47,13 +48,9 @@ def _describe(exc: BaseException) -> str:
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Delay before retry number `attempt` (1-based): half of base*2^(attempt-1) fixed, half random.
-
-    "Equal jitter": spreads a herd of retries yet every delay is at least the previous one's maximum,
-    so the backoff really grows.
-    """
-    ceiling = min(cap, base * (2 ** (attempt - 1)))
-    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+    """Delay before retry number `attempt` (1-based): the same "equal jitter" backoff as every loop
+    (core/backoff.py): half of base*2^(attempt-1) fixed, half random, capped."""
+    return delay_for(attempt, base, cap, rng)
 
 
 class RetryMiddleware(TaskiqMiddleware):

@@ -28,7 +28,7 @@ from core.retry import RowsRejected
 from core.settings import Settings
 
 log = logging.getLogger("faultline.writer")
-Item = tuple[Sequence[Event], asyncio.Future[None], int]  # events, done, attempt number
+Item = tuple[Sequence[Event], asyncio.Future[None]]
 AfterCommit = Callable[[Sequence[Event]], Awaitable[None]]
 
 
@@ -41,6 +41,8 @@ class BatchWriter:
         self.keys = Keys(settings.key_prefix)
         self.after_commit = after_commit
         self.progress = progress or Progress()
+        # event_id -> attempt number of the task that carries it (core/retry.py counts; the record keeps it)
+        self.attempts: dict[str, int] = {}
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -58,8 +60,14 @@ class BatchWriter:
 
     async def submit(self, events: Sequence[Event], attempt: int = 1) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self.queue.put((events, fut, attempt))
-        await fut
+        for ev in events:
+            self.attempts[ev.event_id] = attempt
+        try:
+            await self.queue.put((events, fut))
+            await fut
+        finally:
+            for ev in events:
+                self.attempts.pop(ev.event_id, None)
 
     async def _run(self) -> None:
         while True:
@@ -84,18 +92,18 @@ class BatchWriter:
         retries and the dead letter carry those rows alone). A DB that is down fails everything as
         transient: retried without limit, never dead-lettered (core/retry.py)."""
         try:
-            await self._write_retrying_conflicts([e for events, _, _ in items for e in events], _attempts(items))
+            await self._write_retrying_conflicts([e for events, _ in items for e in events])
         except Exception as exc:
             if repo.is_transient(exc):
                 self.progress.errors += 1
-                for _, fut, _ in items:
+                for _, fut in items:
                     _settle(fut, exc)
                 return
             log.warning("batch of %d tasks refused (%s); isolating the refused rows", len(items), exc)
-            for events, fut, attempt in items:
+            for events, fut in items:
                 rejected: list[tuple[Event, BaseException]] = []
                 try:
-                    await self._isolate(events, attempt, rejected)
+                    await self._isolate(events, rejected)
                 except Exception as down:  # the DB went away meanwhile: transient for this task
                     _settle(fut, down)
                     continue
@@ -105,14 +113,13 @@ class BatchWriter:
                 else:
                     _settle(fut, None)
             return
-        for _, fut, _ in items:
+        for _, fut in items:
             _settle(fut, None)
 
-    async def _isolate(self, events: Sequence[Event], attempt: int,
-                       rejected: list[tuple[Event, BaseException]]) -> None:
+    async def _isolate(self, events: Sequence[Event], rejected: list[tuple[Event, BaseException]]) -> None:
         """Write `events`, halving whatever the DB refuses down to single rows: ~2*log2(n) writes per bad row."""
         try:
-            await self._write_retrying_conflicts(events, dict.fromkeys((e.event_id for e in events), attempt))
+            await self._write_retrying_conflicts(events)
         except Exception as exc:
             if repo.is_transient(exc):
                 raise
@@ -120,23 +127,23 @@ class BatchWriter:
                 rejected.append((events[0], exc))
                 return
             mid = len(events) // 2
-            await self._isolate(events[:mid], attempt, rejected)
-            await self._isolate(events[mid:], attempt, rejected)
+            await self._isolate(events[:mid], rejected)
+            await self._isolate(events[mid:], rejected)
 
-    async def _write_retrying_conflicts(self, events: Sequence[Event], attempts: dict[str, int]) -> None:
+    async def _write_retrying_conflicts(self, events: Sequence[Event]) -> None:
         """Two workers upserting the same hot groups can deadlock (MariaDB 1213) or time out on a row lock
         (1205); InnoDB rolled the loser back, so running the same idempotent batch again at once is right,
         and cheaper than failing every task in it into the retry queue."""
         for attempt in range(3):
             try:
-                await self.write(events, attempts)
+                await self.write(events)
                 return
             except Exception as exc:
                 if attempt == 2 or not repo.is_lock_conflict(exc):
                     raise
                 await asyncio.sleep(0.01 * (attempt + 1))
 
-    async def write(self, events: Sequence[Event], attempts: dict[str, int] | None = None) -> None:
+    async def write(self, events: Sequence[Event]) -> None:
         groups: dict[str, dict[str, Any]] = {}
         per_group: dict[str, list[Event]] = {}
         for ev in events:
@@ -158,36 +165,31 @@ class BatchWriter:
              "payload": ev.to_json().decode()}
             for fp, evs in per_group.items() for ev in evs[-keep:]
         ]
-        # The job record keeps the attempt number core/retry.py counted (1 unless this is a retry).
-        attempts = attempts or {}
-        await self._set_state(events, "running", attempts)
+        await self._set_state(events, "running")
         with metrics.timed(metrics.DB_SECONDS, "persist_batch"):
             async with self.engine.begin() as conn:
                 await repo.upsert_groups(conn, list(groups.values()))
                 await repo.insert_samples(conn, samples)
         self.progress.written += len(events)
-        await self._set_state(events, "succeeded", attempts)
+        await self._set_state(events, "succeeded")
         if self.after_commit is not None:
             try:
                 await self.after_commit(events)
             except Exception as exc:  # the live feed is best effort; the data is safe
                 log.warning("after-commit hook failed: %s", exc)
 
-    async def _set_state(self, events: Sequence[Event], state: str, attempts: dict[str, int]) -> None:
+    async def _set_state(self, events: Sequence[Event], state: str) -> None:
+        """The job record keeps the attempt number core/retry.py counted (1 unless this is a retry)."""
         try:
             pipe = self.redis.pipeline(transaction=False)
             for ev in events:
-                value = orjson.dumps({"state": state, "attempts": attempts.get(ev.event_id, 1)})
+                value = orjson.dumps({"state": state, "attempts": self.attempts.get(ev.event_id, 1)})
                 pipe.set(self.keys.event(ev.event_id), value, xx=True, keepttl=True)
             with metrics.timed(metrics.REDIS_SECONDS, "job_state"):
                 await pipe.execute()
         except Exception as exc:  # job state is informational; never fail a write for it
             log.debug("job state update failed: %s", exc)
 
-
-
-def _attempts(items: list[Item]) -> dict[str, int]:
-    return {ev.event_id: attempt for events, _, attempt in items for ev in events}
 
 
 def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:

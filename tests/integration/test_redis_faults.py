@@ -296,3 +296,55 @@ async def test_worker_check_fails_for_a_stuck_worker_with_work_waiting(make_sett
     beat = orjson.loads(orjson.dumps(await beat_of(settings, "worker-s")))
     assert beat["written"] >= 30 and beat["fetched"] >= 1
     await redis.aclose()
+
+
+async def test_lost_stream_and_group_are_recreated_and_consumed(make_settings: Any, spawn: Any) -> None:
+    """A Redis restart that lost its data (no AOF) leaves no stream and no group: XREADGROUP answers NOGROUP.
+    The worker recreates the group (at id 0: everything queued since is delivered) and goes on."""
+    settings = make_settings()
+    await prepare(settings)
+    keys = Keys(settings.key_prefix)
+    spawn("worker-n", ["worker"], settings)
+
+    async def beating() -> bool:
+        return await beat_of(settings, "worker-n") is not None
+
+    await wait_for(beating, 90, "the worker's heartbeat")
+    redis = make_redis(settings, timeout=5)
+    async with api_client(settings) as c:  # started first: its own start-up creates the group
+        await redis.delete(keys.stream)  # the data loss: stream and consumer group gone
+        batch = Load.events(20, "AfterLoss")
+        assert (await c.post("/errors/batch", json={"events": batch})).status_code == 202
+
+        async def succeeded() -> bool:
+            states = [(await c.get(f"/jobs/{e['event_id']}")).json().get("state") for e in batch]
+            return states == ["succeeded"] * len(batch)
+
+        await wait_for(succeeded, 20, "events queued after the loss to be stored")
+    groups = await redis.xinfo_groups(keys.stream)
+    assert [g["name"] for g in groups] == [keys.consumer_group.encode()]
+    await redis.aclose()
+
+
+async def test_a_worker_whose_listener_cannot_recover_exits_non_zero(make_settings: Any, spawn: Any) -> None:
+    """An error waiting cannot fix (here WRONGTYPE: the stream key holds a string) ends the listener; the
+    process must then exit non-zero for its supervisor, not stay up consuming nothing."""
+    settings = make_settings()
+    await prepare(settings)
+    keys = Keys(settings.key_prefix)
+    worker = spawn("worker-x", ["worker"], settings)
+
+    async def beating() -> bool:
+        return await beat_of(settings, "worker-x") is not None
+
+    await wait_for(beating, 90, "the worker's heartbeat")
+    redis = make_redis(settings, timeout=5)
+    await redis.delete(keys.stream)
+    await redis.set(keys.stream, b"not a stream")
+
+    async def exited() -> bool:
+        return not worker.alive()
+
+    await wait_for(exited, 30, "the worker to exit")
+    assert worker.proc.returncode == 1
+    await redis.aclose()
