@@ -87,7 +87,8 @@ class Backoff:
             self.log.error("%s: %s: %s (not a dependency error: giving up)", self.what, type(exc).__name__, exc)
             raise exc
         now = self.clock()
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        first_line = (str(exc).splitlines() or [""])[0]  # SQLAlchemy appends the whole statement: keep line 1
+        self.last_error = f"{type(exc).__name__}: {first_line[:300]}"
         if self.outage_started is None:
             self.outage_started = now
             self.outages += 1

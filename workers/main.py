@@ -70,6 +70,9 @@ async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | 
     broker.add_middlewares(RetryMiddleware(settings, redis), OutcomeMiddleware(progress))
     tasks.register(broker, writer)
     broker.is_worker_process = True
+    # taskiq logs a traceback per failed task: thousands of lines in a DB outage. Failures are logged by
+    # core/retry.py (per attempt for bad data, dead letters) and the writer (once per DB outage) instead.
+    logging.getLogger("taskiq.receiver.receiver").setLevel(logging.CRITICAL)
 
     finish = asyncio.Event()
     loop = asyncio.get_running_loop()

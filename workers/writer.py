@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import metrics
+from core.backoff import Backoff
 from core.db import repo
 from core.events import Event
 from core.fingerprint import error_type
@@ -43,6 +44,10 @@ class BatchWriter:
         self.progress = progress or Progress()
         # event_id -> attempt number of the task that carries it (core/retry.py counts; the record keeps it)
         self.attempts: dict[str, int] = {}
+        # DB outages are logged once (start, then "recovered after N s"), not once per failed batch; the
+        # failed tasks themselves are parked for a later retry by core/retry.py, never dead-lettered.
+        self.outage = Backoff.for_loop("batch writer: database", log, settings)
+        self.outage.give_up_after = None
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -96,6 +101,7 @@ class BatchWriter:
         except Exception as exc:
             if repo.is_transient(exc):
                 self.progress.errors += 1
+                self.outage.next_delay(exc)  # for the log line only: the retries are paced by core/retry.py
                 for _, fut in items:
                     _settle(fut, exc)
                 return
@@ -113,6 +119,7 @@ class BatchWriter:
                 else:
                     _settle(fut, None)
             return
+        self.outage.ok()
         for _, fut in items:
             _settle(fut, None)
 
