@@ -48,6 +48,20 @@ async def _pump_forever(settings: Settings, keys: Keys, redis: Redis, progress: 
         await asyncio.sleep(0.05 if moved else 0.2)
 
 
+async def _start_broker(broker: FaultlineBroker, settings: Settings, finish: asyncio.Event) -> None:
+    """Create the consumer group, waiting with backoff while Redis is unreachable (a worker started during
+    a Redis restart comes up by itself instead of crash-looping); past loop_give_up_after, exit 1."""
+    backoff = Backoff.for_loop("worker start-up", log, settings)
+    while not finish.is_set():
+        try:
+            await broker.startup()
+        except Exception as exc:
+            await backoff.failed(exc)
+            continue
+        backoff.ok()
+        return
+
+
 async def _oldest_age(redis: Redis, keys: Keys) -> float:
     """Seconds since the oldest unacked task was enqueued (stream ids are Redis-clock milliseconds)."""
     first: Any = await redis.xrange(keys.stream, count=1)
@@ -80,7 +94,11 @@ async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | 
         loop.add_signal_handler(sig, finish.set)
 
     metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
-    await broker.startup()
+    await _start_broker(broker, settings, finish)
+    if finish.is_set():  # SIGTERM while Redis was still unreachable
+        await redis.aclose()
+        await engine.dispose()
+        return
     writer.start()
     background = [
         asyncio.create_task(heartbeat.beat_forever(redis, keys, "worker", name, settings, progress), name="heartbeat"),

@@ -348,3 +348,39 @@ async def test_a_worker_whose_listener_cannot_recover_exits_non_zero(make_settin
     await wait_for(exited, 30, "the worker to exit")
     assert worker.proc.returncode == 1
     await redis.aclose()
+
+
+async def test_a_worker_started_while_redis_is_down_comes_up_by_itself(
+        make_settings: Any, own_redis: RedisServer, spawn: Any, request: pytest.FixtureRequest) -> None:
+    from tests.conftest import ARTIFACTS
+
+    settings = fault_settings(make_settings, own_redis)
+    await prepare(settings)
+    assert own_redis.proc is not None
+    own_redis.proc.kill(sig=signal.SIGKILL)
+    worker = spawn("worker-late", ["worker"], settings)
+    logfile = ARTIFACTS / f"{request.node.name}.children.log"
+
+    async def waiting_for_redis() -> bool:  # it imported, found Redis down, and waits with backoff
+        return logfile.exists() and "worker-late | " in logfile.read_text() and \
+            "worker start-up failing" in logfile.read_text().split("worker-late | ", 1)[1]
+
+    await wait_for(waiting_for_redis, 90, "the worker to find Redis down")
+    await asyncio.sleep(3)
+    assert worker.alive()
+    await asyncio.to_thread(own_redis.start)
+
+    async def beating() -> bool:
+        return await beat_of(settings, "worker-late") is not None
+
+    await wait_for(beating, 90, "the worker's heartbeat once Redis is back")
+    async with api_client(settings) as c:
+        batch = Load.events(10, "Late")
+        assert (await c.post("/errors/batch", json={"events": batch})).status_code == 202
+
+        async def succeeded() -> bool:
+            states = [(await c.get(f"/jobs/{e['event_id']}")).json().get("state") for e in batch]
+            return states == ["succeeded"] * len(batch)
+
+        await wait_for(succeeded, 20, "events to be stored by the late worker")
+    assert worker.alive()
