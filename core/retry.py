@@ -18,7 +18,9 @@ from redis.asyncio import Redis
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 
 from core import metrics
+from core.backoff import delay_for
 from core.db.repo import is_transient
+from core.heartbeat import Progress
 from core.keys import Keys
 from core.redis import load_script
 from core.settings import Settings
@@ -30,14 +32,25 @@ TRANSIENT_LABEL = "transient_attempt"
 DEAD_LETTER_CAP = 10_000
 
 
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Delay before retry number `attempt` (1-based): half of base*2^(attempt-1) fixed, half random.
+class RowsRejected(Exception):
+    """The DB refused some rows of a task for good (value too long, bad charset, out of range...) and
+    stored all the others. The retries and the dead letter then carry the refused rows only."""
 
-    "Equal jitter": spreads a herd of retries yet every delay is at least the previous one's maximum,
-    so the backoff really grows.
-    """
-    ceiling = min(cap, base * (2 ** (attempt - 1)))
-    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+    def __init__(self, event_ids: list[str], reason: BaseException) -> None:
+        self.event_ids = event_ids
+        self.reason = reason
+        super().__init__(f"{len(event_ids)} row(s) refused by the database: {_describe(reason)}")
+
+
+def _describe(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)  # the driver's own error: "(1406, "Data too long for column ...")"
+    return f"{type(orig or exc).__name__}: {orig or exc}"
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Delay before retry number `attempt` (1-based): the same "equal jitter" backoff as every loop
+    (core/backoff.py): half of base*2^(attempt-1) fixed, half random, capped."""
+    return delay_for(attempt, base, cap, rng)
 
 
 class RetryMiddleware(TaskiqMiddleware):
@@ -50,6 +63,11 @@ class RetryMiddleware(TaskiqMiddleware):
 
     async def on_error(self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException) -> None:
         attempt = int(message.labels.get(ATTEMPT_LABEL, 1))
+        if isinstance(exception, RowsRejected):  # the rest of the task is stored: go on with these rows only
+            refused = set(exception.event_ids)
+            events = [e for e in message.kwargs.get("events", []) if isinstance(e, dict)
+                      and e.get("event_id") in refused]
+            message = message.model_copy(update={"kwargs": {**message.kwargs, "events": events}})
         event_ids = [e.get("event_id") for e in message.kwargs.get("events", []) if isinstance(e, dict)]
         error = f"{type(exception).__name__}: {exception}"[:500]
         if is_transient(exception):
@@ -108,8 +126,19 @@ async def pump_retries(redis: Redis, keys: Keys, batch: int = 200) -> int:
 
 
 class OutcomeMiddleware(TaskiqMiddleware):
-    """Counts successful tasks (failures are counted by RetryMiddleware with their fate)."""
+    """Counts successful tasks (failures are counted by RetryMiddleware with their fate), and keeps the
+    worker's progress (core/heartbeat.py) up to date: tasks running, last task finished."""
+
+    def __init__(self, progress: Progress | None = None) -> None:
+        super().__init__()
+        self.progress = progress or Progress()
+
+    def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        self.progress.in_progress += 1
+        return message
 
     def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        self.progress.in_progress = max(0, self.progress.in_progress - 1)
+        self.progress.mark_done(failed=result.is_err)
         if not result.is_err:
             metrics.JOBS.labels("succeeded").inc()

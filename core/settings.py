@@ -110,6 +110,19 @@ class Settings(BaseSettings):
     # Reported (not required) by readiness: disk used above this fraction of the data volume.
     disk_max_used: float = 0.9
 
+    # --- resilience of long-running loops (core/backoff.py) ---
+    # Backoff after a Redis/DB error: 0.1 s doubling up to 2 s (equal jitter). The 2 s cap keeps a worker
+    # consuming again within ~2 s of Redis returning, at <= 1 attempt/s/loop of load on a dead server.
+    loop_backoff_base: float = Field(default=0.1, gt=0.0)
+    loop_backoff_max: float = Field(default=2.0, gt=0.0)
+    # A loop failing this long (s) exits its process non-zero: a fresh process (new pools, new DNS lookup) is
+    # a better bet by then, and the supervisor's restart backoff paces it. 0 = retry forever.
+    loop_give_up_after: float = Field(default=600.0, ge=0.0)
+    # `faultline worker-check` fails when a worker has fetched nothing and finished no task for this long
+    # (s) while the queue holds messages. Healthy workers "fetch" at least once per second (an empty
+    # XREADGROUP blocks 1 s), so 30 s means stuck, not busy, and stays under a kubelet's default 3x10 s.
+    worker_stall_after: float = Field(default=30.0, gt=0.0)
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

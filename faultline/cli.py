@@ -164,23 +164,37 @@ def cmd_project(args: argparse.Namespace) -> int:
 
 
 def cmd_worker_check(args: argparse.Namespace) -> int:
-    from core.heartbeat import default_name, is_alive
+    """Exec probe: fails when the heartbeat is missing (process or loop dead, Redis unreachable) or when a
+    worker has fetched nothing and finished nothing for FAULTLINE_WORKER_STALL_AFTER s while the queue
+    holds messages (alive but not consuming). An empty queue is never a stall."""
+    from core import heartbeat
     from core.keys import Keys
     from core.redis import make_redis
 
-    async def check() -> bool:
+    async def check() -> tuple[bool, str]:
         settings = get_settings()
+        keys = Keys(settings.key_prefix)
         redis = make_redis(settings, timeout=2)
+        name = args.name or heartbeat.default_name()
         try:
-            return await is_alive(redis, Keys(settings.key_prefix), args.role, args.name or default_name())
-        except Exception:
-            return False
+            beat = await heartbeat.read(redis, keys, args.role, name)
+            if beat is None:
+                return False, "no heartbeat"
+            if args.role != "worker":
+                return True, "alive"
+            queued = int(await redis.xlen(keys.stream))
+            idle = heartbeat.stalled(beat, queued, settings.worker_stall_after)
+            if idle is not None:
+                return False, f"stalled: nothing fetched for {idle:.0f}s while {queued} messages wait"
+            return True, f"alive: fetched {int(beat.get('fetched', 0))}, written {int(beat.get('written', 0))}"
+        except Exception as exc:
+            return False, f"cannot check: {type(exc).__name__}: {exc}"
         finally:
             await redis.aclose()
 
-    alive = asyncio.run(check())
-    print("alive" if alive else "no heartbeat")
-    return 0 if alive else 1
+    ok, why = asyncio.run(check())
+    print(why)
+    return 0 if ok else 1
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
