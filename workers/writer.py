@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import metrics
 from core.db import repo
+from core.dedup import RUNNING, SUCCEEDED, JobStates
 from core.events import Event
 from core.fingerprint import error_type
 from core.keys import Keys
@@ -36,6 +37,7 @@ class BatchWriter:
         self.engine = engine
         self.redis = redis
         self.keys = Keys(settings.key_prefix)
+        self.states = JobStates(redis, self.keys, settings)
         self.after_commit = after_commit
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -130,26 +132,23 @@ class BatchWriter:
              "payload": ev.to_json().decode()}
             for fp, evs in per_group.items() for ev in evs[-keep:]
         ]
-        ids = [ev.event_id for ev in events]
-        await self._set_state(ids, b'{"state":"running","attempts":1}')
+        ids = [(ev.project_id, ev.event_id) for ev in events]
+        await self._set_state(ids, RUNNING)
         with metrics.timed(metrics.DB_SECONDS, "persist_batch"):
             async with self.engine.begin() as conn:
                 await repo.upsert_groups(conn, list(groups.values()))
                 await repo.insert_samples(conn, samples)
-        await self._set_state(ids, b'{"state":"succeeded","attempts":1}')
+        await self._set_state(ids, SUCCEEDED)
         if self.after_commit is not None:
             try:
                 await self.after_commit(events)
             except Exception as exc:  # the live feed is best effort; the data is safe
                 log.warning("after-commit hook failed: %s", exc)
 
-    async def _set_state(self, event_ids: list[str], value: bytes) -> None:
+    async def _set_state(self, events: list[tuple[int, str]], code: int) -> None:
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for event_id in event_ids:
-                pipe.set(self.keys.event(event_id), value, xx=True, keepttl=True)
             with metrics.timed(metrics.REDIS_SECONDS, "job_state"):
-                await pipe.execute()
+                await self.states.set(events, code)
         except Exception as exc:  # job state is informational; never fail a write for it
             log.debug("job state update failed: %s", exc)
 
