@@ -10,8 +10,10 @@ small hash, so ids of different projects never collide and an entry costs ~15-20
   in the current bucket and the DEDUP_BUCKETS before it, so it is remembered for at least `dedup_ttl` s and
   at most one bucket more; whole buckets expire. Ten buckets keep memory flat within ~10 % of the id part.
 - Each bucket is split into shards so every hash stays a listpack (hash-max-listpack-entries, 128 by
-  default): a new bucket gets as many shards as the previous bucket's count / SHARD_TARGET, rounded up
-  to a power of two, stored in the meta hash (`{fl}:dd:meta`), so the structure follows the ingest rate.
+  default): a new bucket gets as many shards as the larger previous bucket's count / SHARD_TARGET (64),
+  rounded up to a power of two, at least 256, stored in the meta hash (`{fl}:dd:meta`), so the structure
+  follows the ingest rate. A burst far above the previous buckets' rate makes that one bucket's hashes
+  hashtables (~3x the bytes) until it expires: bounded, and the next bucket is sized for it.
 - `token` identifies the script call that wrote the entry: an ambiguous call (timeout after sending) is
   re-run with the same token, and the re-run tells "I counted this earlier" from "someone else did".
 - `state` is the job state GET /jobs/{id} reports; the worker and the retry middleware update it in place.

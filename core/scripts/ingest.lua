@@ -16,7 +16,10 @@
 -- fingerprint is noted in KEYS[7] so the scheduler rebases its live total on the DB's (workers/prune.py).
 -- [limits: per-project quota / new-group cap checks go in the "admission" section below]
 local FIXED_ARGS, PER_EVENT = 8, 4
-local SHARD_TARGET, MAX_SHARDS = 64, 65536  -- ids per shard hash: listpack-sized with Poisson headroom
+-- ids per shard hash: 64 stays under hash-max-listpack-entries (128 by default) with Poisson headroom;
+-- at least 256 shards, so a bucket after a quiet spell still holds ~16,000 ids in listpacks (an empty
+-- shard costs nothing; 256 x 11 small hashes are ~0.3 MB when every one is in use)
+local SHARD_TARGET, MIN_SHARDS, MAX_SHARDS = 64, 256, 65536
 local QUEUED = 0
 
 local function summary(body)
@@ -57,9 +60,10 @@ end
 
 local function dedup_put(d, seed, digest, value)
   local s = d.shards[d.cur]
-  if not s then  -- first write of this bucket: size it on the previous bucket's count
-    local prev = tonumber(redis.call('HGET', d.meta, 'n:' .. (d.cur - 1)) or '0')
-    s = 1
+  if not s then  -- first write of this bucket: size it on the larger of the two previous buckets' counts
+    local c = redis.call('HMGET', d.meta, 'n:' .. (d.cur - 1), 'n:' .. (d.cur - 2))
+    local prev = math.max(tonumber(c[1] or '0'), tonumber(c[2] or '0'))
+    s = MIN_SHARDS
     while s * SHARD_TARGET < prev and s < MAX_SHARDS do s = s * 2 end
     redis.call('HSET', d.meta, 's:' .. d.cur, s)
     for b = d.cur - 2 * d.nb - 2, d.cur - d.nb - 1 do  -- buckets past their window
