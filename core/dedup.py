@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from core.keys import Keys
 from core.redis import load_script
@@ -62,7 +63,14 @@ class JobStates:
     def __init__(self, redis: Redis, keys: Keys, settings: Settings) -> None:
         self.keys = keys
         self.settings = settings
-        self.script = load_script(redis, "dedup_state")
+        self.redis = redis
+        self._script: AsyncScript | None = None  # registered on first use: a writer may never need it
+
+    @property
+    def script(self) -> AsyncScript:
+        if self._script is None:
+            self._script = load_script(self.redis, "dedup_state")
+        return self._script
 
     def _args(self, mode: str, code: int, ids: Iterable[DedupId]) -> list[int | bytes | str]:
         s = self.settings
