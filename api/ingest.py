@@ -206,13 +206,14 @@ class Ingestor:
             wait = min(budget / 2, start + budget - time.monotonic())
             if wait <= REPLY_MARGIN + 0.01:
                 break
+            began = time.time()  # the deadline is counted from here, like the wait
             try:
                 async with asyncio.timeout(wait):
                     if self.clock.offset is None:
                         secs, micros = await self.runtime.redis.time()
                         self.clock.observe(secs * 1000 + micros / 1000, time.time())
                     offset = self.clock.offset or 0.0
-                    deadline = int((time.time() + wait - REPLY_MARGIN) * 1000 + offset)
+                    deadline = int((began + wait - REPLY_MARGIN) * 1000 + offset)
                     if deadline <= 0:
                         deadline = 1  # 0 means "no deadline" to the script
                     with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
