@@ -24,9 +24,20 @@ class Keys:
 
     consumer_group: str = "workers"
 
-    # event_id -> job state ("queued", "succeeded", ...). Doubles as the dedup marker.
-    def event(self, event_id: str) -> str:
-        return f"{self.tag}:ev:{event_id}"
+    # --- dedup + job state of events (core/dedup.py, ingest.lua, dedup_state.lua) ---
+    # time-bucketed, sharded hashes "<prefix><bucket>:<shard>" of 6-byte digests of (project, event id)
+    @property
+    def dedup_prefix(self) -> str:
+        return f"{self.tag}:dd:"
+
+    # bucket -> shard count ("s:<bucket>") and events counted ("n:<bucket>")
+    @property
+    def dedup_meta(self) -> str:
+        return f"{self.tag}:dd:meta"
+
+    # details (attempts, last error) of an event whose task failed: rare, so one small key each, with a TTL
+    def event_detail(self, project_id: int, event_id: str) -> str:
+        return f"{self.tag}:evd:{project_id}:{event_id}"
 
     # fingerprint -> delta not yet in the DB; renamed to flushing(batch) by the sync job
     @property
@@ -49,6 +60,16 @@ class Keys:
     @property
     def live_counts(self) -> str:
         return f"{self.tag}:counts:live"
+
+    # fingerprints that (re)entered the live hash: the scheduler sets their live total from the DB's
+    @property
+    def live_new(self) -> str:
+        return f"{self.tag}:counts:new"
+
+    # HSCAN cursor of the idle-group pruner over the live hash (workers/prune.py)
+    @property
+    def prune_cursor(self) -> str:
+        return f"{self.tag}:counts:prune-cursor"
 
     # ingest key -> project id
     @property

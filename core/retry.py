@@ -20,6 +20,7 @@ from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from core import metrics
 from core.backoff import delay_for
 from core.db.repo import is_transient
+from core.dedup import DEAD, RETRYING, JobStates
 from core.heartbeat import Progress
 from core.keys import Keys
 from core.redis import load_script
@@ -60,6 +61,7 @@ class RetryMiddleware(TaskiqMiddleware):
         self.keys = Keys(settings.key_prefix)
         self.redis = redis
         self._schedule = load_script(redis, "retry_schedule")
+        self._states = JobStates(redis, self.keys, settings)
 
     async def on_error(self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException) -> None:
         attempt = int(message.labels.get(ATTEMPT_LABEL, 1))
@@ -68,7 +70,8 @@ class RetryMiddleware(TaskiqMiddleware):
             events = [e for e in message.kwargs.get("events", []) if isinstance(e, dict)
                       and e.get("event_id") in refused]
             message = message.model_copy(update={"kwargs": {**message.kwargs, "events": events}})
-        event_ids = [e.get("event_id") for e in message.kwargs.get("events", []) if isinstance(e, dict)]
+        event_ids = [(e.get("project_id"), e.get("event_id"))
+                     for e in message.kwargs.get("events", []) if isinstance(e, dict)]
         error = f"{type(exception).__name__}: {exception}"[:500]
         if is_transient(exception):
             n = int(message.labels.get(TRANSIENT_LABEL, 0)) + 1
@@ -92,6 +95,7 @@ class RetryMiddleware(TaskiqMiddleware):
         pipe.ltrim(self.keys.dead_letters, 0, DEAD_LETTER_CAP - 1)
         self._status(pipe, message.task_id, event_ids, "dead", attempt, error)
         await pipe.execute()
+        await self._states.set(_pairs(event_ids), DEAD)
         metrics.JOBS.labels("dead").inc()
         log.error("task %s dead after %d attempts: %s", message.task_id, attempt, error)
 
@@ -101,6 +105,7 @@ class RetryMiddleware(TaskiqMiddleware):
         pipe = self.redis.pipeline(transaction=False)
         self._status(pipe, message.task_id, event_ids, state, attempt, error, next_delay=delay)
         await pipe.execute()
+        await self._states.set(_pairs(event_ids), RETRYING)
 
     def _status(self, pipe: Any, task_id: str, event_ids: list[Any], state: str, attempts: int, error: str,
                 next_delay: float | None = None) -> None:
@@ -110,9 +115,12 @@ class RetryMiddleware(TaskiqMiddleware):
         value = orjson.dumps(record)
         ttl = max(self.settings.dedup_ttl, 86_400)
         pipe.set(self.keys.job(task_id), value, ex=ttl)
-        for event_id in event_ids:
-            if isinstance(event_id, str):
-                pipe.set(self.keys.event(event_id), value, xx=True, keepttl=True)
+        for project_id, event_id in _pairs(event_ids):  # details; the state code is in core/dedup.py
+            pipe.set(self.keys.event_detail(project_id, event_id), value, ex=self.settings.dedup_ttl)
+
+
+def _pairs(event_ids: list[Any]) -> list[tuple[int, str]]:
+    return [(p, e) for p, e in event_ids if isinstance(p, int) and isinstance(e, str)]
 
 
 def _wire(message: TaskiqMessage, labels: dict[str, Any]) -> bytes:

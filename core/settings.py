@@ -67,8 +67,24 @@ class Settings(BaseSettings):
     trusted_proxies: str = "127.0.0.1/32,::1/128"
 
     # A repeated event_id inside this window is accepted but not counted. 900 s covers client retries;
-    # at 1,000 events/s it costs ~0.9 M small keys (~80 MB) in Redis.
+    # at 1,000 events/s it remembers ~0.95 M ids at ~20 B each (~19 MB; core/dedup.py, loadtest/memsoak.py).
     dedup_ttl: int = 900
+    # The window is cut into this many time buckets (+1 being filled); whole buckets expire, so an id is
+    # remembered ttl .. ttl + ttl/buckets s and memory swings by ~1/buckets of the id part: 10 keeps it
+    # flat within 10 % for ~11 hash lookups per new event (core/dedup.py).
+    dedup_buckets: int = Field(default=10, ge=1, le=60)
+    # Most events in ONE ingest script call (whole requests only, so a request is all counted or none):
+    # ~30 us per event keeps a call well under the 0.5 s Redis timeout; = batch_max_events by default.
+    ingest_call_max_events: int = Field(default=1000, ge=1)
+    # Total time an ingest request may wait on Redis, re-run of an unanswered call included, before its
+    # fast 503 + Retry-After. 0.8 s: two 0.4 s waits, leaving 0.2 s of the 1 s promise for the rest of the request.
+    ingest_budget: float = Field(default=0.8, gt=0.4, le=5.0)
+    # Groups with no event for this long leave the live hashes and the feed (the DB keeps them). 24 h: a
+    # dashboard shows today's groups live; memory then grows with groups per day, not groups ever.
+    live_group_idle: float = Field(default=86_400.0, ge=1.0)
+    # Fields of the live hash the pruner looks at per scheduler interval (bounded work per run).
+    live_prune_step: int = Field(default=20_000, ge=100)
+
     # Counts reach the DB once per interval: 1 DB write per group per 30 s instead of 1 per event.
     sync_interval: float = 30.0
     samples_per_group: int = 5

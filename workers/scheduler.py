@@ -22,6 +22,7 @@ from core.db.engine import make_engine
 from core.keys import Keys
 from core.redis import as_str, make_redis
 from core.settings import Settings
+from workers.prune import prune_idle_groups, rebase_new_groups
 from workers.sync import housekeeping, prune_consumers, sync_counts
 
 log = logging.getLogger("faultline.scheduler")
@@ -90,6 +91,13 @@ async def _take_lock(redis: Redis, keys: Keys, bucket: int, name: str, interval:
 
 async def _run_once(redis: object, engine: object, keys: Keys, settings: Settings, bucket: int, name: str) -> None:
     added = await sync_counts(redis, engine, keys)  # type: ignore[arg-type]
+    try:  # bounded per-group memory (workers/prune.py); a failure here never undoes the sync
+        await rebase_new_groups(redis, engine, keys)  # type: ignore[arg-type]
+        pruned = await prune_idle_groups(redis, keys, settings)  # type: ignore[arg-type]
+        if pruned:
+            log.info("pruned %d idle groups from the live hashes", pruned)
+    except Exception as exc:
+        log.warning("live-group pruning failed, retrying next interval: %s", exc)
     runs = keys.sync_runs
     pipe = redis.pipeline(transaction=False)  # type: ignore[attr-defined]
     pipe.hincrby(runs, str(bucket), 1)

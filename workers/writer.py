@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core import metrics
 from core.backoff import Backoff
 from core.db import repo
+from core.dedup import RUNNING, SUCCEEDED, JobStates
 from core.events import Event
 from core.fingerprint import error_type
 from core.heartbeat import Progress
@@ -40,6 +41,7 @@ class BatchWriter:
         self.engine = engine
         self.redis = redis
         self.keys = Keys(settings.key_prefix)
+        self.states = JobStates(redis, self.keys, settings)
         self.after_commit = after_commit
         self.progress = progress or Progress()
         # event_id -> attempt number of the task that carries it (core/retry.py counts; the record keeps it)
@@ -172,31 +174,35 @@ class BatchWriter:
              "payload": ev.to_json().decode()}
             for fp, evs in per_group.items() for ev in evs[-keep:]
         ]
-        await self._set_state(events, "running")
+        ids = [(ev.project_id, ev.event_id) for ev in events]
+        await self._set_state(ids, RUNNING)
         with metrics.timed(metrics.DB_SECONDS, "persist_batch"):
             async with self.engine.begin() as conn:
                 await repo.upsert_groups(conn, list(groups.values()))
                 await repo.insert_samples(conn, samples)
         self.progress.written += len(events)
-        await self._set_state(events, "succeeded")
+        await self._set_state(ids, SUCCEEDED)
         if self.after_commit is not None:
             try:
                 await self.after_commit(events)
             except Exception as exc:  # the live feed is best effort; the data is safe
                 log.warning("after-commit hook failed: %s", exc)
 
-    async def _set_state(self, events: Sequence[Event], state: str) -> None:
-        """The job record keeps the attempt number core/retry.py counted (1 unless this is a retry)."""
+    async def _set_state(self, events: list[tuple[int, str]], code: int) -> None:
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for ev in events:
-                value = orjson.dumps({"state": state, "attempts": self.attempts.get(ev.event_id, 1)})
-                pipe.set(self.keys.event(ev.event_id), value, xx=True, keepttl=True)
+            if code == SUCCEEDED:  # a retried success keeps the attempt count core/retry.py kept
+                retried = [(p, e, n) for p, e in events if (n := self.attempts.get(e, 1)) > 1]
+                if retried:
+                    pipe = self.redis.pipeline(transaction=False)
+                    for p, e, n in retried:
+                        pipe.set(self.keys.event_detail(p, e),
+                                 orjson.dumps({"state": "succeeded", "attempts": n, "last_error": None}),
+                                 ex=self.settings.dedup_ttl)
+                    await pipe.execute()
             with metrics.timed(metrics.REDIS_SECONDS, "job_state"):
-                await pipe.execute()
+                await self.states.set(events, code)
         except Exception as exc:  # job state is informational; never fail a write for it
             log.debug("job state update failed: %s", exc)
-
 
 
 def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
