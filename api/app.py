@@ -13,7 +13,7 @@ from prometheus_fastapi_instrumentator import metrics as http_metrics
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import errors
+from api import errors, openapi
 from api.ingest import Ingestor
 from api.ratelimit import rate_limiting
 from api.requestid import RequestIdMiddleware
@@ -54,6 +54,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
     app = FastAPI(title="Faultline", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse,
                   telemetry={"tracing": False, "metrics": False, "logs": False})
     errors.install(app)
+    openapi.install(app, settings)  # documents the plain-Starlette ingest routes too
     app.include_router(ingest.router)
     app.include_router(groups.router)
     app.include_router(jobs.router)

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # Limits on what a client may send; nginx's client_max_body_size is rendered from max_body_bytes.
     max_body_bytes: int = 1_048_576
     batch_max_events: int = 1000
+    # Nesting limit of an event's `context` (levels of objects/arrays): 32 is far more than any error report
+    # needs and far below orjson's 254-level serialisation limit (past which queuing the event would fail).
+    max_depth: int = Field(default=32, ge=1, le=200)
 
     # Rate limiting (core/ratelimit/, api/ratelimit.py), per client = ingest key when known, else client IP.
     # Tiers "name:limit/window" (the seed's defaults); route rules "METHOD /path=tiers|off" separated by ";".
