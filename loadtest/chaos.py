@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--before", type=float, help="steady seconds before the fault (default 10, quick 4)")
     p.add_argument("--after", type=float, help="seconds under load after the fault (default 20, quick 8)")
     p.add_argument("--repeat", type=int, default=0, help="kills/reloads for the repeated faults (0 = default)")
+    p.add_argument("--nodes", type=int, default=3, help="API nodes behind nginx")
+    p.add_argument("--db", default="mariadb", help="mariadb (default; db-reject and mariadb-down need it) or sqlite")
     p.add_argument("--env", action="append", default=[], metavar="FAULTLINE_X=V", help="extra stack setting")
     p.add_argument("--out", type=Path, default=REPORTS, help="report directory")
     args = p.parse_args(argv)
@@ -49,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [n for n in names if n not in FAULTS]
     if unknown:
         p.error(f"unknown fault(s) {unknown}; choose from {list(FAULTS)}")
+    if args.db != "mariadb" and {"db-reject", "mariadb-down"} & set(names):
+        p.error("db-reject and mariadb-down need --db mariadb")
     args.faults = names
     args.before = args.before if args.before is not None else (4.0 if args.quick else 10.0)
     args.after = args.after if args.after is not None else (8.0 if args.quick else 20.0)
@@ -59,7 +63,9 @@ def run_fault(key: str, args: argparse.Namespace, base: Path, log: Any) -> dict[
     env = {**BASE_ENV, **dict(item.split("=", 1) for item in args.env)}
     title, inject = FAULTS[key]
     row: dict[str, Any] = {"fault_key": key, "fault": title, "started": datetime.now(UTC).isoformat(timespec="seconds")}
-    stack = chaos_stack.start_stack(base, log, env)
+    t_start = time.monotonic()
+    stack = chaos_stack.start_stack(base, log, env, nodes=args.nodes, db=args.db)
+    phases = row["phase_s"] = {"start": round(time.monotonic() - t_start, 1)}
     supervisor = chaos_stack.Supervisor(stack, log).start()
     monitor = chaos_stack.QueueMonitor(stack).start()
     load = ChaosLoad(stack.url, stack.ingest_key, clients=args.clients, think=args.think).start()
@@ -75,14 +81,15 @@ def run_fault(key: str, args: argparse.Namespace, base: Path, log: Any) -> dict[
         time.sleep(args.after)
         load.settle(timeout=45.0)
         t_load_end = time.monotonic()
-        settled, settle_s = chaos_stack.wait_settled(stack, timeout=180.0)
+        phases["load_and_settle"] = round(t_load_end - t0, 1)
+        settled, settle_s = chaos_stack.wait_settled(stack, timeout=120.0)
         counts, no_details = chaos_stack.db_rows(stack)
         dead_records = chaos_stack.dead_letter_records(stack)
         monitor.stop()
         view = client_view(load.events)
         dead = dead_lettered_ids(dead_records, view["accepted"])
         row.update(account(view["accepted"], counts, dead, view["unknown"]))
-        row.update(_requests(load, fault), settled=settled, settle_s=round(settle_s, 1),
+        row.update(_requests(load, fault), refusals=dict(load.answers), settled=settled, settle_s=round(settle_s, 1),
                    refused_but_counted=view["refused_but_counted"], dedup_misses=view["dedup_misses"],
                    unknown_outcome=sum(view["unknown"].values()), never_accepted=view["never_accepted"],
                    groups_without_details=no_details, dead_letter_records=len(dead_records),
@@ -94,12 +101,15 @@ def run_fault(key: str, args: argparse.Namespace, base: Path, log: Any) -> dict[
     finally:
         monitor.stop()
         supervisor.stop()
+        t_stop = time.monotonic()
         stack.stop()
+        phases["stop"] = round(time.monotonic() - t_stop, 1)
     row["verdict"] = verdict(row)
     row["details"] = (f"{row.get('info')}; settled={row.get('settled')} in {row.get('settle_s')} s; "
                       f"503-but-counted={row.get('refused_but_counted')}; dedup misses={row.get('dedup_misses')}; "
                       f"requests > 1 s={row.get('slow_requests')} (max {row.get('max_latency_s')} s); "
-                      f"restarts={row.get('restarts')}; harness fallback restarts={row.get('fallback_restarts')}")
+                      f"restarts={row.get('restarts')}; harness fallback restarts={row.get('fallback_restarts')}; "
+                      f"refusals={row.get('refusals')}; phases={phases}")
     return row
 
 
@@ -152,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             console.print(f"  {key}: {row['verdict']}  ({row['details']})")
     notes = ["Columns: requests = every HTTP attempt (re-sends included); conn err = no HTTP answer; accepted = "
-             "distinct event ids answered 202; lost / duplicated = per group, DB count vs accepted; dead-lettered "
+             "distinct event ids answered 202; > 1 s = requests slower than 1 s; "
+             "lost / duplicated = per group, DB count vs accepted; dead-lettered "
              "= accepted events found in the dead-letter list; s to empty queue = until the queue is back to its "
              "pre-fault level; worker restarts = by the supervisor.",
              f"Stack logs: {work / 'stack.log'}"]

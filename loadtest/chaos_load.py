@@ -19,7 +19,7 @@ import random
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -70,6 +70,7 @@ class ChaosLoad:
         self.events: dict[str, EventRecord] = {}
         self.requests: list[Request] = []
         self.accepted_ids: list[str] = []
+        self.answers: Counter[str] = Counter()  # "503 unavailable", "transport ServerDisconnectedError", ...
         self._stop = threading.Event()  # no new events after this; re-sends go on until settled
         self._settle_deadline = 0.0
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True, name="chaos-load")
@@ -151,10 +152,13 @@ class ChaosLoad:
                 raw = await resp.read()
                 if status in REFUSED:
                     retry_after = _retry_after(resp.headers.get("Retry-After"))
-        except (TimeoutError, aiohttp.ClientError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             status, raw = TRANSPORT, b""
+            self.answers[f"transport {type(exc).__name__}"] += 1
         self.requests.append(Request(start, time.monotonic() - start, status))
         record.statuses.append(status)
+        if status not in (202, TRANSPORT):
+            self.answers[f"{status} {_error_code(raw)}"] += 1
         if status == 202:
             answer = orjson.loads(raw)
             duplicate = bool(answer.get("duplicate"))
@@ -173,3 +177,11 @@ def _retry_after(value: str | None) -> float:
         return min(2.0, max(0.2, float(value or 0.5)))
     except ValueError:
         return 0.5
+
+
+def _error_code(raw: bytes) -> str:
+    """The `error` field of our JSON error bodies; nginx's own pages say which upstream failure it was."""
+    try:
+        return str(orjson.loads(raw).get("error", "?"))
+    except (orjson.JSONDecodeError, AttributeError):
+        return "non-JSON body"

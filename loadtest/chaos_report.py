@@ -9,7 +9,8 @@ import orjson
 from rich.table import Table
 
 COLUMNS = [("fault", "fault"), ("fault_s", "fault s"), ("requests", "requests"), ("s202", "202"),
-           ("s429", "429"), ("s503", "503"), ("other", "other"), ("conn", "conn err"), ("accepted", "accepted"),
+           ("s429", "429"), ("s503", "503"), ("other", "other"), ("conn", "conn err"), ("slow_requests", "> 1 s"),
+           ("accepted", "accepted"),
            ("stored", "stored in DB"), ("lost", "lost"), ("duplicated", "duplicated"),
            ("dead_lettered", "dead-lettered"), ("first_202_s", "s to 1st 202"), ("empty_queue_s", "s to empty queue"),
            ("worker_restarts", "worker restarts"), ("verdict", "verdict")]
@@ -27,13 +28,18 @@ def cell(row: dict[str, Any], key: str) -> str:
 
 
 def verdict(row: dict[str, Any]) -> str:
-    """OK only if nothing was lost or double counted and the server never contradicted itself."""
+    """OK only if nothing was lost or double counted, the server never contradicted itself, and only the
+    event the DB refuses (db-reject) reached the dead-letter list: a DB outage must never dead-letter, and
+    a refused row must not take its batch-mates with it. Every other group must have its details stored."""
+    poison = 1 if row.get("fault_key") == "db-reject" else 0
+    dead, bare = row.get("dead_lettered", 0), row.get("groups_without_details", 0)
     problems = [name for name, bad in (
         ("lost", row.get("lost", 0)), ("duplicated", row.get("duplicated", 0)),
         ("503 counted", row.get("refused_but_counted", 0)), ("dedup miss", row.get("dedup_misses", 0)),
         ("not settled", not row.get("settled", False)), ("error", row.get("error")),
-        ("poison not dead-lettered", row.get("fault_key") == "db-reject" and not row.get("info", {}).get(
-            "dead_lettered")),
+        ("poison not dead-lettered", poison and not row.get("info", {}).get("dead_lettered")),
+        (f"{dead - poison} events dead-lettered that the DB never refused", dead > poison),
+        (f"{bare - poison} groups without details", bare > poison),
     ) if bad]
     return "OK" if not problems else "FAIL: " + ", ".join(problems)
 

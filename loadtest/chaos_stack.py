@@ -27,10 +27,10 @@ from loadtest.targets import generous_limits
 FALLBACK_GRACE_S = 2.0
 
 
-def start_stack(base: Path, sink: LogSink, env: dict[str, str]) -> Stack:
-    """3 nodes, nginx, 2 workers, 1 scheduler, MariaDB; the limiter on with limits nothing reaches (so its
+def start_stack(base: Path, sink: LogSink, env: dict[str, str], nodes: int = 3, db: str = "mariadb") -> Stack:
+    """3 nodes, nginx, 2 workers, 1 scheduler, MariaDB (by default); the limiter on with limits nothing reaches (so its
     Redis call is on the hot path, as in production, and 429s would show a limiter that misbehaves)."""
-    cfg = StackConfig(base_dir=base, nodes=3, port=0, workers=2, schedulers=1, db="mariadb", sink=sink,
+    cfg = StackConfig(base_dir=base, nodes=nodes, port=0, workers=2, schedulers=1, db=db, sink=sink,
                       env={"FAULTLINE_LOG_LEVEL": "warning", "FAULTLINE_RATE_LIMIT_ENABLED": "true",
                            "FAULTLINE_RATE_LIMITS": generous_limits(), **env})
     stack = Stack(cfg)
