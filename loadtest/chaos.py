@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 import time
 from datetime import UTC, datetime
@@ -45,6 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--nodes", type=int, default=3, help="API nodes behind nginx")
     p.add_argument("--db", default="mariadb", help="mariadb (default; db-reject and mariadb-down need it) or sqlite")
     p.add_argument("--env", action="append", default=[], metavar="FAULTLINE_X=V", help="extra stack setting")
+    p.add_argument("--keep", action="store_true", help="keep each stack's data directories (MariaDB, AOF, ...)")
     p.add_argument("--out", type=Path, default=REPORTS, help="report directory")
     args = p.parse_args(argv)
     names = [n.strip() for item in args.only for n in item.split(",") if n.strip()] or list(FAULTS)
@@ -83,7 +85,7 @@ def run_fault(key: str, args: argparse.Namespace, base: Path, log: Any) -> dict[
         t_load_end = time.monotonic()
         phases["load_and_settle"] = round(t_load_end - t0, 1)
         settled, settle_s = chaos_stack.wait_settled(stack, timeout=120.0)
-        counts, no_details = chaos_stack.db_rows(stack)
+        counts, no_details, sample_ids = chaos_stack.db_rows(stack)
         dead_records = chaos_stack.dead_letter_records(stack)
         monitor.stop()
         view = client_view(load.events)
@@ -93,17 +95,22 @@ def run_fault(key: str, args: argparse.Namespace, base: Path, log: Any) -> dict[
                    refused_but_counted=view["refused_but_counted"], dedup_misses=view["dedup_misses"],
                    unknown_outcome=sum(view["unknown"].values()), never_accepted=view["never_accepted"],
                    groups_without_details=no_details, dead_letter_records=len(dead_records),
+                   # samples (the last few per group) of events no client was told 202 about
+                   samples=len(sample_ids), samples_not_accepted=len(sample_ids - set(view["accepted"])),
                    fault_s=round(fault.end - fault.start, 1), run_s=round(t_load_end - t0, 1),
                    first_202_s=_first_202(load, fault.end), empty_queue_s=_empty_queue(monitor, t0, fault),
                    info=fault.info, fallback_restarts=[n for _, n in supervisor.fallback_restarts],
                    supervisor_errors=supervisor.errors, restarts=chaos_stack.worker_restarts(stack))
         row["worker_restarts"] = row["restarts"]["worker"]
     finally:
+        load.settle(timeout=0)  # no-op after a normal run; stops the clients after an exception
         monitor.stop()
         supervisor.stop()
         t_stop = time.monotonic()
         stack.stop()
         phases["stop"] = round(time.monotonic() - t_stop, 1)
+        if not args.keep:  # ~150 MB per stack (MariaDB's files); the logs are in stack.log
+            shutil.rmtree(base, ignore_errors=True)
     row["verdict"] = verdict(row)
     row["details"] = (f"{row.get('info')}; settled={row.get('settled')} in {row.get('settle_s')} s; "
                       f"503-but-counted={row.get('refused_but_counted')}; dedup misses={row.get('dedup_misses')}; "
@@ -158,7 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         for key in args.faults:
             with console.status(f"{key}: starting a fresh stack, load, fault, recovery, accounting ..."):
                 log(f"===== {key} =====")
-                row = run_fault(key, args, work / key, log)
+                try:
+                    row = run_fault(key, args, work / key, log)
+                except Exception as exc:  # the stack would not start or could not be read: a failed row
+                    error = f"{type(exc).__name__}: {exc}"
+                    row = {"fault_key": key, "fault": FAULTS[key][0], "error": error, "verdict": f"FAIL: {error}"}
             rows.append(row)
             console.print(f"  {key}: {row['verdict']}  ({row['details']})")
     notes = ["Columns: requests = every HTTP attempt (re-sends included); conn err = no HTTP answer; accepted = "

@@ -169,16 +169,17 @@ def wait_settled(stack: Stack, timeout: float) -> tuple[bool, float]:
         client.close()
 
 
-def db_rows(stack: Stack) -> tuple[dict[str, int], int]:
-    """(fingerprint -> count, groups whose details a worker never wrote) from the DB."""
-    async def read() -> tuple[dict[str, int], int]:
+def db_rows(stack: Stack) -> tuple[dict[str, int], int, set[str]]:
+    """(fingerprint -> count, groups whose details a worker never wrote, event ids of the sample rows)."""
+    async def read() -> tuple[dict[str, int], int, set[str]]:
         engine = make_engine(stack.settings(), pool_size=1, max_overflow=0)
         try:
             async with engine.connect() as conn:
                 rows = (await conn.execute(text("SELECT fingerprint, count, message FROM error_groups"))).all()
+                samples: list[str] = list((await conn.execute(text("SELECT event_id FROM samples"))).scalars())
         finally:
             await engine.dispose()
-        return {str(r[0]): int(r[1]) for r in rows}, sum(1 for r in rows if r[2] is None)
+        return {str(r[0]): int(r[1]) for r in rows}, sum(1 for r in rows if r[2] is None), set(map(str, samples))
 
     return asyncio.run(read())
 
