@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | md5sum | cut -c1-8)
 
-.PHONY: up test lint typecheck unit bench loadtest memsoak system venv node checkov kubectl clean
+.PHONY: up test lint typecheck unit bench loadtest memsoak chaos system venv node checkov kubectl clean
 
 up: system venv node
 	$(VENV)/bin/faultline up $(ARGS)
@@ -44,6 +44,10 @@ loadtest: system venv
 # Redis memory under ~1,000 events/s for 600 s (short dedup window): flatness, bytes per id, extrapolation
 memsoak: system venv
 	$(PY) -m loadtest.memsoak $(ARGS)
+
+# Every dependency fault under >= 100 clients, one table (loadtest/chaos.py); e.g. ARGS="--only redis-kill --quick"
+chaos: system venv
+	$(PY) -m loadtest.chaos $(ARGS)
 
 lock:
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev -o requirements.lock
