@@ -34,7 +34,8 @@ ENV = {
     "FAULTLINE_RATE_LIMIT_ENABLED": "true",
     "FAULTLINE_RATE_LIMITS": f"short:{SHORT_LIMIT}/{int(SHORT_WINDOW)}s,long:100000/h",
     # GET /errors gets a 30 s window of 50 so a 200-request burst surely lands inside one window
-    "FAULTLINE_RATE_LIMIT_ROUTES": f"POST /errors/batch=short:2/s; GET /errors=short:{BURST_LIMIT}/30s",
+    "FAULTLINE_RATE_LIMIT_ROUTES": (f"POST /errors/log=on; POST /errors/batch=short:2/s; "
+                                    f"GET /errors=short:{BURST_LIMIT}/30s"),
 }
 
 
@@ -135,7 +136,8 @@ async def test_three_windows_never_hold_more_than_the_limit(edge: tuple[Stack, l
 
     async with client_from(stack, "127.0.0.1") as c:
         await asyncio.gather(*[sender(c) for _ in range(6)])
-    client = "k:" + hashlib.blake2b(stack.ingest_key.encode(), digest_size=10).hexdigest()
+    # (key, client IP): the key's window from this address only
+    client = "k:" + hashlib.blake2b(stack.ingest_key.encode(), digest_size=10).hexdigest() + "|ip:127.0.0.1"
     async with redis_of(stack) as redis:
         raw = await redis.zrange(Keys(stack.settings().key_prefix).ratelimit("long", client), 0, -1,
                                  withscores=True)
