@@ -15,6 +15,7 @@ import orjson
 from core import metrics
 from core.events import LogErrorIn, new_event_id
 from core.fingerprint import client_fingerprint, default_fingerprint
+from core.ratelimit.quota import overflow_fingerprint
 from core.redis import load_script
 from core.runtime import Runtime
 from core.tasks import message_frame
@@ -26,6 +27,13 @@ class Accepted:
     fingerprint: str
     duplicate: bool
     first_seen: bool  # the first event of its group Redis has seen
+    # [limits] > 0: NOT counted, the project's quota is used up; one more event fits in this many ms
+    rate_limited_ms: int = 0
+    overflow: bool = False  # counted into the project's "too many new groups" group (fingerprint is its)
+
+    @property
+    def counted(self) -> bool:
+        return not self.duplicate and not self.rate_limited_ms
 
 
 class QueueFull(Exception):
@@ -48,7 +56,7 @@ def fingerprint_of(project_id: int, item: LogErrorIn) -> str:
 class _Pending:
     keys: list[str]
     args: list[bytes | str]
-    future: asyncio.Future[list[int]]
+    future: asyncio.Future[tuple[list[int], list[int]]]
 
 
 class Ingestor:
@@ -85,20 +93,30 @@ class Ingestor:
             keys.append(self.keys.event(event_id))
             args.append(fp)
             args.append(orjson.dumps(event))
+            args.append(str(project_id))  # [limits] the script's quota and group cap are per project
             out.append(Accepted(event_id, fp, False, False))
         loop = asyncio.get_running_loop()
         pending = _Pending(keys, args, loop.create_future())
         if not self._pending:
             loop.call_soon(self._flush)
         self._pending.append(pending)
-        totals = await pending.future
-        for acc, total in zip(out, totals, strict=True):
-            acc.duplicate = total == 0
+        totals, outcomes = await pending.future
+        for acc, total, outcome in zip(out, totals, outcomes, strict=True):
             acc.first_seen = total == 1
+            if outcome < 0:  # [limits] over the project's quota: dropped, counted per project by the script
+                acc.rate_limited_ms = -outcome
+            else:
+                acc.duplicate = total == 0
+                if outcome == 1:
+                    acc.overflow = True
+                    acc.fingerprint = overflow_fingerprint(project_id)
         dup = sum(a.duplicate for a in out)
-        metrics.EVENTS.labels("accepted").inc(len(out) - dup)
+        limited = sum(a.rate_limited_ms > 0 for a in out)
+        metrics.EVENTS.labels("accepted").inc(len(out) - dup - limited)
         if dup:
             metrics.EVENTS.labels("duplicate").inc(dup)
+        if limited:
+            metrics.EVENTS_DROPPED.labels("rate_limited").inc(limited)
         return out
 
     def _flush(self) -> None:
@@ -110,9 +128,14 @@ class Ingestor:
     async def _call(self, batch: list[_Pending]) -> None:
         settings = self.runtime.settings
         head, tail = message_frame()
-        keys = [self.keys.stream, self.keys.pending_counts, self.keys.live_counts,
-                self.keys.feed_dirty, self.keys.feed_groups]
-        args: list[str | bytes | int] = [settings.dedup_ttl, settings.queue_soft_limit, head, tail]
+        k = self.keys
+        keys = [k.stream, k.pending_counts, k.live_counts, k.feed_dirty, k.feed_groups,
+                k.quota_conf, k.quota_state, k.dropped]
+        args: list[str | bytes | int] = [settings.dedup_ttl, settings.queue_soft_limit, head, tail,
+                                         settings.project_quota_per_second, settings.project_quota_per_minute,
+                                         settings.project_new_groups_per_hour,
+                                         1 if settings.rate_limit_enabled else 0,
+                                         k.new_groups(""), k.feed_index("")]
         for p in batch:
             keys += p.keys
             args += p.args
@@ -131,9 +154,10 @@ class Ingestor:
             for p in batch:
                 p.future.set_exception(QueueFull(int(result[1])))
             return
-        offset = 1
+        offset, total = 1, len(result) // 2  # {accepted, totals..., outcomes...}
         for p in batch:
             n = len(p.keys)
             if not p.future.done():  # a request whose client went away still had its events counted
-                p.future.set_result([int(x) for x in result[offset:offset + n]])
+                p.future.set_result(([int(x) for x in result[offset:offset + n]],
+                                     [int(x) for x in result[total + offset:total + offset + n]]))
             offset += n
