@@ -133,3 +133,8 @@ class Keys:
     # set per project: its fingerprints that have a feed summary, so `subscribe` reads only its own groups
     def feed_index(self, project_id: int | str) -> str:
         return f"{self.tag}:feed:idx:{project_id}"
+
+    # set once the per-project feed indexes hold every summary written before they existed (an upgrade)
+    @property
+    def feed_index_built(self) -> str:
+        return f"{self.tag}:feed:idx:built"
