@@ -35,6 +35,24 @@ def _peer_only(peer: str | None, _xff: bytes | None, _xri: bytes | None) -> str:
     return peer or "unknown"
 
 
+class HandshakeLogFilter(logging.Filter):
+    """uvicorn (and the websockets library, on the same logger) log every websocket handshake at INFO on
+    "uvicorn.error" ('"WebSocket /socket.io/..." 403', '[accepted]', 'connection rejected (403 Forbidden)',
+    'connection open', 'connection closed'): one line or more per attempt of a flood. Our own lines cover
+    sockets (one per connect, connects are limited) and refusals (summed up), so drop those."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        return not (isinstance(msg, str) and (msg.startswith(('%s - "WebSocket %s"', "connection rejected ("))
+                                              or msg in ("connection open", "connection closed")))
+
+
+def quiet_handshake_logs() -> None:
+    target = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, HandshakeLogFilter) for f in target.filters):
+        target.addFilter(HandshakeLogFilter())
+
+
 class RefusalLog:
     def __init__(self, interval: float, logger: logging.Logger = log) -> None:
         self.interval = interval
@@ -83,6 +101,7 @@ class SocketLimits:
         self.event_tier = parse_tier(f"event:{settings.socket_event_limit}")
         self.windows = MemoryLimiter()
         self.refusals = RefusalLog(settings.socket_log_interval)
+        quiet_handshake_logs()
 
     def client_of(self, scope: dict[str, Any]) -> str:
         forwarded = real_ip = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -164,3 +165,44 @@ async def test_subscribe_reads_only_the_groups_of_its_projects(settings: Setting
         assert await redis.scard(keys.feed_index(pid)) == 4
         assert await rooms.build_index(redis, keys) == 0  # done once
         await redis.aclose()
+
+
+async def test_a_real_api_process_logs_a_bad_token_flood_in_a_few_lines(
+        make_settings: Callable[..., Settings], spawn: Any, request: pytest.FixtureRequest) -> None:
+    """`faultline api` as a child process (gunicorn + uvicorn, its real logging): 80 bad-token connects
+    are refused, and its whole output about them is a few lines, not one (or three) per attempt."""
+    from tests.conftest import ARTIFACTS
+
+    settings = make_settings(socket_log_interval=2.0)
+    await prepare(settings)
+    port = free_port()
+    log_file = ARTIFACTS / f"{request.node.name}.children.log"
+    offset = log_file.stat().st_size if log_file.exists() else 0  # the fixture appends: this run only
+    child = spawn("api-flood", ["api", "--port", str(port)], settings)
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(timeout=2) as http:
+        for _ in range(200):
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"{url}/health/live")).status_code == 200:
+                    break
+            await asyncio.sleep(0.1)
+    refused = 0
+    started = time.monotonic()
+    for i in range(80):
+        sio = socketio.AsyncClient(reconnection=False)
+        try:
+            await sio.connect(url, transports=["websocket"], auth={"token": f"bad-{i}"}, wait_timeout=5)
+        except socketio.exceptions.ConnectionError:
+            refused += 1
+        finally:
+            await sio.disconnect()
+    assert refused == 80
+    flood_s = time.monotonic() - started
+    await asyncio.sleep(2.5)  # one log interval: the summary of the flood is written
+    child.stop(timeout=10)
+    text = log_file.read_bytes()[offset:].decode()
+    about = [line for line in text.splitlines() if "faultline.realtime" in line or "WebSocket" in line
+             or re.search(r"connection (rejected|open|closed)", line)]
+    # the first refusal, then one summary per 2 s interval: not one line per attempt
+    assert 2 <= len(about) <= 2 + flood_s / 2.0, (flood_s, about)
+    assert any("socket refusals in the last" in line for line in about), about
