@@ -57,7 +57,7 @@ async def _listing(rt: Runtime, project_id: int | None = None) -> list[dict[str,
             "id": pid, "name": row.name, "created_at": row.created_at,
             "quota": {**quota.effective(rt.settings), "overrides": {f: getattr(quota, f) for f in q.FIELDS},
                       "enforced": rt.settings.rate_limit_enabled},
-            "dropped": {"rate_limited": counts.get("rate_limited", 0)},
+            "dropped": {"total": counts.get("rate_limited", 0), "rate_limited": counts.get("rate_limited", 0)},
             "overflow": {"events": counts.get("overflow", 0), "fingerprint": q.overflow_fingerprint(pid)},
         })
     return out

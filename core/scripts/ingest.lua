@@ -76,7 +76,6 @@ end
 -- a first sighting: may the project create one more group this hour? (sliding log, at most cap entries)
 local function group_admitted(pid, fp)
   local p = project(pid)
-  if p.cap == 0 then return true end
   local key = ARGV[9] .. pid
   if not p.pruned then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 3600000000)
@@ -126,7 +125,8 @@ for i = 1, n do
       redis.call('HINCRBY', KEYS[8], pid .. ':rate_limited', 1)
     else
       -- [limits] a new group over the project's cap is counted into its overflow group
-      if limits_on and redis.call('HEXISTS', KEYS[3], fp) == 0 and not group_admitted(pid, fp) then
+      if limits_on and project(pid).cap > 0 and redis.call('HEXISTS', KEYS[3], fp) == 0
+          and not group_admitted(pid, fp) then
         local ofp = overflow_fp(pid)
         body = overflow_body(body, fp, ofp, project(pid).cap)
         fp = ofp
