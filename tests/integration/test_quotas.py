@@ -9,10 +9,12 @@ overflow group per project, down to the DB.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +33,7 @@ from core.redis import make_redis
 from core.settings import Settings
 from tests.integration.conftest import api_client, env_of, prepare
 from tests.integration.test_ingest_api import drain_queue
+from tests.waiting import wait_for
 
 OTHER_KEY = "other-project-key-0123456789"
 
@@ -79,40 +82,62 @@ async def test_a_batch_counts_per_event_and_over_quota_events_are_429_and_counte
         r = await c.put(f"/api/projects/{pid}/quota", json={"per_minute": 150})
         assert r.status_code == 200, r.text
         assert r.json()["quota"]["per_minute"] == 150 and r.json()["quota"]["overrides"]["per_minute"] == 150
+        # The quota refills at 2.5 events/s while the test runs: the checks allow for the time that passed
+        # (a loaded machine), and the totals must match what the answers said, exactly.
+        accepted = dropped = 0
+        started = time.monotonic()
         r = await c.post("/errors/batch", json={"events": events(100, "a")})
         assert r.status_code == 202 and r.json()["accepted"] == 100 and r.json()["rate_limited"] == 0
-        # 50 fit, 50 do not: per event, in order; the answer is still 202 and says when to retry
+        # about 50 fit, the rest do not: per event, in order; the answer is still 202 and says when to retry
         r = await c.post("/errors/batch", json={"events": events(100, "b")})
+        refill = math.ceil((time.monotonic() - started) * 150 / 60)
         body = r.json()
-        assert r.status_code == 202 and body["accepted"] == 50 and body["rate_limited"] == 50, body
+        assert r.status_code == 202 and 50 <= body["accepted"] <= 50 + refill, (body["accepted"], refill)
+        assert body["accepted"] + body["rate_limited"] == 100
         statuses = [e["status"] for e in body["results"]]
-        assert statuses == ["queued"] * 50 + ["rate_limited"] * 50
+        assert statuses == ["queued"] * body["accepted"] + ["rate_limited"] * body["rate_limited"]
         assert r.headers["retry-after"].isdigit() and 1 <= int(r.headers["retry-after"]) <= 60
-        # nothing fits: the whole batch is 429, JSON error body, integer Retry-After
-        r = await c.post("/errors/batch", json={"events": events(10, "c")})
+        accepted, dropped = 100 + body["accepted"], body["rate_limited"]
+        # nothing fits: the whole batch is 429, JSON error body, integer Retry-After (a refill of a few
+        # events while the machine is slow can let a part in: then the next batch is the refused one)
+        for _ in range(5):
+            r = await c.post("/errors/batch", json={"events": events(10, "c")})
+            dropped += r.json()["rate_limited"]
+            if r.status_code == 429:
+                break
+            accepted += r.json()["accepted"]
         assert r.status_code == 429, r.text
         assert r.json()["error"] == "rate_limited" and r.json()["message"] and r.json()["rate_limited"] == 10
         retry = r.headers["retry-after"]
         assert retry.isdigit() and 1 <= int(retry) <= 60
         one = {"message": "ValueError: late", "event_id": secrets.token_hex(16)}
-        r = await c.post("/errors/log", json=one)
-        assert r.status_code == 429 and set(r.json()) >= {"error", "message"}
+        for _ in range(5):
+            r = await c.post("/errors/log", json={**one, "event_id": secrets.token_hex(16)})
+            if r.status_code != 429:
+                accepted += 1
+                continue
+            dropped += 1
+            break
+        assert r.status_code == 429 and set(r.json()) >= {"error", "message"}, r.text
         assert r.headers["retry-after"].isdigit()
         wait = int(r.headers["retry-after"])
+        one["event_id"] = r.json()["event_id"]
         # another project has its own quota (default: no limit here)
         r = await c.post("/errors/batch", json={"events": events(200, "o")}, headers={"X-Faultline-Key": OTHER_KEY})
         assert r.status_code == 202 and r.json()["accepted"] == 200
-        assert await live_total(settings) == 150 + 200  # exactly what was answered accepted
+        assert await live_total(settings) == accepted + 200  # exactly what was answered accepted
         entry = await project_entry(c, pid)
-        assert entry["dropped"] == {"total": 61, "rate_limited": 61}
+        assert entry["dropped"] == {"total": dropped, "rate_limited": dropped}
         assert (await project_entry(c, other))["dropped"] == {"total": 0, "rate_limited": 0}
-        assert dropped_metric((await c.get("/metrics")).text) - before == 61
+        assert dropped_metric((await c.get("/metrics")).text) - before == dropped
         # a refused event was not remembered as seen: after Retry-After the same event id is counted
         await asyncio.sleep(wait)
         r = await c.post("/errors/log", json=one)
         assert r.status_code == 202 and "duplicate" not in r.json(), r.text
-        assert await live_total(settings) == 351
-    assert await drain_queue(settings) == 351  # every accepted event queued once, none of the dropped
+        accepted += 1
+        assert await live_total(settings) == accepted + 200
+    # every accepted event queued once, none of the dropped
+    assert await drain_queue(settings) == accepted + 200
 
 
 async def test_per_second_quota_and_duplicates_cost_nothing(setup: tuple[Settings, int, int]) -> None:
@@ -125,7 +150,10 @@ async def test_per_second_quota_and_duplicates_cost_nothing(setup: tuple[Setting
         assert (await c.post("/errors/batch", json={"events": batch})).json()["accepted"] == 5
         r = await c.post("/errors/batch", json={"events": batch})  # all duplicates: accepted, not counted
         assert r.status_code == 202 and r.json()["duplicates"] == 5 and r.json()["rate_limited"] == 0
-        r = await c.post("/errors/log", json={"message": "one more"})
+        for _ in range(10):  # (the quota refills one event per 200 ms: a slow machine may see one go in)
+            r = await c.post("/errors/log", json={"message": "one more"})
+            if r.status_code == 429:
+                break
         assert r.status_code == 429 and r.headers["retry-after"] == "1"  # one event fits in 200 ms
         # back to the default (no limit in this test's settings)
         r = await c.put(f"/api/projects/{pid}/quota", json={})
@@ -219,8 +247,11 @@ async def test_cli_sets_the_quota_in_the_db_and_redis_and_nodes_copy_it_back(
     async with make_redis(settings) as redis:
         assert (await redis.hget(keys.quota_conf, str(pid))) == b"3|7|2"
         await redis.delete(keys.quota_conf)  # Redis lost its copy: a node start copies it back
-    async with api_client(settings) as c:
-        await asyncio.sleep(0.2)
+    async with api_client(settings) as c, make_redis(settings) as redis:
+        async def copied() -> bool:
+            return await redis.hget(keys.quota_conf, str(pid)) == b"3|7|2"
+
+        await wait_for(copied, 10, "the node to copy the quotas back into Redis")
         r = await c.post("/errors/batch", json={"events": events(5, "f")})
         assert r.json()["accepted"] == 3 and r.json()["rate_limited"] == 2
         assert (await project_entry(c, pid))["quota"]["per_second"] == 3
