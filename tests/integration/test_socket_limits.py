@@ -55,7 +55,7 @@ async def connect(url: str, token: str, ip: str) -> socketio.AsyncClient:
 
 @pytest.fixture
 async def settings(make_settings: Callable[..., Settings]) -> Settings:
-    s = make_settings(socket_connect_limit="100/10s", socket_bad_token_limit="5/m", socket_event_limit="10/10s",
+    s = make_settings(socket_connect_limit="100/10s", socket_bad_token_limit="5/m", socket_event_limit="10/m",
                       socket_log_interval=1.0)
     await prepare(s)
     return s
@@ -105,7 +105,9 @@ async def test_subscribe_flood_is_answered_rate_limited(settings: Settings,
     caplog.set_level(logging.INFO, logger="faultline.realtime")
     async with node(settings) as (url, _):
         sio = await connect(url, settings.admin_token or "", "198.51.100.30")
+        started = time.monotonic()
         answers = [await sio.call("subscribe", {"rooms": ["project:*"]}, timeout=5) for _ in range(40)]
+        took = time.monotonic() - started
         other = await connect(url, settings.admin_token or "", "198.51.100.31")
         fresh = await other.call("subscribe", {"rooms": ["project:*"]}, timeout=5)
         await sio.disconnect()
@@ -114,7 +116,8 @@ async def test_subscribe_flood_is_answered_rate_limited(settings: Settings,
     assert {a.get("error") for a in answers[10:]} == {"rate_limited"}
     assert all(isinstance(a["retry_after"], int) and a["retry_after"] >= 1 for a in answers[10:])
     assert fresh["ok"] is True  # per client: another address is not affected
-    assert len([r for r in caplog.records if "refus" in r.getMessage()]) <= 3
+    # the first refusal, then one summary per 1 s interval
+    assert len([r for r in caplog.records if "refus" in r.getMessage()]) <= 2 + took
 
 
 class SpyRedis(Redis):
