@@ -24,6 +24,7 @@ from core import metrics
 from core.dedup import TOKEN_BITS, dedup_id
 from core.events import LogErrorIn, new_event_id
 from core.fingerprint import client_fingerprint, default_fingerprint
+from core.ratelimit.quota import overflow_fingerprint
 from core.redis import load_script
 from core.runtime import Runtime
 from core.tasks import message_frame
@@ -41,6 +42,13 @@ class Accepted:
     fingerprint: str
     duplicate: bool
     first_seen: bool  # the first event of its group Redis has seen
+    # > 0: NOT counted, the project's quota is used up; one more event fits in this many ms
+    rate_limited_ms: int = 0
+    overflow: bool = False  # counted into the project's "too many new groups" group (fingerprint is its)
+
+    @property
+    def counted(self) -> bool:
+        return not self.duplicate and not self.rate_limited_ms
 
 
 class QueueFull(Exception):
@@ -65,9 +73,9 @@ def fingerprint_of(project_id: int, item: LogErrorIn) -> str:
 
 @dataclass(slots=True)
 class _Pending:
-    args: list[bytes | str | int]  # PER_EVENT (4) per event
+    args: list[bytes | str | int]  # PER_EVENT (5) per event
     events: int
-    future: asyncio.Future[list[int]]
+    future: asyncio.Future[tuple[list[int], list[int]]]  # (totals, outcomes) per event
 
 
 class RedisClock:
@@ -127,20 +135,30 @@ class Ingestor:
             args += dedup_id(project_id, event_id).args()
             args.append(fp)
             args.append(orjson.dumps(event))
+            args.append(project_id)  # the script's quota and new-group cap are per project
             out.append(Accepted(event_id, fp, False, False))
         loop = asyncio.get_running_loop()
         pending = _Pending(args, len(items), loop.create_future())
         if not self._pending:
             loop.call_soon(self._flush)
         self._pending.append(pending)
-        totals = await pending.future
-        for acc, total in zip(out, totals, strict=True):
-            acc.duplicate = total == 0
+        totals, outcomes = await pending.future
+        for acc, total, outcome in zip(out, totals, outcomes, strict=True):
             acc.first_seen = total == 1
+            if outcome < 0:  # over the project's quota: dropped, counted per project by the script
+                acc.rate_limited_ms = -outcome
+            else:
+                acc.duplicate = total == 0
+                if outcome == 1:
+                    acc.overflow = True
+                    acc.fingerprint = overflow_fingerprint(project_id)
         dup = sum(a.duplicate for a in out)
-        metrics.EVENTS.labels("accepted").inc(len(out) - dup)
+        limited = sum(a.rate_limited_ms > 0 for a in out)
+        metrics.EVENTS.labels("accepted").inc(len(out) - dup - limited)
         if dup:
             metrics.EVENTS.labels("duplicate").inc(dup)
+        if limited:
+            metrics.EVENTS_DROPPED.labels("rate_limited").inc(limited)
         return out
 
     def _flush(self) -> None:
@@ -178,10 +196,11 @@ class Ingestor:
                 if not p.future.done():
                     p.future.set_exception(QueueFull(int(result[2])))
             return
-        offset = 2
+        offset, total = 2, sum(p.events for p in chunk)  # {status, redis ms, totals..., outcomes...}
         for p in chunk:
             if not p.future.done():  # a request whose client went away still had its events counted
-                p.future.set_result([int(x) for x in result[offset:offset + p.events]])
+                p.future.set_result((result[offset:offset + p.events],
+                                     result[total + offset:total + offset + p.events]))
             offset += p.events
 
     async def _call(self, chunk: list[_Pending], start: float) -> list[int]:
@@ -195,11 +214,17 @@ class Ingestor:
         settings = self.runtime.settings
         budget = settings.ingest_budget
         head, tail = message_frame()
-        keys = [self.keys.stream, self.keys.pending_counts, self.keys.live_counts, self.keys.feed_dirty,
-                self.keys.feed_groups, self.keys.dedup_meta, self.keys.live_new]
+        k = self.keys
+        keys = [k.stream, k.pending_counts, k.live_counts, k.feed_dirty, k.feed_groups, k.dedup_meta, k.live_new,
+                k.quota_conf, k.quota_state, k.dropped]
         token = secrets.randbelow((1 << TOKEN_BITS) - 1) + 1
         fixed: list[bytes | str | int] = [self.keys.dedup_prefix, settings.dedup_ttl, settings.dedup_buckets,
                                           settings.queue_soft_limit, head, tail, token]
+        # per-project quota and new-group cap (core/ratelimit/quota.py); per-project keys = prefix + id
+        limits: list[bytes | str | int] = [settings.project_quota_per_second, settings.project_quota_per_minute,
+                                           settings.project_new_groups_per_hour,
+                                           1 if settings.rate_limit_enabled else 0, k.new_groups(""),
+                                           k.feed_index("")]
         events: list[bytes | str | int] = [a for p in chunk for a in p.args]
         error: BaseException = StoreUnavailable("event store unavailable")
         for attempt in range(2):
@@ -217,7 +242,7 @@ class Ingestor:
                     if deadline <= 0:
                         deadline = 1  # 0 means "no deadline" to the script
                     with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
-                        result = await self.script(keys=keys, args=[*fixed, deadline, *events])
+                        result = await self.script(keys=keys, args=[*fixed, deadline, *limits, *events])
                 self.clock.observe(float(result[1]), time.time())
             except (RedisError, OSError, TimeoutError) as exc:
                 # Not answered: maybe never sent, maybe ran. The re-run (same token) tells which.

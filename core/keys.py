@@ -134,3 +134,33 @@ class Keys:
     @property
     def feed_lock(self) -> str:
         return f"{self.tag}:feed:lock"
+
+    # --- per-project limits (core/ratelimit/quota.py, ingest.lua) ---
+    # project id -> "per_second|per_minute|new_groups_per_hour" overrides (empty = the setting's default);
+    # mirrored from the DB table project_quotas
+    @property
+    def quota_conf(self) -> str:
+        return f"{self.tag}:quota:conf"
+
+    # "<project id>:s" / "<project id>:m" -> GCRA theoretical arrival time (Redis time, µs)
+    @property
+    def quota_state(self) -> str:
+        return f"{self.tag}:quota:tat"
+
+    # "<project id>:rate_limited" / "<project id>:overflow" -> events dropped / counted into the overflow group
+    @property
+    def dropped(self) -> str:
+        return f"{self.tag}:quota:dropped"
+
+    # sorted set per project: fingerprints of the groups created in the last hour (score = Redis time µs)
+    def new_groups(self, project_id: int | str) -> str:
+        return f"{self.tag}:groups:new:{project_id}"
+
+    # set per project: its fingerprints that have a feed summary, so `subscribe` reads only its own groups
+    def feed_index(self, project_id: int | str) -> str:
+        return f"{self.tag}:feed:idx:{project_id}"
+
+    # set once the per-project feed indexes hold every summary written before they existed (an upgrade)
+    @property
+    def feed_index_built(self) -> str:
+        return f"{self.tag}:feed:idx:built"

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.ratelimit.proxies import parse_cidrs
-from core.ratelimit.tiers import DEFAULT_ROUTES, DEFAULT_TIERS, validate_config
+from core.ratelimit.tiers import DEFAULT_ROUTES, DEFAULT_TIERS, parse_tier, validate_config
 
 DEV_ADMIN_TOKEN = "dev-admin-token"
 DEV_INGEST_KEY = "dev-ingest-key"
@@ -56,8 +56,9 @@ class Settings(BaseSettings):
     # needs and far below orjson's 254-level serialisation limit (past which queuing the event would fail).
     max_depth: int = Field(default=32, ge=1, le=200)
 
-    # Rate limiting (core/ratelimit/, api/ratelimit.py), per client = ingest key when known, else client IP.
-    # Tiers "name:limit/window" (the seed's defaults); route rules "METHOD /path=tiers|off" separated by ";".
+    # Rate limiting (core/ratelimit/, api/ratelimit.py), per client = (ingest key, IP) when the key is known,
+    # else the client IP; only on the routes listed in rate_limit_routes (why the defaults: tiers.py).
+    # Tiers "name:limit/window"; route rules "METHOD /path=on|off|tiers" separated by ";".
     # Both are parsed at start-up: a bad value stops the process with a message naming the bad part.
     rate_limit_enabled: bool = True
     rate_limits: str = DEFAULT_TIERS
@@ -68,6 +69,30 @@ class Settings(BaseSettings):
     rate_limit_fail_open: bool = False
     # X-Forwarded-For / X-Real-IP are believed only from these peers (nginx on the same host by default).
     trusted_proxies: str = "127.0.0.1/32,::1/128"
+
+    # --- Per-project event quotas and the new-group cap (core/ratelimit/quota.py, ingest.lua) ---
+    # Defaults for projects without their own quota (`faultline project quota`, PUT /api/projects/{id}/quota);
+    # 0 = no limit. They count EVENTS (a batch of 100 counts 100), per project, GCRA: a project may send a
+    # whole minute's budget at once, then at the steady rate. 300,000/min = 5,000 events/s averaged: an
+    # application failing on every request through an incident gets through (one project can use about all
+    # the single-event capacity measured in the README, 3,700 req/s), while a runaway client cannot fill
+    # the queue (soft limit 200,000) for everyone in one go. 10,000/s caps a burst at about half of what the
+    # whole stack ingests in batches (22,600 events/s), so other projects still get in.
+    # FAULTLINE_RATE_LIMIT_ENABLED=false turns quotas and the group cap off too (load tests).
+    project_quota_per_second: int = Field(default=10_000, ge=0)
+    project_quota_per_minute: int = Field(default=300_000, ge=0)
+    # New groups per project per rolling hour; events of further new groups are counted into ONE overflow
+    # group per project. 1,000/h: a real application creates a handful of new groups per deploy; random
+    # client fingerprints would otherwise create groups (Redis hashes, DB rows) without limit.
+    project_new_groups_per_hour: int = Field(default=1000, ge=0)
+    # Socket.IO (realtime/limits.py), per client IP and per process (no I/O to refuse): connection attempts,
+    # bad-token connects (then the IP is refused at the door until the window frees), and events
+    # (subscribe...). A dashboard connects once and reconnects with back-off; a wall of 20 tabs behind one
+    # NAT still fits. Refusals are logged once per socket_log_interval seconds with counts.
+    socket_connect_limit: str = "30/10s"
+    socket_bad_token_limit: str = "10/m"
+    socket_event_limit: str = "30/10s"
+    socket_log_interval: float = Field(default=10.0, gt=0)
 
     # A repeated event_id inside this window is accepted but not counted. 900 s covers client retries;
     # at 1,000 events/s it remembers ~0.95 M ids at ~20 B each (~19 MB; core/dedup.py, loadtest/memsoak.py).
@@ -151,6 +176,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _rate_limits(self) -> Settings:
         validate_config(self.rate_limits, self.rate_limit_routes)
+        for name in ("socket_connect_limit", "socket_bad_token_limit", "socket_event_limit"):
+            parse_tier(f"socket:{getattr(self, name)}", f"FAULTLINE_{name.upper()}")
         parse_cidrs(self.trusted_proxies)
         return self
 

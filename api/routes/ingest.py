@@ -52,10 +52,26 @@ def _event(raw: Any, context: dict[str, Any]) -> LogErrorIn:
 
 
 def _accepted(a: Accepted) -> dict[str, Any]:
+    if a.rate_limited_ms:  # [limits] not counted: the project's event quota is used up
+        return {"status": "rate_limited", "event_id": a.event_id, "retry_after": _retry_after_s([a])}
     body: dict[str, Any] = {"status": "queued", "fingerprint": a.fingerprint, "event_id": a.event_id}
     if a.duplicate:
         body["duplicate"] = True  # accepted, not counted again
+    if a.overflow:
+        body["overflow"] = True  # counted into the project's "too many new groups" group
     return body
+
+
+def _retry_after_s(accepted: list[Accepted]) -> int:
+    """Integer seconds (Sentry SDKs drop a whole category on a fractional value), never 0."""
+    return max(1, -(-max(a.rate_limited_ms for a in accepted) // 1000))
+
+
+def _over_quota(accepted: list[Accepted], body: dict[str, Any] | None = None) -> Response:
+    retry = _retry_after_s(accepted)
+    message = f"the project's event quota is used up; retry in {retry} s"
+    return json_response(429, {"error": "rate_limited", "message": message, "retry_after": retry, **(body or {})},
+                         {"Retry-After": str(retry)})
 
 
 async def _run(request: Request, project: int, items: list[LogErrorIn]) -> list[Accepted]:
@@ -75,6 +91,8 @@ async def log_error(request: Request) -> Response:
     body = await read_body(request, runtime.settings.max_body_bytes)
     item = _event(parse_json(body), _context(request))
     [accepted] = await _run(request, project, [item])
+    if accepted.rate_limited_ms:
+        return _over_quota([accepted], {"event_id": accepted.event_id})
     return json_response(202, _accepted(accepted))
 
 
@@ -100,13 +118,20 @@ async def log_batch(request: Request) -> Response:
         accepted = await _run(request, project, [item for _, item in valid])
         for (i, _), acc in zip(valid, accepted, strict=True):
             results[i] = {"index": i, **_accepted(acc)}
+    limited = [a for a in accepted if a.rate_limited_ms]
     summary = {
-        "accepted": sum(not a.duplicate for a in accepted),
+        "accepted": sum(a.counted for a in accepted),
         "duplicates": sum(a.duplicate for a in accepted),
+        "rate_limited": len(limited),
         "invalid": len(batch.events) - len(valid),
         "results": results,
     }
-    return json_response(202 if valid else 422, summary)
+    # [limits] per event: over-quota events are `rate_limited` (not counted), the others accepted; only
+    # when nothing at all was accepted is the whole answer a 429. Retry-After either way when some were.
+    if limited and len(limited) == len(accepted):
+        return _over_quota(limited, summary)
+    headers = {"Retry-After": str(_retry_after_s(limited))} if limited else None
+    return json_response(202 if valid else 422, summary, headers)
 
 
 router.add_route("/errors/log", log_error, methods=["POST"])

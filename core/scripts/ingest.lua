@@ -1,12 +1,18 @@
 -- Accept a batch of events atomically: refuse if late, dedup by (project, event id), shed load, count, enqueue.
 -- KEYS[1] task stream, KEYS[2] pending deltas (hash), KEYS[3] live totals (hash), KEYS[4] live-feed dirty set,
--- KEYS[5] live-feed group summaries (hash), KEYS[6] dedup meta (hash), KEYS[7] groups new to the live hash (set)
+-- KEYS[5] live-feed group summaries (hash), KEYS[6] dedup meta (hash), KEYS[7] groups new to the live hash (set),
+-- KEYS[8] quota overrides (hash), KEYS[9] quota GCRA state (hash), KEYS[10] dropped counters (hash)
 -- ARGV[1] dedup key prefix, ARGV[2] dedup TTL s, ARGV[3] dedup buckets per TTL, ARGV[4] queue soft limit,
 -- ARGV[5] message head, ARGV[6] message tail, ARGV[7] call token, ARGV[8] deadline in Redis ms (0 = none),
--- then per event: dedup seed, dedup digest, fingerprint, event JSON (core/dedup.py).
--- Returns {status, redis_ms, r1, r2, ...}:
+-- ARGV[9..11] default per-second quota, per-minute quota, new groups per hour (0 = no limit), ARGV[12] limits
+-- on (1) / off (0), ARGV[13] new-groups key prefix, ARGV[14] feed index key prefix (per-project keys = prefix
+-- .. project id: same {hash tag}, same slot),
+-- then per event: dedup seed, dedup digest, fingerprint, event JSON, project id (core/dedup.py).
+-- Returns {status, redis_ms, r1..rn, o1..on}:
 --   status 0 = done; r = live total after this event (1 = first sighting), 0 = duplicate of another call's
---   event, -1 = counted by an earlier run of THIS call (same token: the caller lost that run's reply);
+--   event or not counted (rate limited), -1 = counted by an earlier run of THIS call (same token: the caller
+--   lost that run's reply); o = 0 counted in its own group (or not counted), 1 counted in the project's
+--   overflow group, -w = rate limited by the project's quota, one more event fits in w ms;
 --   status -1 = queue over its soft limit, r1 = depth (nothing counted);
 --   status -2 = the call arrived after its deadline (nothing counted: the caller has given up or will).
 -- Dedup buckets are per-time hashes whose names are built here from ARGV[1]: every one of them carries the
@@ -14,8 +20,8 @@
 -- Live feed (core/feed.py): every counted fingerprint is SADDed to the dirty set, which the coalescer drains
 -- every 250 ms; on a first sighting a small group summary is stored once (HSETNX) for its error:new, and the
 -- fingerprint is noted in KEYS[7] so the scheduler rebases its live total on the DB's (workers/prune.py).
--- [limits: per-project quota / new-group cap checks go in the "admission" section below]
-local FIXED_ARGS, PER_EVENT = 8, 4
+-- Per-project quota and new-group cap: see the [limits] section and core/ratelimit/quota.py.
+local FIXED_ARGS, PER_EVENT = 14, 5
 -- ids per shard hash: 64 stays under hash-max-listpack-entries (128 by default) with Poisson headroom;
 -- at least 256 shards, so a bucket after a quiet spell still holds ~16,000 ids in listpacks (an empty
 -- shard costs nothing; 256 x 11 small hashes are ~0.3 MB when every one is in use)
@@ -117,26 +123,125 @@ if not mine then
   end
 end
 
+-- ==== [limits] per-project event quota + new-group cap (core/ratelimit/quota.py says why) =============
+local limits_on = ARGV[12] == '1'
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])  -- µs, from the TIME read above
+local projects = {}  -- project id -> {ps, pm, cap, s, m, pruned}: read once per call, state written at the end
+local function project(pid)
+  local p = projects[pid]
+  if p then return p end
+  p = {ps = tonumber(ARGV[9]), pm = tonumber(ARGV[10]), cap = tonumber(ARGV[11])}
+  local conf = redis.call('HGET', KEYS[8], pid)
+  if conf then  -- "per_second|per_minute|new_groups_per_hour", empty = default
+    local a, b, c = string.match(conf, '^(%d*)|(%d*)|(%d*)$')
+    if a and a ~= '' then p.ps = tonumber(a) end
+    if b and b ~= '' then p.pm = tonumber(b) end
+    if c and c ~= '' then p.cap = tonumber(c) end
+  end
+  local st = redis.call('HMGET', KEYS[9], pid .. ':s', pid .. ':m')
+  p.s, p.m = tonumber(st[1]) or 0, tonumber(st[2]) or 0
+  projects[pid] = p
+  return p
+end
+-- GCRA, `rate` events per `window` µs with a burst of `rate`: returns the new TAT, or nil and the wait (µs)
+local function gcra(tat, rate, window)
+  if rate == 0 then return tat, 0 end
+  local step = window / rate
+  local base = math.max(tat, now)
+  if base + step - now <= window then return base + step, 0 end
+  return nil, base + step - window - now
+end
+-- 0 = admitted (the state moves on), else µs until one more event of this project fits
+local function quota_wait(pid)
+  local p = project(pid)
+  local s, ws = gcra(p.s, p.ps, 1000000)
+  local m, wm = gcra(p.m, p.pm, 60000000)
+  if s == nil or m == nil then return math.max(ws, wm, 1) end
+  p.s, p.m, p.dirty = s, m, true
+  return 0
+end
+-- a first sighting: may the project create one more group this hour? (sliding log, at most cap entries)
+local function group_admitted(pid, fp)
+  local p = project(pid)
+  local key = ARGV[13] .. pid
+  if not p.pruned then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 3600000000)
+    p.pruned = true
+  end
+  if redis.call('ZCARD', key) >= p.cap then return false end
+  redis.call('ZADD', key, now, fp)
+  redis.call('PEXPIRE', key, 3600000)
+  return true
+end
+local function overflow_fp(pid)
+  return redis.sha1hex('faultline:overflow:' .. pid) .. string.sub(redis.sha1hex('faultline:overflow2:' .. pid), 1, 24)
+end
+-- the event as counted in the overflow group: its fingerprint and message replaced, the originals kept
+-- in context.faultline_overflow (the sample shows what the event was)
+local function overflow_body(body, fp, ofp, cap)
+  local ok, ev = pcall(cjson.decode, body)
+  if not ok or type(ev) ~= 'table' then
+    local a, b = string.find(body, '"fingerprint":"' .. fp .. '"', 1, true)
+    if not a then return body end
+    return string.sub(body, 1, a - 1) .. '"fingerprint":"' .. ofp .. '"' .. string.sub(body, b + 1)
+  end
+  local ctx = type(ev.context) == 'table' and ev.context or {}
+  ctx.faultline_overflow = {fingerprint = ev.fingerprint, message = ev.message}
+  ev.context = ctx
+  ev.fingerprint = ofp
+  ev.message = 'Too many new error groups: this project created more than ' .. cap ..
+               ' new groups in the last hour; events of further new groups are counted here'
+  return cjson.encode(ev)
+end
+-- ==== [/limits] ========================================================================================
+
 -- ---- count and enqueue ----
 local bodies = {}
 local result = {0, now_ms}
 for i = 1, n do
   local base = FIXED_ARGS + (i - 1) * PER_EVENT
+  local outcome = 0
   if found[i] then
     result[i + 2] = found[i]
   else
-    local fp = ARGV[base + 3]
-    dedup_put(d, tonumber(ARGV[base + 1]), ARGV[base + 2], token * 8 + QUEUED)
-    redis.call('HINCRBY', KEYS[2], fp, 1)
-    local total = redis.call('HINCRBY', KEYS[3], fp, 1)
-    result[i + 2] = total
-    redis.call('SADD', KEYS[4], fp)
-    if total == 1 then
-      local s = summary(ARGV[base + 4])
-      if s then redis.call('HSETNX', KEYS[5], fp, s) end
-      redis.call('SADD', KEYS[7], fp)
+    local fp, body, pid = ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
+    -- [limits] checked after dedup (a duplicate costs no quota); a rate-limited event is not remembered,
+    -- so the client may send it again later and have it counted
+    local wait = limits_on and quota_wait(pid) or 0
+    if wait > 0 then
+      outcome = -math.ceil(wait / 1000)
+      redis.call('HINCRBY', KEYS[10], pid .. ':rate_limited', 1)
+      result[i + 2] = 0
+    else
+      -- [limits] a new group over the project's cap is counted into its overflow group
+      if limits_on and project(pid).cap > 0 and redis.call('HEXISTS', KEYS[3], fp) == 0
+          and not group_admitted(pid, fp) then
+        local ofp = overflow_fp(pid)
+        body = overflow_body(body, fp, ofp, project(pid).cap)
+        fp = ofp
+        outcome = 1
+        redis.call('HINCRBY', KEYS[10], pid .. ':overflow', 1)
+      end
+      dedup_put(d, tonumber(ARGV[base + 1]), ARGV[base + 2], token * 8 + QUEUED)
+      redis.call('HINCRBY', KEYS[2], fp, 1)
+      local total = redis.call('HINCRBY', KEYS[3], fp, 1)
+      result[i + 2] = total
+      redis.call('SADD', KEYS[4], fp)
+      if total == 1 then
+        local s = summary(body)
+        if s then redis.call('HSETNX', KEYS[5], fp, s) end
+        redis.call('SADD', KEYS[7], fp)
+        redis.call('SADD', ARGV[14] .. pid, fp)  -- [limits] the project's feed index (what subscribe reads)
+      end
+      bodies[#bodies + 1] = body
     end
-    bodies[#bodies + 1] = ARGV[base + 4]
+  end
+  result[n + i + 2] = outcome
+end
+-- [limits] quota state, once per project touched
+for pid, p in pairs(projects) do
+  if p.dirty then
+    redis.call('HSET', KEYS[9], pid .. ':s', math.ceil(p.s), pid .. ':m', math.ceil(p.m))
   end
 end
 if #bodies > 0 then
