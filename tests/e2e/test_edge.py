@@ -203,14 +203,16 @@ async def test_slowloris_and_trickled_bodies_do_not_keep_a_normal_client_out(sta
     # the normal client got in all the time, quickly
     assert statuses and set(statuses) == {202}, statuses
     assert len(latencies) > 50
-    assert statistics.median(latencies) < 0.1 and max(latencies) < 2.0, (statistics.median(latencies), max(latencies))
+    # (bounds for a shared 2-core machine; unloaded, the median is ~5 ms)
+    assert statistics.median(latencies) < 0.25 and max(latencies) < 3.0, (statistics.median(latencies),
+                                                                          max(latencies))
     # nginx, not the client, ended every slow connection, after the header timeout and not much later
     assert len(closed) == SLOW_CONNECTIONS
-    assert HEADER_TIMEOUT - 1 <= min(closed) and max(closed) <= HEADER_TIMEOUT + 3, (min(closed), max(closed))
+    assert HEADER_TIMEOUT - 1 <= min(closed) and max(closed) <= HEADER_TIMEOUT + 4, (min(closed), max(closed))
     # the paused body was cut after client_body_timeout, at the edge: no node was ever asked
     got, waited = await trickler
     assert got == b"" or got.startswith(b"HTTP/1.1 408"), got[:200]
-    assert HEADER_TIMEOUT - 1 <= waited <= HEADER_TIMEOUT + 3, waited
+    assert HEADER_TIMEOUT - 1 <= waited <= HEADER_TIMEOUT + 4, waited
     assert stack.nginx is not None
     access = (stack.nginx.prefix / "access.log").read_text()  # flushed every second: the run took 15 s
     line = next(ln for ln in access.splitlines() if marker in ln)
