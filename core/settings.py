@@ -5,6 +5,7 @@ Defaults say why they are what they are; production refuses the development secr
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -167,6 +168,11 @@ class Settings(BaseSettings):
     # XREADGROUP blocks 1 s), so 30 s means stuck, not busy, and stays under a kubelet's default 3x10 s.
     worker_stall_after: float = Field(default=30.0, gt=0.0)
 
+    # --- listening beyond loopback (issue 10) ---
+    # The address the API node listens on (`faultline api --host` exports it; the Docker image sets 0.0.0.0).
+    # Only used to refuse development secrets on a listener other machines can reach, in any mode.
+    bind_host: str = "127.0.0.1"
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -193,6 +199,40 @@ class Settings(BaseSettings):
         else:
             self.admin_token = self.admin_token or DEV_ADMIN_TOKEN
         return self
+
+    @model_validator(mode="after")
+    def _no_default_secret_beyond_loopback(self) -> Settings:
+        # Development mode fills in DEV_ADMIN_TOKEN (see _secrets): fine on 127.0.0.1, a published password
+        # on 0.0.0.0. Checked whatever the mode, so a forgotten FAULTLINE_ENV cannot open the admin API.
+        if is_local_address(self.bind_host):
+            return self
+        if self.admin_token in (None, DEV_ADMIN_TOKEN):
+            raise ValueError(f"FAULTLINE_ADMIN_TOKEN must be set (not the development default) to listen on "
+                             f"{self.bind_host}")
+        if self.ingest_key == DEV_INGEST_KEY:
+            raise ValueError(f"FAULTLINE_INGEST_KEY is the development default; refused on {self.bind_host}")
+        return self
+
+
+# Same floor as the production check of the tokens above.
+MIN_SECRET_LENGTH = 16
+
+
+def is_local_address(host: str) -> bool:
+    """True for addresses only this machine can reach: loopback IPs, `localhost`, unix sockets."""
+    if host == "localhost" or host.startswith("unix:"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname or 0.0.0.0-like wildcard: assume reachable
+
+
+def check_project_key(settings: Settings, key: str) -> None:
+    """A key chosen by hand (`faultline project create --key`): production refuses short or development keys."""
+    if settings.env == "production" and (key in (DEV_ADMIN_TOKEN, DEV_INGEST_KEY) or len(key) < MIN_SECRET_LENGTH):
+        raise ValueError(f"an ingest key must be at least {MIN_SECRET_LENGTH} characters and not a development "
+                         f"default in production")
 
 
 @lru_cache
