@@ -38,7 +38,7 @@ async def prune_idle_groups(redis: Redis, keys: Keys, settings: Settings) -> int
         if fps:
             out = await script(keys=[keys.live_counts, keys.feed_emitted, keys.feed_last_seen, keys.feed_groups,
                                      keys.feed_dirty, keys.live_new],
-                               args=[settings.live_group_idle, *fps])
+                               args=[settings.live_group_idle, keys.feed_index(""), *fps])
             pruned += int(out[0])
         if cursor == 0:
             break

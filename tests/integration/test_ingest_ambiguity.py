@@ -108,6 +108,9 @@ async def test_late_call_counts_nothing(make_settings: Any) -> None:
         assert r.status_code == 202 and r.json()["accepted"] == 5
 
 
+FIXED_ARGS, PER_EVENT = 14, 5  # core/scripts/ingest.lua
+
+
 async def test_coalesced_requests_are_split_into_bounded_calls(make_settings: Any) -> None:
     settings = make_settings(ingest_call_max_events=10)
     await prepare(settings)
@@ -117,7 +120,7 @@ async def test_coalesced_requests_are_split_into_bounded_calls(make_settings: An
         sizes: list[int] = []
 
         async def spy(**kwargs: Any) -> Any:
-            sizes.append((len(kwargs["args"]) - 8) // 4)
+            sizes.append((len(kwargs["args"]) - FIXED_ARGS) // PER_EVENT)
             return await real(**kwargs)
 
         ingestor.script = spy

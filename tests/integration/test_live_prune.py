@@ -53,9 +53,11 @@ async def test_idle_groups_are_pruned_db_keeps_them_and_totals_stay_exact(make_s
         f = await fields(settings)
         for name in ("live_counts", "feed_emitted", "feed_last_seen", "feed_groups"):
             assert a in f[name] and b not in f[name], name
+        index = {m.decode() for m in await redis.smembers(keys.feed_index(1))}  # type: ignore[misc]
+        assert a in index and b not in index  # the project's feed index follows
         assert f["pending_counts"] == {a: 1}  # never pruned: the sync flushes it
         db = {g["fingerprint"]: g["count"] for g in (await c.get("/errors")).json()["items"]}
-        assert db == {a: 5, b: 3}  # the DB keeps the pruned group
+        assert db == {a: 6, b: 3}  # the DB keeps the pruned group (the read API adds a's pending 1)
 
         await post(c, "quiet", 2)  # back: starts from 1 in the live hash ...
         assert (await fields(settings))["live_counts"][b] == 2
