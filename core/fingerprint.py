@@ -6,92 +6,122 @@ numbers, so one bug hit with different data - or after a deploy that moved its l
 A client-chosen fingerprint wins, hashed with the project so projects never share a group.
 
 This runs on the request path, on text an attacker writes, so every step is bounded and linear:
-- the message is cut to MAX_NORMALIZED_INPUT characters before normalising (the result is cut to 1,024
-  anyway), and every pattern below is tried only where a match can start (a run boundary) and never
-  re-scans text it has passed: no nested or overlapping quantifiers, possessive runs where a failed match
-  would otherwise retry from every character (the old e-mail pattern did: "a-" * 4096 took 0.26 s);
-- a stack is split into lines once (str.splitlines) and only its first and last STACK_EDGE_LINES lines,
-  each cut to MAX_LINE characters, are matched one line at a time (the old multi-line `^\\s*` re-scanned
-  every following blank line: 8,192 newlines took 4.2 s). Python prints the innermost frame last, JS and
-  Java first, so the frames that decide the group are always in those edges.
+- message: quoted values are replaced in one scan; then, since no other volatile pattern spans whitespace,
+  the text is normalised word by word and only until the 1,024 characters the result keeps are filled
+  (words that cannot hold a volatile part are not even matched). Every pattern is tried only where a
+  match can start and never re-scans what it has passed: possessive runs where a failed match would
+  otherwise retry from every character (the old e-mail pattern did: "a-" * 4096 took 0.26 s).
+- stack: only its first and last STACK_EDGE_LINES lines are read (Python prints the innermost frame last,
+  JS and Java first, so the frames that decide the group are in those edges), each pattern is one linear
+  scan of that window, and no pattern crosses a line (the old `^\\s*` under MULTILINE re-scanned every
+  following blank line: 8,192 newlines took 4.2 s).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from itertools import islice
 
 TOP_FRAMES = 5
-MAX_NORMALIZED_INPUT = 4096  # characters of a message that can influence its group
+MAX_NORMALIZED = 1024  # characters of normalised message kept in the fingerprint
+MAX_MESSAGE_SCAN = 16_384  # characters of a message read at all (the event model allows 8,192)
+# Characters of words matched against the volatile patterns, after quoted values were replaced. The kept
+# 1,024 characters are nearly always filled first; only a message made of long volatile tokens (4x
+# shorter once replaced) reaches it. It bounds the CPU of one event to well under a millisecond.
+MAX_WORD_SCAN = 4096
 STACK_EDGE_LINES = 200  # lines read from each end of a stack
-MAX_LINE = 1024  # characters of one stack line that are matched
+MAX_STACK_SCAN = 65_536  # characters of a stack read at all (the event model's limit), half from each end
 _ERROR_TYPE_SPAN = 512  # an exception type name is never longer
 
-_EMAIL_START = re.compile(r"(?<![\w.+-])([\w.+-]++)@[\w-]++\.[\w.-]+\b")
-_WORD = re.compile(r"\w")
+_QUOTED = re.compile(r"'[^']*+'|\"[^\"]*+\"")
+_NEEDS_WORK = re.compile(r"[\d@]")  # a word without a digit or "@" holds no volatile part unless UUID-long
+_UUID = re.compile(r"\b[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\b")
+# `\b[\w.+-]+@...` tried from every character is quadratic on "a-a-a-...". Equivalent and linear: start only
+# where a run of [\w.+-] starts, keep its leading non-word characters (the old `\b` began after them).
+_EMAIL = re.compile(r"(?<![\w.+-])(?=\w)[\w.+-]++@[\w-]++\.[\w.-]+\b")
+_EMAIL_AFTER_PUNCT = re.compile(r"(?<![\w.+-])([.+-]++)(?=\w)[\w.+-]++@[\w-]++\.[\w.-]+\b")  # rare: ".a@b.c"
+_IP = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d++)?\b")
+_HEX0X = re.compile(r"\b0x[0-9a-fA-F]++\b")
+# only tried at a word boundary, and a run of hex digits has one: each run is scanned a bounded number of times
+_HEX = re.compile(r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{8,}\b")
+_NUM = re.compile(r"\d++(?:\.\d++)?")
 
-
-def _email(match: re.Match[str]) -> str:
-    # The local part starts at its first word boundary, as `\b[\w.+-]+@` would place it; searching only
-    # from run starts (above) and fixing the start here is what keeps this linear.
-    local = match.group(1)
-    start = match.start()
-    prev = match.string[start - 1] if start else ""
-    was_word = bool(prev) and bool(_WORD.match(prev))
-    for i, ch in enumerate(local):
-        is_word = bool(_WORD.match(ch))
-        if is_word != was_word:
-            return local[:i] + "<email>"
-        was_word = is_word
-    return match.group(0)  # no boundary in the local part: not an address
-
-
-_VOLATILE: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
-    (re.compile(r"\b[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\b"), "<uuid>"),
-    (_EMAIL_START, _email),
-    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d++)?\b"), "<ip>"),
-    (re.compile(r"\b0x[0-9a-fA-F]++\b"), "<hex>"),
-    # only tried at a word boundary, and a run of hex digits has one: each run is scanned a bounded number of times
-    (re.compile(r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{8,}\b"), "<hex>"),
-    (re.compile(r"'[^']*+'|\"[^\"]*+\""), "<str>"),
-    (re.compile(r"\d++(?:\.\d++)?"), "<num>"),
-]
 _ERROR_TYPE = re.compile(r"([A-Za-z_][\w.]*(?:Error|Exception|Fault|Warning|Exit|Interrupt))\b")
+_ERROR_TYPE_LINE = re.compile(
+    r"^[^\S\n]*+([A-Za-z_][\w.]*(?:Error|Exception|Fault|Warning|Exit|Interrupt))\b", re.MULTILINE)
 # Python: File "app/db.py", line 42, in get_user      JS: at getUser (src/db.js:42:7)  /  at src/db.js:42:7
-_PY_FRAME = re.compile(r'File "([^"]++)", line \d++, in (\S++)')
-_JS_FRAME = re.compile(r"at (?:(\S++) \()?([^\s()]+?):\d++(?::\d++)?\)?\s*+$")
-_GENERIC_FRAME = re.compile(r"(?:at\s++)?([\w.$<>]++)\(([^():]++)(?::\d++)?\)")  # Java-style
+_PY_FRAME = re.compile(r'File "([^"\n]++)", line \d++, in ([^\s]++)')
+_JS_FRAME = re.compile(r"at (?:([^\s]++) \()?([^\s()]+?):\d++(?::\d++)?\)?[^\S\n]*+$", re.MULTILINE)
+_GENERIC_FRAME = re.compile(  # Java-style
+    r"^[^\S\n]*+(?:at[^\S\n]++)?([\w.$<>]++)\(([^():\n]++)(?::\d++)?\)", re.MULTILINE)
+
+
+_DIGIT = re.compile(r"\d")
+_HEX_RUN = re.compile(r"[0-9a-fA-F]{8}")
+
+
+def _normalize_word(word: str) -> str:
+    """The volatile parts of one word. Each pattern runs only when the word can hold its match (checked with
+    a plain substring test or a regex with a literal/charset prefix, which scans at C speed): most words of
+    a message, and every word of "a-a-a-..." or "....", are not matched at all."""
+    digit = _DIGIT.search(word) is not None
+    if len(word) >= 32 and (digit or _HEX_RUN.search(word)):
+        word = _UUID.sub("<uuid>", word)
+    if "@" in word:
+        word = _EMAIL.sub("<email>", word)  # a plain replacement: no Python call per match
+        if "@" in word:
+            word = _EMAIL_AFTER_PUNCT.sub(r"\1<email>", word)
+    if not digit:
+        return word
+    if "." in word:
+        word = _IP.sub("<ip>", word)
+    if "0x" in word:
+        word = _HEX0X.sub("<hex>", word)
+    if len(word) >= 8:
+        word = _HEX.sub("<hex>", word)
+    return _NUM.sub("<num>", word)
 
 
 def normalize_message(message: str) -> str:
-    text = message[:MAX_NORMALIZED_INPUT].strip()
-    for pattern, placeholder in _VOLATILE:
-        text = pattern.sub(placeholder, text)
-    return " ".join(text.split())[:1024]
+    text = _QUOTED.sub("<str>", message[:MAX_MESSAGE_SCAN].strip())
+    words: list[str] = []
+    size = scanned = 0
+    for word in text.split():
+        scanned += len(word)
+        if scanned > MAX_WORD_SCAN:
+            break
+        if len(word) >= 32 or _NEEDS_WORK.search(word):
+            word = _normalize_word(word)
+        words.append(word)
+        size += len(word) + 1
+        if size > MAX_NORMALIZED:
+            break
+    return " ".join(words)[:MAX_NORMALIZED]
 
 
-def _lines(stack: str, split_lines: bool = False) -> list[str]:
-    lines = stack.splitlines() if split_lines else stack.split("\n")
-    if len(lines) > 2 * STACK_EDGE_LINES:
-        lines = lines[:STACK_EDGE_LINES] + lines[-STACK_EDGE_LINES:]
-    return [line[:MAX_LINE] for line in lines]
-
-
-def _type_in(line: str) -> str | None:
-    match = _ERROR_TYPE.match(line.lstrip()[:_ERROR_TYPE_SPAN])
-    return match.group(1) if match else None
+def _window(stack: str) -> str:
+    """The part of a stack that is read: at most STACK_EDGE_LINES lines from each end."""
+    if len(stack) > MAX_STACK_SCAN:
+        stack = stack[:MAX_STACK_SCAN // 2] + "\n" + stack[-MAX_STACK_SCAN // 2:]
+    if stack.count("\n") < 2 * STACK_EDGE_LINES:
+        return stack
+    head = stack.split("\n", STACK_EDGE_LINES)[:STACK_EDGE_LINES]
+    tail = stack.rsplit("\n", STACK_EDGE_LINES)[-STACK_EDGE_LINES:]
+    return "\n".join(head + tail)
 
 
 def error_type(message: str, stack: str | None) -> str:
-    found = _type_in(message)
-    if found:
-        return found
+    match = _ERROR_TYPE.match(message[:_ERROR_TYPE_SPAN * 2].lstrip()[:_ERROR_TYPE_SPAN])
+    if match:
+        return match.group(1)
     if stack:
-        for line in reversed(_lines(stack.strip(), split_lines=True)):
-            found = _type_in(line)
-            if found:
-                return found
+        last = None
+        for last in _ERROR_TYPE_LINE.finditer(_window(stack.strip())):  # noqa: B007 - the last line that names one
+            pass
+        if last is not None:
+            return last.group(1)
     return ""
 
 
@@ -99,21 +129,14 @@ def stack_frames(stack: str | None, limit: int = TOP_FRAMES) -> list[str]:
     """The innermost `limit` frames as "file:function", line numbers dropped."""
     if not stack:
         return []
-    lines = _lines(stack)
-    py = [f"{f}:{fn}" for line in lines for f, fn in _PY_FRAME.findall(line)]
+    text = _window(stack)
+    py = [f"{f}:{fn}" for f, fn in _PY_FRAME.findall(text)]
     if py:
         return py[-limit:]  # Python prints the innermost frame last
-    js = [f"{m.group(2)}:{m.group(1) or '?'}" for line in lines if (m := _JS_FRAME.search(line))]
+    js = [f"{f}:{fn or '?'}" for fn, f in islice(_JS_FRAME.findall(text), limit)]
     if js:
-        return js[:limit]  # JS and Java print the innermost frame first
-    frames = []
-    for line in lines:
-        m = _GENERIC_FRAME.match(line.lstrip())
-        if m:
-            frames.append(f"{m.group(2)}:{m.group(1)}")
-            if len(frames) == limit:
-                break
-    return frames
+        return js  # JS and Java print the innermost frame first
+    return [f"{m.group(2)}:{m.group(1)}" for m in islice(_GENERIC_FRAME.finditer(text), limit)]
 
 
 def _digest(parts: Iterable[str]) -> str:

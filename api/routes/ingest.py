@@ -6,6 +6,7 @@ response-model machinery (~25% of its CPU); it reads the key, the body and the p
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,6 +21,9 @@ from api.ingest import Accepted, Ingestor, QueueFull
 from core.events import BatchIn, LogErrorIn
 
 EVENT_FIELDS = tuple(LogErrorIn.model_fields)
+# A 1,000-event batch validates in ~10-30 ms of CPU; handing the loop back every 100 events keeps every
+# other request on the node (health probes included) from waiting for all of it.
+YIELD_EVERY = 100
 
 router = APIRouter(tags=["ingest"])
 
@@ -109,6 +113,8 @@ async def log_batch(request: Request) -> Response:
     valid: list[tuple[int, LogErrorIn]] = []
     context = _context(request)
     for i, raw in enumerate(batch.events):
+        if i and i % YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # let probes and other requests run between slices of a big batch
         try:
             valid.append((i, _event(raw, context)))
         except ApiError as exc:
