@@ -143,7 +143,8 @@ def scheduler_kill(f: Fault) -> None:
     times = f.repeat or 3
     keys = Keys(f.stack.settings().key_prefix)
     client = chaos_stack.redis_client(f.stack)
-    timeout = 5 * f.stack.settings().sync_interval + 5
+    # generous: a restarted scheduler may take tens of seconds to import and start on a loaded machine
+    timeout = 10 * f.stack.settings().sync_interval + 60
     mid_sync = restarted = 0
     f.start = time.monotonic()
     try:
@@ -164,8 +165,8 @@ def _freeze_mid_sync(child: Child, in_flight: Callable[[], int], timeout: float)
     would mostly miss it. Freezing the scheduler first makes the check exact: stop it, look, let it go on if
     it is between batches. A batch a killed predecessor left behind is waited out first (it is not ours)."""
     rng = random.Random()
-    deadline = time.monotonic() + timeout
     _wait(lambda: in_flight() == 0, timeout)
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert child.pid is not None
         os.kill(child.pid, signal.SIGSTOP)
