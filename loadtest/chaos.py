@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                     row = run_fault(key, args, work / key, log)
                 except Exception as exc:  # the stack would not start or could not be read: a failed row
                     error = f"{type(exc).__name__}: {exc}"
-                    row = {"fault_key": key, "fault": FAULTS[key][0], "error": error, "verdict": f"FAIL: {error}"}
+                    row = {"fault_key": key, "fault": FAULTS[key][0], "error": error, "verdict": f"FAIL: {error}",
+                           "details": error}
             rows.append(row)
             console.print(f"  {key}: {row['verdict']}  ({row['details']})")
     notes = ["Columns: requests = every HTTP attempt (re-sends included); conn err = no HTTP answer; accepted = "
