@@ -84,7 +84,7 @@ def run_fault(key: str, args: argparse.Namespace, base: Path, log: Any) -> dict[
         load.settle(timeout=45.0)
         t_load_end = time.monotonic()
         phases["load_and_settle"] = round(t_load_end - t0, 1)
-        settled, settle_s = chaos_stack.wait_settled(stack, timeout=120.0)
+        settled, settle_s, unsettled = chaos_stack.wait_settled(stack, timeout=120.0)
         counts, no_details, sample_ids = chaos_stack.db_rows(stack)
         dead_records = chaos_stack.dead_letter_records(stack)
         monitor.stop()
@@ -92,6 +92,7 @@ def run_fault(key: str, args: argparse.Namespace, base: Path, log: Any) -> dict[
         dead = dead_lettered_ids(dead_records, view["accepted"])
         row.update(account(view["accepted"], counts, dead, view["unknown"]))
         row.update(_requests(load, fault), refusals=dict(load.answers), settled=settled, settle_s=round(settle_s, 1),
+                   left_in_redis=unsettled,
                    refused_but_counted=view["refused_but_counted"], dedup_misses=view["dedup_misses"],
                    unknown_outcome=sum(view["unknown"].values()), never_accepted=view["never_accepted"],
                    groups_without_details=no_details, dead_letter_records=len(dead_records),
@@ -112,7 +113,8 @@ def run_fault(key: str, args: argparse.Namespace, base: Path, log: Any) -> dict[
         if not args.keep:  # ~150 MB per stack (MariaDB's files); the logs are in stack.log
             shutil.rmtree(base, ignore_errors=True)
     row["verdict"] = verdict(row)
-    row["details"] = (f"{row.get('info')}; settled={row.get('settled')} in {row.get('settle_s')} s; "
+    row["details"] = (f"{row.get('info')}; settled={row.get('settled')} in {row.get('settle_s')} s "
+                      f"(left: {row.get('left_in_redis')}); "
                       f"503-but-counted={row.get('refused_but_counted')}; dedup misses={row.get('dedup_misses')}; "
                       f"requests > 1 s={row.get('slow_requests')} (max {row.get('max_latency_s')} s); "
                       f"restarts={row.get('restarts')}; harness fallback restarts={row.get('fallback_restarts')}; "
@@ -169,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                     row = run_fault(key, args, work / key, log)
                 except Exception as exc:  # the stack would not start or could not be read: a failed row
                     error = f"{type(exc).__name__}: {exc}"
-                    row = {"fault_key": key, "fault": FAULTS[key][0], "error": error, "verdict": f"FAIL: {error}"}
+                    row = {"fault_key": key, "fault": FAULTS[key][0], "error": error, "verdict": f"FAIL: {error}",
+                           "details": error}
             rows.append(row)
             console.print(f"  {key}: {row['verdict']}  ({row['details']})")
     notes = ["Columns: requests = every HTTP attempt (re-sends included); conn err = no HTTP answer; accepted = "

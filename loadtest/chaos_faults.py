@@ -9,6 +9,7 @@ fault that must stay down for a while (MariaDB down), which holds the supervisor
 from __future__ import annotations
 
 import os
+import random
 import signal
 import time
 import uuid
@@ -142,18 +143,41 @@ def scheduler_kill(f: Fault) -> None:
     times = f.repeat or 3
     keys = Keys(f.stack.settings().key_prefix)
     client = chaos_stack.redis_client(f.stack)
-    interval = f.stack.settings().sync_interval
+    # generous: a restarted scheduler may take tens of seconds to import and start on a loaded machine
+    timeout = 10 * f.stack.settings().sync_interval + 60
     mid_sync = restarted = 0
     f.start = time.monotonic()
     try:
         for _ in range(times):
-            caught = _wait(lambda: bool(client.scard(keys.flushing_batches)), 3 * interval + 5, every=0.001)
-            mid_sync += caught
-            restarted += _kill_child(f.stack.schedulers[0])
+            scheduler = f.stack.schedulers[0]
+            mid_sync += _freeze_mid_sync(scheduler, lambda: int(client.scard(keys.flushing_batches)), timeout)
+            restarted += _kill_child(scheduler)
     finally:
         client.close()
     f.info.update(mid_sync=mid_sync, restarted=restarted)
     f.end = time.monotonic()
+
+
+def _freeze_mid_sync(child: Child, in_flight: Callable[[], int], timeout: float) -> bool:
+    """Leave `child` SIGSTOPped at a moment a batch of its is in flight; True if caught within `timeout`.
+
+    A sync is over in milliseconds, shorter than this process's GIL switch interval under load, so polling
+    would mostly miss it. Freezing the scheduler first makes the check exact: stop it, look, let it go on if
+    it is between batches. A batch a killed predecessor left behind is waited out first (it is not ours)."""
+    rng = random.Random()
+    _wait(lambda: in_flight() == 0, timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert child.pid is not None
+        os.kill(child.pid, signal.SIGSTOP)
+        try:
+            if in_flight():
+                return True
+        except Exception:  # Redis busy: treat as "not now"
+            pass
+        os.kill(child.pid, signal.SIGCONT)
+        time.sleep(rng.uniform(0.0, 0.02))
+    return False
 
 
 def nginx_reload(f: Fault) -> None:

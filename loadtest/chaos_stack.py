@@ -144,11 +144,13 @@ def redis_client(stack: Stack, timeout: float = 0.5) -> redis_sync.Redis:
                                      socket_connect_timeout=timeout)
 
 
-def wait_settled(stack: Stack, timeout: float) -> tuple[bool, float]:
+def wait_settled(stack: Stack, timeout: float) -> tuple[bool, float, dict[str, Any]]:
     """Until every task is written and every count synced (stream, retries, pending and flushing counts
-    all empty); then one more sync interval so a sync in flight has committed. Returns (settled, seconds)."""
+    all empty); then one more sync interval so a sync in flight has committed.
+    Returns (settled, seconds, the last state seen: what was still not empty)."""
     keys = Keys(stack.settings().key_prefix)
     start = time.monotonic()
+    state: dict[str, Any] = {}
     client = redis_client(stack, timeout=2.0)
     try:
         while time.monotonic() - start < timeout:
@@ -158,13 +160,15 @@ def wait_settled(stack: Stack, timeout: float) -> tuple[bool, float]:
                 pipe.zcard(keys.retries)
                 pipe.exists(keys.pending_counts)
                 pipe.scard(keys.flushing_batches)
-                if not any(pipe.execute()):
+                state = dict(zip(("stream", "retries", "pending_counts", "flushing_batches"), pipe.execute(),
+                                 strict=True))
+                if not any(state.values()):
                     time.sleep(stack.settings().sync_interval + 0.5)
-                    return True, time.monotonic() - start
-            except redis_sync.RedisError:
-                pass
+                    return True, time.monotonic() - start, state
+            except redis_sync.RedisError as exc:
+                state = {"redis_error": str(exc)}
             time.sleep(0.3)
-        return False, time.monotonic() - start
+        return False, time.monotonic() - start, state
     finally:
         client.close()
 
