@@ -44,9 +44,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
             await rt.load_projects()
         except Exception as exc:  # Redis down at start: serve 503s until it is back, do not crash-loop
             log.warning("startup: %s", exc)
+        try:
+            await projects.mirror_now(rt)  # per-project quotas: DB -> the Redis copy ingest.lua reads
+        except Exception as exc:  # keep_mirrored copies them once Redis and the DB answer
+            log.warning("startup: quotas not copied to Redis: %s", exc)
         rt.spawn(rt.watch(), "watch")
         rt.spawn(metrics.watch_loop_lag(), "loop-lag")
-        rt.spawn(projects.mirror_quotas_forever(rt), "quota-mirror")  # DB quotas -> Redis copy
+        rt.spawn(projects.keep_mirrored(rt), "quota-mirror")  # Redis lost the quotas? copy them again
         yield
         await rt.close()
 

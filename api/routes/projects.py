@@ -82,20 +82,25 @@ async def set_quota(body: QuotaIn, runtime: RuntimeDep,
     return json_response(200, entry)
 
 
-async def mirror_quotas_forever(rt: Runtime, every: float = MIRROR_EVERY) -> None:
-    """Copy the quota table into Redis at start-up and then every minute (a few rows): survives DB and
-    Redis outages (logs once per outage, keeps the last copy)."""
+async def mirror_now(rt: Runtime) -> None:
+    """DB quotas -> Redis copy; at start-up (before serving: not cancelled half-way through a DB call)."""
+    async with rt.engine.connect() as conn:
+        quotas = await q.load_quotas(conn)
+    await q.mirror(rt.redis, rt.keys, quotas)
+
+
+async def keep_mirrored(rt: Runtime, every: float = MIRROR_EVERY) -> None:
+    """Once a minute, one Redis call: did Redis lose its copy (flushed, restarted without AOF)? Only then
+    read the DB again. Survives DB and Redis outages (one warning per outage, keeps trying)."""
     failing = False
     while True:
+        await asyncio.sleep(every)
         try:
-            async with rt.engine.connect() as conn:
-                quotas = await q.load_quotas(conn)
-            await q.mirror(rt.redis, rt.keys, quotas)
-            if failing:
-                log.info("quota mirror: recovered")
+            if not await q.is_mirrored(rt.redis, rt.keys):
+                await mirror_now(rt)
+                log.info("quota mirror: Redis had lost the quotas; copied them again from the DB")
             failing = False
         except Exception as exc:
             if not failing:
-                log.warning("quota mirror: %s (Redis keeps its last copy)", exc)
+                log.warning("quota mirror: %s (will retry)", exc)
             failing = True
-        await asyncio.sleep(every)

@@ -10,7 +10,7 @@ a batch of 100 events costs 100 from the quota and an event is either counted or
   `cap` entries): exactly at most `cap` new groups in any rolling hour. Events of further new groups are
   counted into the project's overflow group (fingerprint below), not dropped.
 The DB (table project_quotas) is the truth; Redis holds a copy (`Keys.quota_conf`) that the script reads;
-API nodes copy it again at start-up and every minute, so a flushed Redis gets it back.
+API nodes copy it at start-up, and again when they see (once a minute) that Redis lost it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from core.settings import Settings
 
 _quotas: Table = ProjectQuota.__table__  # type: ignore[assignment]
 FIELDS = ("per_second", "per_minute", "new_groups_per_hour")
+# a field of the Redis copy that is always there once the DB was copied: its absence means Redis lost it
+MIRRORED = "-"
 REASONS = ("rate_limited", "overflow")
 
 
@@ -80,9 +82,12 @@ async def mirror(redis: Redis, keys: Keys, quotas: dict[int, Quota]) -> None:
     """Make the Redis copy equal to `quotas` in one transaction (never a moment without overrides)."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(keys.quota_conf)
-        if quotas:
-            pipe.hset(keys.quota_conf, mapping={str(pid): q.encode() for pid, q in quotas.items()})
+        pipe.hset(keys.quota_conf, mapping={MIRRORED: "1", **{str(pid): q.encode() for pid, q in quotas.items()}})
         await pipe.execute()
+
+
+async def is_mirrored(redis: Redis, keys: Keys) -> bool:
+    return bool(await redis.hexists(keys.quota_conf, MIRRORED))  # type: ignore[misc]
 
 
 async def mirror_one(redis: Redis, keys: Keys, project_id: int, quota: Quota) -> None:
