@@ -16,6 +16,7 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
@@ -33,6 +34,7 @@ EARLIER = -1  # per-event: counted by a lost earlier run of the same call
 # Time kept between the script's deadline and the moment we stop waiting: covers one bounded script run
 # (ingest_call_max_events x ~30 us) plus the reply's way back.
 REPLY_MARGIN = 0.15
+GRACE = 0.05  # extra wait for a reply already in the socket of a starved event loop (see _call)
 
 
 @dataclass(slots=True)
@@ -184,11 +186,21 @@ class Ingestor:
                 p.future.set_result([int(x) for x in result[offset:offset + p.events]])
             offset += p.events
 
+    async def _attempt(self, keys: list[str], fixed: list[bytes | str | int], events: list[bytes | str | int],
+                       began: float, wait: float) -> list[Any]:
+        if self.clock.offset is None:
+            secs, micros = await self.runtime.redis.time()
+            self.clock.observe(secs * 1000 + micros / 1000, time.time())
+        offset = self.clock.offset or 0.0
+        deadline = max(1, int((began + wait - REPLY_MARGIN) * 1000 + offset))  # 0 = "none" to the script
+        with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
+            return await self.script(keys=keys, args=[*fixed, deadline, *events])  # type: ignore[no-any-return]
+
     async def _call(self, chunk: list[_Pending], start: float) -> list[int]:
         """One script call, re-run once with the same token if its answer is lost.
 
         Why a 503 after this is "not counted": run i may only count before its deadline D_i, and we stop
-        waiting for it at D_i + REPLY_MARGIN (local clock, mapped to Redis by a lower bound of the offset).
+        waiting for it at D_i + REPLY_MARGIN + GRACE (local clock, mapped to Redis by a lower bound of the offset).
         The re-run starts after D_1, so run 1 can no longer count anything the re-run does not see; we
         answer 503 only after D_2 too. If any run answers, its answer covers both runs (same token).
         """
@@ -203,30 +215,29 @@ class Ingestor:
         events: list[bytes | str | int] = [a for p in chunk for a in p.args]
         error: BaseException = StoreUnavailable("event store unavailable")
         for attempt in range(2):
-            wait = min(budget / 2, start + budget - time.monotonic())
+            wait = min(budget / 2, start + budget - time.monotonic()) - GRACE
             if wait <= REPLY_MARGIN + 0.01:
                 break
             began = time.time()  # the deadline is counted from here, like the wait
-            try:
-                async with asyncio.timeout(wait):
-                    if self.clock.offset is None:
-                        secs, micros = await self.runtime.redis.time()
-                        self.clock.observe(secs * 1000 + micros / 1000, time.time())
-                    offset = self.clock.offset or 0.0
-                    deadline = int((began + wait - REPLY_MARGIN) * 1000 + offset)
-                    if deadline <= 0:
-                        deadline = 1  # 0 means "no deadline" to the script
-                    with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
-                        result = await self.script(keys=keys, args=[*fixed, deadline, *events])
+            run = asyncio.ensure_future(self._attempt(keys, fixed, events, began, wait))
+            await asyncio.wait({run}, timeout=wait)
+            if not run.done():
+                # A starved event loop (busy machine) wakes up with the reply in its socket AND the timer
+                # due: give the reply GRACE to be read before calling the call lost.
+                await asyncio.wait({run}, timeout=GRACE)
+            if not run.done():
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+                error = TimeoutError(f"no reply within {wait + GRACE:.2f}s")
+            elif isinstance(run.exception(), RedisError | OSError):
+                error = run.exception()  # type: ignore[assignment]
+            else:
+                result = run.result()
                 self.clock.observe(float(result[1]), time.time())
-            except (RedisError, OSError, TimeoutError) as exc:
-                # Not answered: maybe never sent, maybe ran. The re-run (same token) tells which.
-                error = exc
-                metrics.EVENTS.labels("ambiguous" if attempt == 0 else "unavailable").inc(
-                    sum(p.events for p in chunk))
-                continue
-            if int(result[0]) == LATE:
+                if int(result[0]) != LATE:
+                    return [int(x) for x in result]
                 error = StoreUnavailable("event store too slow (call refused after its deadline)")
                 continue
-            return [int(x) for x in result]
+            # Not answered: maybe never sent, maybe ran. The re-run (same token) tells which.
+            metrics.EVENTS.labels("ambiguous" if attempt == 0 else "unavailable").inc(sum(p.events for p in chunk))
         raise StoreUnavailable(f"event store unavailable: {error}") from error

@@ -177,7 +177,7 @@ async def soak(stack: Stack, args: argparse.Namespace, csv_path: Path) -> dict[s
     return {"rows": rows, "footprint": footprint, "end": end_sample, "sender": sender, "db_total": counted}
 
 
-async def wait_counted(stack: Stack, redis: Any, keys: Keys, accepted: int, timeout: float = 120) -> int:
+async def wait_counted(stack: Stack, redis: Any, keys: Keys, accepted: int, timeout: float = 300) -> int:
     """Wait for the queue and the pending counts to reach the DB; returns the DB's total."""
     engine = make_engine(stack.settings())
     deadline = time.monotonic() + timeout
