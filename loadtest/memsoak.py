@@ -200,7 +200,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, bool]
     rows = result["rows"]
     length = math.ceil(args.dedup_ttl / 10)
     settle = max(args.dedup_ttl + length, args.idle + 2 * args.sync_interval) + 20
-    tail = [r for r in rows if r["t"] >= max(settle, args.duration / 2)]
+    tail = [r for r in rows if max(settle, args.duration / 2) <= r["t"] <= args.duration]  # while sending
     mems = [r["used_memory"] for r in tail] or [rows[-1]["used_memory"]]
     flat = max(mems) / min(mems)
     lean = [r["without_queue"] for r in tail] or [rows[-1]["without_queue"]]
