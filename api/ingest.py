@@ -34,6 +34,7 @@ EARLIER = -1  # per-event: counted by a lost earlier run of the same call
 # Time kept between the script's deadline and the moment we stop waiting: covers one bounded script run
 # (ingest_call_max_events x ~30 us) plus the reply's way back.
 REPLY_MARGIN = 0.2  # measured: with 0.15 a machine at load 18 on 2 cores counted ~4 % of its 503s
+CALLS_IN_FLIGHT = 2
 RERUN_MIN = 0.15  # time kept for the re-run, whatever the first run took
 GRACE = 0.05  # extra wait for a reply already in the socket of a starved event loop (see _call)
 
@@ -110,6 +111,10 @@ class Ingestor:
         self.script = load_script(runtime.redis, "ingest")
         self.clock = RedisClock()
         self._pending: list[_Pending] = []
+        # Redis writes the replies of one event-loop turn after running every command of that turn: many
+        # scripts in flight at once delay each reply by all of their run times, past REPLY_MARGIN. A few
+        # per process keep that delay ~ nodes x one bounded call; requests meanwhile coalesce into the next.
+        self._in_flight = asyncio.Semaphore(CALLS_IN_FLIGHT)
         self._calls: set[asyncio.Task[None]] = set()  # strong references: the loop only keeps weak ones
 
     async def ingest(self, project_id: int, items: list[LogErrorIn], edge_id: str | None = None) -> list[Accepted]:
@@ -194,8 +199,9 @@ class Ingestor:
             self.clock.observe(secs * 1000 + micros / 1000, time.time())
         offset = self.clock.offset or 0.0
         deadline = max(1, int((began + wait - REPLY_MARGIN) * 1000 + offset))  # 0 = "none" to the script
-        with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
-            return await self.script(keys=keys, args=[*fixed, deadline, *events])  # type: ignore[no-any-return]
+        async with self._in_flight:
+            with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
+                return await self.script(keys=keys, args=[*fixed, deadline, *events])  # type: ignore[no-any-return]
 
     async def _call(self, chunk: list[_Pending], start: float) -> list[int]:
         """One script call, re-run once with the same token if its answer is lost.
