@@ -82,6 +82,16 @@ class RealtimeServer:
         self._feed_task = asyncio.create_task(self.coalescer.run(self._stop_feed), name="feed-coalescer")
         rt.drain_hooks.append(self.drain)
         rt.flush_hooks.append(self.stop_feed)
+        rt.flush_hooks.append(self.stop_listener)
+
+    async def stop_listener(self) -> None:
+        """Stop the pub/sub listener task (it retries forever by design) and close its connection."""
+        task = getattr(self.sio.manager, "thread", None)
+        if isinstance(task, asyncio.Task):
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if isinstance(self.sio.manager, ResilientRedisManager):
+            await self.sio.manager._close()
 
     async def stop_feed(self) -> None:
         """Stop the coalescer and free its lease, so a node that stays up takes over within one tick."""
