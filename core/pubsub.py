@@ -26,9 +26,12 @@ log = logging.getLogger("faultline.pubsub")
 
 class ResilientRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     def __init__(self, settings: Settings, channel: str, write_only: bool = False) -> None:
+        options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_keepalive": True,
+                                   "health_check_interval": 10}
+        if write_only:  # a publish to a frozen Redis fails in 2 s instead of stalling the coalescer; not for
+            options["socket_timeout"] = 2.0  # the listener, whose idle blocking read would time out too
         super().__init__(settings.redis_url, channel=channel, write_only=write_only, logger=log,
-                         redis_options={"socket_connect_timeout": 2.0, "socket_keepalive": True,
-                                        "health_check_interval": 10})
+                         redis_options=options)
         self.settings = settings
 
     async def _close(self) -> None:

@@ -86,6 +86,16 @@ class RealtimeServer:
         rt.spawn(self._build_index(), "feed-index")
         rt.drain_hooks.append(self.drain)
         rt.flush_hooks.append(self.stop_feed)
+        rt.flush_hooks.append(self.stop_listener)
+
+    async def stop_listener(self) -> None:
+        """Stop the pub/sub listener task (it retries forever by design) and close its connection."""
+        task = getattr(self.sio.manager, "thread", None)
+        if isinstance(task, asyncio.Task):
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if isinstance(self.sio.manager, ResilientRedisManager):
+            await self.sio.manager._close()
 
     async def _build_index(self) -> None:
         try:
