@@ -44,6 +44,8 @@ PROCESS_RSS = Gauge("faultline_process_resident_memory_bytes", "Resident memory 
 QUEUE_AGE = Gauge("faultline_queue_oldest_age_seconds", "Age of the oldest unacknowledged task",
                   multiprocess_mode="livemax")
 
+# Sentry envelope items by type: events go through the pipeline; the other known types are counted, not stored.
+SENTRY_ITEMS = Counter("faultline_sentry_items_total", "Sentry envelope items received, by item type", ["type"])
 
 @contextmanager
 def timed(hist: Histogram, op: str) -> Iterator[None]:
