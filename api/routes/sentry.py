@@ -15,12 +15,13 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from api.deps import require_project
-from api.errors import ApiError, error_body
+from api.errors import ApiError, error_body, validation_details
 from api.ingest import QueueFull
 from core import metrics
 from core.events import LogErrorIn
@@ -99,6 +100,9 @@ async def _answer(request: Request, handler: Any) -> Response:
         return await handler(request, request.app.state.runtime)
     except (ApiError, AuthError, DecodeError, EnvelopeError) as exc:
         return _json(exc.status, error_body(exc.code, exc.message))
+    except ValidationError as exc:  # normalisation keeps every field in bounds; a guard, not a path
+        return _json(400, error_body("invalid_event", "the event cannot be normalised",
+                                     validation_details(exc.errors(include_url=False, include_input=False))))
     except QueueFull:
         return _json(429, error_body("backpressure", "ingest queue is full; retry later"),
                      {"Retry-After": str(FULL_RETRY_S), "X-Sentry-Rate-Limits": FULL_LIMITS})

@@ -8,6 +8,7 @@ under "sentry", trimmed to fit the context size limit: frames are dropped from t
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -68,12 +69,26 @@ def message_of(event: dict[str, Any]) -> tuple[str | None, str | None]:
     template = _s(entry.get("message"), MAX_MESSAGE)
     formatted = _s(entry.get("formatted"), MAX_MESSAGE)
     params = entry.get("params")
-    if formatted is None and template is not None and params:
-        try:
-            formatted = (template % tuple(params) if isinstance(params, list) else template % params)[:MAX_MESSAGE]
-        except (TypeError, ValueError, KeyError):
-            formatted = template
+    if formatted is None and template is not None and isinstance(params, list) and params:
+        formatted = _format(template, params)
     return formatted or template, template or formatted
+
+
+_PLACEHOLDER = re.compile(r"%[sdirf%]")
+
+
+def _format(template: str, params: list[Any]) -> str:
+    """printf-style `%s`/`%d`/... filled in order, `%%` -> `%`. Not `template % params`: a width such as
+    `%999999999s` would make Python build a gigabyte string; here the output is bounded by MAX_MESSAGE."""
+    values = iter(params)
+
+    def fill(match: re.Match[str]) -> str:
+        if match.group() == "%%":
+            return "%"
+        value = next(values, None)
+        return match.group() if value is None else str(value)[:1024]
+
+    return _PLACEHOLDER.sub(fill, template[:MAX_MESSAGE])[:MAX_MESSAGE]
 
 
 def _render_stack(chain: list[dict[str, Any]]) -> str | None:

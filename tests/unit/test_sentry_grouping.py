@@ -107,6 +107,8 @@ def test_huge_events_fit_the_context_limit_and_keep_innermost_frames() -> None:
 def test_hostile_shapes_do_not_crash() -> None:
     for event in [{}, {"exception": "x"}, {"exception": {"values": [1, None, {"stacktrace": "no"}]}},
                   {"logentry": {"message": "%s %s", "params": ["only one"]}}, {"tags": [["a", "b"], "bad", [1]]},
-                  {"message": {"formatted": "legacy"}}, {"event_id": "not-a-uuid", "level": 3}]:
+                  {"message": {"formatted": "legacy"}}, {"event_id": "not-a-uuid", "level": 3},
+                  {"logentry": {"message": "%999999999s and %(x)s %d%%", "params": ["a", 5, 6]}}]:
         item = to_log_error(event)
         assert item.message and item.fingerprint and item.fingerprint.startswith("sentry:")
+        assert len(item.message) < 1000  # a width in a template is not honoured (no gigabyte strings)
