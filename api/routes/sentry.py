@@ -24,7 +24,7 @@ from api.deps import require_project
 from api.errors import ApiError, error_body, validation_details
 from api.ingest import QueueFull
 from core import metrics
-from core.events import LogErrorIn
+from core.events import LogErrorIn, normalize_event_id
 from core.runtime import Runtime
 from core.sentry.auth import AuthError, agreed_key, key_from_auth_header, parse_dsn
 from core.sentry.decompress import DecodeError, TooLarge, decompress
@@ -110,6 +110,13 @@ async def _answer(request: Request, handler: Any) -> Response:
         return _json(503, error_body("unavailable", "event store unavailable, retry shortly"), {"Retry-After": "1"})
 
 
+def _event_id(value: Any) -> str | None:
+    try:
+        return normalize_event_id(value) if isinstance(value, str) and len(value) <= 64 else None
+    except ValueError:
+        return None
+
+
 async def _envelope(request: Request, runtime: Runtime) -> Response:
     path_project = request.path_params["project_id"]
     keys = _header_keys(request)
@@ -125,7 +132,7 @@ async def _envelope(request: Request, runtime: Runtime) -> Response:
             raise AuthError(403, "project_mismatch", "the envelope's dsn names another project than the URL")
         keys.append(dsn_key)
     project = await _project(runtime, path_project, keys)
-    header_id = header.get("event_id") if isinstance(header.get("event_id"), str) else None
+    header_id = _event_id(header.get("event_id"))
     event_items = [(i, item) for i, item in enumerate(items) if item.type == "event"]
     fallback = header_id if len(event_items) == 1 else None
     events = [to_log_error(event_payload(item, i), fallback) for i, item in event_items]
