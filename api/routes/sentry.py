@@ -41,7 +41,7 @@ PREFLIGHT = {**CORS, "Access-Control-Allow-Methods": "POST, OPTIONS",
              "Access-Control-Max-Age": "86400"}
 # When the ingest queue is full only events are refused; sessions, transactions... are not queued anyway.
 FULL_RETRY_S = 5
-FULL_LIMITS = f"{FULL_RETRY_S}:error;default;security:key:queue_full"
+FULL_LIMITS = f"{FULL_RETRY_S}:error;default;security:key:queue_full"  # = rate_limits_header(...) with these
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:

@@ -125,3 +125,12 @@ def test_invalid_json_in_an_event_item_is_400() -> None:
     with pytest.raises(EnvelopeError) as exc:
         event_payload(items[0], 0)
     assert exc.value.status == 400 and exc.value.code == "invalid_item"
+
+
+def test_rate_limits_header_only_on_sentry_routes_and_in_whole_seconds() -> None:
+    from core.sentry.ratelimits import rate_limits_header
+
+    assert rate_limits_header("/api/3/envelope/", 2.2) == "3::key"
+    assert rate_limits_header("/api/3/store/", 0.01, "error;default", reason="quota") == "1:error;default:key:quota"
+    assert rate_limits_header("/errors/log", 5) is None
+    assert rate_limits_header("/api/projects", 5) is None
