@@ -30,6 +30,7 @@ from core.sentry.auth import AuthError, agreed_key, key_from_auth_header, parse_
 from core.sentry.decompress import DecodeError, TooLarge, decompress
 from core.sentry.envelope import COUNTED_TYPES, EnvelopeError, event_payload, parse_envelope
 from core.sentry.normalize import to_log_error
+from core.sentry.ratelimits import rate_limits_header
 
 router = APIRouter(tags=["sentry"])
 
@@ -87,11 +88,21 @@ async def _body(request: Request, runtime: Runtime) -> bytes:
         raise ApiError(413, "body_too_large", str(exc)) from None
 
 
+class OverQuota(Exception):
+    def __init__(self, retry_after_ms: int) -> None:
+        super().__init__("the project's event quota is used up")
+        self.retry_after_s = max(1, -(-retry_after_ms // 1000))  # whole seconds, never 0
+
+
 async def _ingest(request: Request, project: int, events: list[LogErrorIn]) -> list[str]:
     edge_id = request.headers.get("x-edge-request-id")
     if edge_id is not None and not (0 < len(edge_id) <= 64 and edge_id.isalnum()):
         edge_id = None
     accepted = await request.app.state.ingestor.ingest(project, events, edge_id)
+    # A per-project quota (when the ingest script has one) marks events it did not count: tell the SDK.
+    limited = max((getattr(a, "rate_limited_ms", 0) for a in accepted), default=0)
+    if limited:
+        raise OverQuota(limited)
     return [a.event_id for a in accepted]
 
 
@@ -106,6 +117,12 @@ async def _answer(request: Request, handler: Any) -> Response:
     except QueueFull:
         return _json(429, error_body("backpressure", "ingest queue is full; retry later"),
                      {"Retry-After": str(FULL_RETRY_S), "X-Sentry-Rate-Limits": FULL_LIMITS})
+    except OverQuota as over:
+        limits = rate_limits_header(request.url.path, over.retry_after_s, "error;default;security", "project",
+                                    "usage_exceeded")
+        return _json(429, error_body("rate_limited", f"the project's event quota is used up; retry in "
+                                     f"{over.retry_after_s} s"), {"Retry-After": str(over.retry_after_s),
+                                                                  "X-Sentry-Rate-Limits": limits or ""})
     except RedisError:
         return _json(503, error_body("unavailable", "event store unavailable, retry shortly"), {"Retry-After": "1"})
 

@@ -23,9 +23,10 @@ _LEVELS = {"debug": "debug", "info": "info", "log": "info", "warning": "warning"
 
 
 def _s(value: Any, limit: int = 512) -> str | None:
+    """A bounded string without NUL characters (the ingest model refuses them), or None."""
     if value is None or isinstance(value, dict | list):
         return None
-    return str(value)[:limit]
+    return str(value)[:limit].replace("\x00", "")
 
 
 def _frames(raw: Any) -> list[dict[str, Any]]:
@@ -105,7 +106,7 @@ def _render_stack(chain: list[dict[str, Any]]) -> str | None:
 def _tags(raw: Any) -> dict[str, str]:
     pairs = raw.items() if isinstance(raw, dict) else (p for p in raw if isinstance(p, list) and len(p) == 2) \
         if isinstance(raw, list) else ()
-    return {str(k)[:200]: str(v)[:200] for k, v in list(pairs)[:MAX_TAGS]}
+    return {str(k)[:200].replace("\x00", ""): str(v)[:200].replace("\x00", "") for k, v in list(pairs)[:MAX_TAGS]}
 
 
 def _fit(ctx: dict[str, Any]) -> dict[str, Any]:

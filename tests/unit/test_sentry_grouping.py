@@ -108,7 +108,9 @@ def test_hostile_shapes_do_not_crash() -> None:
     for event in [{}, {"exception": "x"}, {"exception": {"values": [1, None, {"stacktrace": "no"}]}},
                   {"logentry": {"message": "%s %s", "params": ["only one"]}}, {"tags": [["a", "b"], "bad", [1]]},
                   {"message": {"formatted": "legacy"}}, {"event_id": "not-a-uuid", "level": 3},
-                  {"logentry": {"message": "%999999999s and %(x)s %d%%", "params": ["a", 5, 6]}}]:
+                  {"logentry": {"message": "%999999999s and %(x)s %d%%", "params": ["a", 5, 6]}},
+                  {"message": "nul\x00inside", "tags": {"k\x00": "v\x00"}, "server_name": "a\x00"}]:
         item = to_log_error(event)
         assert item.message and item.fingerprint and item.fingerprint.startswith("sentry:")
         assert len(item.message) < 1000  # a width in a template is not honoured (no gigabyte strings)
+        assert "\x00" not in orjson.dumps(item.model_dump()).decode()  # the ingest model refuses NULs

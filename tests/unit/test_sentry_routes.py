@@ -4,6 +4,7 @@ queue is full, when the key is missing or wrong, and that the event reaches the 
 from __future__ import annotations
 
 import gzip
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -11,7 +12,7 @@ import orjson
 from fastapi import FastAPI
 
 from api import errors
-from api.ingest import Accepted, QueueFull
+from api.ingest import QueueFull
 from api.routes import sentry
 from core.events import LogErrorIn
 from core.settings import Settings
@@ -26,15 +27,21 @@ class FakeRuntime:
         return 3 if key == KEY else None
 
 
-class FakeIngestor:
-    def __init__(self, full: bool = False) -> None:
-        self.full, self.seen = full, []
+@dataclass
+class Outcome:  # api.ingest.Accepted as the route reads it (rate_limited_ms: the per-project quota's field)
+    event_id: str
+    rate_limited_ms: int = 0
 
-    async def ingest(self, project: int, items: list[LogErrorIn], edge_id: str | None = None) -> list[Accepted]:
+
+class FakeIngestor:
+    def __init__(self, full: bool = False, quota_ms: int = 0) -> None:
+        self.full, self.quota_ms, self.seen = full, quota_ms, []
+
+    async def ingest(self, project: int, items: list[LogErrorIn], edge_id: str | None = None) -> list[Outcome]:
         if self.full:
             raise QueueFull(10)
         self.seen.append((project, items))
-        return [Accepted(i.event_id or "0" * 32, i.fingerprint or "", False, True) for i in items]
+        return [Outcome(i.event_id or "0" * 32, self.quota_ms) for i in items]
 
 
 def app_with(ingestor: FakeIngestor) -> FastAPI:
@@ -84,3 +91,9 @@ async def test_wrong_key_is_refused_before_the_body_is_used() -> None:
     r = await post(app_with(ingestor), envelope(EVENT), {**AUTH, "Content-Encoding": "compress"})
     assert r.status_code == 415
     assert ingestor.seen == []
+
+
+async def test_over_quota_is_a_429_with_whole_seconds_for_the_error_categories() -> None:
+    r = await post(app_with(FakeIngestor(quota_ms=2300)), envelope({**EVENT, "message": "nul \x00 inside"}), AUTH)
+    assert r.status_code == 429 and r.headers["retry-after"] == "3"
+    assert r.headers["x-sentry-rate-limits"] == "3:error;default;security:project:usage_exceeded"
