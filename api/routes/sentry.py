@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from api.clientip import for_proxies
 from api.deps import require_project
 from api.errors import ApiError, error_body, validation_details
 from api.ingest import QueueFull
@@ -96,7 +97,10 @@ class OverQuota(Exception):
 
 async def _ingest(request: Request, project: int, events: list[LogErrorIn]) -> list[str]:
     edge_id = request.headers.get("x-edge-request-id")
-    if edge_id is not None and not (0 < len(edge_id) <= 64 and edge_id.isalnum()):
+    # Only our proxy may choose the ids of events sent without one (as in api/routes/ingest.py).
+    peer = request.scope.get("client")
+    trusted = for_proxies(request.app.state.runtime.settings.trusted_proxies).peer_trusted(peer[0] if peer else None)
+    if edge_id is not None and not (0 < len(edge_id) <= 64 and edge_id.isalnum() and trusted):
         edge_id = None
     accepted = await request.app.state.ingestor.ingest(project, events, edge_id)
     # A per-project quota (when the ingest script has one) marks events it did not count: tell the SDK.
