@@ -46,6 +46,8 @@ EVENTS_DROPPED = Counter("faultline_events_dropped_total", "Events not counted b
 QUEUE_AGE = Gauge("faultline_queue_oldest_age_seconds", "Age of the oldest unacknowledged task",
                   multiprocess_mode="livemax")
 
+# Sentry envelope items by type: events go through the pipeline; the other known types are counted, not stored.
+SENTRY_ITEMS = Counter("faultline_sentry_items_total", "Sentry envelope items received, by item type", ["type"])
 
 @contextmanager
 def timed(hist: Histogram, op: str) -> Iterator[None]:

@@ -156,6 +156,14 @@ class Settings(BaseSettings):
     # Reported (not required) by readiness: disk used above this fraction of the data volume.
     disk_max_used: float = 0.9
 
+    # Sentry ingest (api/routes/sentry.py). Sentry's own limits are 20 MB compressed / 100 MB decompressed /
+    # 1 MB per event item. We keep 20 MB and 1 MB but decompress at most 40 MB per request: the decompressed
+    # envelope is held in memory while it is parsed, and an API node must stay under memory_limit_mb with
+    # several such requests in flight. nginx's /api/<id>/envelope|store/ location allows 20 MB bodies.
+    sentry_max_compressed_bytes: int = 20 * 1024 * 1024
+    sentry_max_decompressed_bytes: int = 40 * 1024 * 1024
+    sentry_max_event_bytes: int = 1024 * 1024
+
     # --- resilience of long-running loops (core/backoff.py) ---
     # Backoff after a Redis/DB error: 0.1 s doubling up to 2 s (equal jitter). The 2 s cap keeps a worker
     # consuming again within ~2 s of Redis returning, at <= 1 attempt/s/loop of load on a dead server.

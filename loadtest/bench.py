@@ -5,6 +5,7 @@ Cases (each: warm-up, then a measured run; the queue is drained between cases so
   floor       a bare FastAPI route that only answers 202, on 3 identical nodes behind the same nginx
   limiter on  ingest with the rate limiter on, limits so high nothing is rejected (its cost only)
   batch       POST /errors/batch, --batch-size events per request (events/s accepted)
+  envelope    POST /api/<project>/envelope/ as a Sentry SDK sends it: gzip, one event per envelope
 All targets are up at once and the cases alternate per round, so drift from other load on this shared
 machine hits every case alike. The figures of a closed-loop generator at saturation: latency is roughly
 connections / throughput; quote p99 at a paced rate from `make loadtest`, not from here.
@@ -14,28 +15,92 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
+import os
+import random
+import shutil
+import subprocess
+import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import orjson
+import redis
 from rich.console import Console
+from rich.table import Table
 
+from core.keys import Keys
 from loadtest import targets
 from loadtest.procstats import CpuMeter, target_processes
 from loadtest.report import REPORTS, bench_markdown, bench_tables, machine_description
-from loadtest.wrkrun import WrkResult, run_wrk
+from loadtest.wrkrun import WrkResult, parse_output, run_wrk
+
+ENVELOPE_SCRIPT = Path(__file__).resolve().parent / "wrk" / "envelope.lua"
 
 # 150 columns when piped (CI logs, `tee`): the tables have 12 columns and must not wrap.
 console = Console(width=None if Console().is_terminal else 150)
 
 
+def envelope_bodies(out: Path, count: int = 200) -> Path:
+    """gzip envelopes of one Sentry-shaped event each (the hot/warm/tail group mix of ingest.lua), as the
+    Python SDK sends them; written length-prefixed for loadtest/wrk/envelope.lua."""
+    rng = random.Random(7)
+    path = out / "envelopes.bin"
+    with path.open("wb") as f:
+        for i in range(count):
+            r = rng.random()
+            group = f"hot-{i % 5}" if r < 0.6 else f"warm-{i % 50}" if r < 0.9 else f"tail-{i}"
+            event = {"platform": "python", "level": "error", "tags": {"service": "checkout"},
+                     "exception": {"values": [{"type": "TimeoutError", "value": f"upstream timed out ({group})",
+                                               "stacktrace": {"frames": [
+                                                   {"module": "app.views", "function": "handler", "lineno": 42,
+                                                    "in_app": True},
+                                                   {"module": f"app.{group}", "function": "call", "lineno": 7,
+                                                    "in_app": True}]}}]},
+                     "sdk": {"name": "sentry.python", "version": "2.0"}}
+            payload = orjson.dumps(event)
+            body = gzip.compress(b"\n".join([b"{}", orjson.dumps({"type": "event", "length": len(payload)}),
+                                              payload]) + b"\n")
+            f.write(b"%08d" % len(body) + body)
+    return path
+
+
+def run_envelope_wrk(target: Any, bodies: Path, seconds: float, connections: int) -> WrkResult:
+    settings = target.settings()
+    client = redis.Redis.from_url(settings.redis_url)
+    project = int(client.hget(Keys(settings.key_prefix).projects, target.ingest_key))  # type: ignore[arg-type]
+    client.close()
+    binary = shutil.which("wrk")
+    if not binary:
+        raise SystemExit("wrk not found: run `sudo apt-get install -y wrk`")
+    argv = [binary, "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout=5s",
+            "-s", str(ENVELOPE_SCRIPT), target.url, "--", f"/api/{project}/envelope/", target.ingest_key,
+            str(bodies)]
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        out.seek(0)
+        text = out.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"wrk exited with {status}:\n{text[-2000:]}")
+    return parse_output(text, usage.ru_utime + usage.ru_stime)
+
+
 def measure(target: Any, path: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
     url, key = target.url, getattr(target, "ingest_key", "")
     conns = args.batch_connections if batch else args.connections
-    run_wrk(url, path=path, key=key, batch=batch, seconds=args.warmup, connections=conns)
+    if path == "envelope":
+        run_envelope_wrk(target, args.envelopes, args.warmup, conns)
+    else:
+        run_wrk(url, path=path, key=key, batch=batch, seconds=args.warmup, connections=conns)
     if hasattr(target, "settings"):
         targets.wait_drained(target)
     meter = CpuMeter(target_processes(target)).start()
-    result = run_wrk(url, path=path, key=key, batch=batch, seconds=args.seconds, connections=conns)
+    if path == "envelope":
+        result = run_envelope_wrk(target, args.envelopes, args.seconds, conns)
+    else:
+        result = run_wrk(url, path=path, key=key, batch=batch, seconds=args.seconds, connections=conns)
     cores = meter.stop()
     drain = targets.wait_drained(target) if hasattr(target, "settings") else 0.0
     return {"wrk": result, "cores": cores, "drain_s": drain}
@@ -45,6 +110,26 @@ def median_case(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median throughput (keeps each run's figures consistent with each other)."""
     ordered = sorted(runs, key=lambda r: r["wrk"].rps + r["wrk"].events_per_s)
     return ordered[len(ordered) // 2]
+
+
+ENVELOPE_HEAD = ["case", "req/s", "p50 ms", "p99 ms", "429", "5xx", "conn err", "stack CPU"]
+
+
+def envelope_rows(chosen: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for name in ("ingest", "envelope"):
+        w, cores = chosen[name]["wrk"], sum(chosen[name]["cores"].values())
+        rows.append([name if name == "envelope" else "/errors/log", f"{w.rps:,.0f}", f"{w.p50_ms:.1f}",
+                     f"{w.p99_ms:.1f}", str(w.rejected_429), str(w.errors_5xx), str(w.conn_errors), f"{cores:.2f}"])
+    log_rps, env_rps = chosen["ingest"]["wrk"].rps, chosen["envelope"]["wrk"].rps
+    rows.append(["envelope / log", f"{env_rps / log_rps if log_rps else 0:.2f}", "", "", "", "", "", ""])
+    return rows
+
+
+def envelope_markdown(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(ENVELOPE_HEAD) + " |", "|" + "---|" * len(ENVELOPE_HEAD)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n## Sentry envelope (gzip, 1 event each) vs POST /errors/log\n\n" + "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     out = REPORTS / f"bench-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "stack.log").open("w")
+    args.envelopes = envelope_bodies(out)
 
     def sink(line: str) -> None:
         log.write(line + "\n")
@@ -95,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         if ours_on is not None:
             cases.append(("limiter on", ours_on, "/errors/log", 0))
         cases.append(("batch", ours, "/errors/batch", args.batch_size))
+        cases.append(("envelope", ours, "envelope", 0))
         results: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in cases}
         for rnd in range(args.rounds):
             for name, target, path, batch in cases:
@@ -107,7 +194,15 @@ def main(argv: list[str] | None = None) -> int:
         machine = machine_description()
         for table in bench_tables(chosen, limiter, args.batch_size):
             console.print(table)
-        report = bench_markdown(chosen, limiter, args, machine)
+        sentry_rows = envelope_rows(chosen)
+        table = Table(title="Sentry envelope (gzip, 1 event each, like the SDK) vs POST /errors/log",
+                      title_justify="left")
+        for i, col in enumerate(ENVELOPE_HEAD):
+            table.add_column(col, justify="left" if i == 0 else "right")
+        for row in sentry_rows:
+            table.add_row(*row)
+        console.print(table)
+        report = bench_markdown(chosen, limiter, args, machine) + envelope_markdown(sentry_rows)
         (out / "bench.md").write_text(report)
         console.print(f"\nmachine: {machine}\nreport: {out / 'bench.md'}  (stack logs: {out / 'stack.log'})")
     finally:
