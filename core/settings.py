@@ -110,11 +110,17 @@ class Settings(BaseSettings):
     # Reported (not required) by readiness: disk used above this fraction of the data volume.
     disk_max_used: float = 0.9
 
+    # --- local stack (`faultline up`, faultline/stackfile.py) ---
+    # Where `faultline up` keeps its data, credentials.env and stack.json (the running stack's connection
+    # settings, which every other CLI command reads); relative to the working directory, like a project's
+    # .git, so each checkout runs its own stack.
+    data_dir: Path = DATA_DIR
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(DATA_DIR / 'faultline.db').resolve()}"
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'faultline.db').resolve()}"
 
     @model_validator(mode="after")
     def _rate_limits(self) -> Settings:

@@ -1,0 +1,99 @@
+"""The dead-letter list (core/retry.py writes it): list, show, replay, purge. Used by the CLI and the
+admin API alike.
+
+A record is identified by its task id. Replay puts the task's message back on the stream with its
+attempt counter reset, in one MULTI with removing the record: a crash never loses it nor replays it
+twice. Replaying is idempotent anyway: counts come from the ingest script, not from the task, and the
+worker's writes (group upsert, sample INSERT IGNORE by event_id) change nothing the second time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from core.keys import Keys
+
+SUMMARY_FIELDS = ("task_id", "task_name", "attempts", "error", "failed_at")
+
+
+def summary(record: dict[str, Any]) -> dict[str, Any]:
+    events = _events(record)
+    return {**{k: record.get(k) for k in SUMMARY_FIELDS}, "events": len(events),
+            "event_ids": [e.get("event_id") for e in events if isinstance(e, dict)][:20]}
+
+
+def _events(record: dict[str, Any]) -> list[Any]:
+    try:
+        events = orjson.loads(record["message"]).get("kwargs", {}).get("events", [])
+    except (KeyError, ValueError, AttributeError):
+        return []
+    return events if isinstance(events, list) else []
+
+
+async def count(redis: Redis, keys: Keys) -> int:
+    return int(await redis.llen(keys.dead_letters))  # type: ignore[misc]
+
+
+async def page(redis: Redis, keys: Keys, offset: int = 0, limit: int = 50) -> list[dict[str, Any]]:
+    """Newest first."""
+    raws = await redis.lrange(keys.dead_letters, offset, offset + limit - 1)  # type: ignore[misc]
+    return [orjson.loads(r) for r in raws]
+
+
+async def _find(redis: Redis, keys: Keys, task_id: str) -> tuple[Any, dict[str, Any]] | None:
+    # The list is capped (core.retry.DEAD_LETTER_CAP), so a scan is bounded; read in slices.
+    start, step = 0, 500
+    while True:
+        raws = await redis.lrange(keys.dead_letters, start, start + step - 1)  # type: ignore[misc]
+        for raw in raws:
+            record = orjson.loads(raw)
+            if record.get("task_id") == task_id:
+                return raw, record
+        if len(raws) < step:
+            return None
+        start += step
+
+
+async def get(redis: Redis, keys: Keys, task_id: str) -> dict[str, Any] | None:
+    found = await _find(redis, keys, task_id)
+    return None if found is None else found[1]
+
+
+async def _requeue(redis: Redis, keys: Keys, raw: Any, record: dict[str, Any]) -> bool:
+    message = orjson.loads(record["message"])
+    message["labels"] = {}  # a fresh set of attempts
+    pipe = redis.pipeline(transaction=True)
+    pipe.lrem(keys.dead_letters, 1, raw)
+    pipe.xadd(keys.stream, {"data": orjson.dumps(message)})
+    pipe.set(keys.job(record["task_id"]), orjson.dumps({"state": "queued", "attempts": 0, "last_error": None,
+                                                        "replayed": True}), ex=86_400)
+    for event in _events(record):
+        if isinstance(event, dict) and isinstance(event.get("event_id"), str):
+            pipe.set(keys.event(event["event_id"]), b"queued", xx=True, keepttl=True)
+    removed, *_ = await pipe.execute()
+    return bool(removed)
+
+
+async def replay(redis: Redis, keys: Keys, task_id: str) -> bool:
+    """False if there is no such dead letter (already replayed, purged, or never dead)."""
+    found = await _find(redis, keys, task_id)
+    return found is not None and await _requeue(redis, keys, *found)
+
+
+async def replay_all(redis: Redis, keys: Keys) -> int:
+    moved = 0
+    while (raws := await redis.lrange(keys.dead_letters, -100, -1)):  # type: ignore[misc]
+        for raw in reversed(raws):  # oldest first
+            moved += await _requeue(redis, keys, raw, orjson.loads(raw))
+    return moved
+
+
+async def purge(redis: Redis, keys: Keys) -> int:
+    pipe = redis.pipeline(transaction=True)
+    pipe.llen(keys.dead_letters)
+    pipe.delete(keys.dead_letters)
+    n, _ = await pipe.execute()
+    return int(n)
