@@ -57,15 +57,18 @@ class Liveness:
     every: float = 2.0
     timeout: float = 2.0
     misses: int = 3
-    grace: float = 30.0  # after a (re)start: time to boot before a missed probe counts
+    grace: float = 60.0  # a (re)started child that never answered gets this long to boot
     missed: int = 0
     last: float = 0.0
+    seen_live: bool = False  # answered once since its (re)start: from then on every miss counts
 
-    def due(self, started_at: float) -> bool:
-        now = time.monotonic()
-        return now - started_at >= self.grace and now - self.last >= self.every
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.every
 
-    def probe(self) -> bool:
+    def reset(self) -> None:
+        self.missed, self.seen_live = 0, False
+
+    def probe(self, started_at: float) -> bool:
         """True when the child has now missed `misses` probes in a row."""
         self.last = time.monotonic()
         try:
@@ -73,7 +76,10 @@ class Liveness:
                 ok = r.status == 200
         except Exception:
             ok = False
-        self.missed = 0 if ok else self.missed + 1
+        if ok:
+            self.missed, self.seen_live = 0, True
+        elif self.seen_live or self.last - started_at >= self.grace:
+            self.missed += 1
         return self.missed >= self.misses
 
 
@@ -97,7 +103,7 @@ class Child:
                                      start_new_session=True)
         self.started_at = time.monotonic()
         if self.liveness is not None:
-            self.liveness.missed = 0
+            self.liveness.reset()
         threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
         return self
 
@@ -150,7 +156,7 @@ class Child:
         if self.proc is None or not self.restart:
             return False
         if self.proc.poll() is None:
-            if self.liveness is not None and self.liveness.due(self.started_at) and self.liveness.probe():
+            if self.liveness is not None and self.liveness.due() and self.liveness.probe(self.started_at):
                 self.sink(f"{self.name:<12}| missed {self.liveness.misses} liveness probes; SIGKILL")
                 self.hung_kills += 1
                 self.kill_group()
