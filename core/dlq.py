@@ -68,8 +68,10 @@ async def _requeue(redis: Redis, keys: Keys, raw: Any, record: dict[str, Any]) -
     pipe = redis.pipeline(transaction=True)
     pipe.lrem(keys.dead_letters, 1, raw)
     pipe.xadd(keys.stream, {"data": orjson.dumps(message)})
-    pipe.set(keys.job(record["task_id"]), orjson.dumps({"state": "queued", "attempts": 0, "last_error": None,
-                                                        "replayed": True}), ex=86_400)
+    # The task's own record says it was replayed; its events' records (GET /jobs/{event_id}) go back to
+    # "queued" and move on as the worker writes them.
+    pipe.set(keys.job(record["task_id"]), orjson.dumps({"state": "replayed", "attempts": record.get("attempts"),
+                                                        "last_error": record.get("error")}), ex=86_400)
     for event in _events(record):
         if isinstance(event, dict) and isinstance(event.get("event_id"), str):
             pipe.set(keys.event(event["event_id"]), b"queued", xx=True, keepttl=True)
