@@ -189,13 +189,25 @@ class MariaDBServer(Supervised):
         self.sql(f"CREATE USER IF NOT EXISTS 'faultline'@'127.0.0.1' IDENTIFIED BY '{password}'; "
                  f"ALTER USER 'faultline'@'127.0.0.1' IDENTIFIED BY '{password}'; "
                  f"GRANT ALL PRIVILEGES ON `{name}`.* TO 'faultline'@'127.0.0.1'")
+        self.lock_root()
         return self.url(name, "faultline", password)
 
     def sql(self, statement: str) -> str:
+        """As root over the server's private unix socket (works before and after lock_root())."""
         out = subprocess.run(
-            [require("mariadb", "mariadb-client"), "--no-defaults", "-h127.0.0.1", f"-P{self.port}", "-uroot",
-             "-N", "-B", "-e", statement], check=True, capture_output=True, text=True)
+            [require("mariadb", "mariadb-client"), "--no-defaults", "--protocol=socket",
+             f"--socket={self.data_dir / 'mysqld.sock'}", "-uroot", "-N", "-B", "-e", statement],
+            check=True, capture_output=True, text=True)
         return out.stdout
+
+    def lock_root(self) -> None:
+        """Root only through the unix socket (the unix_socket plugin: the OS user must be root), never over
+        TCP: the port then takes the password-protected `faultline` user only. Skipped when not running as
+        root, where socket auth would lock us out of our own server."""
+        if os.getuid() != 0:
+            return
+        self.sql("DELETE FROM mysql.global_priv WHERE User = 'root' AND Host <> 'localhost'; "
+                 "FLUSH PRIVILEGES; ALTER USER 'root'@'localhost' IDENTIFIED VIA unix_socket")
 
     def stop(self) -> None:
         if self.proc:
