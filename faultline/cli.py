@@ -103,9 +103,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 stackfile.write(data, stack)
             if signals.rollout.is_set():
                 signals.rollout.clear()
-                rollout.run_requested(stack, data)
-                if not signals.stop.is_set():
-                    stackfile.write(data, stack)
+                rollout.run_requested(stack, data, on_done=lambda: stackfile.write(data, stack))
     finally:
         print("stopping...", flush=True)
         rollout.remove_pid(data)

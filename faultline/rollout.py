@@ -185,7 +185,8 @@ def remove_pid(data_dir: Path) -> None:
     (data_dir / PID_FILE).unlink(missing_ok=True)
 
 
-def run_requested(stack: Stack, data_dir: Path, log: Callable[[str], None] = print) -> Rollout:
+def run_requested(stack: Stack, data_dir: Path, log: Callable[[str], None] = print,
+                  on_done: Callable[[], None] | None = None) -> Rollout:
     """Called by `up` after a SIGHUP. Each progress line also goes to rollout.progress (first line: the
     request id), which `faultline rollout` prints as it grows."""
     request = data_dir / REQUEST_FILE
@@ -210,6 +211,8 @@ def run_requested(stack: Stack, data_dir: Path, log: Callable[[str], None] = pri
         result, outcome = Rollout(), {"id": rid, "ok": False, "error": str(exc)}
     finally:
         progress.close()
+    if on_done is not None and not stack.cancel.is_set():
+        on_done()  # before the answer: whoever waits for it then reads an up-to-date stack.json
     (data_dir / RESULT_FILE).write_text(json.dumps(outcome, indent=2))
     return result
 

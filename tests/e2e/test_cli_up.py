@@ -30,7 +30,7 @@ from core.settings import Settings
 from faultline.bootstrap import ensure_default_project
 from faultline.services import RedisServer, free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.mariadb]
+pytestmark = pytest.mark.e2e
 SHUTDOWN_TIMEOUT = 10.0
 KEY_A, KEY_B = "key-a-saved-by-an-earlier-run-0001", "key-b-set-by-the-user-now-00000002"
 
