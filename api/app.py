@@ -13,11 +13,11 @@ from prometheus_fastapi_instrumentator import metrics as http_metrics
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import errors
+from api import errors, openapi
 from api.ingest import Ingestor
 from api.ratelimit import rate_limiting
 from api.requestid import RequestIdMiddleware
-from api.routes import dlq, groups, ingest, jobs
+from api.routes import dlq, groups, ingest, jobs, projects
 from core import metrics
 from core.broker import ensure_consumer_group
 from core.runtime import Runtime
@@ -46,6 +46,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
             log.warning("startup: %s", exc)
         rt.spawn(rt.watch(), "watch")
         rt.spawn(metrics.watch_loop_lag(), "loop-lag")
+        rt.spawn(projects.mirror_quotas_forever(rt), "quota-mirror")  # DB quotas -> Redis copy
         yield
         await rt.close()
 
@@ -54,10 +55,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
     app = FastAPI(title="Faultline", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse,
                   telemetry={"tracing": False, "metrics": False, "logs": False})
     errors.install(app)
+    openapi.install(app, settings)  # documents the plain-Starlette ingest routes too
     app.include_router(ingest.router)
     app.include_router(groups.router)
     app.include_router(jobs.router)
     app.include_router(dlq.router)
+    app.include_router(projects.router)
     # Inside the metrics middleware (a 429 is counted like any response), before routing (a refused request
     # costs one limiter call, nothing else). None when FAULTLINE_RATE_LIMIT_ENABLED=false: zero cost.
     limits = rate_limiting(app, settings)

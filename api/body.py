@@ -1,7 +1,13 @@
-"""Reading a JSON body safely: content type, size limit (before reading it all), UTF-8, JSON syntax."""
+"""Reading a JSON body safely: content type, size limit (before reading it all), UTF-8, JSON syntax.
+
+Every step is linear in the body and bounded by max_body_bytes; every failure is a 4xx with a JSON body.
+Invalid JSON (syntax, invalid UTF-8, lone surrogate escapes, 1e999, nesting past orjson's 1,024 levels) is
+refused whole, also for a batch: without a parse there are no events to judge one by one.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -40,19 +46,54 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
+# A JSON token of an already-parsed prefix (its strings are terminated): a string, or a structural character.
+_TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{},:]')
+_LOCATE_SPAN = 32_768  # bytes of prefix walked to name the field: bounded work on a request we refuse anyway
+_PATH_PARTS = 3  # "events.3.context" names the field; the 1,000 levels below it do not help
+
+
+def _path_at(body: bytes, pos: int) -> str | None:
+    """The dotted path (e.g. "events.3.context") of the value opening at byte `pos` of a body whose prefix
+    orjson has parsed, or None when the prefix is too long to walk."""
+    if pos > _LOCATE_SPAN:
+        return None
+    frames: list[list[Any]] = []  # [kind, key or index of the child being read, expecting a key]
+    for match in _TOKEN.finditer(body, 0, pos):
+        tok = match.group()
+        top = frames[-1] if frames else None
+        if tok[0] == 0x22:  # '"'
+            if top is not None and top[0] == b"{" and top[2]:
+                top[1], top[2] = tok[1:-1].decode("utf-8", "replace"), False
+        elif tok in (b"{", b"["):
+            frames.append([tok, None, True] if tok == b"{" else [tok, 0, False])
+        elif tok in (b"}", b"]"):
+            frames.pop()
+        elif tok == b"," and top is not None:
+            if top[0] == b"{":
+                top[2] = True
+            else:
+                top[1] += 1
+    parts = [str(f[1]) for f in frames if f[1] is not None]
+    return ".".join(parts[:_PATH_PARTS]) or None
+
+
 def parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)  # also rejects invalid UTF-8 and lone surrogates
     except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            where = _path_at(body, exc.pos)
+            raise ApiError(422, "nesting_too_deep", "the body nests deeper than JSON parsing allows (1024 levels)"
+                           + (f" at {where}" if where else ""), {"field": where}) from None
         code = "invalid_utf8" if "utf-8" in str(exc).lower() else "invalid_json"
         raise ApiError(400, code, f"body is not valid JSON: {exc}") from None
 
 
-def validate(model: type[BaseModel], data: Any) -> Any:
+def validate(model: type[BaseModel], data: Any, context: dict[str, Any] | None = None) -> Any:
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_request", "the body must be a JSON object")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", "request does not match the schema",
                        validation_details(exc.errors(include_url=False, include_input=False))) from None

@@ -43,6 +43,11 @@ class ClientIp:
     def _is_trusted(self, ip: Address) -> bool:
         return any(ip in net for net in self.networks)
 
+    def peer_trusted(self, peer: str | None) -> bool:
+        """Is the socket peer one of our proxies (whose headers, e.g. X-Edge-Request-ID, we believe)?"""
+        ip = parse_ip(peer) if peer else None
+        return ip is not None and bool(self.networks) and self.is_trusted(ip)
+
     def resolve(self, peer: str | None, forwarded_for: bytes | None, real_ip: bytes | None) -> str:
         """A label for the client: an IPv4 address, an IPv6 /64, or "unknown" without a peer."""
         peer_ip = parse_ip(peer) if peer else None
@@ -65,3 +70,9 @@ class ClientIp:
             if ip is not None:
                 return client_label(ip)
         return client_label(peer_ip)
+
+
+@lru_cache(maxsize=8)
+def for_proxies(trusted: str) -> ClientIp:
+    """One ClientIp per trusted-proxy setting, shared by the routes of a process."""
+    return ClientIp(trusted)

@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Request
 
 from api.errors import ApiError
 from core import access
+from core.counts import CountReader
 from core.runtime import Runtime
 from core.settings import Settings
 
@@ -23,7 +24,16 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.runtime.settings  # type: ignore[no-any-return]
 
 
+async def get_counts(request: Request) -> CountReader:
+    state = request.app.state
+    if getattr(state, "counts", None) is None:  # one per app: it holds the registered script
+        rt = state.runtime
+        state.counts = CountReader(rt.redis, rt.engine, rt.keys)
+    return state.counts  # type: ignore[no-any-return]
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+CountsDep = Annotated[CountReader, Depends(get_counts)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 

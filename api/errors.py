@@ -33,11 +33,15 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return body
 
 
-def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
+def validation_details(errors: list[Any], known: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """One entry per problem, naming the field. `known`: the model's fields, listed when one is unknown."""
     out = []
     for e in errors:
         loc = [str(p) for p in e.get("loc", ()) if p != "body"]
-        out.append({"field": ".".join(loc) or None, "problem": e.get("msg"), "type": e.get("type")})
+        problem = e.get("msg")
+        if e.get("type") == "extra_forbidden" and known:
+            problem = f"unknown field; the fields are {', '.join(known)}"
+        out.append({"field": ".".join(loc)[:200] or None, "problem": problem, "type": e.get("type")})
     return out
 
 

@@ -1,23 +1,39 @@
-"""The hot path: validated events -> fingerprint -> ONE Redis script call (dedup, count, enqueue).
+"""The hot path: validated events -> fingerprint -> Redis script calls (dedup, count, enqueue).
 
 No SQL here. The script (core/scripts/ingest.lua) also sheds load when the queue passes its soft limit.
+
+A 503 means "not counted", always. Every call carries a token and a deadline (Redis clock): the script
+refuses to count after the deadline, and an unanswered call (timeout or lost connection after sending) is
+re-run once with the SAME token and event ids; the re-run finds what the lost run wrote and reports those
+events as accepted. Only when the re-run gets no answer either does the request get a 503, after both
+deadlines have passed in Redis, so nothing sent later can count (see `_call`). All within ingest_budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 import time
 from dataclasses import dataclass
 
 import orjson
+from redis.exceptions import RedisError
 
 from core import metrics
+from core.dedup import TOKEN_BITS, dedup_id
 from core.events import LogErrorIn, new_event_id
 from core.fingerprint import client_fingerprint, default_fingerprint
+from core.ratelimit.quota import overflow_fingerprint
 from core.redis import load_script
 from core.runtime import Runtime
 from core.tasks import message_frame
+
+SHED, LATE = -1, -2  # script statuses (ingest.lua)
+EARLIER = -1  # per-event: counted by a lost earlier run of the same call
+# Time kept between the script's deadline and the moment we stop waiting: covers one bounded script run
+# (ingest_call_max_events x ~30 us) plus the reply's way back.
+REPLY_MARGIN = 0.15
 
 
 @dataclass(slots=True)
@@ -26,12 +42,23 @@ class Accepted:
     fingerprint: str
     duplicate: bool
     first_seen: bool  # the first event of its group Redis has seen
+    # > 0: NOT counted, the project's quota is used up; one more event fits in this many ms
+    rate_limited_ms: int = 0
+    overflow: bool = False  # counted into the project's "too many new groups" group (fingerprint is its)
+
+    @property
+    def counted(self) -> bool:
+        return not self.duplicate and not self.rate_limited_ms
 
 
 class QueueFull(Exception):
     def __init__(self, depth: int) -> None:
         super().__init__(f"queue depth {depth}")
         self.depth = depth
+
+
+class StoreUnavailable(RedisError):
+    """No answer from Redis within the budget; nothing of the request was counted (api/errors.py: 503)."""
 
 
 def derived_event_id(edge_id: str, index: int) -> str:
@@ -46,23 +73,47 @@ def fingerprint_of(project_id: int, item: LogErrorIn) -> str:
 
 @dataclass(slots=True)
 class _Pending:
-    keys: list[str]
-    args: list[bytes | str]
-    future: asyncio.Future[list[int]]
+    args: list[bytes | str | int]  # PER_EVENT (5) per event
+    events: int
+    future: asyncio.Future[tuple[list[int], list[int]]]  # (totals, outcomes) per event
+
+
+class RedisClock:
+    """A lower bound of (Redis time - local time) in ms: deadlines computed with it fall no later in
+    Redis than meant. Each reply gives one (script start <= reply time); the max over the last 10-20 s
+    is the tightest, and forgets an old sample if the local clock is stepped."""
+
+    def __init__(self) -> None:
+        self.current: float | None = None
+        self.previous: float | None = None
+        self.rotated = time.monotonic()
+
+    def observe(self, redis_ms: float, local_after: float) -> None:
+        sample = redis_ms - local_after * 1000
+        if time.monotonic() - self.rotated > 10:
+            self.previous, self.current, self.rotated = self.current, None, time.monotonic()
+        self.current = sample if self.current is None else max(self.current, sample)
+
+    @property
+    def offset(self) -> float | None:
+        known = [v for v in (self.current, self.previous) if v is not None]
+        return max(known) if known else None
 
 
 class Ingestor:
-    """Requests that arrive in the same event-loop turn share ONE script call and ONE queued task.
+    """Requests that arrive in the same event-loop turn share script calls and queued tasks.
 
     Under load a node has tens of requests in flight; coalescing them costs no latency (the flush runs
-    later in the same loop turn) and turns N Redis round trips + N worker tasks into 1 + 1. The script
-    stays atomic per call, and each request still gets its own per-event results.
+    later in the same loop turn) and turns N Redis round trips + N worker tasks into a few. A call holds
+    whole requests up to ingest_call_max_events, so it stays short and a request is counted all or none;
+    the calls of one flush go one after the other (Redis runs scripts one at a time anyway).
     """
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.keys = runtime.keys
         self.script = load_script(runtime.redis, "ingest")
+        self.clock = RedisClock()
         self._pending: list[_Pending] = []
         self._calls: set[asyncio.Task[None]] = set()  # strong references: the loop only keeps weak ones
 
@@ -70,8 +121,7 @@ class Ingestor:
         """`edge_id`: the load balancer's id of this request, the same when it retries the request on
         another node; events without an event_id get one derived from it, so a retry counts nothing twice."""
         now = time.time()
-        keys: list[str] = []
-        args: list[bytes | str] = []
+        args: list[bytes | str | int] = []
         out: list[Accepted] = []
         for index, item in enumerate(items):
             event_id = item.event_id or (derived_event_id(edge_id, index) if edge_id else new_event_id())
@@ -82,58 +132,126 @@ class Ingestor:
                 event["stack"] = item.stack
             if item.context is not None:
                 event["context"] = item.context
-            keys.append(self.keys.event(event_id))
+            args += dedup_id(project_id, event_id).args()
             args.append(fp)
             args.append(orjson.dumps(event))
+            args.append(project_id)  # the script's quota and new-group cap are per project
             out.append(Accepted(event_id, fp, False, False))
         loop = asyncio.get_running_loop()
-        pending = _Pending(keys, args, loop.create_future())
+        pending = _Pending(args, len(items), loop.create_future())
         if not self._pending:
             loop.call_soon(self._flush)
         self._pending.append(pending)
-        totals = await pending.future
-        for acc, total in zip(out, totals, strict=True):
-            acc.duplicate = total == 0
+        totals, outcomes = await pending.future
+        for acc, total, outcome in zip(out, totals, outcomes, strict=True):
             acc.first_seen = total == 1
+            if outcome < 0:  # over the project's quota: dropped, counted per project by the script
+                acc.rate_limited_ms = -outcome
+            else:
+                acc.duplicate = total == 0
+                if outcome == 1:
+                    acc.overflow = True
+                    acc.fingerprint = overflow_fingerprint(project_id)
         dup = sum(a.duplicate for a in out)
-        metrics.EVENTS.labels("accepted").inc(len(out) - dup)
+        limited = sum(a.rate_limited_ms > 0 for a in out)
+        metrics.EVENTS.labels("accepted").inc(len(out) - dup - limited)
         if dup:
             metrics.EVENTS.labels("duplicate").inc(dup)
+        if limited:
+            metrics.EVENTS_DROPPED.labels("rate_limited").inc(limited)
         return out
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        task = asyncio.ensure_future(self._call(batch))
+        task = asyncio.ensure_future(self._run(batch, time.monotonic()))
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
 
-    async def _call(self, batch: list[_Pending]) -> None:
-        settings = self.runtime.settings
-        head, tail = message_frame()
-        keys = [self.keys.stream, self.keys.pending_counts, self.keys.live_counts,
-                self.keys.feed_dirty, self.keys.feed_groups]
-        args: list[str | bytes | int] = [settings.dedup_ttl, settings.queue_soft_limit, head, tail]
+    async def _run(self, batch: list[_Pending], start: float) -> None:
+        cap = self.runtime.settings.ingest_call_max_events
+        chunk: list[_Pending] = []
+        size = 0
         for p in batch:
-            keys += p.keys
-            args += p.args
+            if chunk and size + p.events > cap:
+                await self._settle(chunk, start)
+                chunk, size = [], 0
+            chunk.append(p)
+            size += p.events
+        if chunk:
+            await self._settle(chunk, start)
+
+    async def _settle(self, chunk: list[_Pending], start: float) -> None:
         try:
-            with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
-                result = await self.script(keys=keys, args=args)
+            result = await self._call(chunk, start)
         except BaseException as exc:
-            for p in batch:
+            for p in chunk:
                 if not p.future.done():
                     p.future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        if result[0] == -1:
-            metrics.EVENTS.labels("shed").inc(sum(len(p.keys) for p in batch))
-            for p in batch:
-                p.future.set_exception(QueueFull(int(result[1])))
+        if result[0] == SHED:
+            metrics.EVENTS.labels("shed").inc(sum(p.events for p in chunk))
+            for p in chunk:
+                if not p.future.done():
+                    p.future.set_exception(QueueFull(int(result[2])))
             return
-        offset = 1
-        for p in batch:
-            n = len(p.keys)
+        offset, total = 2, sum(p.events for p in chunk)  # {status, redis ms, totals..., outcomes...}
+        for p in chunk:
             if not p.future.done():  # a request whose client went away still had its events counted
-                p.future.set_result([int(x) for x in result[offset:offset + n]])
-            offset += n
+                p.future.set_result((result[offset:offset + p.events],
+                                     result[total + offset:total + offset + p.events]))
+            offset += p.events
+
+    async def _call(self, chunk: list[_Pending], start: float) -> list[int]:
+        """One script call, re-run once with the same token if its answer is lost.
+
+        Why a 503 after this is "not counted": run i may only count before its deadline D_i, and we stop
+        waiting for it at D_i + REPLY_MARGIN (local clock, mapped to Redis by a lower bound of the offset).
+        The re-run starts after D_1, so run 1 can no longer count anything the re-run does not see; we
+        answer 503 only after D_2 too. If any run answers, its answer covers both runs (same token).
+        """
+        settings = self.runtime.settings
+        budget = settings.ingest_budget
+        head, tail = message_frame()
+        k = self.keys
+        keys = [k.stream, k.pending_counts, k.live_counts, k.feed_dirty, k.feed_groups, k.dedup_meta, k.live_new,
+                k.quota_conf, k.quota_state, k.dropped]
+        token = secrets.randbelow((1 << TOKEN_BITS) - 1) + 1
+        fixed: list[bytes | str | int] = [self.keys.dedup_prefix, settings.dedup_ttl, settings.dedup_buckets,
+                                          settings.queue_soft_limit, head, tail, token]
+        # per-project quota and new-group cap (core/ratelimit/quota.py); per-project keys = prefix + id
+        limits: list[bytes | str | int] = [settings.project_quota_per_second, settings.project_quota_per_minute,
+                                           settings.project_new_groups_per_hour,
+                                           1 if settings.rate_limit_enabled else 0, k.new_groups(""),
+                                           k.feed_index("")]
+        events: list[bytes | str | int] = [a for p in chunk for a in p.args]
+        error: BaseException = StoreUnavailable("event store unavailable")
+        for attempt in range(2):
+            wait = min(budget / 2, start + budget - time.monotonic())
+            if wait <= REPLY_MARGIN + 0.01:
+                break
+            began = time.time()  # the deadline is counted from here, like the wait
+            try:
+                async with asyncio.timeout(wait):
+                    if self.clock.offset is None:
+                        secs, micros = await self.runtime.redis.time()
+                        self.clock.observe(secs * 1000 + micros / 1000, time.time())
+                    offset = self.clock.offset or 0.0
+                    deadline = int((began + wait - REPLY_MARGIN) * 1000 + offset)
+                    if deadline <= 0:
+                        deadline = 1  # 0 means "no deadline" to the script
+                    with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
+                        result = await self.script(keys=keys, args=[*fixed, deadline, *limits, *events])
+                self.clock.observe(float(result[1]), time.time())
+            except (RedisError, OSError, TimeoutError) as exc:
+                # Not answered: maybe never sent, maybe ran. The re-run (same token) tells which.
+                error = exc
+                metrics.EVENTS.labels("ambiguous" if attempt == 0 else "unavailable").inc(
+                    sum(p.events for p in chunk))
+                continue
+            if int(result[0]) == LATE:
+                error = StoreUnavailable("event store too slow (call refused after its deadline)")
+                continue
+            return [int(x) for x in result]
+        raise StoreUnavailable(f"event store unavailable: {error}") from error

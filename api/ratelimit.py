@@ -4,8 +4,11 @@ Pure ASGI rather than BaseHTTPMiddleware, which runs every request in an extra t
 response through a memory stream (docs/performance-floor lists pure ASGI among the levers that counted).
 A refused request costs one script call: the route never runs, so nothing is parsed, enqueued or counted.
 
-Client = the project's ingest key when it is one we know (X-Faultline-Key, or the Sentry key), else the
-client IP (api/clientip.py). Unknown keys fall back to the IP, so inventing keys does not mint windows.
+Client = (the project's ingest key, the client IP) when the key is one we know (X-Faultline-Key, or the
+Sentry key), else the client IP (api/clientip.py). A browser-embedded (public) key is known to everybody:
+keyed on the key alone, anyone could use up the project's windows; keyed on (key, IP), a client only ever
+uses up its own. Unknown keys fall back to the IP, so inventing keys does not mint windows. Only the routes
+the policy lists are limited (core/ratelimit/policy.py): a 404 costs no window.
 Headers on every limited response: X-RateLimit-Limit / -Remaining for the tier closest to its limit and
 X-RateLimit-Reset, the epoch second when that tier's oldest request leaves its window (Remaining goes up).
 """
@@ -73,13 +76,12 @@ class RateLimitGuard:
         query = scope.get("query_string", b"")
         if key is None and b"sentry_key=" in query:
             key = _sentry_key(query.replace(b"&", b","))
-        if key:
-            text = key.decode("latin-1")
-            if self.known_key(text):
-                # hashed: ingest keys are secrets and must not show up in Redis key names (MONITOR, SCAN)
-                return "k:" + hashlib.blake2b(key, digest_size=10).hexdigest()
         peer = scope.get("client")
-        return "ip:" + self.client_ip.resolve(peer[0] if peer else None, forwarded, real_ip)
+        ip = "ip:" + self.client_ip.resolve(peer[0] if peer else None, forwarded, real_ip)
+        if key and self.known_key(key.decode("latin-1")):
+            # hashed: ingest keys are secrets and must not show up in Redis key names (MONITOR, SCAN)
+            return "k:" + hashlib.blake2b(key, digest_size=10).hexdigest() + "|" + ip
+        return ip
 
     def failed(self, exc: Exception) -> None:
         now = time.monotonic()
@@ -141,7 +143,8 @@ class RateLimitMiddleware:
             headers.append((b"retry-after", retry_s))
             if scope["path"].startswith("/api/"):  # Sentry SDKs read this one: all categories, this key
                 headers.append((b"x-sentry-rate-limits", retry_s + b"::key"))
-            return await _answer(send, 429, {"statusCode": 429, "message": "Rate limit exceeded",
+            return await _answer(send, 429, {"error": "rate_limited", "statusCode": 429,
+                                             "message": "Rate limit exceeded",
                                              "retryAfterMs": decision.retry_after_ms,
                                              "tier": decision.tier.name}, headers)
 

@@ -24,6 +24,18 @@ log = logging.getLogger("faultline.access")
 # What we accept from outside: short and free of spaces/control characters (no log injection).
 VALID_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 SAMPLE_429 = 100
+MAX_LOGGED_PATH = 512
+# Control characters (CR/LF would start a forged log line, ESC would drive a terminal) and DEL are escaped.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+def loggable_path(scope: dict[str, Any]) -> str:
+    """The path as the client sent it (still percent-encoded, so %0A stays three harmless characters),
+    with anything non-printable escaped and the length capped: a log line can never be split or forged."""
+    raw = scope.get("raw_path")
+    text = raw.decode("latin-1") if isinstance(raw, bytes) else scope.get("path", "")
+    text = text[:MAX_LOGGED_PATH].encode("ascii", "backslashreplace").decode("ascii").translate(_ESCAPES)
+    return text
 
 
 class RequestIdMiddleware:
@@ -76,5 +88,5 @@ class RequestIdMiddleware:
         if not log.isEnabledFor(level):
             return
         client = scope.get("client")
-        log.log(level, "rid=%s %s %s %d %.1fms client=%s", request_id, scope["method"], scope["path"], status,
+        log.log(level, "rid=%s %s %s %d %.1fms client=%s", request_id, scope["method"], loggable_path(scope), status,
                 (time.perf_counter() - started) * 1000, client[0] if client else "-")

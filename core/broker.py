@@ -11,6 +11,7 @@ On top of taskiq-redis's RedisStreamBroker:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -22,7 +23,10 @@ from redis.exceptions import ResponseError
 from taskiq import AckableMessage
 from taskiq_redis import RedisStreamBroker
 
+from core.backoff import Backoff, retryable
+from core.heartbeat import Progress
 from core.keys import Keys
+from core.redis import background_retry
 from core.settings import Settings
 
 log = logging.getLogger("faultline.broker")
@@ -47,17 +51,27 @@ class _AckBatcher:
         ids, done = self.ids, self.done
         self.ids, self.done = [], None
         assert done is not None
-        try:
-            async with Redis(connection_pool=self.broker.connection_pool) as conn:
-                pipe = conn.pipeline(transaction=False)
-                pipe.xack(self.broker.queue_name, self.broker.consumer_group_name, *ids)
-                pipe.xdel(self.broker.queue_name, *ids)
-                await pipe.execute()
-            done.set_result(None)
-        except Exception as exc:  # unacked messages are redelivered later: nothing is lost
-            log.warning("ack of %d messages failed: %s", len(ids), exc)
-            done.set_exception(exc)
-            done.exception()  # mark retrieved even if no waiter is left
+        # XACK + XDEL are idempotent: retry through a Redis outage, but only while it still matters. Past
+        # redeliver_after another worker reclaims the messages anyway (the writes are idempotent too).
+        backoff = Backoff.for_loop(f"ack of {len(ids)} messages", log, self.broker.settings)
+        deadline = time.monotonic() + self.broker.settings.redeliver_after
+        while True:
+            try:
+                async with Redis(connection_pool=self.broker.connection_pool) as conn:
+                    pipe = conn.pipeline(transaction=False)
+                    pipe.xack(self.broker.queue_name, self.broker.consumer_group_name, *ids)
+                    pipe.xdel(self.broker.queue_name, *ids)
+                    await pipe.execute()
+                backoff.ok()
+                done.set_result(None)
+                return
+            except Exception as exc:  # unacked messages are redelivered later: nothing is lost
+                if time.monotonic() > deadline or not retryable(exc):
+                    log.warning("ack of %d messages failed: %s; they will be redelivered", len(ids), exc)
+                    done.set_exception(exc)
+                    done.exception()  # mark retrieved even if no waiter is left
+                    return
+                await asyncio.sleep(backoff.next_delay(exc))
 
 
 class FaultlineBroker(RedisStreamBroker):
@@ -75,9 +89,12 @@ class FaultlineBroker(RedisStreamBroker):
             max_connection_pool_size=64,
             socket_timeout=10,
             socket_connect_timeout=5,
+            retry=background_retry(),  # a blip on XACK or XREADGROUP is retried inside redis-py
         )
         self.settings = settings
         self.keys = keys
+        self.progress = Progress()  # published by the worker's heartbeat (core/heartbeat.py)
+        self._next_reclaim = 0.0
         self.reclaim_every = max(0.5, min(5.0, settings.redeliver_after / 3))
         self._acks = _AckBatcher(self)
 
@@ -93,37 +110,56 @@ class FaultlineBroker(RedisStreamBroker):
         return _ack
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        """Reclaim + XREADGROUP forever. A Redis error (restart, failover's UNBLOCKED/READONLY/MOVED, a blip)
+        waits with backoff and goes on; NOGROUP (a restart that lost the data) recreates the group. Only an
+        error waiting cannot fix (or an outage past loop_give_up_after) ends the generator, which ends the
+        receiver, which ends the worker process non-zero (workers/main.py): never alive-but-idle."""
+        backoff = Backoff.for_loop(f"stream listener {self.consumer_name}", log, self.settings)
         async with Redis(connection_pool=self.connection_pool) as conn:
-            next_reclaim = 0.0
             while True:
-                if time.monotonic() >= next_reclaim:
-                    next_reclaim = time.monotonic() + self.reclaim_every
-                    for msg_id, msg in await self._reclaim(conn):
-                        yield AckableMessage(data=msg[b"data"], ack=self._ack_generator(msg_id, self.queue_name))
-                fetched: Any = await conn.xreadgroup(
-                    self.consumer_group_name, self.consumer_name, {self.queue_name: ">"},
-                    block=self.block, count=self.count,
-                )
-                for _stream, messages in fetched or []:
-                    for msg_id, msg in messages:
-                        yield AckableMessage(data=msg[b"data"], ack=self._ack_generator(msg_id, self.queue_name))
+                for msg_id, msg in await self._fetch(conn, backoff):
+                    yield AckableMessage(data=msg[b"data"], ack=self._ack_generator(msg_id, self.queue_name))
+
+    async def _fetch(self, conn: Redis, backoff: Backoff) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """One reclaim (when due) and one blocking read; on error, what was reclaimed so far after a backoff."""
+        got: list[tuple[bytes, dict[bytes, bytes]]] = []
+        try:
+            if time.monotonic() >= self._next_reclaim:
+                self._next_reclaim = time.monotonic() + self.reclaim_every
+                got += await self._reclaim(conn)
+            fetched: Any = await conn.xreadgroup(
+                self.consumer_group_name, self.consumer_name, {self.queue_name: ">"},
+                block=self.block, count=self.count,
+            )
+        except Exception as exc:
+            self.progress.errors += 1
+            if _is_nogroup(exc):
+                with contextlib.suppress(Exception):  # if Redis is still failing, the next round retries
+                    await self._declare_consumer_group()
+                    log.warning("consumer group %s was missing (Redis lost its data?): recreated",
+                                self.consumer_group_name)
+            await backoff.failed(exc)
+            return got
+        backoff.ok()
+        for _stream, messages in fetched or []:
+            got += [(mid, msg) for mid, msg in messages if msg]
+        self.progress.mark_fetch(len(got))
+        return got
 
     async def _reclaim(self, conn: Redis) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """Claim messages idle longer than redeliver_after (their consumer died or hung)."""
-        try:
-            reply = await conn.xautoclaim(
-                self.queue_name, self.consumer_group_name, self.consumer_name,
-                min_idle_time=self.idle_timeout, start_id="0-0", count=self.unacknowledged_batch_size,
-            )
-        except ResponseError as exc:
-            if "NOGROUP" in str(exc):
-                await self._declare_consumer_group()
-                return []
-            raise
+        reply = await conn.xautoclaim(
+            self.queue_name, self.consumer_group_name, self.consumer_name,
+            min_idle_time=self.idle_timeout, start_id="0-0", count=self.unacknowledged_batch_size,
+        )
         claimed = [(mid, msg) for mid, msg in reply[1] if msg]
         if claimed:
             log.warning("reclaimed %d messages from dead or stuck consumers", len(claimed))
         return claimed
+
+
+def _is_nogroup(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
 
 
 async def ensure_consumer_group(redis: Redis, keys: Keys) -> None:

@@ -14,7 +14,9 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from core.dedup import QUEUED, JobStates
 from core.keys import Keys
+from core.settings import Settings
 
 SUMMARY_FIELDS = ("task_id", "task_name", "attempts", "error", "failed_at")
 
@@ -62,7 +64,7 @@ async def get(redis: Redis, keys: Keys, task_id: str) -> dict[str, Any] | None:
     return None if found is None else found[1]
 
 
-async def _requeue(redis: Redis, keys: Keys, raw: Any, record: dict[str, Any]) -> bool:
+async def _requeue(redis: Redis, keys: Keys, settings: Settings, raw: Any, record: dict[str, Any]) -> bool:
     message = orjson.loads(record["message"])
     message["labels"] = {}  # a fresh set of attempts
     pipe = redis.pipeline(transaction=True)
@@ -72,24 +74,25 @@ async def _requeue(redis: Redis, keys: Keys, raw: Any, record: dict[str, Any]) -
     # "queued" and move on as the worker writes them.
     pipe.set(keys.job(record["task_id"]), orjson.dumps({"state": "replayed", "attempts": record.get("attempts"),
                                                         "last_error": record.get("error")}), ex=86_400)
-    for event in _events(record):
-        if isinstance(event, dict) and isinstance(event.get("event_id"), str):
-            pipe.set(keys.event(event["event_id"]), b"queued", xx=True, keepttl=True)
     removed, *_ = await pipe.execute()
+    if removed:
+        pairs = [(e["project_id"], e["event_id"]) for e in _events(record) if isinstance(e, dict)
+                 and isinstance(e.get("project_id"), int) and isinstance(e.get("event_id"), str)]
+        await JobStates(redis, keys, settings).set(pairs, QUEUED)  # the worker moves them on from here
     return bool(removed)
 
 
-async def replay(redis: Redis, keys: Keys, task_id: str) -> bool:
+async def replay(redis: Redis, keys: Keys, settings: Settings, task_id: str) -> bool:
     """False if there is no such dead letter (already replayed, purged, or never dead)."""
     found = await _find(redis, keys, task_id)
-    return found is not None and await _requeue(redis, keys, *found)
+    return found is not None and await _requeue(redis, keys, settings, *found)
 
 
-async def replay_all(redis: Redis, keys: Keys) -> int:
+async def replay_all(redis: Redis, keys: Keys, settings: Settings) -> int:
     moved = 0
     while (raws := await redis.lrange(keys.dead_letters, -100, -1)):  # type: ignore[misc]
         for raw in reversed(raws):  # oldest first
-            moved += await _requeue(redis, keys, raw, orjson.loads(raw))
+            moved += await _requeue(redis, keys, settings, raw, orjson.loads(raw))
     return moved
 
 

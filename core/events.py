@@ -13,7 +13,9 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+
+from core.jsoncheck import JsonCheckError, check_string, check_value
 
 MAX_MESSAGE = 8192
 MAX_STACK = 65_536
@@ -21,6 +23,8 @@ MAX_SERVICE = 128
 MAX_FINGERPRINT = 512
 MAX_CONTEXT_BYTES = 16_384
 MAX_TAGS = 50
+# Default nesting limit of `context` (FAULTLINE_MAX_DEPTH overrides it through the validation context).
+MAX_DEPTH = 32
 
 Level = Literal["debug", "info", "warning", "error", "fatal"]
 LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "fatal")
@@ -58,9 +62,14 @@ def new_event_id() -> str:
 
 
 class LogErrorIn(BaseModel):
-    """The seed's payload for POST /errors/log, with a size limit on every field."""
+    """The seed's payload for POST /errors/log, with a size limit on every field.
 
-    model_config = ConfigDict(extra="ignore")
+    Unknown fields are refused (422 naming them): a misspelt "stacktrace" used to be dropped silently and
+    made a second group that looked like the first. Validate with context={"max_depth": n} to change the
+    nesting limit of `context` (default MAX_DEPTH).
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     message: Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE)]
     stack: Annotated[str, StringConstraints(max_length=MAX_STACK)] | None = None
@@ -70,6 +79,13 @@ class LogErrorIn(BaseModel):
     fingerprint: Annotated[str, StringConstraints(min_length=1, max_length=MAX_FINGERPRINT)] | None = None
     event_id: Annotated[str, StringConstraints(max_length=64)] | None = None
 
+    @field_validator("message", "stack", "service", "fingerprint", "event_id")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_string(value, "the value")
+        return value
+
     @field_validator("event_id")
     @classmethod
     def _event_id(cls, value: str | None) -> str | None:
@@ -77,16 +93,30 @@ class LogErrorIn(BaseModel):
 
     @field_validator("context")
     @classmethod
-    def _context(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(orjson.dumps(value)) > MAX_CONTEXT_BYTES:
-            raise ValueError(f"context is larger than {MAX_CONTEXT_BYTES} bytes once serialised")
+    def _context(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        max_depth = (info.context or {}).get("max_depth", MAX_DEPTH)
+        too_big = f"context is larger than {MAX_CONTEXT_BYTES} bytes once serialised"
+        try:
+            check_value(value, max_depth, max_nodes=MAX_CONTEXT_BYTES)
+        except JsonCheckError as exc:
+            raise ValueError(too_big if "more than" in str(exc) else f"context {exc}") from None
+        try:
+            size = len(orjson.dumps(value))
+        except (TypeError, orjson.JSONEncodeError) as exc:  # not reachable after the walk; never a 500
+            raise ValueError(f"context cannot be serialised: {exc}") from None
+        if size > MAX_CONTEXT_BYTES:
+            raise ValueError(too_big)
         return value
 
 
 class BatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    # The upper bound is checked against settings.batch_max_events by the route (configurable).
-    events: list[dict[str, Any]] = Field(min_length=1)
+    # The upper bound is checked against settings.batch_max_events by the route (configurable). Items are
+    # validated one by one by the route, so one bad event (even one that is not an object) is marked
+    # invalid in its own result and does not fail the others.
+    events: list[Any] = Field(min_length=1)
 
 
 class Frame(BaseModel):

@@ -26,7 +26,9 @@ import orjson
 import socketio
 from redis.asyncio import Redis
 
+from core.backoff import Backoff
 from core.keys import Keys
+from core.pubsub import ResilientRedisManager
 from core.redis import load_script
 from core.settings import Settings
 
@@ -106,8 +108,12 @@ class FeedCoalescer:
         self.redis = redis
         self.name = name
         self.interval = settings.feed_interval
-        self.manager = manager or socketio.AsyncRedisManager(
-            settings.redis_url, channel=self.keys.socketio_channel, write_only=True)
+        self.manager = manager or ResilientRedisManager(settings, self.keys.socketio_channel, write_only=True)
+        # Every error is retried: the live feed is best effort, and the API process it runs in must go on
+        # serving ingest whatever happens here. One warning per outage, one "recovered" line after it.
+        self.backoff = Backoff.for_loop(f"feed coalescer {name}", log, settings)
+        self.backoff.give_up_after = None
+        self.backoff.is_retryable = lambda exc: True
         self.take = load_script(redis, "feed_take")
         self.lease = load_script(redis, "feed_lease")
         self.meta: dict[str, dict[str, Any]] = {}
@@ -117,6 +123,7 @@ class FeedCoalescer:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            wait = self.interval
             try:
                 held = await self.lease(keys=[self.keys.feed_lock], args=[self.name, LEASE_MS, "hold"])
                 if bool(held) != self.leader:
@@ -124,10 +131,11 @@ class FeedCoalescer:
                     self.leader = bool(held)
                 if self.leader:
                     await self.tick()
-            except Exception as exc:  # Redis blip: the dirty set keeps the work for the next tick
-                log.warning("feed tick: %s", exc)
+                self.backoff.ok()
+            except Exception as exc:  # Redis outage: the dirty set keeps the work for the next tick
+                wait = max(wait, self.backoff.next_delay(exc))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval)
+                await asyncio.wait_for(stop.wait(), wait)
         if self.leader:
             with contextlib.suppress(Exception):
                 await self.lease(keys=[self.keys.feed_lock], args=[self.name, LEASE_MS, "release"])

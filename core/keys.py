@@ -24,9 +24,20 @@ class Keys:
 
     consumer_group: str = "workers"
 
-    # event_id -> job state ("queued", "succeeded", ...). Doubles as the dedup marker.
-    def event(self, event_id: str) -> str:
-        return f"{self.tag}:ev:{event_id}"
+    # --- dedup + job state of events (core/dedup.py, ingest.lua, dedup_state.lua) ---
+    # time-bucketed, sharded hashes "<prefix><bucket>:<shard>" of 6-byte digests of (project, event id)
+    @property
+    def dedup_prefix(self) -> str:
+        return f"{self.tag}:dd:"
+
+    # bucket -> shard count ("s:<bucket>") and events counted ("n:<bucket>")
+    @property
+    def dedup_meta(self) -> str:
+        return f"{self.tag}:dd:meta"
+
+    # details (attempts, last error) of an event whose task failed: rare, so one small key each, with a TTL
+    def event_detail(self, project_id: int, event_id: str) -> str:
+        return f"{self.tag}:evd:{project_id}:{event_id}"
 
     # fingerprint -> delta not yet in the DB; renamed to flushing(batch) by the sync job
     @property
@@ -40,10 +51,25 @@ class Keys:
     def flushing_batches(self) -> str:
         return f"{self.tag}:counts:flushing"
 
+    # incremented by every rename of the pending hash (flush_start.lua); read by core/counts.py
+    @property
+    def sync_generation(self) -> str:
+        return f"{self.tag}:counts:generation"
+
     # fingerprint -> running total seen by Redis (fast view for the live feed; the DB holds the truth)
     @property
     def live_counts(self) -> str:
         return f"{self.tag}:counts:live"
+
+    # fingerprints that (re)entered the live hash: the scheduler sets their live total from the DB's
+    @property
+    def live_new(self) -> str:
+        return f"{self.tag}:counts:new"
+
+    # HSCAN cursor of the idle-group pruner over the live hash (workers/prune.py)
+    @property
+    def prune_cursor(self) -> str:
+        return f"{self.tag}:counts:prune-cursor"
 
     # ingest key -> project id
     @property
@@ -108,3 +134,33 @@ class Keys:
     @property
     def feed_lock(self) -> str:
         return f"{self.tag}:feed:lock"
+
+    # --- per-project limits (core/ratelimit/quota.py, ingest.lua) ---
+    # project id -> "per_second|per_minute|new_groups_per_hour" overrides (empty = the setting's default);
+    # mirrored from the DB table project_quotas
+    @property
+    def quota_conf(self) -> str:
+        return f"{self.tag}:quota:conf"
+
+    # "<project id>:s" / "<project id>:m" -> GCRA theoretical arrival time (Redis time, µs)
+    @property
+    def quota_state(self) -> str:
+        return f"{self.tag}:quota:tat"
+
+    # "<project id>:rate_limited" / "<project id>:overflow" -> events dropped / counted into the overflow group
+    @property
+    def dropped(self) -> str:
+        return f"{self.tag}:quota:dropped"
+
+    # sorted set per project: fingerprints of the groups created in the last hour (score = Redis time µs)
+    def new_groups(self, project_id: int | str) -> str:
+        return f"{self.tag}:groups:new:{project_id}"
+
+    # set per project: its fingerprints that have a feed summary, so `subscribe` reads only its own groups
+    def feed_index(self, project_id: int | str) -> str:
+        return f"{self.tag}:feed:idx:{project_id}"
+
+    # set once the per-project feed indexes hold every summary written before they existed (an upgrade)
+    @property
+    def feed_index_built(self) -> str:
+        return f"{self.tag}:feed:idx:built"

@@ -41,6 +41,8 @@ SYNCED_EVENTS = Counter("faultline_synced_events_total", "Event counts moved fro
 # reports its own RSS here (read once a second by watch_loop_lag) for the "memory per process" panel.
 PROCESS_RSS = Gauge("faultline_process_resident_memory_bytes", "Resident memory of this process", ["process"],
                     multiprocess_mode="liveall")
+# Events refused by a project's quota (reason="rate_limited"): per project in Redis and GET /api/projects.
+EVENTS_DROPPED = Counter("faultline_events_dropped_total", "Events not counted because of a limit", ["reason"])
 QUEUE_AGE = Gauge("faultline_queue_oldest_age_seconds", "Age of the oldest unacknowledged task",
                   multiprocess_mode="livemax")
 

@@ -18,7 +18,10 @@ from redis.asyncio import Redis
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 
 from core import metrics
+from core.backoff import delay_for
 from core.db.repo import is_transient
+from core.dedup import DEAD, RETRYING, JobStates
+from core.heartbeat import Progress
 from core.keys import Keys
 from core.redis import load_script
 from core.settings import Settings
@@ -30,14 +33,25 @@ TRANSIENT_LABEL = "transient_attempt"
 DEAD_LETTER_CAP = 10_000
 
 
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Delay before retry number `attempt` (1-based): half of base*2^(attempt-1) fixed, half random.
+class RowsRejected(Exception):
+    """The DB refused some rows of a task for good (value too long, bad charset, out of range...) and
+    stored all the others. The retries and the dead letter then carry the refused rows only."""
 
-    "Equal jitter": spreads a herd of retries yet every delay is at least the previous one's maximum,
-    so the backoff really grows.
-    """
-    ceiling = min(cap, base * (2 ** (attempt - 1)))
-    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+    def __init__(self, event_ids: list[str], reason: BaseException) -> None:
+        self.event_ids = event_ids
+        self.reason = reason
+        super().__init__(f"{len(event_ids)} row(s) refused by the database: {_describe(reason)}")
+
+
+def _describe(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)  # the driver's own error: "(1406, "Data too long for column ...")"
+    return f"{type(orig or exc).__name__}: {orig or exc}"
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Delay before retry number `attempt` (1-based): the same "equal jitter" backoff as every loop
+    (core/backoff.py): half of base*2^(attempt-1) fixed, half random, capped."""
+    return delay_for(attempt, base, cap, rng)
 
 
 class RetryMiddleware(TaskiqMiddleware):
@@ -47,10 +61,17 @@ class RetryMiddleware(TaskiqMiddleware):
         self.keys = Keys(settings.key_prefix)
         self.redis = redis
         self._schedule = load_script(redis, "retry_schedule")
+        self._states = JobStates(redis, self.keys, settings)
 
     async def on_error(self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException) -> None:
         attempt = int(message.labels.get(ATTEMPT_LABEL, 1))
-        event_ids = [e.get("event_id") for e in message.kwargs.get("events", []) if isinstance(e, dict)]
+        if isinstance(exception, RowsRejected):  # the rest of the task is stored: go on with these rows only
+            refused = set(exception.event_ids)
+            events = [e for e in message.kwargs.get("events", []) if isinstance(e, dict)
+                      and e.get("event_id") in refused]
+            message = message.model_copy(update={"kwargs": {**message.kwargs, "events": events}})
+        event_ids = [(e.get("project_id"), e.get("event_id"))
+                     for e in message.kwargs.get("events", []) if isinstance(e, dict)]
         error = f"{type(exception).__name__}: {exception}"[:500]
         if is_transient(exception):
             n = int(message.labels.get(TRANSIENT_LABEL, 0)) + 1
@@ -74,6 +95,7 @@ class RetryMiddleware(TaskiqMiddleware):
         pipe.ltrim(self.keys.dead_letters, 0, DEAD_LETTER_CAP - 1)
         self._status(pipe, message.task_id, event_ids, "dead", attempt, error)
         await pipe.execute()
+        await self._states.set(_pairs(event_ids), DEAD)
         metrics.JOBS.labels("dead").inc()
         log.error("task %s dead after %d attempts: %s", message.task_id, attempt, error)
 
@@ -83,6 +105,7 @@ class RetryMiddleware(TaskiqMiddleware):
         pipe = self.redis.pipeline(transaction=False)
         self._status(pipe, message.task_id, event_ids, state, attempt, error, next_delay=delay)
         await pipe.execute()
+        await self._states.set(_pairs(event_ids), RETRYING)
 
     def _status(self, pipe: Any, task_id: str, event_ids: list[Any], state: str, attempts: int, error: str,
                 next_delay: float | None = None) -> None:
@@ -92,9 +115,12 @@ class RetryMiddleware(TaskiqMiddleware):
         value = orjson.dumps(record)
         ttl = max(self.settings.dedup_ttl, 86_400)
         pipe.set(self.keys.job(task_id), value, ex=ttl)
-        for event_id in event_ids:
-            if isinstance(event_id, str):
-                pipe.set(self.keys.event(event_id), value, xx=True, keepttl=True)
+        for project_id, event_id in _pairs(event_ids):  # details; the state code is in core/dedup.py
+            pipe.set(self.keys.event_detail(project_id, event_id), value, ex=self.settings.dedup_ttl)
+
+
+def _pairs(event_ids: list[Any]) -> list[tuple[int, str]]:
+    return [(p, e) for p, e in event_ids if isinstance(p, int) and isinstance(e, str)]
 
 
 def _wire(message: TaskiqMessage, labels: dict[str, Any]) -> bytes:
@@ -108,8 +134,19 @@ async def pump_retries(redis: Redis, keys: Keys, batch: int = 200) -> int:
 
 
 class OutcomeMiddleware(TaskiqMiddleware):
-    """Counts successful tasks (failures are counted by RetryMiddleware with their fate)."""
+    """Counts successful tasks (failures are counted by RetryMiddleware with their fate), and keeps the
+    worker's progress (core/heartbeat.py) up to date: tasks running, last task finished."""
+
+    def __init__(self, progress: Progress | None = None) -> None:
+        super().__init__()
+        self.progress = progress or Progress()
+
+    def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        self.progress.in_progress += 1
+        return message
 
     def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        self.progress.in_progress = max(0, self.progress.in_progress - 1)
+        self.progress.mark_done(failed=result.is_err)
         if not result.is_err:
             metrics.JOBS.labels("succeeded").inc()

@@ -5,6 +5,7 @@ Defaults say why they are what they are; production refuses the development secr
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +15,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.ratelimit.proxies import parse_cidrs
-from core.ratelimit.tiers import DEFAULT_ROUTES, DEFAULT_TIERS, validate_config
+from core.ratelimit.tiers import DEFAULT_ROUTES, DEFAULT_TIERS, parse_tier, validate_config
 
 DEV_ADMIN_TOKEN = "dev-admin-token"
 DEV_INGEST_KEY = "dev-ingest-key"
@@ -52,9 +53,13 @@ class Settings(BaseSettings):
     # Limits on what a client may send; nginx's client_max_body_size is rendered from max_body_bytes.
     max_body_bytes: int = 1_048_576
     batch_max_events: int = 1000
+    # Nesting limit of an event's `context` (levels of objects/arrays): 32 is far more than any error report
+    # needs and far below orjson's 254-level serialisation limit (past which queuing the event would fail).
+    max_depth: int = Field(default=32, ge=1, le=200)
 
-    # Rate limiting (core/ratelimit/, api/ratelimit.py), per client = ingest key when known, else client IP.
-    # Tiers "name:limit/window" (the seed's defaults); route rules "METHOD /path=tiers|off" separated by ";".
+    # Rate limiting (core/ratelimit/, api/ratelimit.py), per client = (ingest key, IP) when the key is known,
+    # else the client IP; only on the routes listed in rate_limit_routes (why the defaults: tiers.py).
+    # Tiers "name:limit/window"; route rules "METHOD /path=on|off|tiers" separated by ";".
     # Both are parsed at start-up: a bad value stops the process with a message naming the bad part.
     rate_limit_enabled: bool = True
     rate_limits: str = DEFAULT_TIERS
@@ -66,9 +71,49 @@ class Settings(BaseSettings):
     # X-Forwarded-For / X-Real-IP are believed only from these peers (nginx on the same host by default).
     trusted_proxies: str = "127.0.0.1/32,::1/128"
 
+    # --- Per-project event quotas and the new-group cap (core/ratelimit/quota.py, ingest.lua) ---
+    # Defaults for projects without their own quota (`faultline project quota`, PUT /api/projects/{id}/quota);
+    # 0 = no limit. They count EVENTS (a batch of 100 counts 100), per project, GCRA: a project may send a
+    # whole minute's budget at once, then at the steady rate. 300,000/min = 5,000 events/s averaged: an
+    # application failing on every request through an incident gets through (one project can use about all
+    # the single-event capacity measured in the README, 3,700 req/s), while a runaway client cannot fill
+    # the queue (soft limit 200,000) for everyone in one go. 10,000/s caps a burst at about half of what the
+    # whole stack ingests in batches (22,600 events/s), so other projects still get in.
+    # FAULTLINE_RATE_LIMIT_ENABLED=false turns quotas and the group cap off too (load tests).
+    project_quota_per_second: int = Field(default=10_000, ge=0)
+    project_quota_per_minute: int = Field(default=300_000, ge=0)
+    # New groups per project per rolling hour; events of further new groups are counted into ONE overflow
+    # group per project. 1,000/h: a real application creates a handful of new groups per deploy; random
+    # client fingerprints would otherwise create groups (Redis hashes, DB rows) without limit.
+    project_new_groups_per_hour: int = Field(default=1000, ge=0)
+    # Socket.IO (realtime/limits.py), per client IP and per process (no I/O to refuse): connection attempts,
+    # bad-token connects (then the IP is refused at the door until the window frees), and events
+    # (subscribe...). A dashboard connects once and reconnects with back-off; a wall of 20 tabs behind one
+    # NAT still fits. Refusals are logged once per socket_log_interval seconds with counts.
+    socket_connect_limit: str = "30/10s"
+    socket_bad_token_limit: str = "10/m"
+    socket_event_limit: str = "30/10s"
+    socket_log_interval: float = Field(default=10.0, gt=0)
+
     # A repeated event_id inside this window is accepted but not counted. 900 s covers client retries;
-    # at 1,000 events/s it costs ~0.9 M small keys (~80 MB) in Redis.
+    # at 1,000 events/s it remembers ~0.95 M ids at ~20 B each (~19 MB; core/dedup.py, loadtest/memsoak.py).
     dedup_ttl: int = 900
+    # The window is cut into this many time buckets (+1 being filled); whole buckets expire, so an id is
+    # remembered ttl .. ttl + ttl/buckets s and memory swings by ~1/buckets of the id part: 10 keeps it
+    # flat within 10 % for ~11 hash lookups per new event (core/dedup.py).
+    dedup_buckets: int = Field(default=10, ge=1, le=60)
+    # Most events in ONE ingest script call (whole requests only, so a request is all counted or none):
+    # ~30 us per event keeps a call well under the 0.5 s Redis timeout; = batch_max_events by default.
+    ingest_call_max_events: int = Field(default=1000, ge=1)
+    # Total time an ingest request may wait on Redis, re-run of an unanswered call included, before its
+    # fast 503 + Retry-After. 0.8 s: two 0.4 s waits, leaving 0.2 s of the 1 s promise for the rest of the request.
+    ingest_budget: float = Field(default=0.8, gt=0.4, le=5.0)
+    # Groups with no event for this long leave the live hashes and the feed (the DB keeps them). 24 h: a
+    # dashboard shows today's groups live; memory then grows with groups per day, not groups ever.
+    live_group_idle: float = Field(default=86_400.0, ge=1.0)
+    # Fields of the live hash the pruner looks at per scheduler interval (bounded work per run).
+    live_prune_step: int = Field(default=20_000, ge=100)
+
     # Counts reach the DB once per interval: 1 DB write per group per 30 s instead of 1 per event.
     sync_interval: float = 30.0
     samples_per_group: int = 5
@@ -115,6 +160,23 @@ class Settings(BaseSettings):
     # settings, which every other CLI command reads); relative to the working directory, like a project's
     # .git, so each checkout runs its own stack.
     data_dir: Path = DATA_DIR
+    # --- resilience of long-running loops (core/backoff.py) ---
+    # Backoff after a Redis/DB error: 0.1 s doubling up to 2 s (equal jitter). The 2 s cap keeps a worker
+    # consuming again within ~2 s of Redis returning, at <= 1 attempt/s/loop of load on a dead server.
+    loop_backoff_base: float = Field(default=0.1, gt=0.0)
+    loop_backoff_max: float = Field(default=2.0, gt=0.0)
+    # A loop failing this long (s) exits its process non-zero: a fresh process (new pools, new DNS lookup) is
+    # a better bet by then, and the supervisor's restart backoff paces it. 0 = retry forever.
+    loop_give_up_after: float = Field(default=600.0, ge=0.0)
+    # `faultline worker-check` fails when a worker has fetched nothing and finished no task for this long
+    # (s) while the queue holds messages. Healthy workers "fetch" at least once per second (an empty
+    # XREADGROUP blocks 1 s), so 30 s means stuck, not busy, and stays under a kubelet's default 3x10 s.
+    worker_stall_after: float = Field(default=30.0, gt=0.0)
+
+    # --- listening beyond loopback (issue 10) ---
+    # The address the API node listens on (`faultline api --host` exports it; the Docker image sets 0.0.0.0).
+    # Only used to refuse development secrets on a listener other machines can reach, in any mode.
+    bind_host: str = "127.0.0.1"
 
     @property
     def resolved_database_url(self) -> str:
@@ -125,6 +187,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _rate_limits(self) -> Settings:
         validate_config(self.rate_limits, self.rate_limit_routes)
+        for name in ("socket_connect_limit", "socket_bad_token_limit", "socket_event_limit"):
+            parse_tier(f"socket:{getattr(self, name)}", f"FAULTLINE_{name.upper()}")
         parse_cidrs(self.trusted_proxies)
         return self
 
@@ -140,6 +204,40 @@ class Settings(BaseSettings):
         else:
             self.admin_token = self.admin_token or DEV_ADMIN_TOKEN
         return self
+
+    @model_validator(mode="after")
+    def _no_default_secret_beyond_loopback(self) -> Settings:
+        # Development mode fills in DEV_ADMIN_TOKEN (see _secrets): fine on 127.0.0.1, a published password
+        # on 0.0.0.0. Checked whatever the mode, so a forgotten FAULTLINE_ENV cannot open the admin API.
+        if is_local_address(self.bind_host):
+            return self
+        if self.admin_token in (None, DEV_ADMIN_TOKEN):
+            raise ValueError(f"FAULTLINE_ADMIN_TOKEN must be set (not the development default) to listen on "
+                             f"{self.bind_host}")
+        if self.ingest_key == DEV_INGEST_KEY:
+            raise ValueError(f"FAULTLINE_INGEST_KEY is the development default; refused on {self.bind_host}")
+        return self
+
+
+# Same floor as the production check of the tokens above.
+MIN_SECRET_LENGTH = 16
+
+
+def is_local_address(host: str) -> bool:
+    """True for addresses only this machine can reach: loopback IPs, `localhost`, unix sockets."""
+    if host == "localhost" or host.startswith("unix:"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname or 0.0.0.0-like wildcard: assume reachable
+
+
+def check_project_key(settings: Settings, key: str) -> None:
+    """A key chosen by hand (`faultline project create --key`): production refuses short or development keys."""
+    if settings.env == "production" and (key in (DEV_ADMIN_TOKEN, DEV_INGEST_KEY) or len(key) < MIN_SECRET_LENGTH):
+        raise ValueError(f"an ingest key must be at least {MIN_SECRET_LENGTH} characters and not a development "
+                         f"default in production")
 
 
 @lru_cache

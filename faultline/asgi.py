@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from api.app import create_app
+from api.clientip import ClientIp
 from core.runtime import Runtime, ShutdownHook
 from core.settings import Settings, get_settings
 from health import probes
@@ -20,7 +21,9 @@ def create(settings: Settings | None = None, drain_hooks: Sequence[ShutdownHook]
     Both are how the pieces this module wires together join the drain without importing each other."""
     settings = settings or get_settings()
 
-    live = RealtimeServer(settings)  # Socket.IO feed: its drain hook closes websockets before uvicorn does
+    # Socket.IO feed: its drain hook closes websockets before uvicorn does; its limits see the client IP
+    # behind trusted proxies as the HTTP limiter does
+    live = RealtimeServer(settings, resolve_ip=ClientIp(settings.trusted_proxies).resolve)
 
     def wire(rt: Runtime) -> None:
         rt.drain_hooks.extend(drain_hooks)
@@ -30,5 +33,5 @@ def create(settings: Settings | None = None, drain_hooks: Sequence[ShutdownHook]
     app = create_app(settings, on_runtime=wire)
     app.include_router(probes.router)
     dashboard.mount(app)
-    app.add_middleware(SocketIORoute, sio=live.sio)
+    app.add_middleware(SocketIORoute, sio=live.sio, limits=live.limits)
     return app

@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from core.settings import get_settings
 
@@ -179,28 +180,99 @@ def cmd_project(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_project_quota(args: argparse.Namespace) -> int:
+    """`faultline project quota NAME [--per-minute N] ...`: change only the limits given, print the result."""
+    import json
+    from dataclasses import replace
+
+    from sqlalchemy import select
+
+    from core.db.engine import make_engine
+    from core.db.migrate import migrate
+    from core.db.models import Project
+    from core.keys import Keys
+    from core.ratelimit import quota as q
+    from core.redis import make_redis
+    from faultline.stackfile import cli_settings
+
+    async def run() -> int:
+        settings = cli_settings()  # the stack running here, or explicit URLs
+        await migrate(settings)
+        engine = make_engine(settings)
+        try:
+            async with engine.begin() as conn:
+                pid = (await conn.execute(select(Project.id).where(Project.name == args.name))).scalar()
+                if pid is None:
+                    print(f"no project named {args.name!r}", file=sys.stderr)
+                    return 1
+                current = q.Quota() if args.reset else (await q.load_quotas(conn)).get(pid, q.Quota())
+                changes = {f: getattr(args, f) for f in q.FIELDS if getattr(args, f) is not None}
+                quota = replace(current, **{f: None if v == "default" else v for f, v in changes.items()})
+                await q.save_quota(conn, pid, quota)
+        finally:
+            await engine.dispose()
+        redis = make_redis(settings, timeout=5)
+        try:
+            await q.mirror_one(redis, Keys(settings.key_prefix), pid, quota)
+        except Exception as exc:
+            print(f"warning: Redis not reachable ({exc}); API nodes copy quotas within a minute", file=sys.stderr)
+        finally:
+            await redis.aclose()
+        print(json.dumps({"project": args.name, "id": pid, **quota.effective(settings),
+                          "overrides": {f: getattr(quota, f) for f in q.FIELDS}}))
+        return 0
+
+    return asyncio.run(run())
+
+
+def _limit(value: str) -> int | str:
+    if value == "default":
+        return value
+    if not value.isdigit() or int(value) > 1_000_000_000:
+        raise argparse.ArgumentTypeError("an integer from 0 (no limit) to 1000000000, or 'default'")
+    return int(value)
+
+
 def cmd_worker_check(args: argparse.Namespace) -> int:
-    from core.heartbeat import default_name, is_alive
+    """Exec probe: fails when the heartbeat is missing (process or loop dead, Redis unreachable) or when a
+    worker has fetched nothing and finished nothing for FAULTLINE_WORKER_STALL_AFTER s while the queue
+    holds messages (alive but not consuming). An empty queue is never a stall."""
+    from core import heartbeat
     from core.keys import Keys
     from core.redis import make_redis
     from faultline.stackfile import cli_settings, stack_members
 
-    async def check() -> bool:
-        settings = cli_settings()
-        # No --name: the workers of the stack running here (their names change with rollouts), else this
-        # host's name (the Kubernetes exec probe runs inside the pod).
-        names = [args.name] if args.name else stack_members(args.role) or [default_name()]
+    settings = cli_settings()
+    keys = Keys(settings.key_prefix)
+    # No --name: the workers of the stack running here (their names change with rollouts), else this
+    # host's name (the Kubernetes exec probe runs inside the pod).
+    names = [args.name] if args.name else stack_members(args.role) or [heartbeat.default_name()]
+
+    async def one(redis: Any, name: str) -> tuple[bool, str]:
+        beat = await heartbeat.read(redis, keys, args.role, name)
+        if beat is None:
+            return False, "no heartbeat"
+        if args.role != "worker":
+            return True, "alive"
+        queued = int(await redis.xlen(keys.stream))
+        idle = heartbeat.stalled(beat, queued, settings.worker_stall_after)
+        if idle is not None:
+            return False, f"stalled: nothing fetched for {idle:.0f}s while {queued} messages wait"
+        return True, f"alive: fetched {int(beat.get('fetched', 0))}, written {int(beat.get('written', 0))}"
+
+    async def check() -> tuple[bool, str]:
         redis = make_redis(settings, timeout=2)
         try:
-            return all([await is_alive(redis, Keys(settings.key_prefix), args.role, n) for n in names])
-        except Exception:
-            return False
+            results = [(name, *await one(redis, name)) for name in names]
+        except Exception as exc:
+            return False, f"cannot check: {type(exc).__name__}: {exc}"
         finally:
             await redis.aclose()
+        return all(ok for _, ok, _ in results), "\n".join(f"{n}: {why}" for n, _, why in results)
 
-    alive = asyncio.run(check())
-    print("alive" if alive else "no heartbeat")
-    return 0 if alive else 1
+    ok, why = asyncio.run(check())
+    print(why)
+    return 0 if ok else 1
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
@@ -257,6 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     delete = psub.add_parser("delete", help="delete a project and revoke its keys (its groups stay)")
     delete.add_argument("name")
     delete.set_defaults(func=cmd_project)
+    quota = psub.add_parser("quota", help="show or set a project's event quota and new-group cap "
+                                          "(0 = no limit, 'default' = the FAULTLINE_PROJECT_* setting)")
+    quota.add_argument("name")
+    quota.add_argument("--per-second", dest="per_second", type=_limit, default=None)
+    quota.add_argument("--per-minute", dest="per_minute", type=_limit, default=None)
+    quota.add_argument("--new-groups-per-hour", dest="new_groups_per_hour", type=_limit, default=None)
+    quota.add_argument("--reset", action="store_true", help="back to the defaults, then apply the options given")
+    quota.set_defaults(func=cmd_project_quota)
     check = sub.add_parser("worker-check", help="exit 0 if the worker's heartbeat is fresh (exec probe)")
     check.add_argument("--role", choices=["worker", "scheduler"], default="worker")
     check.add_argument("--name", default=None)

@@ -91,17 +91,17 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(_project(args, cli_settings()))
 
 
-async def _with_redis(body: Callable[[Redis, Keys], Awaitable[int]]) -> int:
+async def _with_redis(body: Callable[[Redis, Keys, Settings], Awaitable[int]]) -> int:
     settings = cli_settings()
     redis = make_redis(settings, timeout=5)
     try:
-        return await body(redis, Keys(settings.key_prefix))
+        return await body(redis, Keys(settings.key_prefix), settings)
     finally:
         await redis.aclose()
 
 
 def run_dlq(args: argparse.Namespace) -> int:
-    async def body(redis: Redis, keys: Keys) -> int:
+    async def body(redis: Redis, keys: Keys, settings: Settings) -> int:
         if args.action == "list":
             total = await dlq.count(redis, keys)
             print(f"{total} dead letter(s)")
@@ -120,9 +120,9 @@ def run_dlq(args: argparse.Namespace) -> int:
             return 0
         if args.action == "replay":
             if args.all:
-                print(f"replayed {await dlq.replay_all(redis, keys)} task(s)")
+                print(f"replayed {await dlq.replay_all(redis, keys, settings)} task(s)")
                 return 0
-            if not await dlq.replay(redis, keys, args.id):
+            if not await dlq.replay(redis, keys, settings, args.id):
                 print(f"no dead letter {args.id}", file=sys.stderr)
                 return 1
             print(f"replayed {args.id}")
@@ -136,7 +136,7 @@ def run_dlq(args: argparse.Namespace) -> int:
 def run_status(_: argparse.Namespace) -> int:
     info = read(data_dir())
 
-    async def body(redis: Redis, keys: Keys) -> int:
+    async def body(redis: Redis, keys: Keys, _: Settings) -> int:
         if info:
             print(f"stack   : {info['url']}  (faultline up pid {info['up_pid']})")
             print(f"{'process':<14}{'pid':>8}{'port':>8}{'restarts':>10}")

@@ -6,16 +6,22 @@
   The DB, the disk and the queue figures are reported too but do not decide: a slow DB fills the queue,
   ingest sheds with 503 past the soft limit, and taking every node out would turn that into an outage.
 - /health: both, for people (200 only when both pass).
+
+Who sees what: every caller gets the status of each check ({"status": "up"|"down"}); the figures, error
+texts and paths (a Redis or DB error names hosts, users, file paths) only with the admin token, and in the
+log, where a check going down or coming back is written once per change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from core import access
 from core.runtime import Runtime
 from health import checks
 from health.checks import Check
@@ -23,6 +29,8 @@ from health.checks import Check
 router = APIRouter(tags=["health"])
 LIVE_REQUIRED = {"event_loop", "memory"}
 READY_REQUIRED = {"redis", "drain", "queue"}
+log = logging.getLogger("faultline.health")
+_last_down: dict[str, bool] = {}  # check name -> was down at the last probe (log changes, not every probe)
 
 
 def _runtime(request: Request) -> Runtime:
@@ -40,7 +48,27 @@ def terminus(details: dict[str, Check], required: set[str]) -> tuple[int, dict[s
                                        "details": details}
 
 
-def _respond(details: dict[str, Check], required: set[str]) -> Response:
+def _log_changes(details: dict[str, Check]) -> None:
+    for name, check in details.items():
+        down = check["status"] != "up"
+        if _last_down.get(name, False) != down:
+            _last_down[name] = down
+            if down:
+                log.warning("health check %s down: %s", name, orjson.dumps(check).decode())
+            else:
+                log.info("health check %s up again", name)
+
+
+def _is_admin(request: Request) -> bool:
+    rt = _runtime(request)
+    principal = access.authenticate(rt.settings, access.bearer(request.headers.get("authorization")))
+    return principal is not None and principal.role == "admin"
+
+
+def _respond(request: Request, details: dict[str, Check], required: set[str]) -> Response:
+    _log_changes(details)
+    if not _is_admin(request):
+        details = {name: {"status": check["status"]} for name, check in details.items()}
     status, body = terminus(details, required)
     headers = {"Cache-Control": "no-store"}
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
@@ -58,16 +86,16 @@ async def ready_checks(rt: Runtime) -> dict[str, Check]:
 
 @router.get("/health/live")
 async def live(request: Request) -> Response:
-    return _respond(await live_checks(_runtime(request)), LIVE_REQUIRED)
+    return _respond(request, await live_checks(_runtime(request)), LIVE_REQUIRED)
 
 
 @router.get("/health/ready")
 async def ready(request: Request) -> Response:
-    return _respond(await ready_checks(_runtime(request)), READY_REQUIRED)
+    return _respond(request, await ready_checks(_runtime(request)), READY_REQUIRED)
 
 
 @router.get("/health")
 async def health(request: Request) -> Response:
     rt = _runtime(request)
     details = {**await live_checks(rt), **await ready_checks(rt)}
-    return _respond(details, LIVE_REQUIRED | READY_REQUIRED)
+    return _respond(request, details, LIVE_REQUIRED | READY_REQUIRED)

@@ -42,6 +42,11 @@ def ours_env(limiter: bool | None, extra: dict[str, str] | None = None) -> dict[
         env["FAULTLINE_RATE_LIMIT_ENABLED"] = "true" if limiter else "false"
         if limiter:
             env["FAULTLINE_RATE_LIMITS"] = generous_limits()
+            # per-project quotas and the new-group cap: checked (their cost is measured) but unlimited
+            # (the load tests send one project's events over thousands of groups)
+            if "project_quota_per_minute" in Settings.model_fields:
+                env.update({"FAULTLINE_PROJECT_QUOTA_PER_SECOND": "0", "FAULTLINE_PROJECT_QUOTA_PER_MINUTE": "0",
+                            "FAULTLINE_PROJECT_NEW_GROUPS_PER_HOUR": "0"})
     env.update(extra or {})
     return env
 

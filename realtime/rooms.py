@@ -66,18 +66,23 @@ async def known_projects(redis: Redis, keys: Keys) -> set[int]:
 async def snapshot(redis: Redis, keys: Keys, rooms: list[str]) -> list[dict[str, Any]]:
     """Live view of the rooms' groups from Redis (exact totals now), newest activity first.
 
+    Reads only the groups of the projects asked for: each project's feed index (a set of its fingerprints,
+    written by ingest.lua on first sighting), then those summaries - never every group of every project.
     Sent with the subscribe answer; the client merges it with GET /errors and keeps the larger total, so
     a reconnecting client ends with no group missing whatever it missed while away.
     """
     wanted_projects = {int(r.split(":")[1]) for r in rooms if r.startswith("project:")}
     wanted_services = {(int(r.split(":")[1]), r.split(":", 2)[2]) for r in rooms if r.startswith("service:")}
     groups: list[dict[str, Any]] = []
-    raw: dict[Any, Any] = await redis.hgetall(keys.feed_groups)  # type: ignore[misc]
-    for value in raw.values():
-        meta = decode_summary(value)
-        if meta and (meta["project_id"] in wanted_projects
-                     or (meta["project_id"], meta.get("service")) in wanted_services):
-            groups.append(meta)
+    for pid in sorted(wanted_projects | {p for p, _ in wanted_services}):
+        fps = list(await redis.smembers(keys.feed_index(pid)))  # type: ignore[misc]
+        if not fps:
+            continue
+        for value in await redis.hmget(keys.feed_groups, fps):  # type: ignore[misc]
+            meta = decode_summary(value)
+            if meta and meta["project_id"] == pid and (
+                    pid in wanted_projects or (pid, meta.get("service")) in wanted_services):
+                groups.append(meta)
     if not groups:
         return []
     fps = [g["fingerprint"] for g in groups]
@@ -88,3 +93,25 @@ async def snapshot(redis: Redis, keys: Keys, rooms: list[str]) -> list[dict[str,
         g["last_seen"] = float(seen) if seen else g.get("first_seen")
     groups.sort(key=lambda g: g["last_seen"] or 0.0, reverse=True)
     return groups[:SNAPSHOT_MAX]
+
+
+async def build_index(redis: Redis, keys: Keys, step: int = 1000) -> int:
+    """Once per Redis (an upgrade): index the summaries written before the per-project indexes existed.
+    HSCAN in bounded steps; SADD is idempotent, so two nodes doing it at once is harmless."""
+    if await redis.exists(keys.feed_index_built):
+        return 0
+    added, cursor = 0, 0
+    while True:
+        reply: Any = await redis.hscan(keys.feed_groups, cursor, count=step)  # type: ignore[misc]
+        cursor, chunk = reply
+        by_project: dict[int, list[Any]] = {}
+        for fp, value in chunk.items():
+            meta = decode_summary(value)
+            if meta is not None:
+                by_project.setdefault(meta["project_id"], []).append(fp)
+        for pid, fps in by_project.items():
+            added += await redis.sadd(keys.feed_index(pid), *fps)  # type: ignore[misc]
+        if cursor == 0:
+            break
+    await redis.set(keys.feed_index_built, "1")
+    return added

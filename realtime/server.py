@@ -9,6 +9,8 @@ Client protocol:
   emit "subscribe" {"rooms": ["project:*" | "project:<id>" | "service:<id>:<svc>", ...]} with an ack:
      {"ok": true, "rooms": [...], "projects": [...], "node": ..., "snapshot": [...]} or {"ok": false, ...}
   emit "unsubscribe" {"rooms": [...]}.
+  Limits per client IP (realtime/limits.py): connection attempts and bad-token connects are refused at the
+  door (before any handshake), events over their window get {"ok": false, "error": "rate_limited", ...}.
   receive "error:new", "error:count", "error:spike" (core/feed.py), and "feed:reconnect" before a drain:
      the node then closes the socket gracefully, which python-socketio clients treat as final (only a
      dropped transport is retried), so a client told to go reconnects by itself, through the load balancer.
@@ -21,15 +23,18 @@ import logging
 import os
 from typing import Any
 
+import orjson
 import socketio
 from redis.asyncio import Redis
 
 from core import access
 from core.feed import FeedCoalescer
 from core.keys import Keys
+from core.pubsub import ResilientRedisManager
 from core.runtime import Runtime
 from core.settings import Settings
 from realtime import rooms
+from realtime.limits import ResolveIp, SocketLimits
 
 log = logging.getLogger("faultline.realtime")
 
@@ -41,19 +46,19 @@ def _token(auth: Any, environ: dict[str, Any]) -> str | None:
     return access.bearer(environ.get("HTTP_AUTHORIZATION"))
 
 
-def _peer(environ: dict[str, Any]) -> str:
-    return str(environ.get("HTTP_X_REAL_IP") or environ.get("REMOTE_ADDR") or "?")
-
-
 class RealtimeServer:
-    def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
+    def __init__(self, settings: Settings, redis: Redis | None = None, resolve_ip: ResolveIp | None = None) -> None:
+        """resolve_ip: who the client is behind trusted proxies (api's ClientIp, injected by faultline/);
+        without it, the socket peer."""
         self.settings = settings
+        self.limits = SocketLimits(settings, resolve_ip)
         self.keys = Keys(settings.key_prefix)
         self.redis: Redis = redis  # type: ignore[assignment]  # set by attach() when the process starts
         self.coalescer: FeedCoalescer | None = None
         self._stop_feed = asyncio.Event()
         self._feed_task: asyncio.Task[None] | None = None
-        manager = socketio.AsyncRedisManager(settings.redis_url, channel=self.keys.socketio_channel)
+        # Resilient: after a Redis restart the listener is back within loop_backoff_max (core/pubsub.py).
+        manager = ResilientRedisManager(settings, self.keys.socketio_channel)
         # cors "*": auth is a token the page sends explicitly, never a cookie, so another origin cannot
         # ride on a user's session; and nginx forwards Host without the port, which breaks the same-origin
         # check for any non-80 port. 64 KB messages: clients only send small subscription requests.
@@ -78,8 +83,17 @@ class RealtimeServer:
         name = f"{self.settings.node_name}:{os.getpid()}"
         self.coalescer = FeedCoalescer(self.settings, rt.redis, name)
         self._feed_task = asyncio.create_task(self.coalescer.run(self._stop_feed), name="feed-coalescer")
+        rt.spawn(self._build_index(), "feed-index")
         rt.drain_hooks.append(self.drain)
         rt.flush_hooks.append(self.stop_feed)
+
+    async def _build_index(self) -> None:
+        try:
+            added = await rooms.build_index(self.redis, self.keys)
+            if added:
+                log.info("feed index: %d groups indexed by project", added)
+        except Exception as exc:  # the next start tries again; subscribe only misses pre-upgrade groups
+            log.warning("feed index: %s", exc)
 
     async def stop_feed(self) -> None:
         """Stop the coalescer and free its lease, so a node that stays up takes over within one tick."""
@@ -92,24 +106,35 @@ class RealtimeServer:
         await disconnect_all(self.sio)
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        # engine.io's environ has REMOTE_ADDR 127.0.0.1 whoever connects: read the ASGI scope instead
+        peer = self.limits.client_of(environ.get("asgi.scope") or {})
         principal = access.authenticate(self.settings, _token(auth, environ))
         if principal is None:
             reason = "missing_token" if not _token(auth, environ) else "invalid_token"
-            log.warning("socket refused from %s: %s", _peer(environ), reason)
+            await self.limits.bad_token(peer, reason)  # counts towards refusing this IP at the door; logged in sum
             raise socketio.exceptions.ConnectionRefusedError(
                 f"{reason}: connect with auth {{token: <admin or dashboard token>}}", {"error": reason})
-        await self.sio.save_session(sid, {"principal": principal, "peer": _peer(environ)})
-        log.info("socket %s connected from %s as %s", sid, _peer(environ), principal.role)
+        await self.sio.save_session(sid, {"principal": principal, "peer": peer})
+        log.info("socket %s connected from %s as %s", sid, peer, principal.role)
+
+    async def _limited(self, session: dict[str, Any]) -> dict[str, Any] | None:
+        wait = await self.limits.admit_event(session["peer"])
+        if not wait:
+            return None
+        return {"ok": False, "error": "rate_limited", "message": f"too many events; retry in {wait} s",
+                "retry_after": wait}
 
     async def on_subscribe(self, sid: str, *args: Any) -> dict[str, Any]:
         # *args: a client sending extra or no arguments gets an error answer, not a TypeError in the handler
         session = await self.sio.get_session(sid)
+        if (refused := await self._limited(session)) is not None:
+            return refused
         try:
             wanted = rooms.requested_rooms(args[0] if len(args) == 1 else None)
             projects = await rooms.known_projects(self.redis, self.keys)
             granted = rooms.allowed_rooms(session["principal"], wanted, projects)
         except rooms.RoomError as err:
-            log.warning("socket %s from %s: subscribe refused (%s)", sid, session["peer"], err)
+            self.limits.refusals.note(f"subscribe {err.code}", session["peer"])
             return err.answer()
         for room in granted:
             await self.sio.enter_room(sid, room)
@@ -119,6 +144,8 @@ class RealtimeServer:
                 "interval": self.settings.feed_interval, "snapshot": snap}
 
     async def on_unsubscribe(self, sid: str, *args: Any) -> dict[str, Any]:
+        if (refused := await self._limited(await self.sio.get_session(sid))) is not None:
+            return refused
         try:
             wanted = rooms.requested_rooms(args[0] if len(args) == 1 else None)
         except rooms.RoomError as err:
@@ -128,23 +155,41 @@ class RealtimeServer:
         return {"ok": True, "rooms": wanted}
 
     async def on_other(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
+        if (refused := await self._limited(await self.sio.get_session(sid))) is not None:
+            return refused
         log.debug("socket %s: ignored unknown event %r", sid, event[:64] if isinstance(event, str) else event)
         return {"ok": False, "error": "unknown_event", "message": "events: subscribe, unsubscribe"}
 
 
 class SocketIORoute:
     """ASGI middleware sending /socket.io/ to the Socket.IO server and the rest to FastAPI, which keeps
-    its own lifespan (`app.add_middleware(SocketIORoute, sio=...)`)."""
+    its own lifespan (`app.add_middleware(SocketIORoute, sio=..., limits=...)`). With `limits`, a client over
+    its connect window (or with too many bad tokens) is refused here, before engine.io does any work."""
 
-    def __init__(self, app: Any, sio: socketio.AsyncServer) -> None:
+    def __init__(self, app: Any, sio: socketio.AsyncServer, limits: SocketLimits | None = None) -> None:
         self.app = app
         self.sio_app = socketio.ASGIApp(sio, socketio_path="socket.io")
+        self.limits = limits
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket") and scope["path"].startswith("/socket.io/"):
+            if self.limits is not None:
+                wait = await self.limits.admit_connect(self.limits.client_of(scope))
+                if wait:
+                    return await _refuse(scope, send, wait)
             await self.sio_app(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+async def _refuse(scope: dict[str, Any], send: Any, wait: int) -> None:
+    if scope["type"] == "websocket":  # closing before accepting: the server answers the upgrade with 403
+        await send({"type": "websocket.close", "code": 1008, "reason": "rate limited"})
+        return
+    body = orjson.dumps({"error": "rate_limited", "message": f"too many connection attempts; retry in {wait} s"})
+    await send({"type": "http.response.start", "status": 429,
+                "headers": [(b"content-type", b"application/json"), (b"retry-after", str(wait).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def disconnect_all(sio: socketio.AsyncServer, grace: float = 0.2) -> None:

@@ -1,7 +1,8 @@
 """A worker process: consume the task stream, write batches, pump retries, beat a heartbeat.
 
 SIGTERM: stop fetching, let running tasks finish (bounded by shutdown_timeout), leave everything else
-unacked in the stream for another worker, exit 0.
+unacked in the stream for another worker, exit 0. Every loop here rides out Redis/DB outages with backoff
+(core/backoff.py); one that ends anyway ends the process with exit 1: never alive-but-idle.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
+from redis.asyncio import Redis
 from taskiq.receiver import Receiver
 
 from core import heartbeat, metrics
+from core.backoff import Backoff
 from core.broker import FaultlineBroker
 from core.db.engine import make_engine
 from core.keys import Keys
@@ -26,40 +30,63 @@ from workers.writer import AfterCommit, BatchWriter
 log = logging.getLogger("faultline.worker")
 
 
-async def _pump_forever(settings: Settings, keys: Keys, redis: object) -> None:
+async def _pump_forever(settings: Settings, keys: Keys, redis: Redis, progress: heartbeat.Progress) -> None:
+    """Move due retries back onto the stream, and publish the queue gauges."""
+    backoff = Backoff.for_loop("retry pump", log, settings)
     while True:
         try:
-            moved = await pump_retries(redis, keys)  # type: ignore[arg-type]
-            depth = await redis.xlen(keys.stream)  # type: ignore[attr-defined]
-            metrics.QUEUE_DEPTH.set(depth)
-            metrics.RETRY_DEPTH.set(await redis.zcard(keys.retries))  # type: ignore[attr-defined]
-            metrics.DEAD_LETTERS.set(await redis.llen(keys.dead_letters))  # type: ignore[attr-defined]
+            moved = await pump_retries(redis, keys)
+            metrics.QUEUE_DEPTH.set(await redis.xlen(keys.stream))
+            metrics.RETRY_DEPTH.set(await redis.zcard(keys.retries))
+            metrics.DEAD_LETTERS.set(await redis.llen(keys.dead_letters))  # type: ignore[misc]
             metrics.QUEUE_AGE.set(await _oldest_age(redis, keys))
         except Exception as exc:
-            log.warning("retry pump: %s", exc)
-            moved = 0
+            progress.errors += 1
+            await backoff.failed(exc)
+            continue
+        backoff.ok()
         await asyncio.sleep(0.05 if moved else 0.2)
 
 
-async def _oldest_age(redis: object, keys: Keys) -> float:
+async def _start_broker(broker: FaultlineBroker, settings: Settings, finish: asyncio.Event) -> None:
+    """Create the consumer group, waiting with backoff while Redis is unreachable (a worker started during
+    a Redis restart comes up by itself instead of crash-looping); past loop_give_up_after, exit 1."""
+    backoff = Backoff.for_loop("worker start-up", log, settings)
+    while not finish.is_set():
+        try:
+            await broker.startup()
+        except Exception as exc:
+            await backoff.failed(exc)
+            continue
+        backoff.ok()
+        return
+
+
+async def _oldest_age(redis: Redis, keys: Keys) -> float:
     """Seconds since the oldest unacked task was enqueued (stream ids are Redis-clock milliseconds)."""
-    first = await redis.xrange(keys.stream, count=1)  # type: ignore[attr-defined]
+    first: Any = await redis.xrange(keys.stream, count=1)
     if not first:
         return 0.0
-    secs, micros = await redis.time()  # type: ignore[attr-defined]
+    secs, micros = await redis.time()
     enqueued_ms = int(first[0][0].split(b"-")[0])
     return max(0.0, secs + micros / 1e6 - enqueued_ms / 1000)
 
 
 async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | None = None) -> None:
+    """Run until SIGTERM (then return: exit 0). If the receiver or any background loop ends by itself,
+    the worker can no longer do its job: raise SystemExit(1) so the supervisor restarts the process."""
     keys = Keys(settings.key_prefix)
-    redis = make_redis(settings, pool_size=64, timeout=5.0)
+    redis = make_redis(settings, pool_size=64, timeout=5.0, retries=3)
     engine = make_engine(settings)
-    writer = BatchWriter(settings, engine, redis, after_commit)
     broker = FaultlineBroker(settings, consumer_name=name)
-    broker.add_middlewares(RetryMiddleware(settings, redis), OutcomeMiddleware())
+    progress = broker.progress
+    writer = BatchWriter(settings, engine, redis, after_commit, progress=progress)
+    broker.add_middlewares(RetryMiddleware(settings, redis), OutcomeMiddleware(progress))
     tasks.register(broker, writer)
     broker.is_worker_process = True
+    # taskiq logs a traceback per failed task: thousands of lines in a DB outage. Failures are logged by
+    # core/retry.py (per attempt for bad data, dead letters) and the writer (once per DB outage) instead.
+    logging.getLogger("taskiq.receiver.receiver").setLevel(logging.CRITICAL)
 
     finish = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -67,19 +94,32 @@ async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | 
         loop.add_signal_handler(sig, finish.set)
 
     metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
-    await broker.startup()
+    await _start_broker(broker, settings, finish)
+    if finish.is_set():  # SIGTERM while Redis was still unreachable
+        await redis.aclose()
+        await engine.dispose()
+        return
     writer.start()
     background = [
-        asyncio.create_task(heartbeat.beat_forever(redis, keys, "worker", name)),
-        asyncio.create_task(_pump_forever(settings, keys, redis)),
-        asyncio.create_task(metrics.watch_loop_lag()),
+        asyncio.create_task(heartbeat.beat_forever(redis, keys, "worker", name, settings, progress), name="heartbeat"),
+        asyncio.create_task(_pump_forever(settings, keys, redis, progress), name="retry pump"),
+        asyncio.create_task(metrics.watch_loop_lag(), name="loop lag"),
     ]
     receiver = Receiver(broker, max_async_tasks=settings.worker_concurrency, run_startup=False,
                         wait_tasks_timeout=settings.shutdown_timeout)
     log.info("worker %s consuming %s", name, keys.stream)
-    listener = asyncio.create_task(receiver.listen(finish))
-    await finish.wait()
-    log.info("worker %s: SIGTERM, finishing running tasks", name)
+    listener = asyncio.create_task(receiver.listen(finish), name="receiver")
+    finishing = asyncio.create_task(finish.wait())
+    watched = [listener, *background, *writer.tasks()]
+    await asyncio.wait([finishing, *watched], return_when=asyncio.FIRST_COMPLETED)
+    broken = [t for t in watched if t.done()] if not finish.is_set() else []
+    for task in broken:
+        err = None if task.cancelled() else task.exception()
+        log.error("worker %s: %s ended by itself (%r): exiting non-zero so the supervisor restarts it",
+                  name, task.get_name(), err)
+    finish.set()  # stops the prefetcher if the receiver is still running
+    if not broken:
+        log.info("worker %s: SIGTERM, finishing running tasks", name)
     try:
         await asyncio.wait_for(listener, settings.shutdown_timeout)
     except (TimeoutError, asyncio.CancelledError):
@@ -98,3 +138,5 @@ async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | 
     await redis.aclose()
     await engine.dispose()
     log.info("worker %s stopped", name)
+    if broken:
+        raise SystemExit(1)

@@ -3,20 +3,26 @@
 Any number of replicas may run. Each interval is a bucket of Redis server time (one clock for all);
 the replica that wins `SET NX` on the bucket's lock does the work, the others skip it. The sync is
 idempotent anyway (workers/sync.py), so the lock saves work rather than guarding correctness.
+A failed sync is retried with backoff within its interval (core/backoff.py); nothing it moved is lost.
 SIGTERM waits for a sync in progress to finish, then exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
+from redis.asyncio import Redis
+
 from core import heartbeat, metrics
+from core.backoff import Backoff
 from core.db.engine import make_engine
 from core.keys import Keys
-from core.redis import make_redis
+from core.redis import as_str, make_redis
 from core.settings import Settings
+from workers.prune import prune_idle_groups, rebase_new_groups
 from workers.sync import housekeeping, prune_consumers, sync_counts
 
 log = logging.getLogger("faultline.scheduler")
@@ -24,8 +30,10 @@ HOUSEKEEPING_EVERY = 10  # intervals
 
 
 async def run_scheduler(settings: Settings, name: str) -> None:
+    """Run until SIGTERM (return: exit 0). Redis/DB errors: retry with backoff, logged once per outage; an
+    error waiting cannot fix, or a heartbeat that stopped, raises SystemExit(1) for the supervisor."""
     keys = Keys(settings.key_prefix)
-    redis = make_redis(settings, pool_size=8, timeout=5.0)
+    redis = make_redis(settings, pool_size=8, timeout=5.0, retries=3)
     engine = make_engine(settings)
     interval = settings.sync_interval
     stop = asyncio.Event()
@@ -33,35 +41,63 @@ async def run_scheduler(settings: Settings, name: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
-    beat = asyncio.create_task(heartbeat.beat_forever(redis, keys, "scheduler", name))
+    beat = asyncio.create_task(heartbeat.beat_forever(redis, keys, "scheduler", name, settings))
     lag = asyncio.create_task(metrics.watch_loop_lag())
+    beat.add_done_callback(lambda _: stop.set())  # a beat that ended: leave so the supervisor restarts us
+    backoff = Backoff.for_loop(f"scheduler {name} sync", log, settings)
+    done_bucket = -1
+    failed = False
     log.info("scheduler %s: sync every %.1fs", name, interval)
     while not stop.is_set():
-        wait = interval
         try:
             secs, micros = await redis.time()
             now = secs + micros / 1e6
             bucket = int(now // interval)
             wait = (bucket + 1) * interval - now
-            if await redis.set(keys.sync_lock(bucket), name, nx=True, px=int(interval * 2000)):
+            if bucket != done_bucket and await _take_lock(redis, keys, bucket, name, interval):
                 # shield: a SIGTERM arriving mid-sync lets the sync finish (no half-done batch)
                 await asyncio.shield(_run_once(redis, engine, keys, settings, bucket, name))
+                done_bucket = bucket
+            backoff.ok()
         except Exception as exc:
-            log.warning("sync failed, retrying next interval: %s", exc)
+            try:  # retry within the interval: the lock is ours until the bucket ends (see _take_lock)
+                wait = backoff.next_delay(exc)
+            except Exception:
+                failed = True
+                break
         try:
             await asyncio.wait_for(stop.wait(), timeout=max(0.01, wait))
         except TimeoutError:
             pass
+    failed = failed or (beat.done() and not beat.cancelled())
     beat.cancel()
     lag.cancel()
-    await heartbeat.stop(redis, keys, "scheduler", name)
+    with contextlib.suppress(Exception):
+        await heartbeat.stop(redis, keys, "scheduler", name)
     await redis.aclose()
     await engine.dispose()
     log.info("scheduler %s stopped", name)
+    if failed:
+        raise SystemExit(1)
+
+
+async def _take_lock(redis: Redis, keys: Keys, bucket: int, name: str, interval: float) -> bool:
+    """The bucket's lock: won now, or won by us earlier in this bucket before the sync failed (retry)."""
+    lock = keys.sync_lock(bucket)
+    if await redis.set(lock, name, nx=True, px=int(interval * 2000)):
+        return True
+    return as_str(await redis.get(lock) or b"") == name
 
 
 async def _run_once(redis: object, engine: object, keys: Keys, settings: Settings, bucket: int, name: str) -> None:
     added = await sync_counts(redis, engine, keys)  # type: ignore[arg-type]
+    try:  # bounded per-group memory (workers/prune.py); a failure here never undoes the sync
+        await rebase_new_groups(redis, engine, keys)  # type: ignore[arg-type]
+        pruned = await prune_idle_groups(redis, keys, settings)  # type: ignore[arg-type]
+        if pruned:
+            log.info("pruned %d idle groups from the live hashes", pruned)
+    except Exception as exc:
+        log.warning("live-group pruning failed, retrying next interval: %s", exc)
     runs = keys.sync_runs
     pipe = redis.pipeline(transaction=False)  # type: ignore[attr-defined]
     pipe.hincrby(runs, str(bucket), 1)

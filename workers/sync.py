@@ -30,7 +30,8 @@ async def sync_counts(redis: Redis, engine: AsyncEngine, keys: Keys) -> int:
     batch_id = uuid.uuid4().hex
     flush_start = load_script(redis, "flush_start")
     batches = await flush_start(
-        keys=[keys.pending_counts, keys.flushing_batches, keys.flushing(batch_id)], args=[batch_id])
+        keys=[keys.pending_counts, keys.flushing_batches, keys.flushing(batch_id), keys.sync_generation],
+        args=[batch_id])
     added = 0
     for raw_id in batches:
         bid = as_str(raw_id)

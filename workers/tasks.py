@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskiq import AsyncBroker
+from taskiq import AsyncBroker, Context, TaskiqDepends
 
 from core.events import Event
-from core.tasks import PERSIST_EVENTS
+from core.tasks import ATTEMPT_LABEL, PERSIST_EVENTS
 from workers.writer import BatchWriter
 
 
 def register(broker: AsyncBroker, writer: BatchWriter) -> None:
     @broker.task(task_name=PERSIST_EVENTS)
-    async def persist_events(events: list[dict[str, Any]]) -> int:
+    async def persist_events(events: list[dict[str, Any]], context: Context = TaskiqDepends()) -> int:
         # Validation errors make this a poison task: retried, then dead-lettered with the reason.
         parsed = [Event.model_validate(e) for e in events]
-        await writer.submit(parsed)
+        # The attempt number core/retry.py counts, so the job record says how many runs a success took.
+        await writer.submit(parsed, attempt=int(context.message.labels.get(ATTEMPT_LABEL, 1)))
         return len(parsed)

@@ -14,14 +14,19 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import metrics
+from core.backoff import Backoff
 from core.db import repo
+from core.dedup import RUNNING, SUCCEEDED, JobStates
 from core.events import Event
 from core.fingerprint import error_type
+from core.heartbeat import Progress
 from core.keys import Keys
+from core.retry import RowsRejected
 from core.settings import Settings
 
 log = logging.getLogger("faultline.writer")
@@ -31,27 +36,45 @@ AfterCommit = Callable[[Sequence[Event]], Awaitable[None]]
 
 class BatchWriter:
     def __init__(self, settings: Settings, engine: AsyncEngine, redis: Redis,
-                 after_commit: AfterCommit | None = None) -> None:
+                 after_commit: AfterCommit | None = None, progress: Progress | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.redis = redis
         self.keys = Keys(settings.key_prefix)
+        self.states = JobStates(redis, self.keys, settings)
         self.after_commit = after_commit
+        self.progress = progress or Progress()
+        # event_id -> attempt number of the task that carries it (core/retry.py counts; the record keeps it)
+        self.attempts: dict[str, int] = {}
+        # DB outages are logged once (start, then "recovered after N s"), not once per failed batch; the
+        # failed tasks themselves are parked for a later retry by core/retry.py, never dead-lettered.
+        self.outage = Backoff.for_loop("batch writer: database", log, settings)
+        self.outage.give_up_after = None
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="batch-writer")
 
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """For the worker's supervisor: if the writer loop ever ends, nothing gets stored any more."""
+        return [self._task] if self._task else []
+
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def submit(self, events: Sequence[Event]) -> None:
+    async def submit(self, events: Sequence[Event], attempt: int = 1) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self.queue.put((events, fut))
-        await fut
+        for ev in events:
+            self.attempts[ev.event_id] = attempt
+        try:
+            await self.queue.put((events, fut))
+            await fut
+        finally:
+            for ev in events:
+                self.attempts.pop(ev.event_id, None)
 
     async def _run(self) -> None:
         while True:
@@ -71,29 +94,50 @@ class BatchWriter:
             await self._write_items(items)
 
     async def _write_items(self, items: list[Item]) -> None:
+        """Write the batch; if the DB refuses it for good, find the refused rows by bisection: every other
+        event is stored and only the tasks holding a refused row fail (RowsRejected names the rows, so the
+        retries and the dead letter carry those rows alone). A DB that is down fails everything as
+        transient: retried without limit, never dead-lettered (core/retry.py)."""
         try:
             await self._write_retrying_conflicts([e for events, _ in items for e in events])
         except Exception as exc:
-            if repo.is_transient(exc) or len(items) == 1:
+            if repo.is_transient(exc):
+                self.progress.errors += 1
+                self.outage.next_delay(exc)  # for the log line only: the retries are paced by core/retry.py
                 for _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                    _settle(fut, exc)
                 return
-            # Some item holds data the DB refuses: write them one by one so only the poison one fails.
-            log.warning("batch of %d tasks failed (%s); isolating", len(items), exc)
+            log.warning("batch of %d tasks refused (%s); isolating the refused rows", len(items), exc)
             for events, fut in items:
+                rejected: list[tuple[Event, BaseException]] = []
                 try:
-                    await self.write(events)
-                except Exception as one:
-                    if not fut.done():
-                        fut.set_exception(one)
+                    await self._isolate(events, rejected)
+                except Exception as down:  # the DB went away meanwhile: transient for this task
+                    _settle(fut, down)
+                    continue
+                if rejected:
+                    self.progress.errors += 1
+                    _settle(fut, RowsRejected([ev.event_id for ev, _ in rejected], rejected[0][1]))
                 else:
-                    if not fut.done():
-                        fut.set_result(None)
+                    _settle(fut, None)
             return
+        self.outage.ok()
         for _, fut in items:
-            if not fut.done():
-                fut.set_result(None)
+            _settle(fut, None)
+
+    async def _isolate(self, events: Sequence[Event], rejected: list[tuple[Event, BaseException]]) -> None:
+        """Write `events`, halving whatever the DB refuses down to single rows: ~2*log2(n) writes per bad row."""
+        try:
+            await self._write_retrying_conflicts(events)
+        except Exception as exc:
+            if repo.is_transient(exc):
+                raise
+            if len(events) == 1:
+                rejected.append((events[0], exc))
+                return
+            mid = len(events) // 2
+            await self._isolate(events[:mid], rejected)
+            await self._isolate(events[mid:], rejected)
 
     async def _write_retrying_conflicts(self, events: Sequence[Event]) -> None:
         """Two workers upserting the same hot groups can deadlock (MariaDB 1213) or time out on a row lock
@@ -130,26 +174,41 @@ class BatchWriter:
              "payload": ev.to_json().decode()}
             for fp, evs in per_group.items() for ev in evs[-keep:]
         ]
-        ids = [ev.event_id for ev in events]
-        await self._set_state(ids, b'{"state":"running","attempts":1}')
+        ids = [(ev.project_id, ev.event_id) for ev in events]
+        await self._set_state(ids, RUNNING)
         with metrics.timed(metrics.DB_SECONDS, "persist_batch"):
             async with self.engine.begin() as conn:
                 await repo.upsert_groups(conn, list(groups.values()))
                 await repo.insert_samples(conn, samples)
-        await self._set_state(ids, b'{"state":"succeeded","attempts":1}')
+        self.progress.written += len(events)
+        await self._set_state(ids, SUCCEEDED)
         if self.after_commit is not None:
             try:
                 await self.after_commit(events)
             except Exception as exc:  # the live feed is best effort; the data is safe
                 log.warning("after-commit hook failed: %s", exc)
 
-    async def _set_state(self, event_ids: list[str], value: bytes) -> None:
+    async def _set_state(self, events: list[tuple[int, str]], code: int) -> None:
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for event_id in event_ids:
-                pipe.set(self.keys.event(event_id), value, xx=True, keepttl=True)
+            if code == SUCCEEDED:  # a retried success keeps the attempt count core/retry.py kept
+                retried = [(p, e, n) for p, e in events if (n := self.attempts.get(e, 1)) > 1]
+                if retried:
+                    pipe = self.redis.pipeline(transaction=False)
+                    for p, e, n in retried:
+                        pipe.set(self.keys.event_detail(p, e),
+                                 orjson.dumps({"state": "succeeded", "attempts": n, "last_error": None}),
+                                 ex=self.settings.dedup_ttl)
+                    await pipe.execute()
             with metrics.timed(metrics.REDIS_SECONDS, "job_state"):
-                await pipe.execute()
+                await self.states.set(events, code)
         except Exception as exc:  # job state is informational; never fail a write for it
             log.debug("job state update failed: %s", exc)
 
+
+def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(exc)

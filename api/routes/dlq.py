@@ -39,7 +39,7 @@ async def show_dead(task_id: str, runtime: RuntimeDep) -> Response:
 @router.post("/{task_id}/replay")
 async def replay_dead(task_id: str, runtime: RuntimeDep) -> Response:
     _check(task_id)
-    if not await dlq.replay(runtime.redis, runtime.keys, task_id):
+    if not await dlq.replay(runtime.redis, runtime.keys, runtime.settings, task_id):
         raise ApiError(404, "not_found", "no dead letter with this task id (already replayed or purged?)")
     return json_response(202, {"replayed": task_id, "status": "queued"})
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import and_, func, or_, select
 from starlette.responses import Response
 
-from api.deps import Reader, RuntimeDep
+from api.deps import CountsDep, Reader, RuntimeDep
 from api.errors import ApiError, json_response
 from core import metrics
 from core.db.models import ErrorGroup, Sample
@@ -25,10 +25,12 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def group_json(g: Any) -> dict[str, Any]:
+def group_json(g: Any, count: int | None = None) -> dict[str, Any]:
+    """`count`: the exact count (DB + what Redis has not synced yet, core/counts.py); DB count if absent."""
     return {
         "fingerprint": g.fingerprint, "project_id": g.project_id, "message": g.message,
-        "error_type": g.error_type, "service": g.service, "level": g.level, "count": g.count,
+        "error_type": g.error_type, "service": g.service, "level": g.level,
+        "count": g.count if count is None else count,
         "first_seen": iso(g.first_seen), "last_seen": iso(g.last_seen),
     }
 
@@ -37,20 +39,24 @@ def _encode_cursor(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> list[Any]:
+def _decode_cursor(cursor: str, sort: str) -> list[Any]:
+    """A cursor carries the sort it was made for: reused with another sort it would silently skip rows."""
     try:
         values = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, orjson.JSONDecodeError, ValueError):
         raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from None
-    if not (isinstance(values, list) and len(values) == 2 and isinstance(values[1], str)
-            and isinstance(values[0], int | float)):
+    if not (isinstance(values, list) and len(values) == 3 and values[0] in ("count", "last_seen")
+            and isinstance(values[2], str) and isinstance(values[1], int | float)):
         raise ApiError(400, "invalid_cursor", "cursor is not one this API returned")
-    return values
+    if values[0] != sort:
+        raise ApiError(400, "invalid_cursor", f"this cursor belongs to sort={values[0]}, not sort={sort}")
+    return values[1:]
 
 
 @router.get("/errors")
 async def list_groups(
     runtime: RuntimeDep,
+    counts: CountsDep,
     service: Annotated[str | None, Query(max_length=128)] = None,
     level: Level | None = None,
     project_id: int | None = None,
@@ -68,7 +74,7 @@ async def list_groups(
     if project_id is not None:
         stmt = stmt.where(ErrorGroup.project_id == project_id)
     if cursor:
-        value, fp = _decode_cursor(cursor)
+        value, fp = _decode_cursor(cursor, sort)
         stmt = stmt.where(or_(key < value, and_(key == value, ErrorGroup.fingerprint < fp)))
     stmt = stmt.order_by(key.desc(), ErrorGroup.fingerprint.desc()).limit(limit + 1)
     with metrics.timed(metrics.DB_SECONDS, "list_groups"):
@@ -79,13 +85,19 @@ async def list_groups(
     next_cursor = None
     if more and rows:
         last = rows[-1]
-        next_cursor = _encode_cursor([last.count if sort == "count" else (last.last_seen or 0.0),
+        next_cursor = _encode_cursor([sort, last.count if sort == "count" else (last.last_seen or 0.0),
                                       last.fingerprint])
-    return json_response(200, {"items": [group_json(g) for g in rows], "next_cursor": next_cursor})
+    # Pages are ordered by the DB's count (an index can serve that); the counts shown are exact.
+    exact = await counts.exact([g.fingerprint for g in rows])
+    items = [group_json(g, exact.get(g.fingerprint)) for g in rows]
+    return json_response(200, {"items": items, "next_cursor": next_cursor})
 
 
 @router.get("/errors/{fingerprint}")
-async def get_group(fingerprint: str, runtime: RuntimeDep) -> Response:
+async def get_group(fingerprint: str, runtime: RuntimeDep, counts: CountsDep) -> Response:
+    if fingerprint in ("log", "batch"):  # the ingest routes, asked with the wrong method
+        raise ApiError(405, "method_not_allowed", f"/errors/{fingerprint} takes POST",
+                       headers={"Allow": "POST"})
     if len(fingerprint) != 64 or any(c not in "0123456789abcdef" for c in fingerprint):
         raise ApiError(422, "invalid_fingerprint", "a fingerprint is 64 lowercase hex digits")
     with metrics.timed(metrics.DB_SECONDS, "get_group"):
@@ -97,6 +109,13 @@ async def get_group(fingerprint: str, runtime: RuntimeDep) -> Response:
                 .order_by(Sample.id.desc()).limit(runtime.settings.samples_per_group))).scalars().all()
     if row is None:
         raise ApiError(404, "not_found", "no error group with this fingerprint")
-    body = group_json(row)
-    body["samples"] = [orjson.loads(p) for p in samples]
+    body = group_json(row, (await counts.exact([fingerprint])).get(fingerprint))
+    body["samples"] = [_sample_json(orjson.loads(p)) for p in samples]
     return json_response(200, body)
+
+
+def _sample_json(event: dict[str, Any]) -> dict[str, Any]:
+    """Samples are stored as the event the worker saw; times leave as ISO 8601 like the group's."""
+    if isinstance(event.get("received_at"), int | float):
+        event["received_at"] = iso(event["received_at"])
+    return event

@@ -1,31 +1,52 @@
-"""GET /jobs/{id}: where an event (by event_id) or a task (by task id) is in the pipeline."""
+"""GET /jobs/{id}: where an event (by event_id) or a task (by task id) is in the pipeline.
+
+An event's state lives next to its dedup entry (core/dedup.py), keyed by (project, event id): pass
+`project_id` to ask about one project; without it every project is asked (one script call) and the
+first that remembers the id answers. Failed events (retrying, dead) also have a detail record.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
+from sqlalchemy import select
 from starlette.responses import Response
 
 from api.deps import Admin, RuntimeDep
 from api.errors import ApiError, json_response
+from core.db.models import Project
+from core.dedup import RETRYING, JobStates, state_name
 
 router = APIRouter(tags=["read"], dependencies=[Admin])
 
 
+async def _project_ids(runtime: Any) -> list[int]:
+    async with runtime.engine.connect() as conn:
+        return [int(r[0]) for r in await conn.execute(select(Project.id).order_by(Project.id))]
+
+
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: str, runtime: RuntimeDep) -> Response:
+async def get_job(job_id: str, runtime: RuntimeDep,
+                  project_id: Annotated[int | None, Query(ge=0)] = None) -> Response:
     if not (0 < len(job_id) <= 64 and job_id.replace("-", "").isalnum()):
         raise ApiError(422, "invalid_job_id", "a job id is an event id or a task id")
     norm = job_id.replace("-", "").lower()
-    pipe = runtime.redis.pipeline(transaction=False)
-    pipe.get(runtime.keys.event(norm))
-    pipe.get(runtime.keys.job(job_id))
-    event_state, task_state = await pipe.execute()
-    raw = event_state or task_state
+    projects = [project_id] if project_id is not None else await _project_ids(runtime)
+    codes = await JobStates(runtime.redis, runtime.keys, runtime.settings).get([(p, norm) for p in projects])
+    hit = next(((p, c) for p, c in zip(projects, codes, strict=True) if c is not None), None)
+    if hit is not None:
+        pid, code = hit
+        state: dict[str, Any] = {"state": state_name(code), "attempts": 0, "last_error": None,
+                                 "project_id": pid}
+        detail = await runtime.redis.get(runtime.keys.event_detail(pid, norm)) if code > 0 else None
+        if code >= RETRYING and detail:
+            state.update(orjson.loads(detail))
+        elif code > 0:  # running or succeeded: a retried one has a detail record with its attempt count
+            state["attempts"] = int(orjson.loads(detail).get("attempts", 1)) if detail else 1
+        return json_response(200, {"id": job_id, **state})
+    raw = await runtime.redis.get(runtime.keys.job(job_id))
     if raw is None:
         raise ApiError(404, "not_found", "unknown job, or its record expired")
-    if raw == b"queued":
-        state = {"state": "queued", "attempts": 0, "last_error": None}
-    else:
-        state = {"attempts": 0, "last_error": None, **orjson.loads(raw)}
-    return json_response(200, {"id": job_id, **state})
+    return json_response(200, {"id": job_id, "attempts": 0, "last_error": None, **orjson.loads(raw)})

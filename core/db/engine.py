@@ -31,6 +31,15 @@ def make_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+            # The sqlite3 module opens transactions only before INSERT/UPDATE/DELETE, never before a
+            # SAVEPOINT: `begin_nested()` then runs outside any transaction and its RELEASE commits on its
+            # own, so the count ledger row committed apart from the counts it guards (a crash between the two
+            # lost the batch). Turn the module's handling off and emit BEGIN ourselves (SQLAlchemy's recipe).
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN")
 
         return engine
     # pre_ping + recycle below MariaDB's wait_timeout (8 h): no "server has gone away" after idling.

@@ -73,3 +73,15 @@ class AppliedBatch(Base):
     batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     applied_at: Mapped[float] = mapped_column(Double)
     events: Mapped[int] = mapped_column(BigInteger)
+
+
+class ProjectQuota(Base):
+    """Per-project limits (core/ratelimit/quota.py); NULL = the setting's default, 0 = no limit. Its own table
+    (migration 0003) so it touches no other table; mirrored into Redis for the ingest script."""
+
+    __tablename__ = "project_quotas"
+    project_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    per_second: Mapped[int | None] = mapped_column(BigInteger)
+    per_minute: Mapped[int | None] = mapped_column(BigInteger)
+    new_groups_per_hour: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[float] = mapped_column(Double)

@@ -103,6 +103,19 @@ class MemoryLimiter:
         assert best is not None
         return Decision(True, best[0], best[1], best[2], self.wall())
 
+    def wait_us(self, client: str, tier: Tier) -> int:
+        """Without logging anything: 0 if the client's window of `tier` has room, else µs until it has."""
+        log = self.windows.get(f"{tier.key}:{client}")
+        if not log:
+            return 0
+        now = self.clock()
+        edge = now - tier.window_ms * 1000
+        while log and log[0] <= edge:
+            log.popleft()
+        if len(log) < tier.limit:
+            return 0
+        return log[len(log) - tier.limit] + tier.window_ms * 1000 - now
+
     def _maybe_sweep(self, now: int) -> None:
         self._calls += 1
         if self._calls % SWEEP_EVERY:

@@ -1,10 +1,13 @@
 """Rate-limit tiers and per-route rules, parsed from settings strings and validated at start-up.
 
-FAULTLINE_RATE_LIMITS       "short:10/s,medium:100/m,long:1000/h"   name:limit/window, window = [n]ms|s|m|h
-FAULTLINE_RATE_LIMIT_ROUTES "POST /errors/batch=short:2/s; GET /errors*=off"
-    METHOD (or *) and a path (a trailing * makes it a prefix), then `off` (exempt) or tiers. A route tier
-    whose name is a default tier's replaces it there; it counts in its own window (a 2/s batch tier must not
-    count the same client's /errors/log requests). Default tiers the route does not name stay shared.
+FAULTLINE_RATE_LIMITS       "short:200/s,medium:6000/m"   name:limit/window, window = [n]ms|s|m|h
+FAULTLINE_RATE_LIMIT_ROUTES "POST /errors/log=on; POST /errors/batch=short:20/s; GET /errors/{fp}=on"
+    The routes the tiers PROTECT: only the routes listed here are limited (a 404, an unknown route or any
+    route not listed never touches a window, so hammering GET /nope with someone's key costs them nothing).
+    METHOD (or *) and a path: `{name}` matches one path segment, a trailing * makes it a prefix; then `on`
+    (the default tiers), `off` (exempt) or tiers. A route tier whose name is a default tier's replaces it
+    there; it counts in its own window (a 20/s batch tier must not count the same client's /errors/log
+    requests). Default tiers the route does not name stay shared.
 Every error names the part that is wrong, so a bad value stops start-up with a message a human can act on.
 """
 
@@ -20,10 +23,22 @@ MAX_TIERS = 8
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _WINDOW = re.compile(r"^(\d*)(ms|s|m|h)$")
 _METHOD = re.compile(r"^(\*|[A-Z]{3,7})$")
+_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 
-DEFAULT_TIERS = "short:10/s,medium:100/m,long:1000/h"
-# Batch ingest carries up to 1,000 events per request: 2/s (the seed's tighter tier for expensive routes).
-DEFAULT_ROUTES = "POST /errors/batch=short:2/s"
+# Abuse tiers, per (ingest key, client IP) or per client IP: they stop ONE client from hogging a node, they
+# are not the project's budget (that is the per-project event quota, core/ratelimit/quota.py). So they must
+# let one busy application host through an incident: 200 requests/s in bursts, 100/s sustained over a
+# minute (a node serves ~1,250 ingest requests/s, README "Measured results", so one client still cannot take
+# a whole node). No hour tier: an hour-long lockout after a burst is what broke ingest during incidents.
+DEFAULT_TIERS = "short:200/s,medium:6000/m"
+# The routes the tiers protect (nothing else is limited): ingest (a batch carries up to 1,000 events, so
+# 20/s per client is already 20,000 events/s), the Sentry ingest routes, and the token-protected reads and
+# admin routes (slows token guessing). Everything else (404s, static files, docs) is not limited here; the
+# nginx edge bounds raw request floods per IP.
+DEFAULT_ROUTES = ("POST /errors/log=on; POST /errors/batch=short:20/s; "
+                  "POST /api/{project}/envelope/=on; POST /api/{project}/store/=on; "
+                  "GET /errors=on; GET /errors/{fingerprint}=on; GET /jobs/{id}=on; "
+                  "GET /api/projects=on; PUT /api/projects/{id}/quota=on")
 # Probes and scrapes must never be refused: an orchestrator that gets 429 restarts a healthy pod.
 EXEMPT_PREFIXES = ("/health/", "/metrics")
 
@@ -86,6 +101,21 @@ class RouteRule:
     path: str
     prefix: bool
     tiers: tuple[Tier, ...] | None  # None = exempt
+    pattern: re.Pattern[str] | None = None  # set when the path has {param} segments
+
+    def matches(self, path: str) -> bool:
+        if self.pattern is not None:
+            return self.pattern.match(path) is not None
+        return path.startswith(self.path) if self.prefix else path == self.path
+
+
+def _template(path: str, prefix: bool) -> re.Pattern[str] | None:
+    """`/api/{project}/envelope/` -> a regex where each {param} is one non-empty segment (no `/`)."""
+    if not _PARAM.search(path):
+        return None
+    parts = _PARAM.split(path)
+    body = "[^/]+".join(re.escape(p) for p in parts)
+    return re.compile("^" + body + ("" if prefix else "$"))
 
 
 def parse_routes(value: str, defaults: tuple[Tier, ...],
@@ -102,17 +132,22 @@ def parse_routes(value: str, defaults: tuple[Tier, ...],
             raise RateLimitConfigError(f"{where}: expected 'METHOD /path=tiers' or 'METHOD /path=off'")
         if not _METHOD.match(method):
             raise RateLimitConfigError(f"{where}: method {method!r} must be upper case (GET, POST, ...) or *")
-        if not path.startswith("/") or " " in path or "*" in path[:-1]:
-            raise RateLimitConfigError(f"{where}: path {path!r} must start with / (a trailing * = prefix)")
+        if not path.startswith("/") or " " in path or "*" in path[:-1] or _PARAM.sub("", path).count("{"):
+            raise RateLimitConfigError(f"{where}: path {path!r} must start with / ({{name}} = one segment, "
+                                       "a trailing * = prefix)")
         prefix = path.endswith("*")
         path = path.rstrip("*")
+        pattern = _template(path, prefix)
         if spec.strip() == "off":
-            rules.append(RouteRule(method, path, prefix, None))
+            rules.append(RouteRule(method, path, prefix, None, pattern))
+            continue
+        if spec.strip() == "on":
+            rules.append(RouteRule(method, path, prefix, defaults, pattern))
             continue
         scope = f"{method}{path}{'*' if prefix else ''}"
         own = {t.name: Tier(t.name, t.limit, t.window_ms, scope) for t in parse_tiers(spec, where)}
         merged = tuple(own.pop(t.name, t) for t in defaults) + tuple(own.values())
-        rules.append(RouteRule(method, path, prefix, merged))
+        rules.append(RouteRule(method, path, prefix, merged, pattern))
     return rules
 
 

@@ -1,13 +1,33 @@
--- Accept a batch of events atomically: shed load, dedup by event id, count, enqueue.
--- KEYS[1] task stream, KEYS[2] pending deltas (hash), KEYS[3] live totals (hash),
--- KEYS[4] live-feed dirty set, KEYS[5] live-feed group summaries (hash), KEYS[6..] event keys
--- ARGV[1] dedup TTL s, ARGV[2] queue soft limit, ARGV[3] message head, ARGV[4] message tail,
--- then per event: fingerprint, event JSON.
--- Returns {accepted, r1, r2, ...}: r = live total after this event (1 = first sighting) or 0 = duplicate;
--- or {-1, depth} when the queue is over its soft limit (nothing counted).
+-- Accept a batch of events atomically: refuse if late, dedup by (project, event id), shed load, count, enqueue.
+-- KEYS[1] task stream, KEYS[2] pending deltas (hash), KEYS[3] live totals (hash), KEYS[4] live-feed dirty set,
+-- KEYS[5] live-feed group summaries (hash), KEYS[6] dedup meta (hash), KEYS[7] groups new to the live hash (set),
+-- KEYS[8] quota overrides (hash), KEYS[9] quota GCRA state (hash), KEYS[10] dropped counters (hash)
+-- ARGV[1] dedup key prefix, ARGV[2] dedup TTL s, ARGV[3] dedup buckets per TTL, ARGV[4] queue soft limit,
+-- ARGV[5] message head, ARGV[6] message tail, ARGV[7] call token, ARGV[8] deadline in Redis ms (0 = none),
+-- ARGV[9..11] default per-second quota, per-minute quota, new groups per hour (0 = no limit), ARGV[12] limits
+-- on (1) / off (0), ARGV[13] new-groups key prefix, ARGV[14] feed index key prefix (per-project keys = prefix
+-- .. project id: same {hash tag}, same slot),
+-- then per event: dedup seed, dedup digest, fingerprint, event JSON, project id (core/dedup.py).
+-- Returns {status, redis_ms, r1..rn, o1..on}:
+--   status 0 = done; r = live total after this event (1 = first sighting), 0 = duplicate of another call's
+--   event or not counted (rate limited), -1 = counted by an earlier run of THIS call (same token: the caller
+--   lost that run's reply); o = 0 counted in its own group (or not counted), 1 counted in the project's
+--   overflow group, -w = rate limited by the project's quota, one more event fits in w ms;
+--   status -1 = queue over its soft limit, r1 = depth (nothing counted);
+--   status -2 = the call arrived after its deadline (nothing counted: the caller has given up or will).
+-- Dedup buckets are per-time hashes whose names are built here from ARGV[1]: every one of them carries the
+-- same {hash tag} as KEYS, so the script stays single-slot on Redis Cluster.
 -- Live feed (core/feed.py): every counted fingerprint is SADDed to the dirty set, which the coalescer drains
--- every 250 ms; on a first sighting a small group summary is stored once (HSETNX) for its error:new.
-local FIXED = 5
+-- every 250 ms; on a first sighting a small group summary is stored once (HSETNX) for its error:new, and the
+-- fingerprint is noted in KEYS[7] so the scheduler rebases its live total on the DB's (workers/prune.py).
+-- Per-project quota and new-group cap: see the [limits] section and core/ratelimit/quota.py.
+local FIXED_ARGS, PER_EVENT = 14, 5
+-- ids per shard hash: 64 stays under hash-max-listpack-entries (128 by default) with Poisson headroom;
+-- at least 256 shards, so a bucket after a quiet spell still holds ~16,000 ids in listpacks (an empty
+-- shard costs nothing; 256 x 11 small hashes are ~0.3 MB when every one is in use)
+local SHARD_TARGET, MIN_SHARDS, MAX_SHARDS = 64, 256, 65536
+local QUEUED = 0
+
 local function summary(body)
   local ok, ev = pcall(cjson.decode, body)
   if not ok then return nil end
@@ -20,31 +40,212 @@ local function summary(body)
   return cjson.encode({fingerprint = ev.fingerprint, project_id = ev.project_id, service = ev.service,
                        level = ev.level, message = msg, first_seen = ev.received_at})
 end
-local depth = redis.call('XLEN', KEYS[1])
-if depth >= tonumber(ARGV[2]) then
-  return {-1, depth}
+
+-- ---- dedup buckets (same layout as dedup_state.lua; see core/dedup.py) ----
+local function dedup_open(prefix, meta, ttl, nb, now_s)
+  local len = math.ceil(ttl / nb)
+  local d = {prefix = prefix, meta = meta, len = len, nb = nb, cur = math.floor(now_s / len),
+             shards = {}, expiring = {}, ttl = ttl}
+  for b = d.cur - nb, d.cur do
+    local s = redis.call('HGET', meta, 's:' .. b)
+    if s then d.shards[b] = tonumber(s) end
+  end
+  return d
 end
-local ttl = tonumber(ARGV[1])
-local bodies = {}
-local result = {0}
-for i = 1, #KEYS - FIXED do
-  local fp = ARGV[3 + 2 * i]
-  if redis.call('SET', KEYS[FIXED + i], 'queued', 'NX', 'EX', ttl) then
-    redis.call('HINCRBY', KEYS[2], fp, 1)
-    local total = redis.call('HINCRBY', KEYS[3], fp, 1)
-    result[i + 1] = total
-    redis.call('SADD', KEYS[4], fp)
-    if total == 1 then
-      local s = summary(ARGV[4 + 2 * i])
-      if s then redis.call('HSETNX', KEYS[5], fp, s) end
+
+local function dedup_find(d, seed, digest)
+  for b = d.cur, d.cur - d.nb, -1 do
+    local s = d.shards[b]
+    if s then
+      local v = redis.call('HGET', d.prefix .. b .. ':' .. (seed % s), digest)
+      if v then return tonumber(v) end
     end
-    bodies[#bodies + 1] = ARGV[4 + 2 * i]
+  end
+  return nil
+end
+
+local function dedup_put(d, seed, digest, value)
+  local s = d.shards[d.cur]
+  if not s then  -- first write of this bucket: size it on the larger of the two previous buckets' counts
+    local c = redis.call('HMGET', d.meta, 'n:' .. (d.cur - 1), 'n:' .. (d.cur - 2))
+    local prev = math.max(tonumber(c[1] or '0'), tonumber(c[2] or '0'))
+    s = MIN_SHARDS
+    while s * SHARD_TARGET < prev and s < MAX_SHARDS do s = s * 2 end
+    redis.call('HSET', d.meta, 's:' .. d.cur, s)
+    for b = d.cur - 2 * d.nb - 2, d.cur - d.nb - 1 do  -- buckets past their window
+      redis.call('HDEL', d.meta, 's:' .. b, 'n:' .. b)
+    end
+    redis.call('EXPIRE', d.meta, 2 * d.ttl + 2 * d.len)
+    d.shards[d.cur] = s
+  end
+  local key = d.prefix .. d.cur .. ':' .. (seed % s)
+  redis.call('HSET', key, digest, value)
+  if not d.expiring[key] then
+    redis.call('EXPIREAT', key, (d.cur + d.nb + 1) * d.len + 1)
+    d.expiring[key] = true
+  end
+end
+
+local t = redis.call('TIME')
+local now_s = tonumber(t[1])
+local now_ms = now_s * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- ---- dedup lookup (before any write: a re-run must see only what earlier runs wrote) ----
+local token = tonumber(ARGV[7])
+local d = dedup_open(ARGV[1], KEYS[6], tonumber(ARGV[2]), tonumber(ARGV[3]), now_s)
+local n = (#ARGV - FIXED_ARGS) / PER_EVENT
+local found, seen = {}, {}
+local mine = false
+for i = 1, n do
+  local base = FIXED_ARGS + (i - 1) * PER_EVENT
+  local id = ARGV[base + 1] .. ':' .. ARGV[base + 2]
+  if seen[id] then
+    found[i] = 0  -- the same event twice in one call: the later one is a duplicate
   else
-    result[i + 1] = 0
+    seen[id] = true
+    local v = dedup_find(d, tonumber(ARGV[base + 1]), ARGV[base + 2])
+    if v then
+      if math.floor(v / 8) == token then found[i] = -1; mine = true else found[i] = 0 end
+    end
+  end
+end
+
+-- ---- admission, unless an earlier run of this call already counted (then only answer what it did) ----
+if not mine then
+  -- deadline: never count once the caller may have stopped waiting (it answers 503 = "not counted")
+  local deadline = tonumber(ARGV[8])
+  if deadline > 0 and now_ms > deadline then
+    return {-2, now_ms}
+  end
+  local depth = redis.call('XLEN', KEYS[1])
+  if depth >= tonumber(ARGV[4]) then
+    return {-1, now_ms, depth}
+  end
+end
+
+-- ==== [limits] per-project event quota + new-group cap (core/ratelimit/quota.py says why) =============
+local limits_on = ARGV[12] == '1'
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])  -- µs, from the TIME read above
+local projects = {}  -- project id -> {ps, pm, cap, s, m, pruned}: read once per call, state written at the end
+local function project(pid)
+  local p = projects[pid]
+  if p then return p end
+  p = {ps = tonumber(ARGV[9]), pm = tonumber(ARGV[10]), cap = tonumber(ARGV[11])}
+  local conf = redis.call('HGET', KEYS[8], pid)
+  if conf then  -- "per_second|per_minute|new_groups_per_hour", empty = default
+    local a, b, c = string.match(conf, '^(%d*)|(%d*)|(%d*)$')
+    if a and a ~= '' then p.ps = tonumber(a) end
+    if b and b ~= '' then p.pm = tonumber(b) end
+    if c and c ~= '' then p.cap = tonumber(c) end
+  end
+  local st = redis.call('HMGET', KEYS[9], pid .. ':s', pid .. ':m')
+  p.s, p.m = tonumber(st[1]) or 0, tonumber(st[2]) or 0
+  projects[pid] = p
+  return p
+end
+-- GCRA, `rate` events per `window` µs with a burst of `rate`: returns the new TAT, or nil and the wait (µs)
+local function gcra(tat, rate, window)
+  if rate == 0 then return tat, 0 end
+  local step = window / rate
+  local base = math.max(tat, now)
+  if base + step - now <= window then return base + step, 0 end
+  return nil, base + step - window - now
+end
+-- 0 = admitted (the state moves on), else µs until one more event of this project fits
+local function quota_wait(pid)
+  local p = project(pid)
+  local s, ws = gcra(p.s, p.ps, 1000000)
+  local m, wm = gcra(p.m, p.pm, 60000000)
+  if s == nil or m == nil then return math.max(ws, wm, 1) end
+  p.s, p.m, p.dirty = s, m, true
+  return 0
+end
+-- a first sighting: may the project create one more group this hour? (sliding log, at most cap entries)
+local function group_admitted(pid, fp)
+  local p = project(pid)
+  local key = ARGV[13] .. pid
+  if not p.pruned then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 3600000000)
+    p.pruned = true
+  end
+  if redis.call('ZCARD', key) >= p.cap then return false end
+  redis.call('ZADD', key, now, fp)
+  redis.call('PEXPIRE', key, 3600000)
+  return true
+end
+local function overflow_fp(pid)
+  return redis.sha1hex('faultline:overflow:' .. pid) .. string.sub(redis.sha1hex('faultline:overflow2:' .. pid), 1, 24)
+end
+-- the event as counted in the overflow group: its fingerprint and message replaced, the originals kept
+-- in context.faultline_overflow (the sample shows what the event was)
+local function overflow_body(body, fp, ofp, cap)
+  local ok, ev = pcall(cjson.decode, body)
+  if not ok or type(ev) ~= 'table' then
+    local a, b = string.find(body, '"fingerprint":"' .. fp .. '"', 1, true)
+    if not a then return body end
+    return string.sub(body, 1, a - 1) .. '"fingerprint":"' .. ofp .. '"' .. string.sub(body, b + 1)
+  end
+  local ctx = type(ev.context) == 'table' and ev.context or {}
+  ctx.faultline_overflow = {fingerprint = ev.fingerprint, message = ev.message}
+  ev.context = ctx
+  ev.fingerprint = ofp
+  ev.message = 'Too many new error groups: this project created more than ' .. cap ..
+               ' new groups in the last hour; events of further new groups are counted here'
+  return cjson.encode(ev)
+end
+-- ==== [/limits] ========================================================================================
+
+-- ---- count and enqueue ----
+local bodies = {}
+local result = {0, now_ms}
+for i = 1, n do
+  local base = FIXED_ARGS + (i - 1) * PER_EVENT
+  local outcome = 0
+  if found[i] then
+    result[i + 2] = found[i]
+  else
+    local fp, body, pid = ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
+    -- [limits] checked after dedup (a duplicate costs no quota); a rate-limited event is not remembered,
+    -- so the client may send it again later and have it counted
+    local wait = limits_on and quota_wait(pid) or 0
+    if wait > 0 then
+      outcome = -math.ceil(wait / 1000)
+      redis.call('HINCRBY', KEYS[10], pid .. ':rate_limited', 1)
+      result[i + 2] = 0
+    else
+      -- [limits] a new group over the project's cap is counted into its overflow group
+      if limits_on and project(pid).cap > 0 and redis.call('HEXISTS', KEYS[3], fp) == 0
+          and not group_admitted(pid, fp) then
+        local ofp = overflow_fp(pid)
+        body = overflow_body(body, fp, ofp, project(pid).cap)
+        fp = ofp
+        outcome = 1
+        redis.call('HINCRBY', KEYS[10], pid .. ':overflow', 1)
+      end
+      dedup_put(d, tonumber(ARGV[base + 1]), ARGV[base + 2], token * 8 + QUEUED)
+      redis.call('HINCRBY', KEYS[2], fp, 1)
+      local total = redis.call('HINCRBY', KEYS[3], fp, 1)
+      result[i + 2] = total
+      redis.call('SADD', KEYS[4], fp)
+      if total == 1 then
+        local s = summary(body)
+        if s then redis.call('HSETNX', KEYS[5], fp, s) end
+        redis.call('SADD', KEYS[7], fp)
+        redis.call('SADD', ARGV[14] .. pid, fp)  -- [limits] the project's feed index (what subscribe reads)
+      end
+      bodies[#bodies + 1] = body
+    end
+  end
+  result[n + i + 2] = outcome
+end
+-- [limits] quota state, once per project touched
+for pid, p in pairs(projects) do
+  if p.dirty then
+    redis.call('HSET', KEYS[9], pid .. ':s', math.ceil(p.s), pid .. ':m', math.ceil(p.m))
   end
 end
 if #bodies > 0 then
-  redis.call('XADD', KEYS[1], '*', 'data', ARGV[3] .. table.concat(bodies, ',') .. ARGV[4])
+  redis.call('HINCRBY', KEYS[6], 'n:' .. d.cur, #bodies)
+  redis.call('XADD', KEYS[1], '*', 'data', ARGV[5] .. table.concat(bodies, ',') .. ARGV[6])
 end
-result[1] = #bodies
 return result

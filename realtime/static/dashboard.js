@@ -19,14 +19,27 @@
   const state = { connected: false, node: null, rooms: [], snapshots: 0, messages: 0 };
   window.faultline = { groups, state };  // read by the end-to-end test and handy in the console
 
-  // ---- token: from #token=... once (fragments never reach the server or its logs), then localStorage
+  // ---- token: from #token=... once (fragments never reach the server or its logs), stripped from the
+  // address bar at once, then kept in sessionStorage: this tab only, gone when the tab closes, never on disk.
+  // (localStorage would keep an admin token on disk for every script of this origin, forever.)
+  const TOKEN_KEY = "faultline.token";
+  try { localStorage.removeItem(TOKEN_KEY); } catch (e) { /* storage disabled */ }  // left by older versions
+  let memoryToken = null;  // when the browser refuses sessionStorage too
+  function saveToken(token) {
+    memoryToken = token;
+    try { sessionStorage.setItem(TOKEN_KEY, token); } catch (e) { /* memory only */ }
+  }
+  function forgetToken() {
+    memoryToken = null;
+    try { sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* memory only */ }
+  }
   function takeToken() {
     const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
     if (m) {
-      localStorage.setItem("faultline.token", decodeURIComponent(m[1]));
+      saveToken(decodeURIComponent(m[1]));
       history.replaceState(null, "", location.pathname + location.search);
     }
-    return localStorage.getItem("faultline.token");
+    try { return sessionStorage.getItem(TOKEN_KEY) || memoryToken; } catch (e) { return memoryToken; }
   }
 
   function askToken(message) {
@@ -37,7 +50,8 @@
   }
 
   $("login-form").addEventListener("submit", () => {
-    localStorage.setItem("faultline.token", $("login-token").value.trim());
+    saveToken($("login-token").value.trim());
+    $("login-token").value = "";
     if (socket) socket.close();
     connect();
   });
@@ -119,7 +133,9 @@
       socket.emit("subscribe", { rooms: ["project:*"] }, (ack) => onSubscribed(ack, token));
     });
     socket.on("connect_error", (err) => {
-      if (/token/.test(err.message)) { socket.close(); askToken("Refused: " + err.message); setConn("bad", "refused"); }
+      if (/token/.test(err.message)) {
+        socket.close(); forgetToken(); askToken("Refused: " + err.message); setConn("bad", "refused");
+      }
       else setConn("off", "reconnecting…");
     });
     let told = false;  // the node said it is draining: come back through the load balancer

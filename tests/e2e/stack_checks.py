@@ -120,10 +120,13 @@ BASE_ENV = {"FAULTLINE_DRAIN_DELAY": "1", "FAULTLINE_SHUTDOWN_TIMEOUT": "15", "F
             "FAULTLINE_RATE_LIMIT_ENABLED": "false", "FAULTLINE_REDIS_TIMEOUT": "2"}
 
 
-def node_get(port: int, path: str, timeout: float = 3.0) -> tuple[int | None, dict[str, Any]]:
-    """GET straight to one node (not through nginx): (status or None when refused, JSON body)."""
+def node_get(port: int, path: str, timeout: float = 3.0, token: str | None = None) -> tuple[int | None, dict[str, Any]]:
+    """GET straight to one node (not through nginx): (status or None when refused, JSON body).
+    token: sent as a Bearer token (probes show their figures to the admin only)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers),
+                                    timeout=timeout) as r:
             return r.status, json.loads(r.read() or b"{}")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")

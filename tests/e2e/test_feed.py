@@ -297,3 +297,45 @@ async def test_dashboard_in_headless_chromium_shows_a_new_group_within_a_second(
             assert not [c for c in console if c.startswith("error")], console
         finally:
             await browser.close()
+
+
+async def test_dashboard_layout_from_phone_to_wide_screen(stack: Stack, http: httpx.AsyncClient) -> None:
+    """At 390 px (a phone) and 1,400 px: no sideways scroll, the message column is visible and shows the
+    whole message (wrapped, not cut). Screenshots: test-artifacts/dashboard-390.png, dashboard-1400.png."""
+    from playwright.async_api import async_playwright
+
+    tag = uuid.uuid4().hex[:8]
+    long_message = (f"ValueError: invoice {tag} could not be reconciled with the ledger entry because the "
+                    "currency of the payment provider's settlement report differs from the order's currency")
+    for i in range(3):
+        await http.post("/errors/log", json={"message": long_message if i == 0 else f"KeyError: 'sku' ({tag}-{i})",
+                                             "service": "billing-reconciliation-worker", "level": "error",
+                                             "fingerprint": f"layout-{tag}-{i}"})
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            for width in (390, 1400):
+                page = await browser.new_page(viewport={"width": width, "height": 844 if width < 500 else 900})
+                await page.goto(f"{stack.url}/dashboard#token={DASHBOARD_TOKEN}")
+                await page.wait_for_selector("#conn.live", timeout=15_000)
+                cell = page.locator("td.msg .text", has_text=long_message[:40])
+                await cell.wait_for(timeout=5000)
+                overflow = await page.evaluate(
+                    "() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+                assert overflow <= 0, f"{width}px: the page scrolls sideways by {overflow}px"
+                box = await cell.bounding_box()
+                assert box is not None and box["width"] > width * 0.4, (width, box)  # the widest column
+                assert box["x"] >= 0 and box["x"] + box["width"] <= width
+                assert await cell.inner_text() == long_message  # all of it, not an ellipsis
+                clipped = await cell.evaluate("e => e.scrollWidth > e.clientWidth + 1")
+                assert not clipped, f"{width}px: the message is cut"
+                for stat in ("#stat-rate", "#stat-groups", "#stat-events", "#conn"):
+                    b = await page.locator(stat).bounding_box()
+                    assert b is not None and b["x"] >= 0 and b["x"] + b["width"] <= width, (width, stat, b)
+                await page.screenshot(path=str(ARTIFACTS / f"dashboard-{width}.png"), full_page=True)
+                await page.close()
+        finally:
+            await browser.close()

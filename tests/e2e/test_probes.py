@@ -57,18 +57,18 @@ def _redis(stack: Stack) -> redis.Redis:
 def test_bodies_have_the_terminus_shape(stack: tuple[Stack, list[str]]) -> None:
     s, _ = stack
     port = _ports(s)[0]
-    status, live = node_get(port, "/health/live")
+    status, live = node_get(port, "/health/live", token=s.admin_token)
     assert status == 200 and live["status"] == "ok"
     assert set(live) == {"status", "info", "error", "details"}
     assert live["details"]["memory"]["rss_mb"] < live["details"]["memory"]["limit_mb"]
     assert live["details"]["event_loop"]["lag_ms"] >= 0
-    status, ready = node_get(port, "/health/ready")
+    status, ready = node_get(port, "/health/ready", token=s.admin_token)
     assert status == 200 and ready["error"] == {}
     assert set(ready["details"]) == {"redis", "drain", "queue", "database", "disk"}
     queue = ready["details"]["queue"]
     assert {"waiting", "pending", "retrying", "dead", "backpressure"} <= set(queue)
     assert ready["details"]["database"]["status"] == "up"
-    status, both = node_get(port, "/health")
+    status, both = node_get(port, "/health", token=s.admin_token)
     assert status == 200 and {"event_loop", "memory", "redis", "queue"} <= set(both["details"])
 
 
@@ -87,14 +87,14 @@ def test_soft_limit_sheds_ingest_but_keeps_readiness_hard_limit_drops_it(stack: 
     assert all(h.get("Retry-After") for _, h, _ in shed)
     assert shed[0][2]["error"] == "backpressure"
     for port in _ports(s):
-        status, ready = node_get(port, "/health/ready")
+        status, ready = node_get(port, "/health/ready", token=s.admin_token)
         assert status == 200, ready  # over the soft limit: reported, still ready
         assert ready["details"]["queue"]["backpressure"] is True
         assert ready["details"]["queue"]["waiting"] == SOFT
     for _ in range(HARD - SOFT):
         r.xadd(keys.stream, {"data": b"{}"})  # stand-in backlog (no worker reads it)
     for port in _ports(s):
-        status, ready = node_get(port, "/health/ready")
+        status, ready = node_get(port, "/health/ready", token=s.admin_token)
         assert status == 503 and ready["error"]["queue"]["waiting"] == HARD, ready
         assert node_get(port, "/health/live")[0] == 200
     r.xtrim(keys.stream, maxlen=0)
@@ -132,7 +132,7 @@ def test_readiness_503_from_the_first_instant_of_drain_while_still_serving(stack
     probes: list[tuple[float, int | None, dict[str, object]]] = []
     served_while_draining = 0
     while node.alive() and time.monotonic() - sent < 30:
-        status, body = node_get(port, "/health/ready", timeout=1)
+        status, body = node_get(port, "/health/ready", timeout=1, token=s.admin_token)
         probes.append((time.monotonic() - sent, status, body))
         if status == 503 and _ingest(f"http://127.0.0.1:{port}", s.ingest_key)[0] == 202:
             served_while_draining += 1

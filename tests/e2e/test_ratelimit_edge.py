@@ -34,7 +34,8 @@ ENV = {
     "FAULTLINE_RATE_LIMIT_ENABLED": "true",
     "FAULTLINE_RATE_LIMITS": f"short:{SHORT_LIMIT}/{int(SHORT_WINDOW)}s,long:100000/h",
     # GET /errors gets a 30 s window of 50 so a 200-request burst surely lands inside one window
-    "FAULTLINE_RATE_LIMIT_ROUTES": f"POST /errors/batch=short:2/s; GET /errors=short:{BURST_LIMIT}/30s",
+    "FAULTLINE_RATE_LIMIT_ROUTES": (f"POST /errors/log=on; POST /errors/batch=short:2/s; "
+                                    f"GET /errors=short:{BURST_LIMIT}/30s"),
 }
 
 
@@ -135,7 +136,8 @@ async def test_three_windows_never_hold_more_than_the_limit(edge: tuple[Stack, l
 
     async with client_from(stack, "127.0.0.1") as c:
         await asyncio.gather(*[sender(c) for _ in range(6)])
-    client = "k:" + hashlib.blake2b(stack.ingest_key.encode(), digest_size=10).hexdigest()
+    # (key, client IP): the key's window from this address only
+    client = "k:" + hashlib.blake2b(stack.ingest_key.encode(), digest_size=10).hexdigest() + "|ip:127.0.0.1"
     async with redis_of(stack) as redis:
         raw = await redis.zrange(Keys(stack.settings().key_prefix).ratelimit("long", client), 0, -1,
                                  withscores=True)
@@ -229,3 +231,31 @@ async def test_request_id_reaches_and_is_logged_by_every_node(edge: tuple[Stack,
     assert stack.nginx is not None
     access = await asyncio.to_thread((stack.nginx.prefix / "access.log").read_text)
     assert all(f"rid={rid} " in access for rid in rids)
+
+
+async def test_a_public_key_hammered_elsewhere_through_nginx_never_blocks_the_owner(
+        edge: tuple[Stack, list[str]]) -> None:
+    """Issue 10: the project's (public) key sent by another client to GET /nope and every other route, and
+    to ingest until that client is refused: the owner's ingest, from its own address, keeps getting 202."""
+    stack, _ = edge
+    key = {"X-Faultline-Key": stack.ingest_key}
+    paths = ["/nope", "/errors/log/x", "/api/1/nope", "/dashboard/static/nope.js", "/openapi.json"]
+    async with client_from(stack, "127.0.0.21") as attacker, client_from(stack, "127.0.0.22") as owner:
+        async def hammer() -> list[int]:
+            got = await asyncio.gather(*[attacker.get(paths[i % len(paths)], headers=key) for i in range(300)])
+            got += await asyncio.gather(*[attacker.post("/errors/log", json={"message": "spam"}, headers=key)
+                                          for _ in range(3 * SHORT_LIMIT)])
+            return [r.status_code for r in got]
+
+        async def ingest() -> list[int]:
+            codes = []
+            for i in range(SHORT_LIMIT - 5):
+                r = await owner.post("/errors/log", json={"message": f"owner {i}", "service": "web"}, headers=key)
+                codes.append(r.status_code)
+                await asyncio.sleep(0.05)
+            return codes
+
+        hammered, owned = await asyncio.gather(hammer(), ingest())
+    assert owned == [202] * (SHORT_LIMIT - 5)
+    assert all(code < 500 for code in hammered)
+    assert 429 in hammered[300:]  # the hammering client is limited in its own (key, IP) window

@@ -71,7 +71,8 @@ async def test_headers_429_body_and_a_refused_request_is_not_ingested(
         r = await c.post("/errors/log", json=EVENT, headers={"X-Faultline-Key": KEY})
         assert r.status_code == 429
         body = r.json()
-        assert set(body) == {"statusCode", "message", "retryAfterMs", "tier"}
+        assert set(body) == {"error", "statusCode", "message", "retryAfterMs", "tier"}
+        assert body["error"] == "rate_limited"
         assert body["statusCode"] == 429 and body["message"] == "Rate limit exceeded"
         assert body["tier"] == "short"
         assert 4000 < body["retryAfterMs"] <= 5000
@@ -90,7 +91,8 @@ async def test_headers_429_body_and_a_refused_request_is_not_ingested(
 
 
 async def test_batch_route_has_its_own_tighter_window(limited: Callable[..., Settings]) -> None:
-    settings = limited(rate_limits="short:10/5s,long:1000/h")  # default route rule: batch short 2/s
+    settings = limited(rate_limits="short:10/5s,long:1000/h",
+                       rate_limit_routes="POST /errors/log=on; POST /errors/batch=short:2/s")
     async with client(settings) as c:
         batch = {"events": [EVENT]}
         codes = [(await c.post("/errors/batch", json=batch, headers={"X-Faultline-Key": KEY})).status_code
@@ -99,6 +101,32 @@ async def test_batch_route_has_its_own_tighter_window(limited: Callable[..., Set
         r = await c.post("/errors/log", json=EVENT, headers={"X-Faultline-Key": KEY})
         # the batch rule's "short" is its own window: the shared one has only this request in it
         assert r.status_code == 202 and r.headers["x-ratelimit-remaining"] == "9"
+
+
+async def test_a_public_key_hammered_elsewhere_by_another_ip_never_blocks_the_owners_ingest(
+        limited: Callable[..., Settings]) -> None:
+    """Issue 10: a browser-embedded key sent to GET /nope (and to every other route) from another IP, and
+    even its own ingest windows filled from that IP: the owner's ingest keeps getting 202."""
+    settings = limited()  # short:3/5s per client, the default route list
+    key = {"X-Faultline-Key": KEY}
+    async with client(settings, peer="203.0.113.66") as attacker, client(settings, peer="198.51.100.7") as owner:
+        for path in ("/nope", "/errors/log/x", "/api/1/nothing", "/dashboard/static/nope.js", "/docs"):
+            codes = {(await attacker.get(path, headers=key)).status_code for _ in range(25)}
+            assert 429 not in codes, (path, codes)
+        codes = {(await attacker.post("/nope", json=EVENT, headers=key)).status_code for _ in range(25)}
+        assert codes == {404}
+        # the attacker uses up its own (key, IP) ingest window ...
+        codes = [(await attacker.post("/errors/log", json=EVENT, headers=key)).status_code for _ in range(6)]
+        assert codes == [202, 202, 202, 429, 429, 429]
+        # ... and the owner, from its own address, is untouched: a full window of 202s
+        for left in (2, 1, 0):
+            r = await owner.post("/errors/log", json=EVENT, headers=key)
+            assert r.status_code == 202 and r.headers["x-ratelimit-remaining"] == str(left), r.text
+    redis = make_redis(settings)
+    names = [k.decode() async for k in redis.scan_iter(match=Keys(settings.key_prefix).ratelimit("*", "*"))]
+    await redis.aclose()
+    assert names and not any("nope" in n or KEY in n for n in names)
+    assert {n.rsplit("|", 1)[-1] for n in names if "|" in n} == {"ip:203.0.113.66", "ip:198.51.100.7"}
 
 
 async def test_unknown_keys_fall_back_to_the_ip(limited: Callable[..., Settings]) -> None:

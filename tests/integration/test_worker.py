@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from core.db.engine import make_engine
 from core.db.models import ErrorGroup, Sample
+from core.dedup import JobStates, state_name
 from core.keys import Keys
 from core.redis import make_redis
 from core.settings import Settings
@@ -54,7 +55,7 @@ async def ingest(settings: Settings, n: int, groups: int = 5, prefix: str = "E")
 async def test_sigkill_mid_batch_is_redelivered_without_traffic(make_settings: Any, spawn: Any,
                                                                  tmp_path: Path) -> None:
     settings = make_settings(redeliver_after=2.0, write_batch_delay=0.01)
-    await prepare(settings)
+    pid = await prepare(settings)
     ids = await ingest(settings, 300)
     # Hold the SQLite write lock so worker A fetches the messages and then blocks mid-batch.
     db_file = settings.resolved_database_url.split("///", 1)[1]
@@ -87,8 +88,8 @@ async def test_sigkill_mid_batch_is_redelivered_without_traffic(make_settings: A
     await sync_counts(redis, engine, keys)
     await engine.dispose()
     assert (await db_totals(settings))[0] == 300  # counted exactly once
-    states = {orjson.loads(raw)["state"] for raw in await redis.mget([keys.event(i) for i in ids])}
-    assert states == {"succeeded"}
+    codes = await JobStates(redis, keys, settings).get([(pid, i) for i in ids])
+    assert {state_name(c) for c in codes if c is not None} == {"succeeded"} and None not in codes
     assert redelivered_in < 15, redelivered_in
     await redis.aclose()
 
@@ -129,7 +130,7 @@ async def test_poison_task_goes_to_dead_letters_with_growing_backoff(make_settin
     assert [d["task_id"] for d in dead] == [task_id]
     assert dead[0]["attempts"] == 4 and "ValidationError" in dead[0]["error"]
     # the poison task did not take the good one down with it
-    assert orjson.loads(await redis.get(keys.event(good_id)) or b"{}").get("state") is None
+    assert await JobStates(redis, keys, settings).get([(1, good_id)]) == [None]
     assert (await db_totals(settings))[1] == 1
     await redis.aclose()
 

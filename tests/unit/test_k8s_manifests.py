@@ -6,11 +6,14 @@ kubelet uses); these tests read both and fail when they drift apart.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
+from core.ratelimit.proxies import parse_cidrs
 from core.settings import Settings
 from faultline import gunicorn_conf
 from faultline.asgi import create
@@ -56,7 +59,7 @@ def _mib(quantity: str) -> float:
 def test_every_rendered_object_validates_against_the_schema(overlay: str) -> None:
     objects = render(overlay)
     kinds = {d["kind"] for d in objects}
-    assert {"Deployment", "Service", "Ingress", "ConfigMap", "Secret", "HorizontalPodAutoscaler",
+    assert {"Deployment", "Service", "Ingress", "ConfigMap", "HorizontalPodAutoscaler",
             "PodDisruptionBudget", "Job", "NetworkPolicy", "ServiceAccount"} <= kinds
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)  # raises on any unknown/invalid field
@@ -193,7 +196,38 @@ def test_migration_job_runs_faultline_migrate(docs: list[dict[str, Any]]) -> Non
     assert job["spec"]["template"]["spec"]["restartPolicy"] in ("OnFailure", "Never")
 
 
-def test_secret_is_a_template_without_values(docs: list[dict[str, Any]]) -> None:
-    [secret] = by_kind(docs, "Secret").values()
-    assert "data" not in secret
-    assert all(value == "" for value in secret["stringData"].values())
+SECRET_EXAMPLE = REPO / "deploy" / "k8s" / "secret.example.yaml"
+
+
+@pytest.mark.parametrize("overlay", ["base", "production"])
+def test_no_overlay_applies_a_secret(overlay: str) -> None:
+    """`kubectl apply -k` must never overwrite the real Secret with a template's empty values."""
+    assert not by_kind(render(overlay), "Secret")
+
+
+def test_secret_example_is_what_the_pods_reference_and_holds_no_value(docs: list[dict[str, Any]]) -> None:
+    [secret] = [d for d in yaml.safe_load_all(SECRET_EXAMPLE.read_text()) if d]
+    kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
+    assert "data" not in secret and all(value == "" for value in secret["stringData"].values())
+    referenced = {ref["secretRef"]["name"] for spec in pod_specs(docs).values() for c in spec["containers"]
+                  for ref in c.get("envFrom", []) if "secretRef" in ref}
+    assert referenced == {secret["metadata"]["name"]}
+    assert secret["metadata"]["namespace"] == next(d for d in docs if d["kind"] == "Namespace")["metadata"]["name"]
+    # what production refuses to start without, plus where the stores are
+    assert {"FAULTLINE_ADMIN_TOKEN", "FAULTLINE_REDIS_URL", "FAULTLINE_DATABASE_URL"} <= set(secret["stringData"])
+    # the example files are not picked up by a kustomization either
+    for kustomization in (REPO / "deploy" / "k8s").rglob("kustomization.yaml"):
+        assert "secret" not in " ".join(yaml.safe_load(kustomization.read_text()).get("resources", []))
+
+
+RFC1918 = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
+
+
+def test_trusted_proxies_are_narrow(settings: Settings) -> None:
+    """Only the ingress controller's range may set the client address, not every private address."""
+    networks = parse_cidrs(settings.trusted_proxies)
+    assert networks
+    for net in networks:
+        assert net.num_addresses <= 2 ** 16, f"{net}: wider than a /16 pod network"
+        assert not any(net.version == big.version and big.subnet_of(net) for big in RFC1918), net  # type: ignore[arg-type]
+        assert not net.is_global, f"{net}: a proxy of ours has a private address"

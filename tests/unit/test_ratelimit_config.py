@@ -11,11 +11,22 @@ from core.ratelimit.tiers import Tier, parse_tiers
 from core.settings import Settings
 
 
-def test_default_tiers_are_the_seeds() -> None:
+def test_default_tiers_let_a_busy_client_through_and_protect_only_listed_routes() -> None:
     s = Settings()
-    assert parse_tiers(s.rate_limits) == (Tier("short", 10, 1000), Tier("medium", 100, 60_000),
-                                          Tier("long", 1000, 3_600_000))
+    assert parse_tiers(s.rate_limits) == (Tier("short", 200, 1000), Tier("medium", 6000, 60_000))
     assert s.rate_limit_enabled and not s.rate_limit_fail_open and s.rate_limit_backend == "redis"
+    p = RatePolicy.parse(s.rate_limits, s.rate_limit_routes)
+    assert p.tiers_for("POST", "/errors/log") == p.defaults
+    batch = p.tiers_for("POST", "/errors/batch")
+    assert batch is not None and batch[0].limit == 20 and batch[0].key == "short@POST/errors/batch"
+    assert p.tiers_for("POST", "/api/42/envelope/") == p.defaults
+    assert p.tiers_for("GET", "/errors/" + "a" * 64) == p.defaults
+    assert p.tiers_for("PUT", "/api/projects/3/quota") == p.defaults
+    # not listed: never limited (404s, other methods, static files, docs)
+    for method, path in [("GET", "/nope"), ("GET", "/errors/log/x"), ("POST", "/errors/log/x"),
+                         ("GET", "/api/42/envelope/"), ("POST", "/api/4/2/envelope/"), ("GET", "/dashboard"),
+                         ("GET", "/docs"), ("DELETE", "/errors")]:
+        assert p.tiers_for(method, path) is None, (method, path)
 
 
 def test_windows_and_units() -> None:
@@ -37,6 +48,7 @@ def test_windows_and_units() -> None:
     ("rate_limit_routes", "POST errors=short:2/s", "path 'errors'"),
     ("rate_limit_routes", "POST /errors/batch", "expected 'METHOD /path=tiers'"),
     ("rate_limit_routes", "POST /errors/batch=short:2/x", "window 'x'"),
+    ("rate_limit_routes", "POST /errors/{a=on", "path '/errors/{a'"),
     ("trusted_proxies", "10.0.0.0/8, nginx.local", "'nginx.local'"),
 ])
 def test_bad_values_stop_startup_naming_the_bad_part(env: str, value: str, named: str) -> None:
@@ -54,11 +66,21 @@ def test_route_rules_replace_named_tiers_in_their_own_window() -> None:
     assert [(t.name, t.limit, t.key) for t in batch] == [
         ("short", 2, "short@POST/errors/batch"), ("medium", 100, "medium"),
         ("burst", 5, "burst@POST/errors/batch")]
-    assert p.tiers_for("POST", "/errors/log") == p.defaults
+    assert p.tiers_for("POST", "/errors/log") is None  # not listed: not limited
     assert p.tiers_for("GET", "/errors/abc") is None  # prefix rule: off
     assert p.tiers_for("GET", "/errors") is None
-    assert p.tiers_for("POST", "/errorsx") == p.defaults  # method differs from the GET prefix rule
+    assert p.tiers_for("POST", "/errorsx") is None  # method differs from the GET prefix rule
     assert p.tiers_for("GET", "/health/ready") is None and p.tiers_for("GET", "/metrics") is None
+
+
+def test_templates_match_one_segment() -> None:
+    p = RatePolicy.parse("short:10/s", "GET /p/{id}/q=on; * /api/{project}/*=short:1/s")
+    assert p.tiers_for("GET", "/p/7/q") == p.defaults
+    assert p.tiers_for("GET", "/p//q") is None and p.tiers_for("GET", "/p/7/8/q") is None
+    assert p.tiers_for("GET", "/p/7/q/x") is None
+    rule = p.tiers_for("POST", "/api/9/envelope/")
+    assert rule is not None and rule[0].limit == 1
+    assert p.tiers_for("POST", "/api/9") is None
 
 
 def test_longest_prefix_wins() -> None:

@@ -1,0 +1,97 @@
+"""Dedup by (project, event id) in compact time-bucketed hashes; job state next to it (real redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from core.db import repo
+from core.db.engine import make_engine
+from core.keys import Keys
+from core.redis import make_redis
+from core.settings import Settings
+from tests.integration.conftest import INGEST_KEY, api_client, prepare
+from tests.integration.test_ingest_api import drain_queue
+
+OTHER_KEY = "other-project-key-0123456789"
+
+
+async def dedup_footprint(settings: Settings) -> tuple[int, int, set[str]]:
+    """(bytes, ids, encodings) of every dedup bucket hash, measured by Redis itself."""
+    keys = Keys(settings.key_prefix)
+    redis = make_redis(settings, timeout=5)
+    total = ids = 0
+    encodings: set[str] = set()
+    try:
+        async for key in redis.scan_iter(match=keys.dedup_prefix + "*", count=1000):
+            if key.decode() == keys.dedup_meta:
+                continue
+            total += int(await redis.memory_usage(key, samples=0) or 0)
+            ids += int(await redis.hlen(key))  # type: ignore[misc]
+            encodings.add((await redis.object("encoding", key)).decode())  # type: ignore[union-attr]
+    finally:
+        await redis.aclose()
+    return total, ids, encodings
+
+
+async def test_same_event_id_in_two_projects_counts_in_both(make_settings: Any) -> None:
+    settings = make_settings()
+    p1 = await prepare(settings)
+    engine = make_engine(settings)
+    async with engine.begin() as conn:
+        p2, _ = await repo.ensure_project(conn, "other", OTHER_KEY)
+    await engine.dispose()
+    eid = uuid.uuid4().hex
+    async with api_client(settings) as c:
+        r1 = await c.post("/errors/log", json={"message": "E: one", "event_id": eid})
+        r2 = await c.post("/errors/log", json={"message": "E: one", "event_id": eid},
+                          headers={"X-Faultline-Key": OTHER_KEY})
+        assert r1.status_code == r2.status_code == 202
+        assert "duplicate" not in r1.json() and "duplicate" not in r2.json()
+        # within the window a repeat is a duplicate, in each project
+        for key in (INGEST_KEY, OTHER_KEY):
+            r = await c.post("/errors/log", json={"message": "E: one", "event_id": eid},
+                             headers={"X-Faultline-Key": key})
+            assert r.json()["duplicate"] is True
+        job = (await c.get(f"/jobs/{eid}", params={"project_id": p2})).json()
+        assert (job["state"], job["project_id"]) == ("queued", p2)
+        assert (await c.get(f"/jobs/{eid}")).json()["state"] == "queued"
+        assert (await c.get(f"/jobs/{eid}", params={"project_id": p2 + 5})).status_code == 404
+        assert await drain_queue(settings) == 2
+        for p in (p1, p2):
+            job = (await c.get(f"/jobs/{eid}", params={"project_id": p})).json()
+            assert job["state"] == "succeeded" and job["attempts"] == 1
+        groups = (await c.get("/errors")).json()["items"]
+        assert sorted((g["project_id"], g["count"]) for g in groups) == [(p1, 1), (p2, 1)]
+
+
+async def test_ids_are_forgotten_after_the_window_and_buckets_expire(make_settings: Any) -> None:
+    settings = make_settings(dedup_ttl=2, dedup_buckets=2)  # 1-s buckets: remembered 2..3 s
+    await prepare(settings)
+    eid = uuid.uuid4().hex
+    async with api_client(settings) as c:
+        assert "duplicate" not in (await c.post("/errors/log", json={"message": "x", "event_id": eid})).json()
+        await asyncio.sleep(1.0)
+        assert (await c.post("/errors/log", json={"message": "x", "event_id": eid})).json()["duplicate"]
+        await asyncio.sleep(3.2)
+        assert "duplicate" not in (await c.post("/errors/log", json={"message": "x", "event_id": eid})).json()
+        await asyncio.sleep(4.2)
+        _, ids, _ = await dedup_footprint(settings)
+        assert ids == 0  # whole buckets expired
+
+
+async def test_bytes_per_remembered_id_is_small_and_hashes_stay_listpacks(make_settings: Any) -> None:
+    settings = make_settings(dedup_ttl=300, dedup_buckets=10)  # 30-s buckets: the test stays in two
+    await prepare(settings)
+    async with api_client(settings) as c:
+        for _ in range(2):  # the first wave sizes the shards of the next bucket (and may share it)
+            for _ in range(4):
+                r = await c.post("/errors/batch", json={"events": [{"message": f"E{i % 50}"} for i in range(1000)]})
+                assert r.status_code == 202 and r.json()["accepted"] == 1000
+    size, ids, encodings = await dedup_footprint(settings)
+    per_id = size / ids
+    print(f"dedup: {ids} ids in {size} B = {per_id:.1f} B/id, encodings {encodings}")
+    assert ids == 8000
+    assert encodings == {"listpack"}
+    assert per_id <= 24, per_id  # the old one-key-per-id layout measured ~100 B/id (MEMORY USAGE ~90)
