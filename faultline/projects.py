@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import orjson
 from redis.asyncio import Redis
 
-from core import dlq
+from core import dlq, heartbeat
 from core.db import repo
 from core.db.engine import make_engine
 from core.db.migrate import migrate
@@ -152,10 +152,14 @@ def run_status(_: argparse.Namespace) -> int:
         for role in ("worker", "scheduler"):
             async for raw in redis.scan_iter(match=keys.heartbeat_pattern(role), count=200):
                 name = as_str(raw).rsplit(":", 1)[-1]
-                value = await redis.get(raw)
-                beat = as_str(value).split()[-1] if value else None
-                age = f"{now - float(beat):.1f}s ago" if beat else "expired"
-                print(f"beat    : {role} {name}: {age}")
+                beat = await heartbeat.read(redis, keys, role, name)
+                if beat is None:
+                    print(f"beat    : {role} {name}: expired")
+                    continue
+                last = max(beat.get("last_fetch", 0.0), beat.get("last_done", 0.0), beat.get("started", 0.0))
+                progress = f", fetched {int(beat.get('fetched', 0))}, written {int(beat.get('written', 0))}"
+                print(f"beat    : {role} {name}: last progress {now - last:.1f}s ago"
+                      f"{progress if role == 'worker' else ''}")
         return 0
 
     return asyncio.run(_with_redis(body))
