@@ -60,7 +60,7 @@ class RateLimitGuard:
 
     def start(self, rt: Runtime) -> None:
         """At lifespan start-up: the backend the settings select, and the node's project-key cache."""
-        self.bind(make_limiter(rt.settings, rt.redis, rt.keys), lambda key: key in rt.projects)
+        self.bind(make_limiter(rt.settings, rt.redis, rt.keys), rt.knows_key)
 
     def client_of(self, scope: Scope) -> str:
         key = forwarded = real_ip = None

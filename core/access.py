@@ -1,11 +1,15 @@
 """Who may read what: the admin token sees everything, the dashboard token is read-only and may be
-limited to some projects (FAULTLINE_DASHBOARD_PROJECTS). Shared by the REST read API and the live feed."""
+limited to some projects (FAULTLINE_DASHBOARD_PROJECTS). Shared by the REST read API and the live feed.
+Also how ingest keys are hashed: the DB and Redis hold only hashes, never a key."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Literal
+
+from redis.asyncio import Redis
 
 from core.settings import Settings
 
@@ -42,3 +46,24 @@ def authenticate(settings: Settings, token: str | None) -> Principal | None:
 def bearer(authorization: str | None) -> str | None:
     scheme, _, token = (authorization or "").partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+# --- ingest keys: stored and looked up by hash only ---------------------------------------------------
+# A key is a random token (>= 128 bits), so a plain SHA-256 is enough: no salt or slow hash is needed
+# against guessing, and a fast hash keeps the lookup on the ingest path cheap (~1 µs).
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_hint(key: str) -> str:
+    """The first 4 characters, shown by `faultline project list` to tell keys apart (not enough to guess)."""
+    return key[:4]
+
+
+async def publish_keys(redis: Redis, projects_hash: str, by_hash: dict[str, int]) -> None:
+    """Make the Redis copy (key hash -> project id) exactly the DB's, atomically: revoked keys leave it."""
+    pipe = redis.pipeline(transaction=True)
+    pipe.delete(projects_hash)
+    if by_hash:
+        pipe.hset(projects_hash, mapping={h: str(pid) for h, pid in by_hash.items()})
+    await pipe.execute()

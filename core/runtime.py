@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core import metrics
+from core import access, metrics
 from core.db import repo
 from core.db.engine import make_engine
 from core.keys import Keys
@@ -98,26 +98,30 @@ class Runtime:
         self.tasks.append(asyncio.create_task(coro, name=name))  # type: ignore[arg-type]
 
     async def load_projects(self) -> None:
-        """DB is the source of truth for projects; Redis carries them to nodes that start while it is down."""
+        """DB is the source of truth for projects; Redis carries them to nodes that start while it is down.
+        Both hold key hashes only (core.access.key_hash)."""
         try:
             async with self.engine.connect() as conn:
                 from_db = await repo.projects_by_key(conn)
-            if from_db:
-                await self.redis.hset(self.keys.projects, mapping={k: str(v) for k, v in from_db.items()})
+            await access.publish_keys(self.redis, self.keys.projects, from_db)
         except Exception as exc:
             log.warning("projects: DB unavailable (%s); using the Redis copy", exc)
         await self.refresh_projects()
 
     async def refresh_projects(self) -> None:
         raw = await self.redis.hgetall(self.keys.projects)
-        self.projects = {as_str(k): int(v) for k, v in raw.items()}
+        self.projects = {as_str(k): int(v) for k, v in raw.items()}  # key hash -> project id
+
+    def knows_key(self, key: str) -> bool:
+        return access.key_hash(key) in self.projects
 
     async def lookup_project(self, key: str) -> int | None:
-        pid = self.projects.get(key)
+        digest = access.key_hash(key)
+        pid = self.projects.get(digest)
         if pid is None:
-            raw = await self.redis.hget(self.keys.projects, key)  # created since the last refresh?
+            raw = await self.redis.hget(self.keys.projects, digest)  # created since the last refresh?
             if raw is not None:
-                pid = self.projects[key] = int(raw)
+                pid = self.projects[digest] = int(raw)
         return pid
 
     async def watch(self, every: float = 1.0) -> None:

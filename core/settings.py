@@ -164,6 +164,11 @@ class Settings(BaseSettings):
     sentry_max_decompressed_bytes: int = 40 * 1024 * 1024
     sentry_max_event_bytes: int = 1024 * 1024
 
+    # --- local stack (`faultline up`, faultline/stackfile.py) ---
+    # Where `faultline up` keeps its data, credentials.env and stack.json (the running stack's connection
+    # settings, which every other CLI command reads); relative to the working directory, like a project's
+    # .git, so each checkout runs its own stack.
+    data_dir: Path = DATA_DIR
     # --- resilience of long-running loops (core/backoff.py) ---
     # Backoff after a Redis/DB error: 0.1 s doubling up to 2 s (equal jitter). The 2 s cap keeps a worker
     # consuming again within ~2 s of Redis returning, at <= 1 attempt/s/loop of load on a dead server.
@@ -186,7 +191,7 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(DATA_DIR / 'faultline.db').resolve()}"
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'faultline.db').resolve()}"
 
     @model_validator(mode="after")
     def _rate_limits(self) -> Settings:

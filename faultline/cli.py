@@ -9,10 +9,12 @@ import os
 import secrets
 import signal
 import sys
-import time
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from core.settings import DATA_DIR, get_settings
+from core.settings import get_settings
 
 
 def _logging() -> None:
@@ -22,55 +24,92 @@ def _logging() -> None:
     logging.getLogger("taskiq").setLevel(logging.WARNING)
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from faultline import rollout
-    from faultline.stack import Stack, StackConfig
+def _adapt(handler: Callable[[], None]) -> Callable[[int, object], None]:
+    def on_signal(_signum: int, _frame: object) -> None:
+        handler()
+    return on_signal
 
-    creds = load_credentials(DATA_DIR / "credentials.env")
+
+class Signals:
+    """Signal -> handler table for `faultline up`: handlers only set events; the main loop acts on them."""
+
+    def __init__(self, on_stop: Callable[[], None]) -> None:
+        self.stop = threading.Event()
+        self.rollout = threading.Event()
+        self._on_stop = on_stop
+        self.table: dict[int, Callable[[], None]] = {
+            signal.SIGINT: self.request_stop,
+            signal.SIGTERM: self.request_stop,
+            signal.SIGHUP: self.rollout.set,  # sent by `faultline rollout`
+        }
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self._on_stop()  # long steps (start-up waits, a rollout) give up at once
+
+    def install(self) -> None:
+        for signum, handler in self.table.items():
+            signal.signal(signum, _adapt(handler))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from faultline import rollout, stackfile
+    from faultline.bootstrap import StartRefused
+    from faultline.stack import Cancelled, Stack, StackConfig
+
+    data = stackfile.data_dir()
+    if stackfile.read(data) is not None:
+        raise SystemExit(f"a `faultline up` is already running in {data.resolve()} (see `faultline status`)")
+    creds = load_credentials(data / "credentials.env")
     admin = os.environ.get("FAULTLINE_ADMIN_TOKEN") or creds.get("FAULTLINE_ADMIN_TOKEN") or secrets.token_urlsafe(24)
     key = os.environ.get("FAULTLINE_INGEST_KEY") or creds.get("FAULTLINE_INGEST_KEY") or secrets.token_urlsafe(24)
-    stack = Stack(StackConfig(base_dir=DATA_DIR.resolve(), nodes=args.nodes, port=args.port, workers=args.workers,
-                              db=args.db, admin_token=admin, ingest_key=key,
+    # Store passwords: kept across runs (the MariaDB user is re-keyed at each start if they change).
+    redis_pw = creds.get("FAULTLINE_REDIS_PASSWORD") or secrets.token_urlsafe(24)
+    db_pw = creds.get("FAULTLINE_DB_PASSWORD") or secrets.token_urlsafe(24)
+    stack = Stack(StackConfig(base_dir=data.resolve(), nodes=args.nodes, port=args.port, workers=args.workers,
+                              db=args.db, admin_token=admin, ingest_key=key, redis_password=redis_pw,
+                              db_password=db_pw,
                               env={"FAULTLINE_RATE_LIMIT_ENABLED": "false"} if args.no_rate_limit else {}))
-    stopping = rollout_wanted = False
-
-    def _stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    def _rollout(signum: int, _frame: object) -> None:  # SIGHUP, sent by `faultline rollout`
-        nonlocal rollout_wanted
-        rollout_wanted = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGHUP, _rollout)
+    signals = Signals(stack.cancel.set)
+    signals.install()
     try:
         stack.start()
+    except (Cancelled, InterruptedError):
+        stack.stop()
+        return 0
+    except StartRefused as refused:
+        stack.stop()
+        print(f"faultline up: {refused}", file=sys.stderr)
+        return 2
     except BaseException:
         stack.stop()
         raise
-    write_credentials(DATA_DIR / "credentials.env", {"FAULTLINE_ADMIN_TOKEN": stack.admin_token,
-                                                     "FAULTLINE_INGEST_KEY": stack.ingest_key})
+    write_credentials(data / "credentials.env", {
+        "FAULTLINE_ADMIN_TOKEN": stack.admin_token, "FAULTLINE_INGEST_KEY": stack.ingest_key,
+        "FAULTLINE_URL": stack.url, "FAULTLINE_REDIS_PASSWORD": redis_pw, "FAULTLINE_DB_PASSWORD": db_pw})
+    stackfile.write(data, stack)
     print(f"\nFaultline is up on {stack.url}  ({args.nodes} API nodes, {args.workers} workers, db={args.db})")
     limits = stack.settings()
     shown = "off"
     if limits.rate_limit_enabled:
         shown = f"{limits.rate_limits} per client; {limits.rate_limit_routes}"
     print(f"  rate limits : {shown}   (`faultline up --no-rate-limit` turns them off)")
-    print(f"  ingest key  : {stack.ingest_key}   (header X-Faultline-Key)")
+    print(f"  ingest key  : {stack.ingest_key}   (header X-Faultline-Key; checked through nginx)")
     print(f"  admin token : {stack.admin_token}   (Authorization: Bearer ...)")
-    print(f"  saved to {DATA_DIR / 'credentials.env'} (mode 0600). Ctrl-C stops everything.\n", flush=True)
-    rollout.write_pid(DATA_DIR)
-    while not stopping:
-        stack.supervise_once()
-        if rollout_wanted:
-            rollout_wanted = False
-            rollout.run_requested(stack, DATA_DIR)
-        time.sleep(0.5)
-    print("stopping...", flush=True)
-    rollout.remove_pid(DATA_DIR)
-    stack.stop()
+    print(f"  saved to {data / 'credentials.env'} (mode 0600). Ctrl-C stops everything.\n", flush=True)
+    rollout.write_pid(data)
+    try:
+        while not signals.stop.wait(0.5):
+            if stack.supervise_once():
+                stackfile.write(data, stack)
+            if signals.rollout.is_set():
+                signals.rollout.clear()
+                rollout.run_requested(stack, data, on_done=lambda: stackfile.write(data, stack))
+    finally:
+        print("stopping...", flush=True)
+        rollout.remove_pid(data)
+        stackfile.remove(data)
+        stack.stop()
     print("stopped", flush=True)
     return 0
 
@@ -79,23 +118,23 @@ def load_credentials(path: Path) -> dict[str, str]:
     if not path.exists():
         return {}
     pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {k.strip(): v.strip() for k, v in pairs}
+    return {k.strip().removeprefix("export "): v.strip() for k, v in pairs}
 
 
 def write_credentials(path: Path, values: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.writelines(f"{k}={v}\n" for k, v in values.items())
-    os.chmod(path, 0o600)
+    from faultline.stackfile import write_private
+
+    # `export` lines: `source .faultline/credentials.env` works as written in a shell.
+    write_private(path, "".join(f"export {k}={v}\n" for k, v in values.items()))
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     import json
 
     from faultline.rollout import request_rollout
+    from faultline.stackfile import data_dir
 
-    outcome = request_rollout(DATA_DIR, args.timeout)
+    outcome = request_rollout(data_dir(), args.timeout, progress=lambda line: print(line, flush=True))
     print(json.dumps(outcome, indent=2))
     return 0 if outcome.get("ok") else 1
 
@@ -136,31 +175,9 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-    from core.db import repo
-    from core.db.engine import make_engine
-    from core.db.migrate import migrate
-    from core.keys import Keys
-    from core.redis import make_redis
+    from faultline.projects import run
 
-    async def create() -> tuple[int, str]:
-        settings = get_settings()
-        await migrate(settings)
-        engine = make_engine(settings)
-        async with engine.begin() as conn:
-            pid, key = await repo.ensure_project(conn, args.name, args.key or secrets.token_urlsafe(24))
-        await engine.dispose()
-        redis = make_redis(settings, timeout=5)
-        try:
-            await redis.hset(Keys(settings.key_prefix).projects, key, str(pid))
-        except Exception as exc:
-            print(f"warning: Redis not reachable ({exc}); nodes will load the key at start", file=sys.stderr)
-        finally:
-            await redis.aclose()
-        return pid, key
-
-    _, key = asyncio.run(create())
-    print(key)
-    return 0
+    return run(args)
 
 
 def cmd_project_quota(args: argparse.Namespace) -> int:
@@ -176,9 +193,10 @@ def cmd_project_quota(args: argparse.Namespace) -> int:
     from core.keys import Keys
     from core.ratelimit import quota as q
     from core.redis import make_redis
+    from faultline.stackfile import cli_settings
 
     async def run() -> int:
-        settings = get_settings()
+        settings = cli_settings()  # the stack running here, or explicit URLs
         await migrate(settings)
         engine = make_engine(settings)
         try:
@@ -222,27 +240,35 @@ def cmd_worker_check(args: argparse.Namespace) -> int:
     from core import heartbeat
     from core.keys import Keys
     from core.redis import make_redis
+    from faultline.stackfile import cli_settings, stack_members
+
+    settings = cli_settings()
+    keys = Keys(settings.key_prefix)
+    # No --name: the workers of the stack running here (their names change with rollouts), else this
+    # host's name (the Kubernetes exec probe runs inside the pod).
+    names = [args.name] if args.name else stack_members(args.role) or [heartbeat.default_name()]
+
+    async def one(redis: Any, name: str) -> tuple[bool, str]:
+        beat = await heartbeat.read(redis, keys, args.role, name)
+        if beat is None:
+            return False, "no heartbeat"
+        if args.role != "worker":
+            return True, "alive"
+        queued = int(await redis.xlen(keys.stream))
+        idle = heartbeat.stalled(beat, queued, settings.worker_stall_after)
+        if idle is not None:
+            return False, f"stalled: nothing fetched for {idle:.0f}s while {queued} messages wait"
+        return True, f"alive: fetched {int(beat.get('fetched', 0))}, written {int(beat.get('written', 0))}"
 
     async def check() -> tuple[bool, str]:
-        settings = get_settings()
-        keys = Keys(settings.key_prefix)
         redis = make_redis(settings, timeout=2)
-        name = args.name or heartbeat.default_name()
         try:
-            beat = await heartbeat.read(redis, keys, args.role, name)
-            if beat is None:
-                return False, "no heartbeat"
-            if args.role != "worker":
-                return True, "alive"
-            queued = int(await redis.xlen(keys.stream))
-            idle = heartbeat.stalled(beat, queued, settings.worker_stall_after)
-            if idle is not None:
-                return False, f"stalled: nothing fetched for {idle:.0f}s while {queued} messages wait"
-            return True, f"alive: fetched {int(beat.get('fetched', 0))}, written {int(beat.get('written', 0))}"
+            results = [(name, *await one(redis, name)) for name in names]
         except Exception as exc:
             return False, f"cannot check: {type(exc).__name__}: {exc}"
         finally:
             await redis.aclose()
+        return all(ok for _, ok, _ in results), "\n".join(f"{n}: {why}" for n, _, why in results)
 
     ok, why = asyncio.run(check())
     print(why)
@@ -250,34 +276,15 @@ def cmd_worker_check(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    import orjson
+    from faultline.projects import run_dlq
 
-    from core.keys import Keys
-    from core.redis import make_redis
+    return run_dlq(args)
 
-    async def run() -> int:
-        settings = get_settings()
-        keys = Keys(settings.key_prefix)
-        redis = make_redis(settings, timeout=5)
-        try:
-            if args.action == "list":
-                for raw in await redis.lrange(keys.dead_letters, 0, args.limit - 1):
-                    rec = orjson.loads(raw)
-                    print(f"{rec['task_id']}  attempts={rec['attempts']}  {rec['error']}")
-                return 0
-            moved = 0
-            while (popped := await redis.rpop(keys.dead_letters)) is not None:
-                rec = orjson.loads(popped)  # type: ignore[arg-type]
-                msg = orjson.loads(rec["message"])
-                msg["labels"] = {}
-                await redis.xadd(keys.stream, {"data": orjson.dumps(msg)})
-                moved += 1
-            print(f"replayed {moved} tasks")
-            return 0
-        finally:
-            await redis.aclose()
 
-    return asyncio.run(run())
+def cmd_status(args: argparse.Namespace) -> int:
+    from faultline.projects import run_status
+
+    return run_status(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     roll = sub.add_parser("rollout", help="rolling restart of the running `faultline up` (maxSurge 1, "
                                           "maxUnavailable 0)")
-    roll.add_argument("--timeout", type=float, default=600.0)
+    roll.add_argument("--timeout", type=float, default=600.0, help="give up waiting after this many seconds "
+                                                                    "(default 600)")
     roll.set_defaults(func=cmd_rollout)
     api = sub.add_parser("api", help="run one API node (gunicorn + uvicorn workers)")
     api.add_argument("--host", default="127.0.0.1")
@@ -306,12 +314,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--name", default=None)
         p.set_defaults(func=func)
     sub.add_parser("migrate", help="create or upgrade the schema").set_defaults(func=cmd_migrate)
-    project = sub.add_parser("project", help="manage projects")
+    project = sub.add_parser("project", help="manage projects and their ingest keys (of the running stack)")
     psub = project.add_subparsers(dest="action", required=True)
-    create = psub.add_parser("create", help="create a project and print its ingest key")
+    create = psub.add_parser("create", help="create a project and print its ingest key (shown once)")
     create.add_argument("name")
-    create.add_argument("--key", default=None)
+    create.add_argument("--key", default=None, help="use this key (at least 16 characters) instead of a random one")
     create.set_defaults(func=cmd_project)
+    psub.add_parser("list", help="projects, their ids and key hints").set_defaults(func=cmd_project)
+    rotate = psub.add_parser("rotate-key", help="add a new key to a project and print it (the old ones keep "
+                                                "working unless --revoke-old)")
+    rotate.add_argument("name")
+    rotate.add_argument("--revoke-old", action="store_true", help="revoke every other key of the project")
+    rotate.set_defaults(func=cmd_project)
+    delete = psub.add_parser("delete", help="delete a project and revoke its keys (its groups stay)")
+    delete.add_argument("name")
+    delete.set_defaults(func=cmd_project)
     quota = psub.add_parser("quota", help="show or set a project's event quota and new-group cap "
                                           "(0 = no limit, 'default' = the FAULTLINE_PROJECT_* setting)")
     quota.add_argument("name")
@@ -324,10 +341,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--role", choices=["worker", "scheduler"], default="worker")
     check.add_argument("--name", default=None)
     check.set_defaults(func=cmd_worker_check)
-    dlq = sub.add_parser("dlq", help="dead-letter list")
-    dlq.add_argument("action", choices=["list", "replay"])
-    dlq.add_argument("--limit", type=int, default=50)
-    dlq.set_defaults(func=cmd_dlq)
+    dlq = sub.add_parser("dlq", help="dead letters: tasks that failed for good (of the running stack)")
+    dsub = dlq.add_subparsers(dest="action", required=True)
+    dlist = dsub.add_parser("list", help="newest first")
+    dlist.add_argument("--limit", type=int, default=50, help="how many to show (default 50)")
+    dlist.set_defaults(func=cmd_dlq)
+    show = dsub.add_parser("show", help="one dead letter in full")
+    show.add_argument("id", help="its task id (from `dlq list`)")
+    show.set_defaults(func=cmd_dlq)
+    replay = dsub.add_parser("replay", help="put tasks back on the queue (idempotent: nothing counted twice)")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", nargs="?", help="the task id to replay")
+    which.add_argument("--all", action="store_true", help="replay every dead letter")
+    replay.set_defaults(func=cmd_dlq)
+    dsub.add_parser("purge", help="delete every dead letter").set_defaults(func=cmd_dlq)
+    status = sub.add_parser("status", help="processes, ports, queue depth, dead letters, heartbeats")
+    status.set_defaults(func=cmd_status)
     return parser
 
 

@@ -1,4 +1,10 @@
-"""Child processes with prefixed logs, restarted when they die (like a supervisor, or Kubernetes)."""
+"""Child processes with prefixed logs, restarted when they die (like a supervisor, or Kubernetes).
+
+Restarts back off exponentially (capped) so a child that dies at once does not spin the machine, and the
+backoff resets once a child has stayed up for a stable period. A child may also have a liveness URL: a
+process that is alive but hung (stopped, deadlocked) misses several probes in a row and is SIGKILLed, then
+restarted like one that died (uvicorn's and Kubernetes' supervisors do the same).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
@@ -21,6 +28,62 @@ def stdout_sink(line: str) -> None:
 
 
 @dataclass
+class Backoff:
+    """Delay before the next restart: base * 2^(failures-1), capped; forgotten after `stable` seconds up."""
+
+    base: float = 0.2
+    cap: float = 10.0
+    stable: float = 30.0
+    failures: int = 0
+    due: float = 0.0  # monotonic time before which no restart is attempted
+
+    def failed(self, up_for: float) -> float:
+        if up_for >= self.stable:
+            self.failures = 0
+        self.failures += 1
+        delay = 0.0 if self.failures == 1 else min(self.cap, self.base * 2 ** (self.failures - 2))
+        self.due = time.monotonic() + delay
+        return delay
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self.due
+
+
+@dataclass
+class Liveness:
+    """Probe `url` every `every` s; `misses` failed probes in a row (each bounded by `timeout`) = hung."""
+
+    url: str
+    every: float = 2.0
+    timeout: float = 2.0
+    misses: int = 3
+    grace: float = 60.0  # a (re)started child that never answered gets this long to boot
+    missed: int = 0
+    last: float = 0.0
+    seen_live: bool = False  # answered once since its (re)start: from then on every miss counts
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.every
+
+    def reset(self) -> None:
+        self.missed, self.seen_live = 0, False
+
+    def probe(self, started_at: float) -> bool:
+        """True when the child has now missed `misses` probes in a row."""
+        self.last = time.monotonic()
+        try:
+            with urllib.request.urlopen(self.url, timeout=self.timeout) as r:
+                ok = r.status == 200
+        except Exception:
+            ok = False
+        if ok:
+            self.missed, self.seen_live = 0, True
+        elif self.seen_live or self.last - started_at >= self.grace:
+            self.missed += 1
+        return self.missed >= self.misses
+
+
+@dataclass
 class Child:
     name: str
     argv: list[str]
@@ -31,11 +94,16 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     exit_codes: list[int] = field(default_factory=list)
+    backoff: Backoff = field(default_factory=Backoff)
+    liveness: Liveness | None = None
+    hung_kills: int = 0
 
     def start(self) -> Child:
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.started_at = time.monotonic()
+        if self.liveness is not None:
+            self.liveness.reset()
         threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
         return self
 
@@ -58,27 +126,48 @@ class Child:
             assert self.proc is not None
             os.kill(self.proc.pid, sig)
 
+    def terminate(self) -> None:
+        """SIGTERM, and never restart it again (the first half of stop(), for callers that wait themselves)."""
+        self.restart = False
+        self.signal(signal.SIGTERM)
+
+    def kill_group(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait()
+
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, wait, SIGKILL the whole process group if it will not go."""
         if self.proc is None:
             return None
-        self.restart = False
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        self.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_group()
         return self.proc.returncode
 
     def check(self) -> bool:
-        """Restart if it died on its own. Returns True if a restart happened."""
-        if self.proc is None or self.proc.poll() is None or not self.restart:
+        """One supervision round, never blocking for long: SIGKILL if hung, restart if dead and the backoff
+        allows it. Returns True if a restart happened."""
+        if self.proc is None or not self.restart:
             return False
-        self.exit_codes.append(self.proc.returncode)
-        self.sink(f"{self.name:<12}| exited with {self.proc.returncode}; restarting")
+        if self.proc.poll() is None:
+            if self.liveness is not None and self.liveness.due() and self.liveness.probe(self.started_at):
+                self.sink(f"{self.name:<12}| missed {self.liveness.misses} liveness probes; SIGKILL")
+                self.hung_kills += 1
+                self.kill_group()
+            else:
+                return False
+        if self.backoff.due <= self.started_at:  # first look at this death: note it, schedule the restart
+            self.exit_codes.append(self.proc.returncode)
+            delay = self.backoff.failed(time.monotonic() - self.started_at)
+            self.sink(f"{self.name:<12}| exited with {self.proc.returncode}; restarting in {delay:.1f}s")
+        if not self.backoff.ready():
+            return False
         self.restarts += 1
-        time.sleep(min(5.0, 0.2 * 2 ** min(self.restarts, 5)) if time.monotonic() - self.started_at < 5 else 0)
         self.start()
         return True

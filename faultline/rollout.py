@@ -26,7 +26,7 @@ import redis
 
 from core.keys import Keys
 from faultline.procs import Child
-from faultline.stack import Stack
+from faultline.stack import Cancelled, Stack
 
 
 @dataclass
@@ -63,26 +63,57 @@ def _wait_heartbeat(stack: Stack, role: str, name: str, timeout: float = 120.0) 
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            if client.exists(key):
-                return
+            stack.raise_if_cancelled()
+            with contextlib.suppress(redis.RedisError):
+                if client.exists(key):
+                    return
             time.sleep(0.2)
     finally:
         client.close()
     raise TimeoutError(f"{role} {name}: no heartbeat after {timeout}s")
 
 
+def _retire(stack: Stack, old: Child) -> int | None:
+    """SIGTERM `old` and wait for it to drain and exit, giving up at once if the stack is stopping
+    (stop() then waits for it with everything else, within the shutdown timeout)."""
+    assert old.proc is not None
+    with stack.lock:
+        stack.retiring.append(old)
+    old.terminate()
+    deadline = time.monotonic() + _stop_timeout(stack)
+    while old.proc.poll() is None and time.monotonic() < deadline:
+        stack.raise_if_cancelled()
+        time.sleep(0.1)
+    if old.proc.poll() is None:
+        old.kill_group()
+    with stack.lock:
+        stack.retiring.remove(old)
+    return old.proc.returncode
+
+
+def _wait_ready(stack: Stack, port: int) -> None:
+    try:
+        stack.wait_ready(port)
+    except InterruptedError:
+        raise Cancelled("the stack is stopping") from None
+
+
 def replace_node(stack: Stack, old: Child, log: Callable[[str], None]) -> Step:
     assert stack.nginx is not None
     started = time.monotonic()
+    log(f"rollout: starting a replacement for {old.name}")
     new = stack.start_node()
-    stack.wait_ready(stack.node_ports[new.name])
+    _wait_ready(stack, stack.node_ports[new.name])
     ready_s = time.monotonic() - started
-    stack.nodes.remove(old)
-    stack.nginx.set_upstreams([stack.node_ports[n.name] for n in stack.nodes])
+    with stack.lock:
+        stack.nodes.remove(old)
+        stack.nginx.set_upstreams([stack.node_ports[n.name] for n in stack.nodes])
+    stack.write_targets()
     log(f"rollout: {new.name} ready in {ready_s:.2f}s and in nginx; draining {old.name}")
     stopping = time.monotonic()
-    code = old.stop(timeout=_stop_timeout(stack))
-    stack.node_ports.pop(old.name, None)
+    code = _retire(stack, old)
+    with stack.lock:
+        stack.node_ports.pop(old.name, None)
     step = Step("api", old.name, new.name, ready_s, time.monotonic() - stopping, code)
     log(f"rollout: {old.name} exited {code} after {step.stop_s:.2f}s")
     return step
@@ -90,24 +121,32 @@ def replace_node(stack: Stack, old: Child, log: Callable[[str], None]) -> Step:
 
 def replace_worker(stack: Stack, old: Child, log: Callable[[str], None]) -> Step:
     started = time.monotonic()
+    log(f"rollout: starting a replacement for {old.name}")
     new = stack.start_worker()
     _wait_heartbeat(stack, "worker", new.name)
     ready_s = time.monotonic() - started
     stopping = time.monotonic()
-    code = old.stop(timeout=_stop_timeout(stack))
-    stack.workers.remove(old)
+    with stack.lock:
+        stack.workers.remove(old)
+    stack.write_targets()
+    code = _retire(stack, old)
     step = Step("worker", old.name, new.name, ready_s, time.monotonic() - stopping, code)
     log(f"rollout: {new.name} beating after {ready_s:.2f}s; {old.name} exited {code} after {step.stop_s:.2f}s")
     return step
 
 
 def restart_scheduler(stack: Stack, child: Child, log: Callable[[str], None]) -> Step:
+    log(f"rollout: restarting {child.name}")
     stopping = time.monotonic()
-    code = child.stop(timeout=_stop_timeout(stack))
+    with stack.lock:
+        stack.schedulers.remove(child)
+    code = _retire(stack, child)
     stop_s = time.monotonic() - stopping
     started = time.monotonic()
     child.restart = True
     child.start()
+    with stack.lock:
+        stack.schedulers.append(child)
     _wait_heartbeat(stack, "scheduler", child.name)
     step = Step("scheduler", child.name, child.name, time.monotonic() - started, stop_s, code)
     log(f"rollout: {child.name} exited {code} after {stop_s:.2f}s, back in {step.ready_s:.2f}s")
@@ -124,6 +163,7 @@ def rolling_restart(stack: Stack, log: Callable[[str], None] = print) -> Rollout
     for child in list(stack.schedulers):
         result.steps.append(restart_scheduler(stack, child, log))
     result.seconds = time.monotonic() - began
+    stack.write_targets()
     log(f"rollout: done in {result.seconds:.2f}s, {len(result.steps)} steps, "
         f"exit codes {[s.exit_code for s in result.steps]}")
     return result
@@ -133,7 +173,7 @@ def rolling_restart(stack: Stack, log: Callable[[str], None] = print) -> Rollout
 # `up` writes its pid to <data dir>/up.pid. `faultline rollout` writes a request id to rollout.request
 # and sends SIGHUP; `up` runs the rollout between two supervision rounds (never concurrently with
 # restarting a crashed child) and writes the outcome, tagged with the id, to rollout.json.
-PID_FILE, REQUEST_FILE, RESULT_FILE = "up.pid", "rollout.request", "rollout.json"
+PID_FILE, REQUEST_FILE, RESULT_FILE, PROGRESS_FILE = "up.pid", "rollout.request", "rollout.json", "rollout.progress"
 
 
 def write_pid(data_dir: Path) -> None:
@@ -145,22 +185,51 @@ def remove_pid(data_dir: Path) -> None:
     (data_dir / PID_FILE).unlink(missing_ok=True)
 
 
-def run_requested(stack: Stack, data_dir: Path, log: Callable[[str], None] = print) -> Rollout:
-    """Called by `up` after a SIGHUP."""
+def run_requested(stack: Stack, data_dir: Path, log: Callable[[str], None] = print,
+                  on_done: Callable[[], None] | None = None) -> Rollout:
+    """Called by `up` after a SIGHUP. Each progress line also goes to rollout.progress (first line: the
+    request id), which `faultline rollout` prints as it grows."""
     request = data_dir / REQUEST_FILE
     rid = request.read_text().strip() if request.exists() else f"sighup-{time.time():.0f}"
+    progress = open(data_dir / PROGRESS_FILE, "w")
+    progress.write(rid + "\n")
+    progress.flush()
+
+    def both(line: str) -> None:
+        log(line)
+        progress.write(line + "\n")
+        progress.flush()
+
     try:
-        result = rolling_restart(stack, log)
+        result = rolling_restart(stack, both)
         outcome: dict[str, object] = {"id": rid, **result.as_dict()}
+    except Cancelled:
+        both("rollout: cancelled, the stack is stopping")
+        result, outcome = Rollout(), {"id": rid, "ok": False, "error": "cancelled: the stack is stopping"}
     except Exception as exc:  # report, keep the stack running: a half-done rollout still has capacity
-        log(f"rollout failed: {exc}")
+        both(f"rollout failed: {exc}")
         result, outcome = Rollout(), {"id": rid, "ok": False, "error": str(exc)}
+    finally:
+        progress.close()
+    if on_done is not None and not stack.cancel.is_set():
+        on_done()  # before the answer: whoever waits for it then reads an up-to-date stack.json
     (data_dir / RESULT_FILE).write_text(json.dumps(outcome, indent=2))
     return result
 
 
-def request_rollout(data_dir: Path, timeout: float) -> dict[str, object]:
-    """`faultline rollout`: signal the running `up` and wait for its answer."""
+def _new_progress(path: Path, rid: str, shown: int) -> list[str]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    if not lines or lines[0] != rid:
+        return []
+    return lines[1 + shown:]
+
+
+def request_rollout(data_dir: Path, timeout: float,
+                    progress: Callable[[str], None] | None = None) -> dict[str, object]:
+    """`faultline rollout`: signal the running `up`, print its progress lines, wait for its answer."""
     pid_file = data_dir / PID_FILE
     if not pid_file.exists():
         raise SystemExit(f"no running `faultline up` ({pid_file} missing)")
@@ -176,11 +245,19 @@ def request_rollout(data_dir: Path, timeout: float) -> dict[str, object]:
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + timeout
     result = data_dir / RESULT_FILE
+    shown = 0
     while time.monotonic() < deadline:
+        for line in _new_progress(data_dir / PROGRESS_FILE, rid, shown):
+            shown += 1
+            if progress is not None:
+                progress(line)
         if result.exists():
             with contextlib.suppress(ValueError):
                 outcome: dict[str, object] = json.loads(result.read_text())
                 if outcome.get("id") == rid:
+                    for line in _new_progress(data_dir / PROGRESS_FILE, rid, shown):
+                        if progress is not None:
+                            progress(line)
                     return outcome
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise SystemExit(f"rollout did not finish within {timeout:.0f}s")

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import threading
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from mirakuru import TCPExecutor
+
+from faultline.procs import Backoff
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,13 +30,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http_ok(url: str, timeout: float = 60.0) -> None:
-    """Poll until `url` answers 200 (a readiness probe, say)."""
-    import time
+def wait_http_ok(url: str, timeout: float = 60.0, cancel: threading.Event | None = None) -> None:
+    """Poll until `url` answers 200 (a readiness probe, say); gives up at once when `cancel` is set."""
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if cancel is not None and cancel.is_set():
+            raise InterruptedError(f"{url}: cancelled (stopping)")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
@@ -49,16 +55,53 @@ def require(binary: str, package: str) -> str:
     return path
 
 
+class Supervised:
+    """What the stack's supervisor needs of a server: is it alive, and bring it back on the same port."""
+
+    proc: TCPExecutor | None
+    backoff: Backoff
+    started_at: float
+    restarts: int
+
+    def start(self) -> Supervised:
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.running()
+
+    def reap(self) -> None:
+        """After an unplanned death: SIGKILL what is left of its process group (nginx's orphaned workers
+        would keep the port), forget the process."""
+        if self.proc is not None and self.proc.process is not None:
+            try:
+                os.killpg(self.proc.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.process.wait()
+            self.proc._clear_process()
+
+    def restart(self) -> None:
+        self.reap()
+        self.started_at = time.monotonic()
+        self.restarts += 1
+        self.start()
+
+
 @dataclass
-class RedisServer:
+class RedisServer(Supervised):
     data_dir: Path
     port: int = field(default_factory=free_port)
     appendonly: bool = True
+    password: str | None = None  # requirepass; None for the test fixtures' throwaway servers
     proc: TCPExecutor | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+    started_at: float = field(default_factory=time.monotonic)
+    restarts: int = 0
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -68,6 +111,13 @@ class RedisServer:
                # on a machine crash), at ~5% of throughput (docs/performance-floor).
                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
                "--maxclients", "10000", "--logfile", str(self.data_dir / "redis.log")]
+        if self.password:
+            # In a 0600 config file, not on the command line, where `ps` would show it to every user.
+            conf = self.data_dir / "auth.conf"
+            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"requirepass {self.password}\n")
+            cmd.insert(1, str(conf))
         self.proc = TCPExecutor(cmd, host="127.0.0.1", port=self.port, timeout=20)
         self.proc.start()
         self._wait_loaded()
@@ -79,7 +129,7 @@ class RedisServer:
 
         import redis
 
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -99,13 +149,17 @@ class RedisServer:
 
 
 @dataclass
-class MariaDBServer:
+class MariaDBServer(Supervised):
     data_dir: Path
     port: int = field(default_factory=free_port)
     proc: TCPExecutor | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+    started_at: float = field(default_factory=time.monotonic)
+    restarts: int = 0
 
-    def url(self, database: str = "faultline") -> str:
-        return f"mysql+asyncmy://root@127.0.0.1:{self.port}/{database}?charset=utf8mb4"
+    def url(self, database: str = "faultline", user: str = "root", password: str | None = None) -> str:
+        auth = f"{user}:{password}" if password else user
+        return f"mysql+asyncmy://{auth}@127.0.0.1:{self.port}/{database}?charset=utf8mb4"
 
     def start(self) -> MariaDBServer:
         mariadbd = require("mariadbd", "mariadb-server")
@@ -125,15 +179,35 @@ class MariaDBServer:
         self.proc.start()
         return self
 
-    def create_database(self, name: str) -> str:
+    def create_database(self, name: str, password: str | None = None) -> str:
+        """The database, and with `password` a `faultline` user owning it (the URL children get)."""
         self.sql(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4")
-        return self.url(name)
+        if not password:
+            return self.url(name)
+        if not password.replace("-", "").replace("_", "").isalnum():
+            raise ValueError("database password: letters, digits, - and _ only")
+        self.sql(f"CREATE USER IF NOT EXISTS 'faultline'@'127.0.0.1' IDENTIFIED BY '{password}'; "
+                 f"ALTER USER 'faultline'@'127.0.0.1' IDENTIFIED BY '{password}'; "
+                 f"GRANT ALL PRIVILEGES ON `{name}`.* TO 'faultline'@'127.0.0.1'")
+        self.lock_root()
+        return self.url(name, "faultline", password)
 
     def sql(self, statement: str) -> str:
+        """As root over the server's private unix socket (works before and after lock_root())."""
         out = subprocess.run(
-            [require("mariadb", "mariadb-client"), "--no-defaults", "-h127.0.0.1", f"-P{self.port}", "-uroot",
-             "-N", "-B", "-e", statement], check=True, capture_output=True, text=True)
+            [require("mariadb", "mariadb-client"), "--no-defaults", "--protocol=socket",
+             f"--socket={self.data_dir / 'mysqld.sock'}", "-uroot", "-N", "-B", "-e", statement],
+            check=True, capture_output=True, text=True)
         return out.stdout
+
+    def lock_root(self) -> None:
+        """Root only through the unix socket (the unix_socket plugin: the OS user must be root), never over
+        TCP: the port then takes the password-protected `faultline` user only. Skipped when not running as
+        root, where socket auth would lock us out of our own server."""
+        if os.getuid() != 0:
+            return
+        self.sql("DELETE FROM mysql.global_priv WHERE User = 'root' AND Host <> 'localhost'; "
+                 "FLUSH PRIVILEGES; ALTER USER 'root'@'localhost' IDENTIFIED VIA unix_socket")
 
     def stop(self) -> None:
         if self.proc:
@@ -147,13 +221,16 @@ def _user() -> str:
 
 
 @dataclass
-class NginxServer:
+class NginxServer(Supervised):
     prefix: Path
     upstreams: list[int]
     port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
     max_body_bytes: int = 1_048_576
     proc: TCPExecutor | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+    started_at: float = field(default_factory=time.monotonic)
+    restarts: int = 0
 
     @property
     def url(self) -> str:

@@ -1,6 +1,8 @@
 """The local stack: Redis, MariaDB or SQLite, N API nodes, nginx, workers and a scheduler.
 
 `faultline up` runs it in the foreground; the e2e tests and the benchmarks start the very same thing.
+Every process it starts is supervised (faultline/supervise.py): servers come back on the same port and
+data directory, Python children with restart backoff, hung API nodes are killed after missed probes.
 """
 
 from __future__ import annotations
@@ -10,19 +12,21 @@ import os
 import secrets
 import shutil
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.db import repo
-from core.db.engine import make_engine
-from core.db.migrate import migrate
-from core.keys import Keys
-from core.redis import make_redis
 from core.settings import Settings
-from faultline import promtargets
-from faultline.procs import Child, LogSink, stdout_sink
+from faultline import promtargets, supervise
+from faultline.bootstrap import ensure_default_project
+from faultline.procs import Child, Liveness, LogSink, stdout_sink
 from faultline.services import MariaDBServer, NginxServer, RedisServer, free_port, wait_http_ok
+
+
+class Cancelled(Exception):
+    """The stack is stopping (SIGTERM/SIGINT): whatever long step was running gives up."""
 
 
 @dataclass
@@ -38,6 +42,10 @@ class StackConfig:
     admin_token: str = ""
     ingest_key: str = ""
     sink: LogSink = stdout_sink
+    # Generated passwords for the stack's own Redis and MariaDB (`faultline up` keeps them in
+    # credentials.env); empty = no password (the test fixtures' default).
+    redis_password: str = ""
+    db_password: str = ""
 
 
 class Stack:
@@ -52,30 +60,37 @@ class Stack:
         self.node_ports: dict[str, int] = {}
         self.workers: list[Child] = []
         self.schedulers: list[Child] = []
+        self.retiring: list[Child] = []  # replaced by a rollout, still draining: stop() waits for them too
         self.metrics_ports: dict[str, int] = {}  # worker/scheduler name -> its /metrics port (Prometheus)
         self._serial = 0
         self.admin_token = config.admin_token or secrets.token_urlsafe(24)
         self.ingest_key = config.ingest_key or secrets.token_urlsafe(24)
+        # supervise_once() may run on the main loop and on a harness's background thread at once.
+        self.lock = threading.RLock()
+        self.cancel = threading.Event()  # set by stop requests: long waits (rollout steps) give up
 
     # --- start / stop -------------------------------------------------------------------------------
     def start(self) -> Stack:
         self.base.mkdir(parents=True, exist_ok=True)
-        self.redis = RedisServer(self.base / "redis").start()
+        self.redis = RedisServer(self.base / "redis", password=self.cfg.redis_password or None).start()
         self.database_url = self._database()
         settings = self.settings()
-        asyncio.run(self._prepare(settings))
+        asyncio.run(ensure_default_project(settings, self.ingest_key))
         for _ in range(self.cfg.nodes):
             self.start_node()
-        self.nginx = NginxServer(self.base / "nginx", [self.node_ports[n.name] for n in self.nodes],
-                                 port=self.cfg.port or free_port(),
-                                 max_body_bytes=settings.max_body_bytes).start()
         for _ in range(self.cfg.workers):
             self.start_worker()
         for i in range(self.cfg.schedulers):
             self.schedulers.append(self._metered_child(f"scheduler-{i + 1}", ["scheduler"]).start())
+        # nginx only once every node is ready: a request to a booting node would mark it failed for
+        # fail_timeout, and with all of them marked nginx answers "no live upstreams" for seconds.
         for node in self.nodes:
             self.wait_ready(self.node_ports[node.name])
-        promtargets.write(self.base / "prometheus-targets", self.node_ports, self.metrics_ports)
+        self.nginx = NginxServer(self.base / "nginx", [self.node_ports[n.name] for n in self.nodes],
+                                 port=self.cfg.port or free_port(),
+                                 max_body_bytes=settings.max_body_bytes).start()
+        supervise.check_through_edge(self.nginx.url, self.admin_token, self.ingest_key, self.cancel)
+        self.write_targets()
         return self
 
     def _database(self) -> str:
@@ -84,20 +99,8 @@ class Stack:
             return f"sqlite+aiosqlite:///{(self.base / 'faultline.db').resolve()}"
         if db == "mariadb":
             self.mariadb = MariaDBServer(self.base / "mariadb").start()
-            return self.mariadb.create_database("faultline")
+            return self.mariadb.create_database("faultline", password=self.cfg.db_password or None)
         return db
-
-    async def _prepare(self, settings: Settings) -> None:
-        await migrate(settings)
-        engine = make_engine(settings)
-        try:
-            async with engine.begin() as conn:
-                pid, self.ingest_key = await repo.ensure_project(conn, "default", self.ingest_key)
-        finally:
-            await engine.dispose()
-        redis = make_redis(settings)
-        await redis.hset(Keys(settings.key_prefix).projects, self.ingest_key, str(pid))
-        await redis.aclose()
 
     def settings(self) -> Settings:
         values: dict[str, Any] = {k.removeprefix("FAULTLINE_").lower(): v for k, v in self.env().items()
@@ -131,9 +134,13 @@ class Stack:
         shutil.rmtree(prom, ignore_errors=True)
         prom.mkdir(parents=True)
         child = self._child(name, ["api", "--port", str(port), "--workers", str(self.cfg.node_workers)],
-                            PROMETHEUS_MULTIPROC_DIR=str(prom)).start()
-        self.nodes.append(child)
-        self.node_ports[name] = port
+                            PROMETHEUS_MULTIPROC_DIR=str(prom))
+        # /health/live answers from the event loop: a stopped or deadlocked node misses it.
+        child.liveness = Liveness(f"http://127.0.0.1:{port}/health/live")
+        child.start()
+        with self.lock:
+            self.nodes.append(child)
+            self.node_ports[name] = port
         return child
 
     def _metered_child(self, name: str, args: list[str]) -> Child:
@@ -143,33 +150,52 @@ class Stack:
     def start_worker(self) -> Child:
         self._serial += 1
         child = self._metered_child(f"worker-{self._serial}", ["worker"]).start()
-        self.workers.append(child)
+        with self.lock:
+            self.workers.append(child)
         return child
 
     def wait_ready(self, port: int, timeout: float = 60.0) -> None:
-        wait_http_ok(f"http://127.0.0.1:{port}/health/ready", timeout)
+        wait_http_ok(f"http://127.0.0.1:{port}/health/ready", timeout, cancel=self.cancel)
 
     def children(self) -> list[Child]:
         return [*self.nodes, *self.workers, *self.schedulers]
 
-    def supervise_once(self) -> None:
-        for child in self.children():
-            if child.check() and child in self.nodes:
-                self.wait_ready(self.node_ports[child.name])
+    def write_targets(self) -> None:
+        promtargets.write(self.base / "prometheus-targets", self.node_ports,
+                          {c.name: self.metrics_ports[c.name] for c in [*self.workers, *self.schedulers]
+                           if c.name in self.metrics_ports})
+
+    def supervise_once(self) -> list[str]:
+        """One supervision round over every process; safe to call from any thread, never blocks long.
+        Returns what it restarted (names), for logs and chaos reports."""
+        with self.lock:
+            return supervise.run_round(self)
 
     def stop(self) -> None:
-        # Order: the edge first (no new requests), then API nodes, workers and schedulers (they finish
-        # and flush), then the stores.
-        if self.nginx:
-            self.nginx.stop()
-        for child in self.children():
-            child.signal(15)
-        for child in self.children():
-            child.stop(timeout=self.settings().shutdown_timeout + 5)
-        if self.redis:
-            self.redis.stop()
-        if self.mariadb:
-            self.mariadb.stop()
+        """Stop everything within shutdown_timeout (+ a small margin): the edge first (no new requests),
+        then API nodes, workers and schedulers in parallel (they finish and flush), then the stores."""
+        self.cancel.set()
+        with self.lock:
+            if self.nginx:
+                self.nginx.stop()
+            children = [*self.retiring, *self.children()]
+            for child in children:
+                child.terminate()
+            deadline = time.monotonic() + (self.settings().shutdown_timeout + 2 if self.redis else 5)
+            for child in children:
+                if child.proc is not None:
+                    try:
+                        child.proc.wait(max(0.0, deadline - time.monotonic()))
+                    except Exception:
+                        child.kill_group()
+            if self.redis:
+                self.redis.stop()
+            if self.mariadb:
+                self.mariadb.stop()
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled("the stack is stopping")
 
     @property
     def url(self) -> str:

@@ -18,7 +18,17 @@ class Project(Base):
     __tablename__ = "projects"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
-    ingest_key: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[float] = mapped_column(Double)
+
+
+class ProjectKey(Base):
+    """A project may have several ingest keys (rotation). Only the SHA-256 of a key is stored."""
+
+    __tablename__ = "project_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(Integer, index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hint: Mapped[str] = mapped_column(String(8))  # first characters, to tell keys apart in `project list`
     created_at: Mapped[float] = mapped_column(Double)
 
 

@@ -15,12 +15,14 @@ from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from core.db.models import AppliedBatch, ErrorGroup, Project, Sample
+from core.access import key_hash, key_hint
+from core.db.models import AppliedBatch, ErrorGroup, Project, ProjectKey, Sample
 
 _groups: Table = ErrorGroup.__table__  # type: ignore[assignment]
 _samples: Table = Sample.__table__  # type: ignore[assignment]
 _batches: Table = AppliedBatch.__table__  # type: ignore[assignment]
 _projects: Table = Project.__table__  # type: ignore[assignment]
+_keys: Table = ProjectKey.__table__  # type: ignore[assignment]
 
 # MySQL/MariaDB errors worth retrying as they are: 1205 lock wait timeout, 1213 deadlock,
 # 2002/2003/2006/2013 connection lost or refused.
@@ -146,18 +148,68 @@ async def prune_batches(conn: AsyncConnection, older_than: float) -> None:
 
 
 async def projects_by_key(conn: AsyncConnection) -> dict[str, int]:
-    rows = await conn.execute(select(Project.ingest_key, Project.id))
-    return {key: pid for key, pid in rows}
+    """key hash -> project id, for every live key."""
+    rows = await conn.execute(select(ProjectKey.key_hash, ProjectKey.project_id))
+    return {digest: pid for digest, pid in rows}
+
+
+class KeyConflict(ValueError):
+    """The key is already a key of another project."""
+
+
+async def project_id(conn: AsyncConnection, name: str) -> int | None:
+    found = (await conn.execute(select(Project.id).where(Project.name == name))).scalar()
+    return None if found is None else int(found)
+
+
+async def owner_of_key(conn: AsyncConnection, key: str) -> tuple[int, str] | None:
+    row = (await conn.execute(select(Project.id, Project.name).join(ProjectKey, ProjectKey.project_id == Project.id)
+                              .where(ProjectKey.key_hash == key_hash(key)))).first()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+async def add_key(conn: AsyncConnection, pid: int, key: str) -> None:
+    await conn.execute(_keys.insert().values(project_id=pid, key_hash=key_hash(key), hint=key_hint(key),
+                                             created_at=time.time()))
 
 
 async def ensure_project(conn: AsyncConnection, name: str, ingest_key: str) -> tuple[int, str]:
-    """The project called `name`, created with `ingest_key` if new. Returns (id, its actual key)."""
-    existing = (await conn.execute(select(Project.id, Project.ingest_key).where(Project.name == name))).first()
-    if existing is not None:
-        return int(existing[0]), str(existing[1])
-    result = await conn.execute(_projects.insert().values(
-        name=name, ingest_key=ingest_key, created_at=time.time()))
-    return int(result.inserted_primary_key[0]), ingest_key  # type: ignore[index]
+    """The project called `name` (created if new) with `ingest_key` among its keys (added if missing).
+
+    Returns (id, ingest_key): the key given always works afterwards. Raises KeyConflict if the key is
+    already another project's.
+    """
+    owner = await owner_of_key(conn, ingest_key)
+    pid = await project_id(conn, name)
+    if owner is not None:
+        if owner[1] != name:
+            raise KeyConflict(f"this key is already a key of project {owner[1]!r}, not of {name!r}")
+        return owner[0], ingest_key
+    if pid is None:
+        result = await conn.execute(_projects.insert().values(name=name, created_at=time.time()))
+        pid = int(result.inserted_primary_key[0])  # type: ignore[index]
+    await add_key(conn, pid, ingest_key)
+    return pid, ingest_key
+
+
+async def list_projects(conn: AsyncConnection) -> list[tuple[int, str, float, list[str]]]:
+    """(id, name, created_at, key hints) for every project."""
+    hints: dict[int, list[str]] = {}
+    for pid, hint in await conn.execute(select(ProjectKey.project_id, ProjectKey.hint).order_by(ProjectKey.id)):
+        hints.setdefault(int(pid), []).append(str(hint))
+    rows = await conn.execute(select(Project.id, Project.name, Project.created_at).order_by(Project.id))
+    return [(int(i), str(n), float(c), hints.get(int(i), [])) for i, n, c in rows]
+
+
+async def revoke_keys_except(conn: AsyncConnection, pid: int, keep: str) -> int:
+    result = await conn.execute(delete(_keys).where(_keys.c.project_id == pid, _keys.c.key_hash != key_hash(keep)))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def delete_project(conn: AsyncConnection, pid: int) -> None:
+    """The project and its keys (its keys stop working); its groups stay in the DB for the record."""
+    await conn.execute(delete(_keys).where(_keys.c.project_id == pid))
+    await conn.execute(delete(_projects).where(_projects.c.id == pid))
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

@@ -176,7 +176,22 @@ def test_faultline_rollout_sighups_faultline_up(tmp_path: Path) -> None:
             time.sleep(0.2)
         done = subprocess.run([*faultline, "rollout", "--timeout", "120"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=150)
-        outcome = json.loads(done.stdout)
+        progress, _, blob = done.stdout.partition("\n{")
+        outcome = json.loads("{" + blob)
+        # progress lines printed as each step happened, before the outcome
+        for step in ("starting a replacement for api-", "starting a replacement for worker-",
+                     "restarting scheduler-", "rollout: done"):
+            assert step in progress, done.stdout
+        # the Prometheus targets name the replacements' ports, not the old ones
+        info = json.loads((tmp_path / ".faultline" / "stack.json").read_text())
+        ports = {p["name"]: p["port"] for p in info["processes"]}
+        targets = tmp_path / ".faultline" / "prometheus-targets"
+        api = json.loads((targets / "api.json").read_text())
+        workers = json.loads((targets / "workers.json").read_text())
+        assert [t["labels"]["process"] for t in api] == [st["new"] for st in outcome["steps"] if st["role"] == "api"]
+        assert {t["labels"]["process"] for t in workers} == set(info["workers"]) | set(info["schedulers"])
+        for group in [*api, *workers]:
+            assert group["targets"] == [f"127.0.0.1:{ports[group['labels']['process']]}"]
         report(f"\n`faultline rollout`: exit {done.returncode}, {outcome['seconds']}s, "
               f"{[(st['role'], st['old'], st['new'], st['exit_code']) for st in outcome['steps']]}")
         assert done.returncode == 0 and outcome["ok"]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from core.access import key_hash
 from core.keys import Keys
 from core.redis import make_redis
 from core.settings import Settings
@@ -131,7 +132,7 @@ async def test_redis_unreachable_is_a_fast_503(make_settings: Any, blackhole: in
         port = blackhole
     settings = make_settings(redis_url=f"redis://127.0.0.1:{port}/0")
     async with api_client(settings) as c:
-        c._transport.app.state.runtime.projects = {"test-ingest-key-0123456789": 1}  # type: ignore[attr-defined]
+        c._transport.app.state.runtime.projects = {key_hash("test-ingest-key-0123456789"): 1}  # type: ignore[attr-defined]
         start = time.monotonic()
         results = await asyncio.gather(*[c.post("/errors/log", json={"message": "x"}) for _ in range(20)])
         elapsed = time.monotonic() - start

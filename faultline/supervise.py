@@ -1,0 +1,91 @@
+"""One supervision round over a Stack, and the start-up check that the edge really serves.
+
+Servers (Redis, MariaDB, nginx) come back on the same port and data directory, so clients reconnect to
+the address they know and Redis replays its AOF (nothing acknowledged is lost to a SIGKILL: Redis writes
+the AOF before it replies). nginx is re-rendered with the current node ports. Restarts back off
+(faultline/procs.py Backoff); a failed restart is retried at the next due round, never raised.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING
+
+from faultline.procs import LogSink
+from faultline.services import Supervised
+
+if TYPE_CHECKING:
+    from faultline.stack import Stack
+
+
+def _server(server: Supervised, name: str, sink: LogSink) -> bool:
+    if server.alive():
+        return False
+    if server.backoff.due <= server.started_at:  # first round that sees this death
+        code = server.proc.process.returncode if server.proc and server.proc.process else None
+        delay = server.backoff.failed(time.monotonic() - server.started_at)
+        sink(f"{name:<12}| exited with {code}; restarting in {delay:.1f}s")
+    if not server.backoff.ready():
+        return False
+    try:
+        server.restart()
+    except Exception as exc:  # port still held, slow recovery...: try again after the next backoff step
+        server.started_at = time.monotonic()
+        delay = server.backoff.failed(0.0)
+        sink(f"{name:<12}| restart failed ({exc}); next try in {delay:.1f}s")
+        return False
+    sink(f"{name:<12}| restarted (restart #{server.restarts})")
+    return True
+
+
+def run_round(stack: Stack) -> list[str]:
+    restarted: list[str] = []
+    sink = stack.cfg.sink
+    for server, name in ((stack.redis, "redis"), (stack.mariadb, "mariadb")):
+        if server is not None and _server(server, name, sink):
+            restarted.append(name)
+    for child in stack.children():
+        if child.check():
+            restarted.append(child.name)
+    if stack.nginx is not None and not stack.nginx.alive():
+        stack.nginx.upstreams = [stack.node_ports[n.name] for n in stack.nodes]
+        if _server(stack.nginx, "nginx", sink):
+            restarted.append("nginx")
+    return restarted
+
+
+def _call(url: str, headers: dict[str, str], body: bytes | None = None) -> int:
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+    except OSError:
+        return 0
+
+
+def check_through_edge(url: str, admin_token: str, ingest_key: str, cancel: threading.Event,
+                       timeout: float = 60.0) -> None:
+    """Return once real requests through nginx work: readiness, an admin read, and the ingest key
+    (an empty batch: 401 would mean the key does not work, any other 4xx that it does; nothing is stored).
+    Raises if the key is refused, or if the edge does not serve within `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: tuple[int, int, int] = (0, 0, 0)
+    while time.monotonic() < deadline and not cancel.is_set():
+        ready = _call(f"{url}/health/ready", {})
+        admin = _call(f"{url}/errors?limit=1", {"Authorization": f"Bearer {admin_token}"})
+        ingest = _call(f"{url}/errors/batch", {"X-Faultline-Key": ingest_key, "Content-Type": "application/json"},
+                       json.dumps({"events": []}).encode())
+        last = (ready, admin, ingest)
+        if ingest == 401:
+            raise RuntimeError("the ingest key is refused through nginx (401): not starting with a key that "
+                               "does not work")
+        if ready == 200 and admin == 200 and 200 <= ingest < 500:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not serve within {timeout:.0f}s (ready, admin read, ingest) = {last}")

@@ -1,0 +1,113 @@
+"""The supervisor of the local stack (faultline/supervise.py) against real faults, under steady load:
+Redis, MariaDB and nginx SIGKILLed come back on the same port (Redis with its AOF), ingest answers 202
+again within seconds, and every accepted event is stored and counted exactly once. A hung API node
+(SIGSTOP) misses its liveness probes, is SIGKILLed and restarted. Supervision runs on a background thread,
+as the chaos harness drives it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from faultline.stack import Stack
+from tests.e2e.stack_checks import check_exactly_once, module_stack, node_get, report
+from tests.e2e.steady_load import SteadyLoad
+
+pytestmark = [pytest.mark.e2e, pytest.mark.mariadb]
+RECOVERY_S = 15.0  # "within a few seconds" on a quiet machine; margin for the shared 2-core box
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    base: Path = tmp_path_factory.mktemp("supervised")
+    with module_stack(base, "supervisor", nodes=2, workers=1, db="mariadb") as (s, _lines):
+        stop = threading.Event()
+
+        def supervise() -> None:  # what loadtest/chaos.py does: a round every few hundred ms
+            while not stop.wait(0.3):
+                s.supervise_once()
+
+        thread = threading.Thread(target=supervise, daemon=True)
+        thread.start()
+        yield s
+        stop.set()
+        thread.join(10)
+
+
+def ingest(stack: Stack) -> int:
+    body = json.dumps({"message": "probe after a fault", "service": f"probe-{uuid.uuid4().hex[:6]}"}).encode()
+    req = urllib.request.Request(f"{stack.url}/errors/log", data=body, method="POST",
+                                 headers={"X-Faultline-Key": stack.ingest_key, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=2) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+    except OSError:
+        return 0
+
+
+def first_202_after(stack: Stack, since: float) -> float:
+    deadline = since + 60
+    while time.monotonic() < deadline:
+        if ingest(stack) == 202:
+            return time.monotonic() - since
+        time.sleep(0.1)
+    raise AssertionError("ingest did not answer 202 within 60 s of the fault")
+
+
+def server_pid(stack: Stack, name: str) -> int:
+    server = {"redis": stack.redis, "mariadb": stack.mariadb, "nginx": stack.nginx}[name]
+    assert server is not None and server.proc is not None and server.proc.process is not None
+    return int(server.proc.process.pid)
+
+
+@pytest.mark.parametrize("name", ["redis", "mariadb", "nginx"])
+def test_sigkilled_server_is_restarted_and_nothing_accepted_is_lost(stack: Stack, name: str) -> None:
+    server = {"redis": stack.redis, "mariadb": stack.mariadb, "nginx": stack.nginx}[name]
+    assert server is not None
+    port, restarts, pid = server.port, server.restarts, server_pid(stack, name)
+    with SteadyLoad(stack.url, stack.ingest_key, clients=20, think=0.1) as load:
+        load.wait_requests(100)
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        back_in = first_202_after(stack, killed)
+        load.wait_requests(200)
+    assert server.restarts == restarts + 1 and server.port == port and server_pid(stack, name) != pid
+    report(f"supervisor: {name} SIGKILLed -> ingest 202 again after {back_in:.2f}s; {load.stats.summary()}")
+    assert back_in < RECOVERY_S
+    report("supervisor: " + check_exactly_once(stack, load))
+
+
+def test_hung_api_node_is_killed_and_restarted(stack: Stack) -> None:
+    node = stack.nodes[0]
+    assert node.liveness is not None and node.proc is not None
+    port, kills = stack.node_ports[node.name], node.hung_kills
+    deadline = time.monotonic() + 30
+    while not node.liveness.seen_live and time.monotonic() < deadline:  # probed live once: misses now count
+        time.sleep(0.1)
+    os.killpg(node.proc.pid, signal.SIGSTOP)  # gunicorn and its uvicorn worker: alive, answering nothing
+    stopped = time.monotonic()
+    deadline = stopped + 30
+    while time.monotonic() < deadline and node.hung_kills == kills:
+        time.sleep(0.2)
+    assert node.hung_kills == kills + 1, "the hung node was never killed"
+    killed_after = time.monotonic() - stopped
+    # 3 probes, each given up after 2 s, 2 s apart: ~8-12 s
+    assert killed_after < 20, killed_after
+    deadline = time.monotonic() + 90  # a cold boot takes 5-10 s here, more when the box is loaded
+    while time.monotonic() < deadline and node_get(port, "/health/ready")[0] != 200:
+        time.sleep(0.2)
+    assert node_get(port, "/health/ready")[0] == 200, "the node did not come back on its port"
+    report(f"supervisor: hung node SIGKILLed {killed_after:.1f}s after SIGSTOP ({node.liveness.misses} missed "
+           f"probes), ready again {time.monotonic() - stopped:.1f}s after SIGSTOP")
