@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,6 +52,12 @@ def bearer(authorization: str | None) -> str | None:
 # --- ingest keys: stored and looked up by hash only ---------------------------------------------------
 # A key is a random token (>= 128 bits), so a plain SHA-256 is enough: no salt or slow hash is needed
 # against guessing, and a fast hash keeps the lookup on the ingest path cheap (~1 µs).
+def new_ingest_key() -> str:
+    """128 random bits as 32 hex digits: the Sentry SDKs' DSN parsers refuse some URL-safe characters ('-'
+    fails @sentry/node's pattern), and a key is the user part of a DSN."""
+    return secrets.token_hex(16)
+
+
 def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 

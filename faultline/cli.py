@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core import access
 from core.settings import get_settings
 
 
@@ -62,7 +63,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise SystemExit(f"a `faultline up` is already running in {data.resolve()} (see `faultline status`)")
     creds = load_credentials(data / "credentials.env")
     admin = os.environ.get("FAULTLINE_ADMIN_TOKEN") or creds.get("FAULTLINE_ADMIN_TOKEN") or secrets.token_urlsafe(24)
-    key = os.environ.get("FAULTLINE_INGEST_KEY") or creds.get("FAULTLINE_INGEST_KEY") or secrets.token_urlsafe(24)
+    key = os.environ.get("FAULTLINE_INGEST_KEY") or creds.get("FAULTLINE_INGEST_KEY") or access.new_ingest_key()
     # Store passwords: kept across runs (the MariaDB user is re-keyed at each start if they change).
     redis_pw = creds.get("FAULTLINE_REDIS_PASSWORD") or secrets.token_urlsafe(24)
     db_pw = creds.get("FAULTLINE_DB_PASSWORD") or secrets.token_urlsafe(24)
@@ -140,6 +141,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
+    # Settings refuse development secrets on a listener other machines can reach (core/settings.py)
+    os.environ["FAULTLINE_BIND_HOST"] = args.host
     get_settings()  # refuse bad settings before forking workers
     argv = [sys.executable, "-m", "gunicorn", "faultline.asgi:create()", "-c", "python:faultline.gunicorn_conf",
             "-b", f"{args.host}:{args.port}", "-w", str(args.workers)]

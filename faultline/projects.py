@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -13,13 +12,14 @@ from typing import Any, TypeVar
 import orjson
 from redis.asyncio import Redis
 
-from core import dlq, heartbeat
+from core import access, dlq, heartbeat
 from core.db import repo
 from core.db.engine import make_engine
 from core.db.migrate import migrate
 from core.keys import Keys
 from core.redis import as_str, make_redis
-from core.settings import Settings
+from core.sentry.auth import dsn_for
+from core.settings import Settings, check_project_key
 from faultline.bootstrap import publish
 from faultline.stackfile import cli_settings, data_dir, read
 
@@ -52,21 +52,28 @@ async def _project(args: argparse.Namespace, settings: Settings) -> int:
             raise SystemExit(f"no project named {args.name!r} (see `faultline project list`)")
         return pid
 
-    key = getattr(args, "key", None) or secrets.token_urlsafe(24)
+    key = getattr(args, "key", None) or access.new_ingest_key()
     if len(key) < MIN_KEY_LENGTH:
         raise SystemExit(f"--key must be at least {MIN_KEY_LENGTH} characters")
+    try:
+        check_project_key(settings, key)  # production: no development keys
+    except ValueError as exc:
+        raise SystemExit(f"--key: {exc}") from None
+    pid = 0
     if args.action == "create":
         async def create(conn: Any) -> None:
             if await repo.project_id(conn, args.name) is not None:
                 raise SystemExit(f"project {args.name!r} exists; `faultline project rotate-key {args.name}` "
                                  "gives it a new key")
             try:
-                await repo.ensure_project(conn, args.name, key)
+                nonlocal pid
+                pid, _ = await repo.ensure_project(conn, args.name, key)
             except repo.KeyConflict as exc:
                 raise SystemExit(f"--key: {exc}") from None
         await _in_db(settings, create)
     elif args.action == "rotate-key":
         async def rotate(conn: Any) -> int:
+            nonlocal pid
             pid = await find(conn)
             await repo.add_key(conn, pid, key)
             return await repo.revoke_keys_except(conn, pid, key) if args.revoke_old else 0
@@ -83,7 +90,10 @@ async def _project(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "delete":
         print(f"deleted project {args.name!r}; its keys no longer work")
     else:
-        print(key)
+        print(key)  # stdout: the key alone, for scripts; the DSN for Sentry SDKs on stderr
+        info = read(data_dir()) or {}
+        print(f"DSN for Sentry SDKs: {dsn_for(info.get('url') or 'http://127.0.0.1:8080', key, pid)}",
+              file=sys.stderr)
     return 0
 
 

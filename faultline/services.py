@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -231,21 +232,35 @@ class NginxServer(Supervised):
     backoff: Backoff = field(default_factory=Backoff)
     started_at: float = field(default_factory=time.monotonic)
     restarts: int = 0
+    _temp: Path | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def temp_root(self) -> Path:
+        """Where nginx writes request bodies over its 16 KB buffer. Run as root, the master's workers run as
+        `nobody`, who must reach the directory: the stack's own directory may sit under a private (0700) one
+        (pytest's, a home directory), so root's temp files go to a directory of their own under /tmp."""
+        if self._temp is None:
+            if os.geteuid() == 0:
+                self._temp = Path(tempfile.mkdtemp(prefix=f"faultline-nginx-{self.port}-"))
+                os.chmod(self._temp, 0o711)  # traversable, not listable
+            else:
+                self._temp = self.prefix
+        return self._temp
+
     def render(self) -> Path:
         template = (REPO / "deploy" / "nginx" / "nginx.conf.tmpl").read_text()
         servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;" for p in self.upstreams)
-        for name, value in {"prefix": str(self.prefix), "servers": servers, "host": self.host,
+        temp = self.temp_root()
+        for name, value in {"prefix": str(self.prefix), "temp": str(temp), "servers": servers, "host": self.host,
                             "port": str(self.port), "max_body_bytes": str(self.max_body_bytes)}.items():
             template = template.replace("{{" + name + "}}", value)
         self.prefix.mkdir(parents=True, exist_ok=True)
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (self.prefix / sub).mkdir(exist_ok=True)
-            os.chmod(self.prefix / sub, 0o777)  # nginx workers run as `nobody` when the master is root
+            (temp / sub).mkdir(exist_ok=True)
+            os.chmod(temp / sub, 0o777)  # nginx workers run as `nobody` when the master is root
         conf = self.prefix / "nginx.conf"
         conf.write_text(template)
         return conf
@@ -267,6 +282,9 @@ class NginxServer(Supervised):
     def stop(self) -> None:
         if self.proc:
             self.proc.stop()
+        if self._temp is not None and self._temp != self.prefix:
+            shutil.rmtree(self._temp, ignore_errors=True)
+            self._temp = None
 
 
 def template_path() -> Path:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core import access
 from core.settings import Settings
 from faultline import promtargets, supervise
 from faultline.bootstrap import ensure_default_project
@@ -64,7 +65,7 @@ class Stack:
         self.metrics_ports: dict[str, int] = {}  # worker/scheduler name -> its /metrics port (Prometheus)
         self._serial = 0
         self.admin_token = config.admin_token or secrets.token_urlsafe(24)
-        self.ingest_key = config.ingest_key or secrets.token_urlsafe(24)
+        self.ingest_key = config.ingest_key or access.new_ingest_key()
         # supervise_once() may run on the main loop and on a harness's background thread at once.
         self.lock = threading.RLock()
         self.cancel = threading.Event()  # set by stop requests: long waits (rollout steps) give up

@@ -100,7 +100,7 @@ def run_fault(key: str, args: argparse.Namespace, base: Path, log: Any) -> dict[
                    samples=len(sample_ids), samples_not_accepted=len(sample_ids - set(view["accepted"])),
                    fault_s=round(fault.end - fault.start, 1), run_s=round(t_load_end - t0, 1),
                    first_202_s=_first_202(load, fault.end), empty_queue_s=_empty_queue(monitor, t0, fault),
-                   info=fault.info, fallback_restarts=[n for _, n in supervisor.fallback_restarts],
+                   info=fault.info,
                    supervisor_errors=supervisor.errors, restarts=chaos_stack.worker_restarts(stack))
         row["worker_restarts"] = row["restarts"]["worker"]
     finally:
@@ -117,7 +117,7 @@ def run_fault(key: str, args: argparse.Namespace, base: Path, log: Any) -> dict[
                       f"(left: {row.get('left_in_redis')}); "
                       f"503-but-counted={row.get('refused_but_counted')}; dedup misses={row.get('dedup_misses')}; "
                       f"requests > 1 s={row.get('slow_requests')} (max {row.get('max_latency_s')} s); "
-                      f"restarts={row.get('restarts')}; harness fallback restarts={row.get('fallback_restarts')}; "
+                      f"restarts={row.get('restarts')}; "
                       f"refusals={row.get('refusals')}; phases={phases}")
     return row
 

@@ -23,9 +23,6 @@ from faultline.procs import LogSink
 from faultline.stack import Stack, StackConfig
 from loadtest.targets import generous_limits
 
-# How long a service may stay dead before the harness restarts it itself (see harness_restarts_services).
-FALLBACK_GRACE_S = 2.0
-
 
 def start_stack(base: Path, sink: LogSink, env: dict[str, str], nodes: int = 3, db: str = "mariadb") -> Stack:
     """3 nodes, nginx, 2 workers, 1 scheduler, MariaDB (by default); the limiter on with limits nothing reaches (so its
@@ -41,26 +38,6 @@ def start_stack(base: Path, sink: LogSink, env: dict[str, str], nodes: int = 3, 
         raise
 
 
-def harness_restarts_services(stack: Stack, dead_since: dict[str, float]) -> list[str]:
-    """HARNESS FALLBACK, REMOVE WHEN MERGING the "stack" branch (its supervise_once restarts Redis, MariaDB
-    and nginx). Until then: restart whichever of them has been dead for FALLBACK_GRACE_S, on the same port
-    and data directory (Redis replays its AOF). Does nothing while they are alive, so it never races a
-    supervisor that restarts them itself."""
-    restarted = []
-    for name in ("redis", "mariadb", "nginx"):
-        server = getattr(stack, name, None)
-        proc = getattr(server, "proc", None)
-        if server is None or proc is None or proc.running():
-            dead_since.pop(name, None)
-            continue
-        first = dead_since.setdefault(name, time.monotonic())
-        if time.monotonic() - first >= FALLBACK_GRACE_S:
-            server.start()
-            dead_since.pop(name, None)
-            restarted.append(name)
-    return restarted
-
-
 class Supervisor:
     """Runs the stack's supervisor every `every` s; `hold()` pauses it (a fault that must stay down)."""
 
@@ -68,12 +45,10 @@ class Supervisor:
         self.stack = stack
         self.log = log
         self.every = every
-        self.fallback_restarts: list[tuple[float, str]] = []
         self.errors = 0
         self._held = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()  # held while a supervision round runs
-        self._dead_since: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, daemon=True, name="chaos-supervisor")
 
     def start(self) -> Supervisor:
@@ -97,10 +72,7 @@ class Supervisor:
                 if self._held.is_set():
                     continue
                 try:
-                    self.stack.supervise_once()
-                    for name in harness_restarts_services(self.stack, self._dead_since):
-                        self.fallback_restarts.append((time.monotonic(), name))
-                        self.log(f"chaos       | harness fallback restarted {name}")
+                    self.stack.supervise_once()  # restarts dead nodes, workers, Redis, MariaDB and nginx
                 except Exception as exc:  # a supervisor round that fails is retried next round
                     self.errors += 1
                     self.log(f"chaos       | supervise_once failed: {exc!r}")

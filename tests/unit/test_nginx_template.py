@@ -28,10 +28,14 @@ def seconds(value: str) -> float:
 
 
 def test_rendered_template_is_valid_for_nginx(tmp_path: Path) -> None:
-    conf = NginxServer(tmp_path / "nginx", [1, 2, 3], port=1).render()
-    out = subprocess.run([require("nginx", "nginx"), "-t", "-p", str(tmp_path / "nginx"), "-c", str(conf)],
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
+    server = NginxServer(tmp_path / "nginx", [1, 2, 3], port=1)
+    try:
+        conf = server.render()
+        out = subprocess.run([require("nginx", "nginx"), "-t", "-p", str(tmp_path / "nginx"), "-c", str(conf)],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+    finally:
+        server.stop()  # removes the temp-file directory
 
 
 def test_workers_and_file_descriptors_fit_the_connections() -> None:
