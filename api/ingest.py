@@ -132,6 +132,8 @@ class Ingestor:
         args: list[bytes | str | int] = []
         out: list[Accepted] = []
         for index, item in enumerate(items):
+            if index and index % 100 == 0:
+                await asyncio.sleep(0)  # a 1,000-event batch must not hold the loop (health probes, others)
             event_id = item.event_id or (derived_event_id(edge_id, index) if edge_id else new_event_id())
             fp = fingerprint_of(project_id, item)
             event = {"event_id": event_id, "project_id": project_id, "fingerprint": fp, "received_at": now,

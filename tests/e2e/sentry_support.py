@@ -12,6 +12,7 @@ from typing import Any
 import psutil
 import redis
 
+from core.access import key_hash
 from core.db import repo
 from core.db.engine import make_engine
 from core.keys import Keys
@@ -23,7 +24,7 @@ def project_of(stack: Stack, key: str) -> int:
     settings = stack.settings()
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        return int(client.hget(Keys(settings.key_prefix).projects, key))  # type: ignore[arg-type]
+        return int(client.hget(Keys(settings.key_prefix).projects, key_hash(key)))  # type: ignore[arg-type]
     finally:
         client.close()
 
@@ -44,7 +45,7 @@ def add_project(stack: Stack, name: str) -> tuple[int, str]:
 
     pid = asyncio.run(create())
     client = redis.Redis.from_url(settings.redis_url)
-    client.hset(Keys(settings.key_prefix).projects, key, str(pid))
+    client.hset(Keys(settings.key_prefix).projects, key_hash(key), str(pid))  # hashes only
     client.close()
     return pid, key
 

@@ -48,6 +48,8 @@ def _ingest(url: str, key: str) -> tuple[int, Message, dict[str, object]]:
             return r.status, r.headers, orjson.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, e.headers, orjson.loads(e.read())
+    except urllib.error.URLError:  # the draining node closed its listener between the probe and this call
+        return 0, Message(), {}
 
 
 def _redis(stack: Stack) -> redis.Redis:

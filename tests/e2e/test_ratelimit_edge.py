@@ -142,8 +142,10 @@ async def test_three_windows_never_hold_more_than_the_limit(edge: tuple[Stack, l
         raw = await redis.zrange(Keys(stack.settings().key_prefix).ratelimit("long", client), 0, -1,
                                  withscores=True)
     times = admitted_times(raw)
-    assert statuses.count(202) == len(times)  # every 202 is in the log, no 429 is
-    assert set(statuses) == {202, 429}
+    # every admitted request is in the log, no 429 is (an admitted one may still meet a 503 from ingest
+    # when the machine is busy: the limiter let it through, the event store did not answer in time)
+    assert sum(st != 429 for st in statuses) == len(times)
+    assert {202, 429} <= set(statuses) <= {202, 429, 503}
     assert max_in_any_window(times, SHORT_WINDOW) == SHORT_LIMIT
     span = times[-1] - times[0]
     assert span >= 2 * SHORT_WINDOW  # the run covered three consecutive windows...

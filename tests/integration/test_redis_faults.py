@@ -293,8 +293,12 @@ async def test_worker_check_fails_for_a_stuck_worker_with_work_waiting(make_sett
     await wait_for(passes, 20, "worker-check to pass once the worker fetches again", every=0.5)
     redis = make_redis(settings, timeout=5)
     assert await redis.xlen(Keys(settings.key_prefix).stream) == 0
-    beat = orjson.loads(orjson.dumps(await beat_of(settings, "worker-s")))
-    assert beat["written"] >= 30 and beat["fetched"] >= 1
+
+    async def reported() -> bool:  # the heartbeat carries the progress within one beat (2 s)
+        beat = await beat_of(settings, "worker-s")
+        return bool(beat) and float(beat["written"]) >= 30 and float(beat["fetched"]) >= 1
+
+    await wait_for(reported, 10, "the heartbeat to report the 30 events written", every=0.5)
     await redis.aclose()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import DataError, OperationalError
 
+from core.dedup import SUCCEEDED
 from core.events import Event
 from core.retry import RowsRejected
 from core.settings import Settings
@@ -73,26 +74,43 @@ async def test_a_db_outage_fails_every_task_as_transient_and_stores_nothing() ->
 
 @pytest.mark.parametrize("attempt", [1, 3])
 async def test_the_job_record_keeps_the_attempt_number(attempt: int) -> None:
+    """A retried success keeps the attempt count core/retry.py kept, in the event's detail record (a first
+    attempt needs none: the compact state code says "succeeded" and GET /jobs reports 1 attempt)."""
     class Pipe:
         def __init__(self, sink: list[Any]) -> None:
             self.sink = sink
 
         def set(self, key: str, value: bytes, **_: Any) -> None:
-            self.sink.append(value)
+            self.sink.append((key, value))
 
         async def execute(self) -> None:
             return None
 
     class Redis:
         def __init__(self) -> None:
-            self.values: list[bytes] = []
+            self.values: list[tuple[str, bytes]] = []
 
         def pipeline(self, transaction: bool = False) -> Pipe:
             return Pipe(self.values)
 
+    class States:
+        def __init__(self) -> None:
+            self.calls: list[tuple[list[tuple[int, str]], int]] = []
+
+        async def set(self, events: list[tuple[int, str]], code: int) -> int:
+            self.calls.append((list(events), code))
+            return len(events)
+
     w = FakeDBWriter()
-    redis = Redis()
+    redis, states = Redis(), States()
     w.redis = redis  # type: ignore[assignment]
-    w.attempts["e7"] = attempt
-    await w._set_state([ev(7)], "succeeded")
-    assert redis.values == [f'{{"state":"succeeded","attempts":{attempt}}}'.encode()]
+    w.states = states  # type: ignore[assignment]
+    e = ev(7)
+    w.attempts[e.event_id] = attempt
+    await w._set_state([(e.project_id, e.event_id)], SUCCEEDED)
+    assert states.calls == [([(e.project_id, e.event_id)], SUCCEEDED)]
+    if attempt == 1:
+        assert redis.values == []
+    else:
+        assert redis.values == [(w.keys.event_detail(e.project_id, e.event_id),
+                                 f'{{"state":"succeeded","attempts":{attempt},"last_error":null}}'.encode())]
