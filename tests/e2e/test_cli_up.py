@@ -184,6 +184,43 @@ def test_stack_redis_requires_its_password(up: Up) -> None:
     assert creds.split("FAULTLINE_REDIS_PASSWORD=", 1)[1].split()[0] not in up.output()  # never printed
 
 
+def readme_quickstart() -> list[str]:
+    """The shell lines of the README's quick start, between its <!-- quickstart --> markers."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text.split("<!-- quickstart -->", 1)[1].split("<!-- /quickstart -->", 1)[0]
+    body = block.split("```bash", 1)[1].split("```", 1)[0]
+    return [line for line in body.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def test_the_readme_quick_start_runs_as_written(up: Up) -> None:
+    lines = readme_quickstart()
+    assert lines[0].startswith("source .faultline/credentials.env")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAULTLINE_")}  # only what the file gives
+    marker = "=== next ==="
+    script = f"\necho '{marker}'\n".join(lines)
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=up.cwd, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    outputs = [part.strip() for part in out.stdout.split(marker)]
+    assert len(outputs) == len(lines)
+    ingest, groups, dashboard = outputs[1], outputs[2], outputs[3]
+    accepted = json.loads(ingest)
+    assert accepted["status"] == "queued" and len(accepted["fingerprint"]) == 64
+    deadline = time.monotonic() + 15
+    while True:  # the list shows a group once a worker wrote its row (milliseconds; a human never sees the gap)
+        mine = [g for g in json.loads(groups)["items"] if g["fingerprint"] == accepted["fingerprint"]]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+        again = subprocess.run(["bash", "-euo", "pipefail", "-c", f"{lines[0]}\n{lines[2]}"], cwd=up.cwd, env=env,
+                               capture_output=True, text=True, timeout=30)
+        groups = again.stdout.strip()
+    assert mine and mine[0]["message"] == "TypeError: x is undefined" and mine[0]["count"] >= 1
+    assert dashboard.startswith(f"http://127.0.0.1:{up.port}/dashboard#token=admin-token-for-the-cli-test")
+    with urllib.request.urlopen(dashboard.split("#", 1)[0], timeout=10) as r:  # the page is there
+        assert r.status == 200 and b"Faultline" in r.read()
+
+
 def test_sigterm_mid_rollout_stops_within_the_shutdown_timeout(up: Up) -> None:
     rollout = subprocess.Popen([sys.executable, "-m", "faultline", "rollout"], cwd=up.cwd, env=up.env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -206,3 +243,4 @@ def test_sigterm_mid_rollout_stops_within_the_shutdown_timeout(up: Up) -> None:
     assert took < SHUTDOWN_TIMEOUT + 5, f"stopped {took:.1f}s after SIGTERM"
     print(f"SIGTERM mid-rollout: everything stopped in {took:.1f}s (shutdown timeout {SHUTDOWN_TIMEOUT:.0f}s)")
     assert not (up.cwd / ".faultline" / "stack.json").exists()
+
