@@ -143,10 +143,10 @@ class RateLimitMiddleware:
             headers.append((b"retry-after", retry_s))
             if scope["path"].startswith("/api/"):  # Sentry SDKs read this one: all categories, this key
                 headers.append((b"x-sentry-rate-limits", retry_s + b"::key"))
-            return await _answer(send, 429, {"error": "rate_limited", "statusCode": 429,
-                                             "message": "Rate limit exceeded",
-                                             "retryAfterMs": decision.retry_after_ms,
-                                             "tier": decision.tier.name}, headers)
+            # the one error shape of the API (api/errors.py): error, message, details
+            return await _answer(send, 429, {"error": "rate_limited", "message": "Rate limit exceeded",
+                                             "details": {"retry_after_ms": decision.retry_after_ms,
+                                                         "tier": decision.tier.name}}, headers)
 
         async def send_with_limits(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":

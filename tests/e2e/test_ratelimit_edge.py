@@ -168,7 +168,7 @@ async def test_retrying_client_is_admitted_when_its_oldest_request_leaves(
             if r.status_code != 429:
                 admitted_after = sent
                 break
-            refusals.append((sent, received, r.json()["retryAfterMs"], int(r.headers["retry-after"])))
+            refusals.append((sent, received, r.json()["details"]["retry_after_ms"], int(r.headers["retry-after"])))
             await asyncio.sleep(0.02)
     assert admitted_after is not None and len(refusals) > 10
     async with redis_of(stack) as redis:

@@ -71,13 +71,13 @@ async def test_headers_429_body_and_a_refused_request_is_not_ingested(
         r = await c.post("/errors/log", json=EVENT, headers={"X-Faultline-Key": KEY})
         assert r.status_code == 429
         body = r.json()
-        assert set(body) == {"error", "statusCode", "message", "retryAfterMs", "tier"}
-        assert body["error"] == "rate_limited"
-        assert body["statusCode"] == 429 and body["message"] == "Rate limit exceeded"
-        assert body["tier"] == "short"
-        assert 4000 < body["retryAfterMs"] <= 5000
+        assert set(body) == {"error", "message", "details"}  # the one error shape (api/errors.py)
+        assert body["error"] == "rate_limited" and body["message"] == "Rate limit exceeded"
+        assert body["details"]["tier"] == "short"
+        retry_ms = body["details"]["retry_after_ms"]
+        assert 4000 < retry_ms <= 5000
         # integer seconds, rounded up
-        assert r.headers["retry-after"] == str(-(-body["retryAfterMs"] // 1000))
+        assert r.headers["retry-after"] == str(-(-retry_ms // 1000))
         assert r.headers["x-ratelimit-remaining"] == "0"
         # no enqueue, no counting
         assert await redis.xlen(keys.stream) == queued == 3
