@@ -122,3 +122,20 @@ async def test_cursor_is_bound_to_its_sort_and_wrong_method_is_405(settings: Set
         assert "sort=count" in r.json()["message"]
         r = await c.get("/errors/log")
         assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["error"] == "method_not_allowed"
+
+
+async def test_the_sending_application_reads_its_own_events_with_its_ingest_key(settings: Settings) -> None:
+    pid = await prepare(settings)
+    async with api_client(settings) as c:
+        r = await c.post("/errors/log", json={"message": "ValueError: mine"})
+        event_id = r.json()["event_id"]
+        as_app = {"Authorization": ""}  # the ingest key only (the client's default X-Faultline-Key)
+        job = await c.get(f"/jobs/{event_id}", headers=as_app)
+        assert job.status_code == 200 and job.json()["state"] == "queued" and job.json()["project_id"] == pid
+        other = await c.get(f"/jobs/{event_id}", params={"project_id": pid + 1}, headers=as_app)
+        assert other.status_code == 403 and other.json()["error"] == "forbidden"
+        wrong = await c.get(f"/jobs/{event_id}", headers={"Authorization": "", "X-Faultline-Key": "not-a-key"})
+        assert wrong.status_code == 401
+        nothing = await c.get(f"/jobs/{event_id}", headers={"Authorization": "", "X-Faultline-Key": ""})
+        assert nothing.status_code == 401
+        assert (await c.get(f"/jobs/{event_id}")).json()["state"] == "queued"  # the admin token still reads it
