@@ -9,7 +9,7 @@ import ipaddress
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,10 +23,30 @@ DATA_DIR = Path(".faultline")
 
 
 class Settings(BaseSettings):
+    # Environment variables stay lenient (a FAULTLINE_* variable of another tool, or of a newer version, must
+    # not stop a process); names given in code must exist: `Settings(sync_intervall=1)` is a typo, refused.
     model_config = SettingsConfigDict(env_prefix="FAULTLINE_", extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(k for k in values if not k.startswith("_") and k not in type(self).model_fields)
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(unknown)}")
+        super().__init__(**values)
+
+    @classmethod
+    def from_env_map(cls, env: dict[str, str]) -> Settings:
+        """Settings from a FAULTLINE_* environment given as a dict (a child's env): unknown names ignored,
+        as they are in the real environment."""
+        values = {k.removeprefix("FAULTLINE_").lower(): v for k, v in env.items() if k.startswith("FAULTLINE_")}
+        return cls(**{k: v for k, v in values.items() if k in cls.model_fields})
 
     env: Literal["development", "production"] = "development"
     node_name: str = Field(default_factory=lambda: f"node-{secrets.token_hex(3)}")
+
+    # Log level of every process (read from the environment before logging is set up: faultline/cli.py,
+    # gunicorn_conf.py, uvicorn_worker.py); declared here so a bad value stops start-up with its name.
+    log_level: Literal["debug", "info", "warning", "error", "critical",
+                       "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "info"
 
     # Redis holds counters, dedup keys, the task stream and pub/sub: one URL for all of them.
     redis_url: str = "redis://127.0.0.1:6379/0"

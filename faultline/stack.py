@@ -16,7 +16,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from core import access
 from core.settings import Settings
@@ -104,9 +103,7 @@ class Stack:
         return db
 
     def settings(self) -> Settings:
-        values: dict[str, Any] = {k.removeprefix("FAULTLINE_").lower(): v for k, v in self.env().items()
-                                  if k.startswith("FAULTLINE_") and k != "FAULTLINE_NODE_NAME"}
-        return Settings(**values)
+        return Settings.from_env_map({k: v for k, v in self.env().items() if k != "FAULTLINE_NODE_NAME"})
 
     def env(self, **extra: str) -> dict[str, str]:
         assert self.redis is not None

@@ -1,4 +1,5 @@
 import random
+from typing import Any
 
 import orjson
 import pytest
@@ -70,3 +71,11 @@ def test_enqueued_message_is_taskiq_wire_format() -> None:
     assert msg.task_name == PERSIST_EVENTS and msg.task_id == "t1"
     assert msg.kwargs == {"events": events}
     assert orjson.loads(raw)["labels"] == {}
+
+
+def test_settings_refuse_a_misspelt_name_in_code_but_not_in_the_environment(monkeypatch: Any) -> None:
+    with pytest.raises(TypeError, match="sync_intervall"):
+        Settings(sync_intervall=1)
+    monkeypatch.setenv("FAULTLINE_SYNC_INTERVALL", "1")  # another tool's, or a typo: ignored as before
+    assert Settings().sync_interval == 30
+    assert Settings.from_env_map({"FAULTLINE_SYNC_INTERVAL": "2", "FAULTLINE_NOT_OURS": "x"}).sync_interval == 2
