@@ -93,7 +93,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     limits = stack.settings()
     shown = "off"
     if limits.rate_limit_enabled:
-        shown = f"{limits.rate_limits} per client; {limits.rate_limit_routes}"
+        routes = len([r for r in limits.rate_limit_routes.split(";") if r.strip()])
+        shown = (f"{limits.rate_limits} per client on {routes} routes (FAULTLINE_RATE_LIMIT_ROUTES); project "
+                 f"quota {limits.project_quota_per_second}/s, {limits.project_quota_per_minute}/min")
     print(f"  rate limits : {shown}   (`faultline up --no-rate-limit` turns them off)")
     print(f"  ingest key  : {stack.ingest_key}   (header X-Faultline-Key; checked through nginx)")
     print(f"  admin token : {stack.admin_token}   (Authorization: Bearer ...)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -15,9 +16,23 @@ control_socket_disable = True
 loglevel = os.environ.get("FAULTLINE_LOG_LEVEL", "info")
 
 
+class _AlreadyClosed(logging.Filter):
+    """uvicorn closes the listening socket it was handed when it stops; gunicorn then closes its own handle
+    of it and logs "Error while closing socket [Errno 9] Bad file descriptor" on every graceful stop. The
+    socket is closed either way: the line is noise (other socket errors still get through)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.getMessage().startswith("Error while closing socket") and "Errno 9" in record.getMessage())
+
+
+def post_worker_init(worker: Any) -> None:
+    logging.getLogger("gunicorn.error").addFilter(_AlreadyClosed())
+
+
 def on_starting(server: Any) -> None:
     """Empty the multiprocess metrics dir: in Kubernetes it is an emptyDir that survives a container
     restart, and files of dead processes would be summed into /metrics for ever."""
+    logging.getLogger("gunicorn.error").addFilter(_AlreadyClosed())
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path and os.path.isdir(path):
         for name in os.listdir(path):

@@ -8,7 +8,6 @@ the AOF before it replies). nginx is re-rendered with the current node ports. Re
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import urllib.error
@@ -72,15 +71,15 @@ def _call(url: str, headers: dict[str, str], body: bytes | None = None) -> int:
 def check_through_edge(url: str, admin_token: str, ingest_key: str, cancel: threading.Event,
                        timeout: float = 60.0) -> None:
     """Return once real requests through nginx work: readiness, an admin read, and the ingest key
-    (an empty batch: 401 would mean the key does not work, any other 4xx that it does; nothing is stored).
+    (GET /jobs/<unknown id> with the key: 401 would mean the key does not work, 404 that it does).
     Raises if the key is refused, or if the edge does not serve within `timeout`."""
     deadline = time.monotonic() + timeout
     last: tuple[int, int, int] = (0, 0, 0)
     while time.monotonic() < deadline and not cancel.is_set():
         ready = _call(f"{url}/health/ready", {})
         admin = _call(f"{url}/errors?limit=1", {"Authorization": f"Bearer {admin_token}"})
-        ingest = _call(f"{url}/errors/batch", {"X-Faultline-Key": ingest_key, "Content-Type": "application/json"},
-                       json.dumps({"events": []}).encode())
+        # the key, read-only: an unknown event id of this key's project answers 404 (401: the key is refused)
+        ingest = _call(f"{url}/jobs/{'0' * 32}", {"X-Faultline-Key": ingest_key})
         last = (ready, admin, ingest)
         if ingest == 401:
             raise RuntimeError("the ingest key is refused through nginx (401): not starting with a key that "

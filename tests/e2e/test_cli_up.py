@@ -244,3 +244,30 @@ def test_sigterm_mid_rollout_stops_within_the_shutdown_timeout(up: Up) -> None:
     print(f"SIGTERM mid-rollout: everything stopped in {took:.1f}s (shutdown timeout {SHUTDOWN_TIMEOUT:.0f}s)")
     assert not (up.cwd / ".faultline" / "stack.json").exists()
 
+
+
+def test_a_normal_start_and_ctrl_c_print_no_error_line(tmp_path: Path) -> None:
+    """What a user sees of `faultline up` then Ctrl-C: no line with "error" in it when nothing failed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAULTLINE_")}
+    env.update({"FAULTLINE_DRAIN_DELAY": "0.5", "FAULTLINE_SHUTDOWN_TIMEOUT": "5", "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen([sys.executable, "-m", "faultline", "up", "--port", str(free_port()), "--db", "sqlite",
+                             "--nodes", "1", "--workers", "1"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    handle = Up(proc, tmp_path, env, 0)
+    threading.Thread(target=_pump, args=(handle,), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 180
+        while "Ctrl-C stops everything" not in handle.output():
+            assert proc.poll() is None, "faultline up exited early:\n" + handle.output()[-4000:]
+            assert time.monotonic() < deadline, "no banner after 180 s:\n" + handle.output()[-4000:]
+            time.sleep(0.2)
+        time.sleep(2)  # a few beats of every loop
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    time.sleep(0.5)  # the pump thread reads the last lines
+    noisy = [line for line in handle.output().splitlines() if "error" in line.lower()]
+    assert not noisy, "\n".join(noisy[:20])
