@@ -74,12 +74,22 @@ class Supervised:
         """After an unplanned death: SIGKILL what is left of its process group (nginx's orphaned workers
         would keep the port), forget the process."""
         if self.proc is not None and self.proc.process is not None:
+            group = self.proc.process.pid
             try:
-                os.killpg(self.proc.process.pid, signal.SIGKILL)
+                os.killpg(group, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
             self.proc.process.wait()
             self.proc._clear_process()
+            # SIGKILL is delivered asynchronously: until the last orphan is gone it may still hold the port,
+            # and the new server would fail to bind (one wasted restart and its backoff)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(group, 0)
+                except (ProcessLookupError, PermissionError):
+                    break
+                time.sleep(0.02)
 
     def restart(self) -> None:
         self.reap()

@@ -124,6 +124,7 @@ async def test_burst_over_three_nodes_admits_exactly_the_limit(edge: tuple[Stack
 
 async def test_three_windows_never_hold_more_than_the_limit(edge: tuple[Stack, list[str]]) -> None:
     stack, _ = edge
+    began = time.time()  # the log may hold this (key, IP)'s earlier requests (the stack's own start check)
     stop = time.monotonic() + 3 * SHORT_WINDOW + 0.5
     statuses: list[int] = []
 
@@ -141,7 +142,7 @@ async def test_three_windows_never_hold_more_than_the_limit(edge: tuple[Stack, l
     async with redis_of(stack) as redis:
         raw = await redis.zrange(Keys(stack.settings().key_prefix).ratelimit("long", client), 0, -1,
                                  withscores=True)
-    times = admitted_times(raw)
+    times = [t for t in admitted_times(raw) if t >= began - 0.01]
     # every admitted request is in the log, no 429 is (an admitted one may still meet a 503 from ingest
     # when the machine is busy: the limiter let it through, the event store did not answer in time)
     assert sum(st != 429 for st in statuses) == len(times)
