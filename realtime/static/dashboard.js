@@ -134,7 +134,7 @@
     });
     socket.on("connect_error", (err) => {
       if (/token/.test(err.message)) {
-        socket.close(); forgetToken(); askToken("Refused: " + err.message); setConn("bad", "refused");
+        socket.close(); forgetToken(); askToken(plainRefusal(err)); setConn("bad", "refused");
       }
       else setConn("off", "reconnecting…");
     });
@@ -152,6 +152,15 @@
     socket.on("error:spike", onSpike);
   }
 
+  // What the server's refusal means, in words a person acts on (its codes stay in the console).
+  function plainRefusal(err) {
+    const code = (err.data && err.data.error) || err.message || "";
+    console.info("socket refused:", code);
+    if (/missing_token/.test(code)) return "This dashboard needs a token: paste the dashboard or admin token.";
+    return "That token was not accepted. Paste the dashboard (read-only) or admin token from " +
+           ".faultline/credentials.env, or ask whoever runs Faultline.";
+  }
+
   async function onSubscribed(ack, token) {
     if (!ack || !ack.ok) { setConn("bad", (ack && ack.error) || "subscribe failed"); return; }
     state.node = ack.node; state.rooms = ack.rooms;
@@ -159,6 +168,8 @@
     // The DB view adds groups whose live summary Redis no longer has; max() keeps the newer counts.
     await Promise.all((ack.projects || []).map((pid) => loadRest(pid, token)));
     state.connected = true; state.snapshots += 1;
+    // honest empty state: "no errors" only once both views (live and DB) have answered
+    setText($("empty"), "No errors yet — waiting for events.");
     setConn("live", "live · " + ack.node);
     schedule();
   }

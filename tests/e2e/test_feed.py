@@ -339,3 +339,24 @@ async def test_dashboard_layout_from_phone_to_wide_screen(stack: Stack, http: ht
                 await page.close()
         finally:
             await browser.close()
+
+
+async def test_dashboard_says_in_plain_words_when_the_token_is_wrong(stack: Stack) -> None:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            page = await browser.new_page(viewport={"width": 390, "height": 844})
+            await page.goto(f"{stack.url}/dashboard#token=not-the-right-token-000")
+            error = page.locator("#login-error")
+            await error.wait_for(state="visible", timeout=15_000)
+            text = await error.inner_text()
+            assert "not accepted" in text and "invalid_token" not in text and "auth {" not in text, text
+            assert await page.locator("#empty").inner_text() != "No errors yet — waiting for events."  # not known
+            await page.screenshot(path=str(ARTIFACTS / "dashboard-wrong-token.png"))
+        finally:
+            await browser.close()
