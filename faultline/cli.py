@@ -292,64 +292,76 @@ def cmd_status(args: argparse.Namespace) -> int:
     return run_status(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Also used by tests that check the Dockerfile and the k8s manifests only run commands that exist."""
     parser = argparse.ArgumentParser(prog="faultline", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    # every option's help ends with its default (%(default)s), in every subcommand
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     up = sub.add_parser("up", help="run the whole local stack in the foreground")
-    up.add_argument("--nodes", type=int, default=3)
-    up.add_argument("--port", type=int, default=8080)
-    up.add_argument("--workers", type=int, default=2)
-    up.add_argument("--db", default="mariadb", help="sqlite | mariadb | a SQLAlchemy URL")
+    up.add_argument("--nodes", type=int, default=3, help="API nodes behind nginx (each gunicorn + uvicorn)")
+    up.add_argument("--port", type=int, default=8080, help="the port nginx listens on (127.0.0.1)")
+    up.add_argument("--workers", type=int, default=2, help="worker processes consuming the task stream")
+    up.add_argument("--db", default="mariadb", help="sqlite | mariadb (a private server) | a SQLAlchemy URL")
     # On by default, as in production (the seed's tiers, per ingest key); off for load tests of the rest.
-    up.add_argument("--no-rate-limit", action="store_true", help="FAULTLINE_RATE_LIMIT_ENABLED=false")
+    up.add_argument("--no-rate-limit", action="store_true",
+                    help="turn off abuse tiers, project quotas and the group cap (FAULTLINE_RATE_LIMIT_ENABLED=false)")
     up.set_defaults(func=cmd_up)
     roll = sub.add_parser("rollout", help="rolling restart of the running `faultline up` (maxSurge 1, "
                                           "maxUnavailable 0)")
-    roll.add_argument("--timeout", type=float, default=600.0, help="give up waiting after this many seconds "
-                                                                    "(default 600)")
+    roll.add_argument("--timeout", type=float, default=600.0, help="give up waiting after this many seconds")
     roll.set_defaults(func=cmd_rollout)
     api = sub.add_parser("api", help="run one API node (gunicorn + uvicorn workers)")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
-    api.add_argument("--workers", type=int, default=1)
+    api.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond loopback: no dev secrets)")
+    api.add_argument("--port", type=int, default=8000, help="port to listen on")
+    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     api.set_defaults(func=cmd_api)
     for name, func in (("worker", cmd_worker), ("scheduler", cmd_scheduler)):
         p = sub.add_parser(name, help=f"run one {name} process")
-        p.add_argument("--name", default=None)
+        p.add_argument("--name", default=None, help="its name in heartbeats and logs (default: "
+                       "FAULTLINE_NODE_NAME, else the host name)")
         p.set_defaults(func=func)
     sub.add_parser("migrate", help="create or upgrade the schema").set_defaults(func=cmd_migrate)
     project = sub.add_parser("project", help="manage projects and their ingest keys (of the running stack)")
-    psub = project.add_subparsers(dest="action", required=True)
+    psub = project.add_subparsers(dest="action", required=True, parser_class=_Parser)
     create = psub.add_parser("create", help="create a project and print its ingest key (shown once)")
-    create.add_argument("name")
+    create.add_argument("name", help="project name (unique)")
     create.add_argument("--key", default=None, help="use this key (at least 16 characters) instead of a random one")
     create.set_defaults(func=cmd_project)
     psub.add_parser("list", help="projects, their ids and key hints").set_defaults(func=cmd_project)
     rotate = psub.add_parser("rotate-key", help="add a new key to a project and print it (the old ones keep "
                                                 "working unless --revoke-old)")
-    rotate.add_argument("name")
+    rotate.add_argument("name", help="project name")
     rotate.add_argument("--revoke-old", action="store_true", help="revoke every other key of the project")
     rotate.set_defaults(func=cmd_project)
     delete = psub.add_parser("delete", help="delete a project and revoke its keys (its groups stay)")
-    delete.add_argument("name")
+    delete.add_argument("name", help="project name")
     delete.set_defaults(func=cmd_project)
     quota = psub.add_parser("quota", help="show or set a project's event quota and new-group cap "
                                           "(0 = no limit, 'default' = the FAULTLINE_PROJECT_* setting)")
-    quota.add_argument("name")
-    quota.add_argument("--per-second", dest="per_second", type=_limit, default=None)
-    quota.add_argument("--per-minute", dest="per_minute", type=_limit, default=None)
-    quota.add_argument("--new-groups-per-hour", dest="new_groups_per_hour", type=_limit, default=None)
+    quota.add_argument("name", help="project name")
+    quota.add_argument("--per-second", dest="per_second", type=_limit, default=None,
+                       help="events per second: N, 0 (no limit) or 'default' (unchanged if not given)")
+    quota.add_argument("--per-minute", dest="per_minute", type=_limit, default=None,
+                       help="events per minute: N, 0 or 'default' (unchanged if not given)")
+    quota.add_argument("--new-groups-per-hour", dest="new_groups_per_hour", type=_limit, default=None,
+                       help="new groups per rolling hour, then the overflow group: N, 0 or 'default'")
     quota.add_argument("--reset", action="store_true", help="back to the defaults, then apply the options given")
     quota.set_defaults(func=cmd_project_quota)
     check = sub.add_parser("worker-check", help="exit 0 if the worker's heartbeat is fresh (exec probe)")
-    check.add_argument("--role", choices=["worker", "scheduler"], default="worker")
-    check.add_argument("--name", default=None)
+    check.add_argument("--role", choices=["worker", "scheduler"], default="worker", help="which kind of process")
+    check.add_argument("--name", default=None, help="one process by name (the exec probe); default: every "
+                       "process of that role in the running stack")
     check.set_defaults(func=cmd_worker_check)
     dlq = sub.add_parser("dlq", help="dead letters: tasks that failed for good (of the running stack)")
-    dsub = dlq.add_subparsers(dest="action", required=True)
+    dsub = dlq.add_subparsers(dest="action", required=True, parser_class=_Parser)
     dlist = dsub.add_parser("list", help="newest first")
-    dlist.add_argument("--limit", type=int, default=50, help="how many to show (default 50)")
+    dlist.add_argument("--limit", type=int, default=50, help="how many to show")
     dlist.set_defaults(func=cmd_dlq)
     show = dsub.add_parser("show", help="one dead letter in full")
     show.add_argument("id", help="its task id (from `dlq list`)")
