@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 
 from alembic import command
@@ -12,6 +13,11 @@ from core.db.engine import make_engine
 from core.settings import Settings
 
 
+class _IgnoredPkName(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "alembic_version_pkc" not in record.getMessage()
+
+
 def _alembic_config(connection: Connection) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(resources.files("core.db").joinpath("migrations")))
@@ -20,6 +26,9 @@ def _alembic_config(connection: Connection) -> Config:
 
 
 async def migrate(settings: Settings) -> None:
+    # MariaDB answers note 1280 "Name 'alembic_version_pkc' ignored for PRIMARY key" to alembic's own version
+    # table (a primary key has no name there); asyncmy logs every note at WARNING: printed at every start
+    logging.getLogger("asyncmy").addFilter(_IgnoredPkName())
     engine = make_engine(settings)
     try:
         async with engine.begin() as conn:
