@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
-from starlette.responses import FileResponse
+from starlette.responses import FileResponse, RedirectResponse
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -62,6 +62,10 @@ def mount(app: FastAPI) -> None:
     for needed in (VENDOR_CLIENT, VENDOR_SWAGGER / "swagger-ui-bundle.js"):
         if not needed.exists():
             log.warning("%s is missing: run `make node` (the dashboard or /docs cannot work without it)", needed)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:  # a person who opens the bare URL wants the dashboard, not a 404
+        return RedirectResponse("/dashboard", status_code=307)
 
     @app.get("/dashboard", include_in_schema=False)
     async def dashboard() -> FileResponse:

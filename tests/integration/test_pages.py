@@ -68,3 +68,10 @@ def test_dashboard_keeps_no_token_on_disk() -> None:
     assert "localStorage.setItem" not in code and "localStorage.getItem" not in code
     assert "sessionStorage.setItem" in code
     assert "history.replaceState" in code  # the #token= fragment leaves the address bar
+
+
+async def test_the_bare_url_leads_to_the_dashboard(make_settings: Callable[..., Settings], client_factory: Any) -> None:
+    async with client_factory(make_settings()) as c:
+        r = await c.get("/", follow_redirects=False)
+        assert r.status_code == 307 and r.headers["location"] == "/dashboard"
+        assert (await c.get("/nope")).json()["error"] == "not_found"  # unknown paths: the JSON 404
