@@ -57,6 +57,14 @@ def _pump(up: Up) -> None:
         up.lines.append(line)
 
 
+def _wait_banner(up: Up, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while "Ctrl-C stops everything" not in up.output():
+        assert up.proc.poll() is None, "faultline up exited early:\n" + up.output()[-4000:]
+        assert time.monotonic() < deadline, f"no banner after {timeout:.0f} s:\n" + up.output()[-4000:]
+        time.sleep(0.2)
+
+
 def _prepopulate(cwd: Path, redis_url: str) -> None:
     """An earlier run's data: .faultline/faultline.db whose `default` project has key A only."""
     import asyncio
@@ -82,11 +90,7 @@ def up(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> I
     handle = Up(proc, cwd, env, port)
     threading.Thread(target=_pump, args=(handle,), daemon=True).start()
     try:
-        deadline = time.monotonic() + 180
-        while "Ctrl-C stops everything" not in handle.output():
-            assert proc.poll() is None, "faultline up exited early:\n" + handle.output()[-4000:]
-            assert time.monotonic() < deadline, "no banner after 180 s:\n" + handle.output()[-4000:]
-            time.sleep(0.2)
+        _wait_banner(handle)
         yield handle
     finally:
         if proc.poll() is None:  # SIGTERM lets `up` stop its children too
@@ -256,11 +260,7 @@ def test_a_normal_start_and_ctrl_c_print_no_error_line(tmp_path: Path) -> None:
     handle = Up(proc, tmp_path, env, 0)
     threading.Thread(target=_pump, args=(handle,), daemon=True).start()
     try:
-        deadline = time.monotonic() + 180
-        while "Ctrl-C stops everything" not in handle.output():
-            assert proc.poll() is None, "faultline up exited early:\n" + handle.output()[-4000:]
-            assert time.monotonic() < deadline, "no banner after 180 s:\n" + handle.output()[-4000:]
-            time.sleep(0.2)
+        _wait_banner(handle)
         time.sleep(2)  # a few beats of every loop
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0

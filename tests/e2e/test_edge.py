@@ -21,6 +21,7 @@ import pytest
 
 from faultline.services import NginxServer, free_port
 from faultline.stack import Stack, StackConfig
+from tests.browser import chromium
 from tests.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.e2e
@@ -285,7 +286,7 @@ async def test_concurrent_connections_over_the_per_address_limit_are_429(stack: 
 async def test_docs_and_dashboard_render_offline_under_their_csp(stack: Stack) -> None:
     """Headless Chromium with every request to another origin refused: /docs still renders the API, the
     dashboard goes live, no CSP violation is reported, and the admin token is kept in this tab only."""
-    from playwright.async_api import Route, async_playwright
+    from playwright.async_api import Route
 
     foreign: list[str] = []
 
@@ -296,28 +297,21 @@ async def test_docs_and_dashboard_render_offline_under_their_csp(stack: Stack) -
             foreign.append(route.request.url)
             await route.abort()
 
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            page = await browser.new_page()
-            await page.route("**/*", only_this_origin)
-            console: list[str] = []
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            await page.goto(f"{stack.url}/docs")
-            await page.wait_for_selector(".opblock", timeout=15_000)  # an operation of /openapi.json is shown
-            assert await page.locator(".opblock").count() >= 3
-            await page.goto(f"{stack.url}/dashboard#token={stack.admin_token}")
-            await page.wait_for_selector("#conn.live", timeout=15_000)
-            assert "token=" not in page.url
-            stored = await page.evaluate("[sessionStorage.getItem('faultline.token'), localStorage.length]")
-            assert stored == [stack.admin_token, 0]
-            other_tab = await browser.new_page()  # a new tab (or a restarted browser) does not have it
-            await other_tab.goto(f"{stack.url}/dashboard")
-            assert await other_tab.evaluate("sessionStorage.getItem('faultline.token')") is None
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.route("**/*", only_this_origin)
+        console: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        await page.goto(f"{stack.url}/docs")
+        await page.wait_for_selector(".opblock", timeout=15_000)  # an operation of /openapi.json is shown
+        assert await page.locator(".opblock").count() >= 3
+        await page.goto(f"{stack.url}/dashboard#token={stack.admin_token}")
+        await page.wait_for_selector("#conn.live", timeout=15_000)
+        assert "token=" not in page.url
+        stored = await page.evaluate("[sessionStorage.getItem('faultline.token'), localStorage.length]")
+        assert stored == [stack.admin_token, 0]
+        other_tab = await browser.new_page()  # a new tab (or a restarted browser) does not have it
+        await other_tab.goto(f"{stack.url}/dashboard")
+        assert await other_tab.evaluate("sessionStorage.getItem('faultline.token')") is None
     assert not foreign, foreign
     assert not [c for c in console if c.startswith("error") or "Content Security Policy" in c], console

@@ -21,6 +21,7 @@ import socketio
 from core.keys import Keys
 from core.redis import make_redis
 from faultline.stack import Stack, StackConfig
+from tests.browser import chromium
 from tests.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.e2e
@@ -257,52 +258,42 @@ async def test_bad_tokens_are_refused_with_a_reason_and_forbidden_rooms_refused(
 
 async def test_dashboard_in_headless_chromium_shows_a_new_group_within_a_second(
         stack: Stack, http: httpx.AsyncClient) -> None:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            page = await browser.new_page(viewport={"width": 1600, "height": 900})
-            console: list[str] = []
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            await page.goto(f"{stack.url}/dashboard#token={DASHBOARD_TOKEN}")
-            # a selector, not wait_for_function: the page's CSP (no eval) is kept as in production
-            await page.wait_for_selector("#conn.live", timeout=15_000)
-            assert "token=" not in page.url  # the token left the address bar
-            services = ["checkout", "payments", "search", "auth", "mailer"]
-            levels = ["error", "warning", "critical", "error", "info"]
-            for i in range(5):  # some traffic so the table and the chart have something to show
-                for _ in range(2 + 3 * i):
-                    await http.post("/errors/log", json={"message": f"{services[i]}: upstream failed ({i})",
-                                                         "service": services[i], "level": levels[i],
-                                                         "fingerprint": f"dash-{services[i]}"})
-                await asyncio.sleep(0.3)
-            tag = uuid.uuid4().hex[:8]
-            r = await http.post("/errors/log", json={"message": f"TypeError: cart is undefined ({tag})",
-                                                     "service": "web", "level": "error", "fingerprint": tag})
-            posted = time.monotonic()
-            fp = r.json()["fingerprint"]
-            await page.wait_for_selector(f'tr[data-fp="{fp}"]', timeout=3000)
-            shown = time.monotonic() - posted
-            print(f"\nnew group on the dashboard {shown * 1000:.0f} ms after its first event was accepted")
-            assert shown < 1.0
-            row = page.locator(f'tr[data-fp="{fp}"]')
-            assert "fresh" in (await row.get_attribute("class") or "")
-            assert await row.locator("td.count").inner_text() == "1"
-            await asyncio.sleep(0.5)
-            await page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
-            assert not [c for c in console if c.startswith("error")], console
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        page = await browser.new_page(viewport={"width": 1600, "height": 900})
+        console: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        await page.goto(f"{stack.url}/dashboard#token={DASHBOARD_TOKEN}")
+        # a selector, not wait_for_function: the page's CSP (no eval) is kept as in production
+        await page.wait_for_selector("#conn.live", timeout=15_000)
+        assert "token=" not in page.url  # the token left the address bar
+        services = ["checkout", "payments", "search", "auth", "mailer"]
+        levels = ["error", "warning", "critical", "error", "info"]
+        for i in range(5):  # some traffic so the table and the chart have something to show
+            for _ in range(2 + 3 * i):
+                await http.post("/errors/log", json={"message": f"{services[i]}: upstream failed ({i})",
+                                                     "service": services[i], "level": levels[i],
+                                                     "fingerprint": f"dash-{services[i]}"})
+            await asyncio.sleep(0.3)
+        tag = uuid.uuid4().hex[:8]
+        r = await http.post("/errors/log", json={"message": f"TypeError: cart is undefined ({tag})",
+                                                 "service": "web", "level": "error", "fingerprint": tag})
+        posted = time.monotonic()
+        fp = r.json()["fingerprint"]
+        await page.wait_for_selector(f'tr[data-fp="{fp}"]', timeout=3000)
+        shown = time.monotonic() - posted
+        print(f"\nnew group on the dashboard {shown * 1000:.0f} ms after its first event was accepted")
+        assert shown < 1.0
+        row = page.locator(f'tr[data-fp="{fp}"]')
+        assert "fresh" in (await row.get_attribute("class") or "")
+        assert await row.locator("td.count").inner_text() == "1"
+        await asyncio.sleep(0.5)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
+        assert not [c for c in console if c.startswith("error")], console
 
 
 async def test_dashboard_layout_from_phone_to_wide_screen(stack: Stack, http: httpx.AsyncClient) -> None:
     """At 390 px (a phone) and 1,400 px: no sideways scroll, the message column is visible and shows the
     whole message (wrapped, not cut). Screenshots: test-artifacts/dashboard-390.png, dashboard-1400.png."""
-    from playwright.async_api import async_playwright
 
     tag = uuid.uuid4().hex[:8]
     long_message = (f"ValueError: invoice {tag} could not be reconciled with the ledger entry because the "
@@ -311,52 +302,36 @@ async def test_dashboard_layout_from_phone_to_wide_screen(stack: Stack, http: ht
         await http.post("/errors/log", json={"message": long_message if i == 0 else f"KeyError: 'sku' ({tag}-{i})",
                                              "service": "billing-reconciliation-worker", "level": "error",
                                              "fingerprint": f"layout-{tag}-{i}"})
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            for width in (390, 1400):
-                page = await browser.new_page(viewport={"width": width, "height": 844 if width < 500 else 900})
-                await page.goto(f"{stack.url}/dashboard#token={DASHBOARD_TOKEN}")
-                await page.wait_for_selector("#conn.live", timeout=15_000)
-                cell = page.locator("td.msg .text", has_text=long_message[:40])
-                await cell.wait_for(timeout=5000)
-                overflow = await page.evaluate(
-                    "() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
-                assert overflow <= 0, f"{width}px: the page scrolls sideways by {overflow}px"
-                box = await cell.bounding_box()
-                assert box is not None and box["width"] > width * 0.4, (width, box)  # the widest column
-                assert box["x"] >= 0 and box["x"] + box["width"] <= width
-                assert await cell.inner_text() == long_message  # all of it, not an ellipsis
-                clipped = await cell.evaluate("e => e.scrollWidth > e.clientWidth + 1")
-                assert not clipped, f"{width}px: the message is cut"
-                for stat in ("#stat-rate", "#stat-groups", "#stat-events", "#conn"):
-                    b = await page.locator(stat).bounding_box()
-                    assert b is not None and b["x"] >= 0 and b["x"] + b["width"] <= width, (width, stat, b)
-                await page.screenshot(path=str(ARTIFACTS / f"dashboard-{width}.png"), full_page=True)
-                await page.close()
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        for width in (390, 1400):
+            page = await browser.new_page(viewport={"width": width, "height": 844 if width < 500 else 900})
+            await page.goto(f"{stack.url}/dashboard#token={DASHBOARD_TOKEN}")
+            await page.wait_for_selector("#conn.live", timeout=15_000)
+            cell = page.locator("td.msg .text", has_text=long_message[:40])
+            await cell.wait_for(timeout=5000)
+            overflow = await page.evaluate(
+                "() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 0, f"{width}px: the page scrolls sideways by {overflow}px"
+            box = await cell.bounding_box()
+            assert box is not None and box["width"] > width * 0.4, (width, box)  # the widest column
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width
+            assert await cell.inner_text() == long_message  # all of it, not an ellipsis
+            clipped = await cell.evaluate("e => e.scrollWidth > e.clientWidth + 1")
+            assert not clipped, f"{width}px: the message is cut"
+            for stat in ("#stat-rate", "#stat-groups", "#stat-events", "#conn"):
+                b = await page.locator(stat).bounding_box()
+                assert b is not None and b["x"] >= 0 and b["x"] + b["width"] <= width, (width, stat, b)
+            await page.screenshot(path=str(ARTIFACTS / f"dashboard-{width}.png"), full_page=True)
+            await page.close()
 
 
 async def test_dashboard_says_in_plain_words_when_the_token_is_wrong(stack: Stack) -> None:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            page = await browser.new_page(viewport={"width": 390, "height": 844})
-            await page.goto(f"{stack.url}/dashboard#token=not-the-right-token-000")
-            error = page.locator("#login-error")
-            await error.wait_for(state="visible", timeout=15_000)
-            text = await error.inner_text()
-            assert "not accepted" in text and "invalid_token" not in text and "auth {" not in text, text
-            assert await page.locator("#empty").inner_text() != "No errors yet — waiting for events."  # not known
-            await page.screenshot(path=str(ARTIFACTS / "dashboard-wrong-token.png"))
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        page = await browser.new_page(viewport={"width": 390, "height": 844})
+        await page.goto(f"{stack.url}/dashboard#token=not-the-right-token-000")
+        error = page.locator("#login-error")
+        await error.wait_for(state="visible", timeout=15_000)
+        text = await error.inner_text()
+        assert "not accepted" in text and "invalid_token" not in text and "auth {" not in text, text
+        assert await page.locator("#empty").inner_text() != "No errors yet — waiting for events."  # not known
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-wrong-token.png"))
