@@ -1,7 +1,7 @@
 """Rate limiting at the door: a pure ASGI middleware that answers 429 before any routing or body parsing.
 
 Pure ASGI rather than BaseHTTPMiddleware, which runs every request in an extra task and pipes the
-response through a memory stream (docs/performance-floor lists pure ASGI among the levers that counted).
+response through a memory stream (shared/notes/performance-floor.md lists pure ASGI among the levers that counted).
 A refused request costs one script call: the route never runs, so nothing is parsed, enqueued or counted.
 
 Client = (the project's ingest key, the client IP) when the key is one we know (X-Faultline-Key, or the

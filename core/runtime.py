@@ -58,7 +58,7 @@ class Runtime:
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Time one shutdown phase and log it with the time since SIGTERM (the issue asks for both)."""
+        """Time one shutdown phase and log it with the time since SIGTERM (an operator reading the log wants both)."""
         start = time.monotonic()
         try:
             yield

@@ -171,7 +171,7 @@ class Settings(BaseSettings):
     # keep it below the container's memory limit (deploy/k8s: 512 Mi) so we restart before the OOM killer.
     memory_limit_mb: int = 450
     # Liveness fails when the event loop takes longer than this to run a callback: 5 s means stuck,
-    # not busy (under saturation the loop lags ~0.1 s, docs/performance-floor).
+    # not busy (under saturation the loop lags ~0.1 s, shared/notes/performance-floor.md).
     liveness_max_lag: float = 5.0
     # Reported (not required) by readiness: disk used above this fraction of the data volume.
     disk_max_used: float = 0.9

@@ -120,7 +120,7 @@ class RedisServer(Supervised):
         cmd = [require("redis-server", "redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
                "--dir", str(self.data_dir), "--save", "", "--daemonize", "no", "--protected-mode", "yes",
                # AOF, fsync once a second: an accepted event survives a Redis restart (at most 1 s at risk
-               # on a machine crash), at ~5% of throughput (docs/performance-floor).
+               # on a machine crash), at ~5% of throughput (shared/notes/performance-floor.md).
                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
                "--maxclients", "10000", "--logfile", str(self.data_dir / "redis.log")]
         if self.password:

@@ -1,7 +1,7 @@
 """The distributed limiter: one EVALSHA of core/scripts/ratelimit.lua per request, for all its tiers.
 
 Exact across any number of API nodes (the script is atomic and reads Redis TIME, never a node clock).
-Client CPU is the cost that matters (one redis-py call ~150 µs, docs/performance-floor; a request without
+Client CPU is the cost that matters (one redis-py call ~150 µs, shared/notes/performance-floor.md; a request without
 the limiter ~650 µs). So the calls of requests that arrive in the same event-loop iteration go out as ONE
 pipeline (no MULTI: each script is atomic on its own, order is kept), which roughly halves the client
 cost per call under load and adds no timer: the batch leaves at the end of the current iteration.
