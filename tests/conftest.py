@@ -15,10 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from core.settings import Settings
 from faultline.services import MariaDBServer, RedisServer
 from faultline.stack import Stack, StackConfig
+
+# Property tests draw the same examples on every run (derandomize): `make test` in CI must not pass or fail by
+# luck; to hunt for new counterexamples run them with HYPOTHESIS_PROFILE=explore.
+hypothesis_settings.register_profile("ci", derandomize=True)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ARTIFACTS = Path(os.environ.get("FAULTLINE_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 

@@ -65,7 +65,7 @@ PY_STACK = 'Traceback (most recent call last):\n  File "app/{m}.py", line {a}, i
            '    do()\n  File "app/db.py", line {b}, in query\nKeyError: {v}\n'
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.sampled_from(TEMPLATES), slot_pairs, st.integers(1, 9999), st.integers(1, 9999))
 def test_same_bug_with_other_volatile_values_is_one_group(template: str, pairs: list[tuple[str, str]],
                                                            line_a: int, line_b: int) -> None:
@@ -76,7 +76,7 @@ def test_same_bug_with_other_volatile_values_is_one_group(template: str, pairs: 
         1, "web", template.format(*two), stack_two)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.sampled_from(TEMPLATES), st.lists(volatile, min_size=3, max_size=3),
        st.sampled_from(["handler", "checkout", "render"]), st.sampled_from(["fetch", "save", "close"]),
        st.from_regex(r"[A-Za-z]{3,12}", fullmatch=True))
