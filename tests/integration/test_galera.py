@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -22,12 +25,12 @@ from sqlalchemy import select
 
 from core.db.engine import make_engine
 from core.db.models import Sample
-from core.keys import Keys
-from core.redis import make_redis
 from core.settings import Settings
 from faultline.galera import PROVIDER, GaleraCluster
-from faultline.services import free_port
-from tests.integration.conftest import api_client, prepare
+from faultline.procs import Child
+from faultline.services import RedisServer, free_port
+from tests.conftest import ARTIFACTS
+from tests.integration.conftest import api_client, env_of, prepare
 from tests.integration.test_redis_faults import Load, beat_of, wait_all_stored
 from tests.waiting import wait_for
 
@@ -35,13 +38,49 @@ pytestmark = pytest.mark.skipif(not PROVIDER.exists(), reason="galera-4 is not i
 HOT_GROUPS = 20
 
 
+@dataclass
+class System:
+    """The cluster, one database, and worker-1 (prefers node 1), worker-2 (node 2), a scheduler (node 1),
+    shared by the tests of this module; `accepted` gathers every event any of them got a 202 for."""
+
+    cluster: GaleraCluster
+    settings: Settings
+    ports: dict[str, int]
+    accepted: set[str] = field(default_factory=set)
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaleraCluster]:
-    c = GaleraCluster(tmp_path_factory.mktemp("galera"))
+def system(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[System]:
+    cluster = GaleraCluster(tmp_path_factory.mktemp("galera"))
+    children: list[Child] = []
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = open(ARTIFACTS / "test_galera.children.log", "w")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    settings = Settings(redis_url=redis_server.url, database_url=cluster.url(name),
+                        key_prefix=f"t{uuid.uuid4().hex[:8]}", admin_token="test-admin-token",
+                        rate_limit_enabled=False, sync_interval=0.5, samples_per_group=100_000,
+                        redeliver_after=3.0, retry_base_delay=0.2, retry_max_delay=1.0)
+    ports = {"worker-1": free_port(), "worker-2": free_port(), "scheduler-1": free_port()}
+    first = {"worker-1": 0, "worker-2": 1, "scheduler-1": 0}
     try:
-        yield c.start()
+        # the processes first: their start-up overlaps the cluster's (they reach the DB only once tasks come,
+        # and the scheduler rides out a DB not there yet with its backoff)
+        for proc, port in ports.items():
+            env = env_of(settings, FAULTLINE_NODE_NAME=proc, FAULTLINE_METRICS_PORT=str(port),
+                         FAULTLINE_DATABASE_URL=cluster.url(name, first=first[proc]))
+            children.append(Child(proc, [sys.executable, "-m", "faultline", proc.split("-")[0]], env,
+                                  sink=lambda line: log.write(line + "\n"), restart=False).start())
+        cluster.start()
+        cluster.nodes[0].create_database(name)
+        asyncio.run(prepare(settings))
+        yield System(cluster, settings, ports)
     finally:
-        c.stop()
+        for child in children:  # all at once, then wait: their shutdowns overlap
+            child.terminate()
+        for child in children:
+            child.stop(timeout=10)
+        cluster.stop()
+        log.close()
 
 
 class HotLoad(Load):
@@ -51,24 +90,23 @@ class HotLoad(Load):
                  "fingerprint": f"hot-{i % HOT_GROUPS}"} for i in range(n)]
 
 
-async def start(cluster: GaleraCluster, make_settings: Any, spawn: Any) -> tuple[Settings, dict[str, int]]:
-    """A fresh database; worker-1 prefers node 1, worker-2 node 2, the scheduler node 1 (it fails over too)."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    cluster.nodes[0].create_database(name)
-    settings = make_settings(database_url=cluster.url(name), sync_interval=0.5, samples_per_group=100_000,
-                             redeliver_after=3.0, retry_base_delay=0.2, retry_max_delay=1.0)
-    await prepare(settings)
-    ports = {"worker-1": free_port(), "worker-2": free_port(), "scheduler-1": free_port()}
-    first = {"worker-1": 0, "worker-2": 1, "scheduler-1": 0}
-    for proc, port in ports.items():
-        spawn(proc, [proc.split("-")[0]], settings, FAULTLINE_METRICS_PORT=str(port),
-              FAULTLINE_DATABASE_URL=cluster.url(name, first=first[proc]))
+@asynccontextmanager
+async def hot_load(system: System, senders: int) -> AsyncIterator[Load]:
+    """Senders of 10-event batches over the 20 hot groups until the block ends (then 503s are resent)."""
+    settings = system.settings
 
     async def beating() -> bool:
         return all([await beat_of(settings, "worker-1"), await beat_of(settings, "worker-2")])
 
-    await wait_for(beating, 90, "both workers' heartbeats")
-    return settings, ports
+    await wait_for(beating, 90, "both workers' heartbeats")  # a loaded machine imports slowly
+    async with api_client(settings) as client:
+        lo = HotLoad(client)
+        lo.tasks = [asyncio.create_task(lo.sender()) for _ in range(senders)]
+        try:
+            yield lo
+        finally:
+            await lo.finish()
+            system.accepted |= set(lo.accepted)
 
 
 async def reruns(ports: dict[str, int], reason: str) -> int:
@@ -82,28 +120,17 @@ async def reruns(ports: dict[str, int], reason: str) -> int:
     return int(total)
 
 
-def senders(lo: Load, n: int) -> None:
-    lo.tasks = [asyncio.create_task(lo.sender()) for _ in range(n)]
-
-
-async def test_workers_on_two_nodes_count_hot_groups_exactly(
-        cluster: GaleraCluster, make_settings: Any, spawn: Any) -> None:
-    settings, ports = await start(cluster, make_settings, spawn)
-    async with api_client(settings) as client:
-        lo = HotLoad(client)
-        senders(lo, 4)
-
+async def test_workers_on_two_nodes_count_hot_groups_exactly(system: System) -> None:
+    async with hot_load(system, senders=4) as lo:
         async def conflicted() -> bool:  # at least 1,000 events and one certification conflict run again
-            return len(lo.accepted) >= 1_000 and await reruns(ports, "1213") >= 1
+            return len(lo.accepted) >= 1_000 and await reruns(system.ports, "1213") >= 1
 
-        try:
-            await wait_for(conflicted, 30, "a 1213 run again by a worker", every=0.5)
-        finally:
-            await lo.finish()
-    await wait_all_stored(settings, set(lo.accepted), 30)  # counts exact, each stored once, 0 dead letters
-    seen = await reruns(ports, "1213")
+        await wait_for(conflicted, 30, "a 1213 run again by a worker", every=0.5)
+    # counts exact, each event stored once, 0 dead letters
+    await wait_all_stored(system.settings, system.accepted, 30)
+    seen = await reruns(system.ports, "1213")
     print(f"galera hot groups: {len(lo.accepted)} events, {seen} reruns after 1213 "
-          f"({1000 * seen / len(lo.accepted):.1f} per 1,000 events), 1205: {await reruns(ports, '1205')}")
+          f"({1000 * seen / len(lo.accepted):.1f} per 1,000 events), 1205: {await reruns(system.ports, '1205')}")
 
 
 async def newest_sample_after(settings: Settings, since: float) -> float | None:
@@ -118,14 +145,14 @@ async def newest_sample_after(settings: Settings, since: float) -> float | None:
         await engine.dispose()
 
 
-async def test_a_killed_node_writes_resume_within_10s_and_counts_stay_exact(
-        cluster: GaleraCluster, make_settings: Any, spawn: Any) -> None:
-    settings, ports = await start(cluster, make_settings, spawn)
-    victim = cluster.nodes[0]  # worker-1's and the scheduler's node
-    async with api_client(settings) as client:
-        lo = HotLoad(client)
-        senders(lo, 3)
-        await wait_for(lambda: asyncio.sleep(0, len(lo.accepted) >= 300), 20, "load before the kill")
+async def test_a_killed_node_writes_resume_within_10s_and_counts_stay_exact(system: System) -> None:
+    settings = system.settings
+    victim = system.cluster.nodes[0]  # worker-1's and the scheduler's node
+    async with hot_load(system, senders=3) as lo:
+        async def loaded() -> bool:
+            return len(lo.accepted) >= 300
+
+        await wait_for(loaded, 20, "load before the kill")
         before = await beat_of(settings, "worker-1")
         assert before is not None
         killed_at = time.time()
@@ -139,16 +166,9 @@ async def test_a_killed_node_writes_resume_within_10s_and_counts_stay_exact(
 
         async def worker1_writes_again() -> bool:  # the worker whose node died writes through another
             beat = await beat_of(settings, "worker-1")
-            return beat is not None and beat["written"] > before["written"]
+            return beat is not None and beat["written"] > before["written"] and beat["beat"] > killed_at
 
         await wait_for(worker1_writes_again, 15, "worker-1 writing through another node")
-        await asyncio.sleep(1)
-        await lo.finish()
-    await wait_all_stored(settings, set(lo.accepted), 30)
-    redis = make_redis(settings, timeout=5)
-    try:
-        assert await redis.llen(Keys(settings.key_prefix).dead_letters) == 0
-    finally:
-        await redis.aclose()
-    print(f"galera node kill: writes resumed {resumed:.2f}s after the kill; {len(lo.accepted)} events exact; "
-          f"reruns after a lost connection: {await reruns(ports, 'connection')}")
+    await wait_all_stored(settings, system.accepted, 30)  # counts exact, each stored once, 0 dead letters
+    print(f"galera node kill: writes resumed {resumed:.2f}s after the kill; {len(system.accepted)} events exact; "
+          f"reruns after a lost connection: {await reruns(system.ports, 'connection')}")
