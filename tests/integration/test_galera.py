@@ -30,8 +30,8 @@ from faultline.galera import PROVIDER, GaleraCluster
 from faultline.procs import Child
 from faultline.services import RedisServer, free_port
 from tests.conftest import ARTIFACTS
-from tests.integration.conftest import api_client, env_of, prepare
-from tests.integration.test_redis_faults import Load, beat_of, wait_all_stored
+from tests.integration.conftest import env_of, prepare
+from tests.integration.test_redis_faults import Load, beat_of, load, wait_all_stored
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(not PROVIDER.exists(), reason="galera-4 is not installed")
@@ -99,9 +99,7 @@ async def hot_load(system: System, senders: int) -> AsyncIterator[Load]:
         return all([await beat_of(settings, "worker-1"), await beat_of(settings, "worker-2")])
 
     await wait_for(beating, 90, "both workers' heartbeats")  # a loaded machine imports slowly
-    async with api_client(settings) as client:
-        lo = HotLoad(client)
-        lo.tasks = [asyncio.create_task(lo.sender()) for _ in range(senders)]
+    async with load(settings, senders, HotLoad) as lo:
         try:
             yield lo
         finally:
