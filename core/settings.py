@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     # None = embedded SQLite under .faultline/ (one box, no server); MariaDB/MySQL in production.
     database_url: str | None = None
     db_pool_size: int = 5
+    # A transaction the server rolled back for a conflict (1213 deadlock or Galera certification failure,
+    # 1205 lock wait) or whose connection died is run again at once, up to this many attempts in all
+    # (core/db/rerun.py), with backoff from 20 ms doubling to 1 s: two writers on hot rows collide again
+    # only if they land in the same few ms, so a few attempts clear nearly every conflict, and 8 bound the
+    # wait to ~3 s before the task goes to the slower transient-retry queue (core/retry.py).
+    db_rerun_attempts: int = Field(default=8, ge=1, le=50)
+    db_rerun_base_delay: float = Field(default=0.02, gt=0.0)
+    db_rerun_max_delay: float = Field(default=1.0, gt=0.0)
 
     admin_token: str | None = None
     dashboard_token: str | None = None

@@ -90,7 +90,7 @@ async def _take_lock(redis: Redis, keys: Keys, bucket: int, name: str, interval:
 
 
 async def _run_once(redis: object, engine: object, keys: Keys, settings: Settings, bucket: int, name: str) -> None:
-    added = await sync_counts(redis, engine, keys)  # type: ignore[arg-type]
+    added = await sync_counts(redis, engine, keys, settings)  # type: ignore[arg-type]
     try:  # bounded per-group memory (workers/prune.py); a failure here never undoes the sync
         await rebase_new_groups(redis, engine, keys)  # type: ignore[arg-type]
         pruned = await prune_idle_groups(redis, keys, settings)  # type: ignore[arg-type]
