@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ import aiohttp
 from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.alerts import payload
 from core.alerts.signing import DELIVERY_HEADER, sign
 from core.alerts.urls import SafeResolver, UnsafeUrl, check_url
 from core.db.models import AlertDelivery, ErrorGroup
@@ -95,3 +97,31 @@ async def group_info(engine: AsyncEngine, fingerprint: str | None) -> dict[str, 
         row = (await conn.execute(select(*[getattr(ErrorGroup, f) for f in GROUP_FIELDS])
                                   .where(ErrorGroup.fingerprint == fingerprint))).first()
     return None if row is None else dict(zip(GROUP_FIELDS, row, strict=True))
+
+
+async def send_test(engine: AsyncEngine, rule: Any, sender: Sender) -> tuple[dict[str, Any], Attempt]:
+    """One signed "test" delivery of `rule`, recorded like any attempt (not retried): the answer says at
+    once whether the receiver takes it and checks the signature."""
+    alert = {"delivery_id": uuid.uuid4().hex, "kind": "test", "project_id": rule.project_id,
+             "fingerprint": None, "at": time.time(), "count": None, "rule_id": rule.id}
+    result = await sender.post(rule.url, rule.secret, payload.body(alert, rule, None), alert["delivery_id"])
+    await record(engine, alert, rule.id, 1, result, "delivered" if result.ok else "failed")
+    return alert, result
+
+
+def attempt_json(row: Any) -> dict[str, Any]:
+    return {k: getattr(row, k) for k in ("id", "delivery_id", "rule_id", "project_id", "kind", "fingerprint",
+                                          "attempt", "status_code", "error", "latency_ms", "outcome",
+                                          "created_at")}
+
+
+async def attempts(engine: AsyncEngine, rule_id: int | None = None, before: int | None = None,
+                   limit: int = 100) -> list[dict[str, Any]]:
+    """Delivery attempts, newest first; `before`: an id from the previous page."""
+    stmt = select(_deliveries).order_by(_deliveries.c.id.desc()).limit(limit)
+    if rule_id is not None:
+        stmt = stmt.where(_deliveries.c.rule_id == rule_id)
+    if before is not None:
+        stmt = stmt.where(_deliveries.c.id < before)
+    async with engine.connect() as conn:
+        return [attempt_json(r) for r in await conn.execute(stmt)]

@@ -20,7 +20,7 @@ from core.keys import Keys
 from core.redis import as_str, load_script
 
 MAXLEN = 100_000
-WINDOWS_REFRESH = 5.0  # s: a new threshold rule starts counting within this (plus the evaluator's refresh)
+WINDOWS_REFRESH = 1.0  # s: a new threshold rule starts counting within this (plus the evaluator's refresh); one HKEYS
 
 
 async def add(redis: Redis, keys: Keys, kind: str, project_id: int, fingerprint: str,
