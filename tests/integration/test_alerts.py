@@ -158,8 +158,6 @@ async def test_one_signed_alert_per_rule_and_group_retries_and_dead_letters(
     def groups_of(path: str) -> list[str]:  # by message: the custom fingerprint is hashed into the real one
         return sorted(orjson.loads(h.body)["group"]["message"] for h in receiver.on(path))
 
-    print([(h.path, h.body[:300]) for h in receiver.hits])
-    print([d for d in deliveries])
     assert groups_of("/ok/new") == ["group-a broke", "group-b broke"]
     assert groups_of("/ok/threshold") == ["group-a broke", "group-b broke"]
     assert groups_of("/ok/regression") == ["group-a broke"]
