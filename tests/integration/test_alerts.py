@@ -205,3 +205,38 @@ async def test_rules_refuse_private_urls_and_bad_input_unless_allowed(make_setti
         r = await c.post("/api/alerts", json={"project_id": pid, "kind": "spike", "url": "http://93.184.215.14/"},
                          headers={"Authorization": ""})
         assert r.status_code == 401
+
+
+async def test_cli_add_list_test_remove(make_settings: Any, receiver: Receiver, monkeypatch: Any,
+                                        capsys: Any) -> None:
+    from faultline.cli import main
+
+    settings = make_settings(alert_allow_private_urls=True)
+    await prepare(settings)
+    # the stack's settings, as `faultline up`'s stack.json would give them (faultline/stackfile.py)
+    monkeypatch.setattr("faultline.alerts.cli_settings", lambda: settings)
+
+    async def cli(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            code = await asyncio.to_thread(main, list(argv))
+        except SystemExit as exc:
+            code = 2 if not isinstance(exc.code, int) else exc.code
+            print(exc.code)
+        return code, capsys.readouterr().out
+
+    code, out = await cli("alert", "add", "--project", "test", "--kind", "threshold", "--threshold", "5",
+                          "--window", "10", "--url", receiver.url("/cli"), "--format", "slack")
+    secret = out.strip().splitlines()[-1]
+    assert code == 0 and secret.startswith("whsec_")
+    code, out = await cli("alert", "list")
+    assert code == 0 and receiver.url("/cli") in out and ">= 5 in 10 min" in out and secret not in out
+    rule_id = out.strip().splitlines()[-1].split()[0]
+    code, out = await cli("alert", "test", rule_id)
+    assert code == 0 and '"ok":true' in out
+    [hit] = receiver.on("/cli")
+    assert verify(secret, hit.headers[HEADER], hit.body) and orjson.loads(hit.body)["text"].startswith("Test alert")
+    code, out = await cli("alert", "add", "--project", "test", "--kind", "threshold", "--url", receiver.url("/x"))
+    assert code != 0 and "window_minutes" in out  # a threshold rule needs N and M
+    assert (await cli("alert", "remove", rule_id))[0] == 0
+    assert (await cli("alert", "remove", rule_id))[0] != 0
