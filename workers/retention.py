@@ -11,7 +11,8 @@ their own: each transaction locks at most CHUNK rows for milliseconds, never a r
 an id range that a worker is inserting into), and is the same on every Galera node. A run stops after
 RUN_MAX rows per table, so one run is bounded; PAUSE between chunks leaves the DB to the workers.
 A deleted group's DELETE re-checks last_seen, so a group that got an event meanwhile stays; its Redis state
-(live totals, feed summary, feed index) is dropped after the DB commit (group_drop.lua), unless it moved.
+(live totals, feed summary, feed index) is dropped after the DB commit (live_prune.lua, forced), unless it
+is being counted again.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ async def cap_samples(engine: AsyncEngine, redis: Redis, keys: Keys, keep: int) 
 
 async def drop_groups(engine: AsyncEngine, redis: Redis, keys: Keys, cutoff: float) -> int:
     """Groups idle since `cutoff`: their samples, the group rows, then their Redis state."""
-    drop = load_script(redis, "group_drop")
+    drop = load_script(redis, "live_prune")
     done = 0
     while done < RUN_MAX:
         async with engine.begin() as conn:
@@ -114,7 +115,7 @@ async def drop_groups(engine: AsyncEngine, redis: Redis, keys: Keys, cutoff: flo
                                                          _groups.c.last_seen < cutoff))
         if fps:
             await drop(keys=[keys.live_counts, keys.feed_emitted, keys.feed_last_seen, keys.feed_groups,
-                             keys.feed_dirty, keys.live_new], args=[keys.feed_index(""), *fps])
+                             keys.feed_dirty, keys.live_new], args=[-1, keys.feed_index(""), *fps])
         done += len(fps)
         if len(fps) < CHUNK // 10:
             break
