@@ -1,4 +1,4 @@
-"""`faultline` command: up, rollout, api, worker, scheduler, migrate, project, worker-check, dlq."""
+"""`faultline` command: up, rollout, api, worker, scheduler, migrate, project, worker-check, dlq, alert."""
 
 from __future__ import annotations
 
@@ -373,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="replay every dead letter")
     replay.set_defaults(func=cmd_dlq)
     dsub.add_parser("purge", help="delete every dead letter").set_defaults(func=cmd_dlq)
+    from faultline import alerts
+
+    alerts.add_parser(sub, _Parser)
     status = sub.add_parser("status", help="processes, ports, queue depth, dead letters, heartbeats")
     status.set_defaults(func=cmd_status)
     return parser

@@ -65,10 +65,9 @@ async def _apply(engine: AsyncEngine, batch_id: str, deltas: dict[str, int]) -> 
         return await repo.apply_count_batch(conn, batch_id, deltas)
 
 
-async def housekeeping(engine: AsyncEngine, samples_per_group: int) -> None:
-    """Keep the samples table to the last few per group and the ledger to one week."""
+async def housekeeping(engine: AsyncEngine) -> None:
+    """Keep the count ledger to one week (samples and groups: workers/retention.py)."""
     async with engine.begin() as conn:
-        await repo.prune_samples(conn, samples_per_group)
         await repo.prune_batches(conn, time.time() - 7 * 86_400)
 
 

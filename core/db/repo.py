@@ -145,18 +145,6 @@ async def apply_count_batch(conn: AsyncConnection, batch_id: str, deltas: Mappin
     return True
 
 
-async def prune_samples(conn: AsyncConnection, keep: int) -> int:
-    """Keep the newest `keep` samples of each group (window function: MariaDB >= 10.2, SQLite >= 3.25)."""
-    ranked = select(
-        Sample.id, func.row_number().over(partition_by=Sample.fingerprint, order_by=Sample.id.desc()).label("rn")
-    ).subquery()
-    doomed = select(ranked.c.id).where(ranked.c.rn > keep)
-    # MySQL refuses a subquery on the table being deleted from unless it is materialised: wrap it once more.
-    doomed_ids = select(doomed.subquery().c.id)
-    result = await conn.execute(delete(_samples).where(_samples.c.id.in_(doomed_ids)))
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
 async def prune_batches(conn: AsyncConnection, older_than: float) -> None:
     await conn.execute(delete(_batches).where(_batches.c.applied_at < older_than))
 
