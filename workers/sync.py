@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import metrics
+from core.counts import split_deltas
 from core.db import repo
 from core.keys import Keys
 from core.redis import as_str, load_script
@@ -35,11 +36,10 @@ async def sync_counts(redis: Redis, engine: AsyncEngine, keys: Keys) -> int:
     added = 0
     for raw_id in batches:
         bid = as_str(raw_id)
-        raw = await redis.hgetall(keys.flushing(bid))
-        deltas = {as_str(fp): int(n) for fp, n in raw.items()}
+        deltas, hours = split_deltas(await redis.hgetall(keys.flushing(bid)))  # type: ignore[misc]
         with metrics.timed(metrics.DB_SECONDS, "apply_counts"):
             async with engine.begin() as conn:
-                applied = await repo.apply_count_batch(conn, bid, deltas)
+                applied = await repo.apply_count_batch(conn, bid, deltas, hours)
         pipe = redis.pipeline(transaction=False)
         pipe.delete(keys.flushing(bid))
         pipe.srem(keys.flushing_batches, bid)
@@ -55,11 +55,17 @@ async def sync_counts(redis: Redis, engine: AsyncEngine, keys: Keys) -> int:
     return added
 
 
-async def housekeeping(engine: AsyncEngine, samples_per_group: int) -> None:
-    """Keep the samples table to the last few per group and the ledger to one week."""
+async def housekeeping(engine: AsyncEngine, samples_per_group: int, hourly_days: int = 14) -> None:
+    """Keep the samples table to the last few per group, the ledger to one week, hour buckets to
+    `hourly_days` (bounded chunks: no long lock on MariaDB)."""
     async with engine.begin() as conn:
         await repo.prune_samples(conn, samples_per_group)
         await repo.prune_batches(conn, time.time() - 7 * 86_400)
+    oldest_hour = int(time.time() // 3600) - hourly_days * 24
+    while True:
+        async with engine.begin() as conn:
+            if await repo.prune_hours(conn, oldest_hour) < repo.PRUNE_CHUNK:
+                break
 
 
 async def prune_consumers(redis: Redis, keys: Keys, idle_ms: int = 3_600_000) -> int:
