@@ -135,6 +135,15 @@ class Keys:
     def feed_lock(self) -> str:
         return f"{self.tag}:feed:lock"
 
+    # --- triage signals (core/triage.py): a capped stream of group transitions for alerting ---
+    @property
+    def group_signals(self) -> str:
+        return f"{self.tag}:signals:groups"
+
+    # set once per signalled transition (group, transition time ms), so a re-sent signal is added once
+    def signal_sent(self, fingerprint: str, at_ms: int) -> str:
+        return f"{self.tag}:signals:sent:{fingerprint}:{at_ms}"
+
     # --- per-project limits (core/ratelimit/quota.py, ingest.lua) ---
     # project id -> "per_second|per_minute|new_groups_per_hour" overrides (empty = the setting's default);
     # mirrored from the DB table project_quotas
