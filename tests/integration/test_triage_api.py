@@ -4,6 +4,7 @@ filters and search page with cursors; hour buckets add up to the exact count."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -36,6 +37,29 @@ async def signals(settings: Settings) -> list[dict[str, str]]:
     finally:
         await redis.aclose()
     return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+
+async def write_twice_at_once(settings: Settings) -> None:
+    """The queued events written by two workers concurrently (a redelivery racing the first run)."""
+    import asyncio
+
+    import orjson
+
+    from core.db.engine import make_engine
+    from core.events import Event
+    from workers.writer import BatchWriter
+
+    keys = Keys(settings.key_prefix)
+    redis = make_redis(settings, timeout=5)
+    engines = [make_engine(settings), make_engine(settings)]
+    events = [Event.model_validate(e) for _, f in await redis.xrange(keys.stream)
+              for e in orjson.loads(f[b"data"])["kwargs"]["events"]]
+    await redis.delete(keys.stream)
+    writers = [BatchWriter(settings, engine, redis) for engine in engines]
+    await asyncio.gather(*(w.write(events) for w in writers))
+    await redis.aclose()
+    for engine in engines:
+        await engine.dispose()
 
 
 async def listed(c: Any, **params: Any) -> list[str]:
@@ -81,8 +105,8 @@ async def test_states_need_admin_and_a_resolved_group_regresses_once(settings: S
             "fingerprint"] == a  # the read-only token sees states
         assert (await c.get("/errors", params={"state": "gone"})).status_code == 422
 
-        await post(c, "alpha")  # after the resolve: reopens it
-        await write_groups(settings)
+        await post(c, "alpha")  # after the resolve: reopens it, once, though two workers write it at once
+        await write_twice_at_once(settings)
         g = (await c.get(path)).json()
         assert (g["state"], g["regressed"], g["count"]) == ("unresolved", True, 4)
         assert await listed(c, state="regressed") == [a]
@@ -102,6 +126,23 @@ async def test_states_need_admin_and_a_resolved_group_regresses_once(settings: S
             await sync_counts(redis, engine, Keys(settings.key_prefix))
             await redis.aclose()
             await engine.dispose()
+
+        # hour buckets older than the retention go; newer ones stay
+        from sqlalchemy import insert, select
+
+        from core.db.models import GroupHour
+        from workers.sync import housekeeping
+
+        engine = make_engine(settings)
+        now_hour = int(time.time() // 3600)
+        async with engine.begin() as conn:
+            await conn.execute(insert(GroupHour), [{"project_id": 1, "fingerprint": a, "hour": now_hour - 24 * d,
+                                                    "count": 1} for d in (15, 20, 30)])
+        await housekeeping(engine, settings.samples_per_group, hourly_days=14)
+        async with engine.connect() as conn:
+            kept = sorted((await conn.execute(select(GroupHour.hour).where(GroupHour.fingerprint == a))).scalars())
+        await engine.dispose()
+        assert kept and min(kept) >= now_hour - 1  # this hour's bucket (or the last one's, at hh:59:59)
 
         # a person's change clears the flag
         r = await c.patch(path, json={"state": "unresolved"})
