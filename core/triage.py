@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from core.feed import project_room, service_room
 from core.keys import Keys
@@ -64,7 +65,7 @@ class Announcer:
 
     def __init__(self, settings: Settings, redis: Redis, keys: Keys) -> None:
         self.settings, self.redis, self.keys = settings, redis, keys
-        self.script = load_script(redis, "signal_once")
+        self._script: AsyncScript | None = None
         self._manager: ResilientRedisManager | None = None
 
     @property
@@ -79,7 +80,9 @@ class Announcer:
                             "at", str(t.at_ms)]
         if t.count is not None:
             entry += ["count", str(t.count)]
-        added = await self.script(keys=[self.keys.group_signals, self.keys.signal_sent(t.fingerprint, t.at_ms)],
+        if self._script is None:
+            self._script = load_script(self.redis, "signal_once")
+        added = await self._script(keys=[self.keys.group_signals, self.keys.signal_sent(t.fingerprint, t.at_ms)],
                                   args=[MARKER_TTL, SIGNAL_CAP, *entry])
         return bool(added)
 

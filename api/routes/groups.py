@@ -83,6 +83,8 @@ async def list_groups(
     message is not indexable text, so a search looks at the next SEARCH_SCAN groups of the page's order
     only: if that window ends before the page is full, the answer says `search_limited` and its
     `next_cursor` continues after the window."""
+    if q is not None and "\x00" in q:  # SQLite ends a LIKE pattern there: it would match everything
+        raise ApiError(422, "invalid_request", "q must not contain NUL characters")
     # Keyset pagination on (sort key, fingerprint), descending: stable under concurrent inserts.
     key = ErrorGroup.count if sort == "count" else func.coalesce(ErrorGroup.last_seen, 0.0)
     stmt = select(ErrorGroup.__table__)

@@ -32,8 +32,9 @@ MAX_IGNORE_COUNT = 1_000_000_000
 class StateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     state: Literal["unresolved", "resolved", "ignored"]
-    ignore_for_seconds: Annotated[int, Field(ge=1, le=MAX_IGNORE_SECONDS)] | None = None
-    ignore_until_count: Annotated[int, Field(ge=1, le=MAX_IGNORE_COUNT)] | None = None
+    # strict: "60", 60.5 or true are refused (422 naming the field), not read as a number
+    ignore_for_seconds: Annotated[int, Field(ge=1, le=MAX_IGNORE_SECONDS, strict=True)] | None = None
+    ignore_until_count: Annotated[int, Field(ge=1, le=MAX_IGNORE_COUNT, strict=True)] | None = None
 
     @model_validator(mode="after")
     def _ignore_only(self) -> StateIn:

@@ -86,7 +86,11 @@ async def test_states_need_admin_and_a_resolved_group_regresses_once(settings: S
         # bad input: a clear 4xx naming the problem, never a 500
         for body, status in (({"state": "fixed"}, 422), ({"state": "resolved", "ignore_for_seconds": 60}, 422),
                              ({"state": "ignored", "ignore_for_seconds": 0}, 422), ({}, 422),
-                             ({"state": "ignored", "until": 3}, 422)):
+                             ({"state": "ignored", "until": 3}, 422), ({"state": None}, 422), ([1], 422),
+                             ({"state": "ignored", "ignore_for_seconds": "60"}, 422),
+                             ({"state": "ignored", "ignore_until_count": True}, 422),
+                             ({"state": "ignored", "ignore_until_count": 10**12}, 422),
+                             ({"state": "ignored", "ignore_for_seconds": 3600.5}, 422)):
             r = await c.patch(path, json=body)
             assert r.status_code == status and r.json()["error"] and r.json()["message"], (body, r.text)
         assert (await c.patch("/errors/" + "0" * 64, json={"state": "resolved"})).status_code == 404
@@ -173,10 +177,9 @@ async def test_ignored_until_more_events_or_for_a_while(make_settings: Any) -> N
         assert {s["fingerprint"] for s in await signals(settings)} == {a, b}
 
 
-async def test_filters_and_search_page_with_cursors(make_settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_filters_and_search_page_with_cursors(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     from api.routes import groups
 
-    settings = make_settings()
     await prepare(settings)
     async with api_client(settings) as c:
         fps = {}
@@ -193,8 +196,10 @@ async def test_filters_and_search_page_with_cursors(make_settings: Any, monkeypa
         assert set(await listed(c, q="keyerror")) == {fps[0], fps[1], fps[2], fps[3]}  # case-insensitive
         assert set(await listed(c, q="100%")) == {fps[0], fps[1], fps[2], fps[3]}
         assert await listed(c, q="100%_") == []  # % and _ are text, not wildcards
+        for hostile in ("\\", "'; DROP TABLE error_groups; --", "%" * 200, "\u00e9\U0001f600", "[a-z]*"):
+            assert await listed(c, q=hostile) == [], hostile
         assert set(await listed(c, q="cart", service="web")) == {fps[1], fps[3]}
-        for bad in ({"q": ""}, {"q": "x" * 201}, {"level": "loud"}):
+        for bad in ({"q": ""}, {"q": "x" * 201}, {"level": "loud"}, {"q": "a\x00"}):
             r = await c.get("/errors", params=bad)
             assert r.status_code == 422 and r.json()["error"] == "invalid_request", r.text
         # a filtered search pages with cursors: every match once
