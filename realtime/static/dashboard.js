@@ -22,21 +22,8 @@
   window.faultline = { groups, state };  // read by the end-to-end test and handy in the console
 
   // ---- token: realtime/static/token.js (sessionStorage, this tab only)
-  const { save: saveToken, forget: forgetToken, take: takeToken } = window.faultlineToken;
-
-  function askToken(message) {
-    const dlg = $("login");
-    $("login-error").hidden = !message;
-    $("login-error").textContent = message || "";
-    if (!dlg.open) dlg.showModal();
-  }
-
-  $("login-form").addEventListener("submit", () => {
-    saveToken($("login-token").value.trim());
-    $("login-token").value = "";
-    if (socket) socket.close();
-    connect();
-  });
+  const { forget: forgetToken, take: takeToken } = window.faultlineToken;
+  const askToken = (message) => window.faultlineToken.ask(message, () => { if (socket) socket.close(); connect(); });
 
   // ---- state updates
   const now = () => Date.now() / 1000 + clockOffset;

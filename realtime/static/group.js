@@ -10,7 +10,7 @@
   const view = { group: null, hours: new Map(), firstHour: 0, days: 14, socket: null };
   window.faultline = { view };  // read by the end-to-end test and handy in the console
   const fmt = new Intl.NumberFormat();
-  const { save: saveToken, forget: forgetToken, take: takeToken } = window.faultlineToken;
+  const { forget: forgetToken, take: takeToken } = window.faultlineToken;
 
   function el(tag, cls, text) {
     const e = document.createElement(tag);
@@ -39,14 +39,7 @@
     return out;
   }
 
-  function askToken(message) {
-    $("login-error").hidden = !message;
-    $("login-error").textContent = message || "";
-    if (!$("login").open) $("login").showModal();
-  }
-  $("login-form").addEventListener("submit", () => {
-    saveToken($("login-token").value.trim()); $("login-token").value = ""; load();
-  });
+  const askToken = (message) => window.faultlineToken.ask(message, load);
 
   async function api(method, body) {
     const token = takeToken();
