@@ -126,6 +126,6 @@ async def _run_once(redis: object, engine: object, keys: Keys, settings: Setting
     pipe.expire(runs, 3600)
     await pipe.execute()
     if bucket % HOUSEKEEPING_EVERY == 0:
-        await housekeeping(engine)  # type: ignore[arg-type]
+        await housekeeping(engine, settings.hourly_retention_days)  # type: ignore[arg-type]
         await prune_consumers(redis, keys)  # type: ignore[arg-type]
     log.debug("sync bucket %d by %s: %d events", bucket, name, added)
