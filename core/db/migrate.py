@@ -1,13 +1,18 @@
-"""Bring the schema to the newest revision (alembic), then make sure the bootstrap project exists."""
+"""Bring the schema to the newest revision (alembic); tell whether a database is at the revision this
+release needs (`faultline migrate --check`, the start-up check of API nodes and workers)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from importlib import resources
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.db.engine import make_engine
 from core.settings import Settings
@@ -18,11 +23,59 @@ class _IgnoredPkName(logging.Filter):
         return "alembic_version_pkc" not in record.getMessage()
 
 
-def _alembic_config(connection: Connection) -> Config:
+def _alembic_config(connection: Connection | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(resources.files("core.db").joinpath("migrations")))
     cfg.attributes["connection"] = connection
     return cfg
+
+
+class SchemaTooOld(RuntimeError):
+    """The database is behind this release: serving would fail on missing tables/columns."""
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    current: str | None  # None: no alembic_version (an empty database)
+    head: str  # what this release's migrations end at
+    known: bool  # current is one of this release's revisions (False: a newer release migrated it)
+
+    @property
+    def behind(self) -> bool:
+        return self.current != self.head and (self.current is None or self.known)
+
+    def describe(self) -> str:
+        if self.behind:
+            return (f"database schema is at {self.current or 'nothing (empty database)'}, this release needs "
+                    f"{self.head}: run `faultline migrate` (Kubernetes: the faultline-migrate Job of this release)")
+        if self.current != self.head:  # rolled back past a migration: new columns are additive, serving works
+            return f"database schema is at {self.current}, newer than this release's {self.head}"
+        return f"database schema is at {self.head}, as this release needs"
+
+
+async def schema_state(engine: AsyncEngine) -> SchemaState:
+    """Raises what the driver raises when the database cannot be reached."""
+    script = ScriptDirectory.from_config(_alembic_config())
+    head = script.get_current_head()
+    assert head is not None, "no migrations packaged"
+    async with engine.connect() as conn:
+        current = await conn.run_sync(lambda sync_conn: MigrationContext.configure(sync_conn).get_current_revision())
+    known = current is not None and any(rev.revision == current for rev in script.walk_revisions())
+    return SchemaState(current, head, known)
+
+
+async def require_current_schema(engine: AsyncEngine, log: logging.Logger) -> None:
+    """Start-up check of a process that reads/writes the schema: raise SchemaTooOld (with the message for the
+    log) on an older schema. An unreachable database is only logged: the process starts and rides it out
+    (ingest keeps going through Redis), and checks nothing it cannot see."""
+    try:
+        state = await schema_state(engine)
+    except Exception as exc:
+        log.warning("start-up: database unreachable, schema revision not checked: %s", exc)
+        return
+    if state.behind:
+        log.error("refusing to start: %s", state.describe())
+        raise SchemaTooOld(state.describe())
 
 
 async def migrate(settings: Settings) -> None:
