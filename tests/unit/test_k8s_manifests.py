@@ -14,9 +14,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from core import liveness
 from core.ratelimit.proxies import parse_cidrs
 from core.settings import Settings
-from core import liveness
 from faultline import gunicorn_conf
 from faultline.asgi import create
 from faultline.cli import build_parser
@@ -78,7 +78,8 @@ def test_every_rendered_object_validates_against_the_schema(overlay: str) -> Non
 def test_production_overlay_sets_namespace_and_pinned_image(docs: list[dict[str, Any]]) -> None:
     namespaced = [d for d in docs if d["kind"] != "Namespace"]
     assert {d["metadata"].get("namespace") for d in namespaced} == {"faultline"}
-    images = {c["image"] for spec in pod_specs(docs).values() for c in spec["containers"] + spec.get("initContainers", [])}
+    images = {c["image"] for spec in pod_specs(docs).values()
+              for c in spec["containers"] + spec.get("initContainers", [])}
     [image] = images
     name, digest = image.split("@sha256:")
     assert name == "registry.example.com/faultline/faultline" and len(digest) == 64 and int(digest, 16) >= 0
@@ -213,7 +214,8 @@ NGINX = "nginx.ingress.kubernetes.io/"
 def test_ingresses_long_feed_short_api_and_no_retry_that_counts_twice(overlay: str) -> None:
     docs = render(overlay)
     ingresses = by_kind(docs, "Ingress")
-    live, api = ingresses["faultline-live"]["metadata"]["annotations"], ingresses["faultline-api"]["metadata"]["annotations"]
+    live = ingresses["faultline-live"]["metadata"]["annotations"]
+    api = ingresses["faultline-api"]["metadata"]["annotations"]
     paths = {name: [p["path"] for r in i["spec"]["rules"] for p in r["http"]["paths"]] for name, i in ingresses.items()}
     assert paths == {"faultline-live": ["/socket.io/"], "faultline-api": ["/"]}
     # Socket.IO feeds sit idle for minutes (ingress-nginx's default 60 s would cut them); never replayed.

@@ -115,7 +115,8 @@ def test_workers_scale_on_the_backlog_and_its_age() -> None:
     [scaled] = by_kind(render("production"), "ScaledObject").values()
     queries = {t["name"]: t["metadata"]["query"] for t in scaled["spec"]["triggers"] if t["type"] == "prometheus"}
     # the gauges the workers export (core/metrics.py), over the namespace the overlay deploys to
-    assert "faultline_queue_depth" in queries["backlog"] and "faultline_queue_oldest_age_seconds" in queries["queue-age"]
+    assert "faultline_queue_depth" in queries["backlog"]
+    assert "faultline_queue_oldest_age_seconds" in queries["queue-age"]
     assert all('namespace="faultline"' in q and q.startswith("max(") for q in queries.values())
 
 
