@@ -78,13 +78,13 @@ async def require_current_schema(engine: AsyncEngine, log: logging.Logger) -> No
         raise SchemaTooOld(state.describe())
 
 
-async def migrate(settings: Settings) -> None:
+async def migrate(settings: Settings, revision: str = "head") -> None:
     # MariaDB answers note 1280 "Name 'alembic_version_pkc' ignored for PRIMARY key" to alembic's own version
     # table (a primary key has no name there); asyncmy logs every note at WARNING: printed at every start
     logging.getLogger("asyncmy").addFilter(_IgnoredPkName())
     engine = make_engine(settings)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(lambda sync_conn: command.upgrade(_alembic_config(sync_conn), "head"))
+            await conn.run_sync(lambda sync_conn: command.upgrade(_alembic_config(sync_conn), revision))
     finally:
         await engine.dispose()
