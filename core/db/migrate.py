@@ -3,6 +3,7 @@ release needs (`faultline migrate --check`, the start-up check of API nodes and 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -30,6 +31,11 @@ def _alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
+# A database that does not answer the start-up check within this long is treated as unreachable: the process
+# starts (and, being on a live database, its own queries will say more) rather than hang before serving.
+START_CHECK_TIMEOUT = 5.0
+
+
 class SchemaTooOld(RuntimeError):
     """The database is behind this release: serving would fail on missing tables/columns."""
 
@@ -41,8 +47,14 @@ class SchemaState:
     known: bool  # current is one of this release's revisions (False: a newer release migrated it)
 
     @property
+    def older(self) -> bool:
+        """Migrated by an older release: this release's code would fail on missing tables or columns."""
+        return self.known and self.current != self.head
+
+    @property
     def behind(self) -> bool:
-        return self.current != self.head and (self.current is None or self.known)
+        """Not at what this release needs: older, or never migrated at all."""
+        return self.older or self.current is None
 
     def describe(self) -> str:
         if self.behind:
@@ -66,16 +78,20 @@ async def schema_state(engine: AsyncEngine) -> SchemaState:
 
 async def require_current_schema(engine: AsyncEngine, log: logging.Logger) -> None:
     """Start-up check of a process that reads/writes the schema: raise SchemaTooOld (with the message for the
-    log) on an older schema. An unreachable database is only logged: the process starts and rides it out
-    (ingest keeps going through Redis), and checks nothing it cannot see."""
+    log) on an older schema. Only logged: an unreachable database (the process starts and rides it out, ingest
+    keeps going through Redis; it checks nothing it cannot see), and a database never migrated at all (a first
+    start whose `faultline migrate` comes next: nothing in it can be served wrong, and ingest works meanwhile).
+    `faultline migrate --check`, which pods wait on, refuses both."""
     try:
-        state = await schema_state(engine)
+        state = await asyncio.wait_for(schema_state(engine), START_CHECK_TIMEOUT)
     except Exception as exc:
-        log.warning("start-up: database unreachable, schema revision not checked: %s", exc)
+        log.warning("start-up: database unreachable, schema revision not checked: %s", exc or type(exc).__name__)
         return
-    if state.behind:
+    if state.older:
         log.error("refusing to start: %s", state.describe())
         raise SchemaTooOld(state.describe())
+    if state.current is None:
+        log.warning("start-up: %s", state.describe())
 
 
 async def migrate(settings: Settings, revision: str = "head") -> None:

@@ -63,14 +63,15 @@ async def test_states_empty_older_current_and_newer(make_settings: Callable[...,
     engine = make_engine(settings)
     try:
         empty = await schema_state(engine)
-        assert empty.current is None and empty.behind and "empty database" in empty.describe()
+        assert empty.current is None and empty.behind and not empty.older and "empty database" in empty.describe()
         await migrate(settings)
         current = await schema_state(engine)
-        assert current.current == current.head and not current.behind
+        assert current.current == current.head and not current.behind and not current.older
         async with engine.begin() as conn:  # a later release migrated it, then was rolled back
             await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
         newer = await schema_state(engine)
-        assert not newer.known and not newer.behind and "newer than this release" in newer.describe()
+        assert not newer.known and not newer.behind and not newer.older
+        assert "newer than this release" in newer.describe()
     finally:
         await engine.dispose()
 

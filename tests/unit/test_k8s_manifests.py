@@ -22,6 +22,7 @@ from faultline.asgi import create
 from faultline.cli import build_parser
 from faultline.uvicorn_worker import Worker
 from health import checks, probes
+from realtime.server import RealtimeServer
 from tests.unit.k8s_render import OVERLAYS, REPO, by_kind, pod_specs, render
 
 # Objects of custom resources: validated against their vendored CRDs (tests/unit/test_k8s_scaling.py).
@@ -240,6 +241,19 @@ def test_ingress_body_limit_and_backends(docs: list[dict[str, Any]], settings: S
         service_ports = {p["name"]: p["targetPort"] for p in services[backend["name"]]["spec"]["ports"]}
         assert service_ports == {"http": "http"}, name  # the metrics side port is routed by nothing
         assert notes.get("cert-manager.io/cluster-issuer"), name  # TLS issued for the host (production)
+
+
+def test_ingress_timeouts_outlast_what_the_app_takes(docs: list[dict[str, Any]], settings: Settings) -> None:
+    ingresses = by_kind(docs, "Ingress")
+    api = ingresses["faultline-api"]["metadata"]["annotations"]
+    live = ingresses["faultline-live"]["metadata"]["annotations"]
+    # ingest answers within its Redis budget (or a fast 503): the edge never gives up on a working pod first
+    assert int(api[NGINX + "proxy-read-timeout"]) > settings.ingest_budget
+    # a retry must still fit after a refused connection
+    assert int(api[NGINX + "proxy-next-upstream-timeout"]) > int(api[NGINX + "proxy-connect-timeout"])
+    # an idle feed only carries Socket.IO's pings: the edge must wait longer than a ping round
+    eio = RealtimeServer(settings).sio.eio
+    assert int(live[NGINX + "proxy-read-timeout"]) > eio.ping_interval + eio.ping_timeout
 
 
 def test_keep_alive_outlives_every_proxy_in_front(settings: Settings) -> None:
