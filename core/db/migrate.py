@@ -31,6 +31,8 @@ def _alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
+# alembic logs each of its plugins at INFO whenever it loads the scripts: at every start of every process
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 # A database that does not answer the start-up check within this long is treated as unreachable: the process
 # starts (and, being on a live database, its own queries will say more) rather than hang before serving.
 START_CHECK_TIMEOUT = 5.0
