@@ -7,16 +7,20 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from importlib import resources
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.db.engine import make_engine
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# alembic logs each of its plugins at INFO when it is imported, i.e. at every start of every process: quiet
+# before the first import (alembic is imported inside the functions below, after this line has run)
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 class _IgnoredPkName(logging.Filter):
@@ -25,14 +29,14 @@ class _IgnoredPkName(logging.Filter):
 
 
 def _alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(resources.files("core.db").joinpath("migrations")))
     cfg.attributes["connection"] = connection
     return cfg
 
 
-# alembic logs each of its plugins at INFO whenever it loads the scripts: at every start of every process
-logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 # A database that does not answer the start-up check within this long is treated as unreachable: the process
 # starts (and, being on a live database, its own queries will say more) rather than hang before serving.
 START_CHECK_TIMEOUT = 5.0
@@ -69,6 +73,9 @@ class SchemaState:
 
 async def schema_state(engine: AsyncEngine) -> SchemaState:
     """Raises what the driver raises when the database cannot be reached."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(_alembic_config())
     head = script.get_current_head()
     assert head is not None, "no migrations packaged"
@@ -100,6 +107,8 @@ async def migrate(settings: Settings, revision: str = "head") -> None:
     # MariaDB answers note 1280 "Name 'alembic_version_pkc' ignored for PRIMARY key" to alembic's own version
     # table (a primary key has no name there); asyncmy logs every note at WARNING: printed at every start
     logging.getLogger("asyncmy").addFilter(_IgnoredPkName())
+    from alembic import command
+
     engine = make_engine(settings)
     try:
         async with engine.begin() as conn:
