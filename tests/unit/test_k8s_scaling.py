@@ -141,8 +141,8 @@ def test_egress_is_what_each_component_needs() -> None:
 
     for name in ("faultline-api", "faultline-worker", "faultline-scheduler"):
         assert {53, 6379, 3306} <= ports(name), name
-    assert 443 in ports("faultline-worker")  # alert webhooks, to any host
-    assert 443 not in ports("faultline-api") | ports("faultline-scheduler")
+    assert {443, 80} <= ports("faultline-worker")  # alert webhooks, to any host
+    assert not {443, 80} & (ports("faultline-api") | ports("faultline-scheduler"))
     assert ports("faultline-migrate") == {53, 3306}
 
 
