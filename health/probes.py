@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from core import access
+from core.drain import Drain
 from core.runtime import Runtime
 from health import checks
 from health.checks import Check
@@ -78,8 +79,8 @@ async def live_checks(rt: Runtime) -> dict[str, Check]:
     return {"event_loop": await checks.event_loop(rt), "memory": checks.memory(rt)}
 
 
-async def ready_checks(rt: Runtime) -> dict[str, Check]:
-    drain = checks.drain(rt)  # read first: 503 from the very first instant of a drain
+async def ready_checks(rt: Runtime, drain_state: Drain) -> dict[str, Check]:
+    drain = checks.drain(drain_state)  # read first: 503 from the very first instant of a drain
     redis, queue, database = await asyncio.gather(checks.redis(rt), checks.queue(rt), checks.database(rt))
     return {"redis": redis, "drain": drain, "queue": queue, "database": database, "disk": checks.disk(rt)}
 
@@ -91,11 +92,11 @@ async def live(request: Request) -> Response:
 
 @router.get("/health/ready")
 async def ready(request: Request) -> Response:
-    return _respond(request, await ready_checks(_runtime(request)), READY_REQUIRED)
+    return _respond(request, await ready_checks(_runtime(request), request.app.state.drain), READY_REQUIRED)
 
 
 @router.get("/health")
 async def health(request: Request) -> Response:
     rt = _runtime(request)
-    details = {**await live_checks(rt), **await ready_checks(rt)}
+    details = {**await live_checks(rt), **await ready_checks(rt, request.app.state.drain)}
     return _respond(request, details, LIVE_REQUIRED | READY_REQUIRED)
