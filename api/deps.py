@@ -11,17 +11,12 @@ from api.errors import ApiError
 from core import access
 from core.counts import CountReader
 from core.runtime import Runtime
-from core.settings import Settings
 
 
 # Every dependency is `async def`: FastAPI runs a plain `def` dependency in a thread pool, a thread hop
 # that cost ~20% of an API process's CPU on the ingest path.
 async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
-
-
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.runtime.settings  # type: ignore[no-any-return]
 
 
 async def get_counts(request: Request) -> CountReader:
@@ -34,7 +29,6 @@ async def get_counts(request: Request) -> CountReader:
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 CountsDep = Annotated[CountReader, Depends(get_counts)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 async def project_id(runtime: RuntimeDep, x_faultline_key: Annotated[str | None, Header()] = None) -> int:

@@ -25,7 +25,7 @@ from core.redis import make_redis
 from core.retry import OutcomeMiddleware, RetryMiddleware, pump_retries
 from core.settings import Settings
 from workers import tasks
-from workers.writer import AfterCommit, BatchWriter
+from workers.writer import BatchWriter
 
 log = logging.getLogger("faultline.worker")
 
@@ -72,7 +72,7 @@ async def _oldest_age(redis: Redis, keys: Keys) -> float:
     return max(0.0, secs + micros / 1e6 - enqueued_ms / 1000)
 
 
-async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | None = None) -> None:
+async def run_worker(settings: Settings, name: str) -> None:
     """Run until SIGTERM (then return: exit 0). If the receiver or any background loop ends by itself,
     the worker can no longer do its job: raise SystemExit(1) so the supervisor restarts the process."""
     keys = Keys(settings.key_prefix)
@@ -80,7 +80,7 @@ async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | 
     engine = make_engine(settings)
     broker = FaultlineBroker(settings, consumer_name=name)
     progress = broker.progress
-    writer = BatchWriter(settings, engine, redis, after_commit, progress=progress)
+    writer = BatchWriter(settings, engine, redis, progress=progress)
     broker.add_middlewares(RetryMiddleware(settings, redis), OutcomeMiddleware(progress))
     tasks.register(broker, writer)
     broker.is_worker_process = True

@@ -7,13 +7,9 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from core.settings import Settings
-
-
-def is_mysql(engine: AsyncEngine) -> bool:
-    return engine.dialect.name in ("mysql", "mariadb")
 
 
 def make_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
@@ -53,6 +49,3 @@ def make_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
     options.update(overrides)
     return create_async_engine(url, **options)
 
-
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
-    return async_sessionmaker(engine, expire_on_commit=False)

@@ -7,7 +7,7 @@ same order (no deadlock between two workers touching the same groups).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Table, delete, func, select
@@ -211,7 +211,3 @@ async def delete_project(conn: AsyncConnection, pid: int) -> None:
     await conn.execute(delete(_keys).where(_keys.c.project_id == pid))
     await conn.execute(delete(_projects).where(_projects.c.id == pid))
 
-
-def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
