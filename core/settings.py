@@ -168,7 +168,8 @@ class Settings(BaseSettings):
     drain_delay: float = 5.0
     shutdown_timeout: float = 25.0
     # Liveness fails above this resident set size (MB) so the orchestrator restarts a leaking process;
-    # keep it below the container's memory limit (deploy/k8s: 512 Mi) so we restart before the OOM killer.
+    # keep it below the API container's memory limit (resources.limits.memory in
+    # deploy/k8s/base/api-deployment.yaml; the configmap there sets this value) so we restart before the OOM killer.
     memory_limit_mb: int = 450
     # Liveness fails when the event loop takes longer than this to run a callback: 5 s means stuck,
     # not busy (under saturation the loop lags ~0.1 s, shared/notes/performance-floor.md).
@@ -202,7 +203,7 @@ class Settings(BaseSettings):
     # XREADGROUP blocks 1 s), so 30 s means stuck, not busy, and stays under a kubelet's default 3x10 s.
     worker_stall_after: float = Field(default=30.0, gt=0.0)
 
-    # --- listening beyond loopback (issue 10) ---
+    # --- listening beyond loopback ---
     # The address the API node listens on (`faultline api --host` exports it; the Docker image sets 0.0.0.0).
     # Only used to refuse development secrets on a listener other machines can reach, in any mode.
     bind_host: str = "127.0.0.1"

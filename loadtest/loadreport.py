@@ -13,7 +13,7 @@ from rich.table import Table
 
 from loadtest.report import markdown_table
 
-# Issue 6 targets for our stack through nginx (ramp and spike up to 1,000 users).
+# Targets for our stack through nginx (ramp and spike up to 1,000 users).
 TARGET_P95_MS, TARGET_P99_MS, TARGET_API_RSS_MB = 10.0, 25.0, 150.0
 
 

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "faultline.json"
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
                 "offset"}
-# The issue's list of what the dashboard shows, as words that must appear in a panel title.
+# What the dashboard must show, as words that must appear in a panel title.
 REQUIRED_PANELS = ["request rate", "p95", "redis", "db latency", "event-loop lag", "queue depth", "age",
                    "job outcomes", "dead letters", "memory per process", "rate-limit"]
 
@@ -79,7 +79,7 @@ def test_names_are_parsed_from_promql() -> None:
     assert metric_names("max(faultline_queue_depth) + max(x_total)") == {"faultline_queue_depth", "x_total"}
 
 
-def test_dashboard_has_the_panels_the_issue_lists() -> None:
+def test_dashboard_has_the_required_panels() -> None:
     titles = " | ".join(panel_exprs()).lower()
     missing = [word for word in REQUIRED_PANELS if word not in titles]
     assert not missing, f"no panel for {missing}; titles: {titles}"

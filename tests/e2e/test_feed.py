@@ -1,7 +1,7 @@
 """Live feed on the real stack: 3 API nodes (gunicorn + uvicorn), nginx, redis-server, workers, scheduler.
 
-One stack for the module (starting one costs ~10 s on this 2-core box). Issue 4's points 1-3 and bad input;
-point 4 (SIGTERM of the client's node) kills a node, so it has its own stack in test_feed_drain.py.
+One stack for the module (starting one costs ~10 s on this 2-core box). Subscriptions, live updates, exact
+totals and bad input; SIGTERM of the client's node kills a node, so it has its own stack in test_feed_drain.py.
 """
 
 from __future__ import annotations

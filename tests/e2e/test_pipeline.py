@@ -1,4 +1,4 @@
-"""Issue 2 end to end: the stack `faultline up` runs (3 nodes, nginx, 2 workers, scheduler, MariaDB)."""
+"""End to end on the stack `faultline up` runs (3 nodes, nginx, 2 workers, scheduler, MariaDB)."""
 
 from __future__ import annotations
 

@@ -238,7 +238,7 @@ async def test_request_id_reaches_and_is_logged_by_every_node(edge: tuple[Stack,
 
 async def test_a_public_key_hammered_elsewhere_through_nginx_never_blocks_the_owner(
         edge: tuple[Stack, list[str]]) -> None:
-    """Issue 10: the project's (public) key sent by another client to GET /nope and every other route, and
+    """The project's (public) key sent by another client to GET /nope and every other route, and
     to ingest until that client is refused: the owner's ingest, from its own address, keeps getting 202."""
     stack, _ = edge
     key = {"X-Faultline-Key": stack.ingest_key}
