@@ -6,7 +6,7 @@ Defaults say why they are what they are; production refuses the development secr
 from __future__ import annotations
 
 import ipaddress
-import secrets
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +41,9 @@ class Settings(BaseSettings):
         return cls(**{k: v for k, v in values.items() if k in cls.model_fields})
 
     env: Literal["development", "production"] = "development"
-    node_name: str = Field(default_factory=lambda: f"node-{secrets.token_hex(3)}")
+    # This process's name, one for everything that names it: heartbeat key, `worker-check`, the feed's "node",
+    # consumer names. Kubernetes sets the pod name, `faultline up` one per process; else the host name.
+    node_name: str = Field(default_factory=socket.gethostname)
 
     # Log level of every process (read from the environment before logging is set up: faultline/cli.py,
     # gunicorn_conf.py, uvicorn_worker.py); declared here so a bad value stops start-up with its name.

@@ -6,14 +6,17 @@ import logging
 import os
 from typing import Any
 
+from core.settings import get_settings
+
+_settings = get_settings()  # the same Settings the app builds: one place for every default
 worker_class = "faultline.uvicorn_worker.Worker"
 # Above FAULTLINE_SHUTDOWN_TIMEOUT so the app's own drain sequence always finishes first.
-graceful_timeout = int(float(os.environ.get("FAULTLINE_SHUTDOWN_TIMEOUT", "25"))) + 3
+graceful_timeout = int(_settings.shutdown_timeout) + 3
 keepalive = 5
 accesslog = None
 errorlog = "-"
 control_socket_disable = True
-loglevel = os.environ.get("FAULTLINE_LOG_LEVEL", "info")
+loglevel = _settings.log_level.lower()
 
 
 class _AlreadyClosed(logging.Filter):
