@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from typing import Any
 
 from redis.asyncio import Redis
@@ -19,12 +18,11 @@ from taskiq.receiver import Receiver
 from core import heartbeat, metrics
 from core.backoff import Backoff
 from core.broker import FaultlineBroker
-from core.db.engine import make_engine
 from core.keys import Keys
-from core.redis import make_redis
 from core.retry import OutcomeMiddleware, RetryMiddleware, pump_retries
 from core.settings import Settings
 from workers import tasks
+from workers.lifecycle import Lifecycle
 from workers.writer import BatchWriter
 
 log = logging.getLogger("faultline.worker")
@@ -72,39 +70,35 @@ async def _oldest_age(redis: Redis, keys: Keys) -> float:
     return max(0.0, secs + micros / 1e6 - enqueued_ms / 1000)
 
 
-async def run_worker(settings: Settings, name: str) -> None:
-    """Run until SIGTERM (then return: exit 0). If the receiver or any background loop ends by itself,
-    the worker can no longer do its job: raise SystemExit(1) so the supervisor restarts the process."""
-    keys = Keys(settings.key_prefix)
-    redis = make_redis(settings, pool_size=64, timeout=5.0, retries=3)
-    engine = make_engine(settings)
+async def run_worker(settings: Settings, name: str, *, handle_signals: bool = True,
+                     stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM, or until `stop` is set (then return: exit 0). If the receiver or any background
+    loop ends by itself, the worker can no longer do its job: raise SystemExit(1) so the supervisor
+    restarts the process. handle_signals=False: run in process, ended by `stop` (workers/lifecycle.py)."""
+    async with Lifecycle(settings, "worker", name, pool_size=64, handle_signals=handle_signals,
+                         stop=stop) as life:
+        broken = await _consume(life, settings, name)
+    if broken:
+        raise SystemExit(1)
+
+
+async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
+    """The worker's own work inside its lifecycle; True when a loop ended by itself."""
+    redis, keys, finish = life.redis, life.keys, life.stop
     broker = FaultlineBroker(settings, consumer_name=name)
     progress = broker.progress
-    writer = BatchWriter(settings, engine, redis, progress=progress)
+    writer = BatchWriter(settings, life.engine, redis, progress=progress)
     broker.add_middlewares(RetryMiddleware(settings, redis), OutcomeMiddleware(progress))
     tasks.register(broker, writer)
     broker.is_worker_process = True
     # taskiq logs a traceback per failed task: thousands of lines in a DB outage. Failures are logged by
     # core/retry.py (per attempt for bad data, dead letters) and the writer (once per DB outage) instead.
     logging.getLogger("taskiq.receiver.receiver").setLevel(logging.CRITICAL)
-
-    finish = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, finish.set)
-
-    metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
     await _start_broker(broker, settings, finish)
     if finish.is_set():  # SIGTERM while Redis was still unreachable
-        await redis.aclose()
-        await engine.dispose()
-        return
+        return False
     writer.start()
-    background = [
-        asyncio.create_task(heartbeat.beat_forever(redis, keys, "worker", name, settings, progress), name="heartbeat"),
-        asyncio.create_task(_pump_forever(settings, keys, redis, progress), name="retry pump"),
-        asyncio.create_task(metrics.watch_loop_lag(), name="loop lag"),
-    ]
+    background = [life.beat(progress), life.spawn(_pump_forever(settings, keys, redis, progress), "retry pump")]
     receiver = Receiver(broker, max_async_tasks=settings.worker_concurrency, run_startup=False,
                         wait_tasks_timeout=settings.shutdown_timeout)
     log.info("worker %s consuming %s", name, keys.stream)
@@ -112,14 +106,14 @@ async def run_worker(settings: Settings, name: str) -> None:
     finishing = asyncio.create_task(finish.wait())
     watched = [listener, *background, *writer.tasks()]
     await asyncio.wait([finishing, *watched], return_when=asyncio.FIRST_COMPLETED)
-    broken = [t for t in watched if t.done()] if not finish.is_set() else []
+    broken = [t for t in watched if t.done()] if not finish.is_set() or life.failed else []
     for task in broken:
         err = None if task.cancelled() else task.exception()
         log.error("worker %s: %s ended by itself (%r): exiting non-zero so the supervisor restarts it",
                   name, task.get_name(), err)
     finish.set()  # stops the prefetcher if the receiver is still running
     if not broken:
-        log.info("worker %s: SIGTERM, finishing running tasks", name)
+        log.info("worker %s: stopping, finishing running tasks", name)
     try:
         await asyncio.wait_for(listener, settings.shutdown_timeout)
     except (TimeoutError, asyncio.CancelledError):
@@ -127,16 +121,8 @@ async def run_worker(settings: Settings, name: str) -> None:
                     name, settings.shutdown_timeout)
     except Exception as exc:
         log.warning("worker %s: receiver ended with %s", name, exc)
-    for task in background:
-        task.cancel()
-    await asyncio.gather(*background, return_exceptions=True)
+    finishing.cancel()
     await writer.stop()
     with contextlib.suppress(Exception):
-        await heartbeat.stop(redis, keys, "worker", name)
-    with contextlib.suppress(Exception):
         await broker.shutdown()
-    await redis.aclose()
-    await engine.dispose()
-    log.info("worker %s stopped", name)
-    if broken:
-        raise SystemExit(1)
+    return bool(broken)
