@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import access
+from core.keys import Keys
 from core.settings import Settings
 from faultline import promtargets, supervise
 from faultline.bootstrap import ensure_default_project
-from faultline.procs import Child, Liveness, LogSink, stdout_sink
+from faultline.liveness import Liveness, heartbeat_fresh, http_ok
+from faultline.procs import Child, LogSink, stdout_sink
 from faultline.services import MariaDBServer, NginxServer, RedisServer, free_port, wait_http_ok
 
 
@@ -134,7 +136,7 @@ class Stack:
         child = self._child(name, ["api", "--port", str(port), "--workers", str(self.cfg.node_workers)],
                             PROMETHEUS_MULTIPROC_DIR=str(prom))
         # /health/live answers from the event loop: a stopped or deadlocked node misses it.
-        child.liveness = Liveness(f"http://127.0.0.1:{port}/health/live")
+        child.liveness = Liveness(http_ok(f"http://127.0.0.1:{port}/health/live"))
         child.start()
         with self.lock:
             self.nodes.append(child)
@@ -142,8 +144,13 @@ class Stack:
         return child
 
     def _metered_child(self, name: str, args: list[str]) -> Child:
+        """A worker or a scheduler: /metrics on a side port, liveness by the freshness of its heartbeat."""
         port = self.metrics_ports[name] = free_port()
-        return self._child(name, args, FAULTLINE_METRICS_PORT=str(port))
+        child = self._child(name, args, FAULTLINE_METRICS_PORT=str(port))
+        settings = self.settings()
+        key = Keys(settings.key_prefix).heartbeat(args[0], name)
+        child.liveness = Liveness(heartbeat_fresh(settings.redis_url, key))
+        return child
 
     def start_worker(self) -> Child:
         self._serial += 1

@@ -1,8 +1,8 @@
 """The supervisor of the local stack (faultline/supervise.py) against real faults, under steady load:
 Redis, MariaDB and nginx SIGKILLed come back on the same port (Redis with its AOF), ingest answers 202
 again within seconds, and every accepted event is stored and counted exactly once. A hung API node
-(SIGSTOP) misses its liveness probes, is SIGKILLed and restarted. Supervision runs on a background thread,
-as the chaos harness drives it."""
+(SIGSTOP) misses its liveness probes, is SIGKILLed and restarted; so is a hung worker (stale heartbeat).
+Supervision runs on a background thread, as the chaos harness drives it."""
 
 from __future__ import annotations
 
@@ -114,3 +114,28 @@ def test_hung_api_node_is_killed_and_restarted(stack: Stack) -> None:
     assert node_get(port, "/health/ready")[0] == 200, "the node did not come back on its port"
     report(f"supervisor: hung node SIGKILLed {killed_after:.1f}s after SIGSTOP ({node.liveness.misses} missed "
            f"probes), ready again {time.monotonic() - stopped:.1f}s after SIGSTOP")
+
+
+def test_hung_worker_is_killed_and_replaced(stack: Stack) -> None:
+    """A worker's liveness is its heartbeat's freshness (faultline/liveness.py): SIGSTOPped, it stops beating,
+    misses its pings, is SIGKILLed and restarted, and the new process beats again."""
+    worker = stack.workers[0]
+    assert worker.liveness is not None and worker.proc is not None
+    kills, old_pid = worker.hung_kills, worker.proc.pid
+    deadline = time.monotonic() + 60
+    while not worker.liveness.seen_live and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert worker.liveness.seen_live, "the worker's heartbeat was never seen fresh"
+    os.killpg(old_pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    deadline = stopped + 60
+    while time.monotonic() < deadline and worker.hung_kills == kills:
+        time.sleep(0.2)
+    assert worker.hung_kills == kills + 1, "the hung worker was never killed"
+    killed_after = time.monotonic() - stopped
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (worker.alive() and worker.liveness.seen_live):
+        time.sleep(0.2)
+    assert worker.alive() and worker.pid != old_pid and worker.liveness.seen_live, "no fresh heartbeat after restart"
+    report(f"supervisor: hung worker SIGKILLed {killed_after:.1f}s after SIGSTOP, beating again "
+           f"{time.monotonic() - stopped:.1f}s after SIGSTOP")
