@@ -40,6 +40,11 @@ class Settings(BaseSettings):
         values = {k.removeprefix("FAULTLINE_").lower(): v for k, v in env.items() if k.startswith("FAULTLINE_")}
         return cls(**{k: v for k, v in values.items() if k in cls.model_fields})
 
+    def to_env_map(self, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
+        """The FAULTLINE_* environment that makes a child process see these settings (from_env_map's inverse)."""
+        return {f"FAULTLINE_{name.upper()}": str(value) for name, value in self.model_dump().items()
+                if value is not None and name not in skip}
+
     env: Literal["development", "production"] = "development"
     # This process's name, one for everything that names it: heartbeat key, `worker-check`, the feed's "node",
     # consumer names. Kubernetes sets the pod name, `faultline up` one per process; else the host name.
@@ -214,7 +219,7 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'faultline.db').resolve()}"
+        return sqlite_url(self.data_dir)
 
     @model_validator(mode="after")
     def _rate_limits(self) -> Settings:
@@ -275,3 +280,8 @@ def check_project_key(settings: Settings, key: str) -> None:
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def sqlite_url(directory: Path) -> str:
+    """The embedded database of a data directory (the default of every process, and `faultline up --db sqlite`)."""
+    return f"sqlite+aiosqlite:///{(directory / 'faultline.db').resolve()}"

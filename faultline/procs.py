@@ -28,6 +28,24 @@ def stdout_sink(line: str) -> None:
     sys.stdout.flush()
 
 
+class FileSink:
+    """A LogSink into a file, flushed line by line (a test that fails or a harness that is killed keeps
+    every line); with `keep`, the lines are also appended to that list for assertions."""
+
+    def __init__(self, path: str | os.PathLike[str], mode: str = "w", keep: list[str] | None = None) -> None:
+        self.file = open(path, mode)
+        self.keep = keep
+
+    def __call__(self, line: str) -> None:
+        if self.keep is not None:
+            self.keep.append(line)
+        self.file.write(line + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
 @dataclass
 class Backoff:
     """Delay before the next restart: base * 2^(failures-1), capped; forgotten after `stable` seconds up."""

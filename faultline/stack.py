@@ -19,7 +19,7 @@ from pathlib import Path
 
 from core import access
 from core.keys import Keys
-from core.settings import Settings
+from core.settings import Settings, sqlite_url
 from faultline import promtargets, supervise
 from faultline.bootstrap import ensure_default_project
 from faultline.liveness import Liveness, heartbeat_fresh, http_ok
@@ -98,7 +98,7 @@ class Stack:
     def _database(self) -> str:
         db = self.cfg.db
         if db == "sqlite":
-            return f"sqlite+aiosqlite:///{(self.base / 'faultline.db').resolve()}"
+            return sqlite_url(self.base)
         if db == "mariadb":
             self.mariadb = MariaDBServer(self.base / "mariadb").start()
             return self.mariadb.create_database("faultline", password=self.cfg.db_password or None)

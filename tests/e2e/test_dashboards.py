@@ -19,7 +19,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from faultline.stack import Stack, StackConfig
+from faultline.stack import Stack
+from tests.e2e.stack_checks import module_stack
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "faultline.json"
@@ -51,20 +52,10 @@ def exported(text: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    log = (tmp_path_factory.mktemp("logs") / "stack.log").open("w")
-    env = {"FAULTLINE_RATE_LIMITS": "short:5/s,medium:1000/m", "FAULTLINE_SYNC_INTERVAL": "1"}
-
-    def sink(line: str) -> None:
-        log.write(line + "\n")
-
-    st = Stack(StackConfig(base_dir=tmp_path_factory.mktemp("stack"), nodes=1, port=0, workers=1, schedulers=1,
-                           db="sqlite", env=env, sink=sink))
-    try:
-        st.start()
+    env = {"FAULTLINE_RATE_LIMIT_ENABLED": "true", "FAULTLINE_RATE_LIMITS": "short:5/s,medium:1000/m"}
+    with module_stack(tmp_path_factory.mktemp("stack"), "test_dashboards", nodes=1, workers=1, schedulers=1,
+                      db="sqlite", env=env) as (st, _lines):
         yield st
-    finally:
-        st.stop()
-        log.close()
 
 
 def scrape_all(st: Stack) -> dict[str, set[str]]:

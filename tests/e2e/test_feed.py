@@ -20,6 +20,7 @@ import socketio
 
 from core.keys import Keys
 from core.redis import make_redis
+from faultline.procs import FileSink
 from faultline.stack import Stack, StackConfig
 from tests.browser import chromium
 from tests.conftest import ARTIFACTS
@@ -97,12 +98,7 @@ class FeedClient:
 
 def start_stack(base: Path, log_name: str, **env: str) -> Stack:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / log_name, "w")
-
-    def sink(line: str) -> None:
-        log.write(line + "\n")
-        log.flush()
-
+    sink = FileSink(ARTIFACTS / log_name)
     env = {"FAULTLINE_RATE_LIMIT_ENABLED": "false", "FAULTLINE_DASHBOARD_TOKEN": DASHBOARD_TOKEN, **env}
     return Stack(StackConfig(base_dir=base, port=0, sink=sink, env=env)).start()
 

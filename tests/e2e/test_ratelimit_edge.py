@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from core.keys import Keys
 from core.redis import make_redis
-from faultline.procs import Child
+from faultline.procs import Child, FileSink
 from faultline.stack import Stack, StackConfig
 from tests.conftest import ARTIFACTS
 
@@ -55,12 +55,7 @@ class SkewedStack(Stack):
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, list[str]]]:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
-    log = open(ARTIFACTS / "test_ratelimit_edge.log", "w")
-
-    def sink(line: str) -> None:
-        lines.append(line)
-        log.write(line + "\n")
-        log.flush()
+    log = sink = FileSink(ARTIFACTS / "test_ratelimit_edge.log", keep=lines)
 
     stack = SkewedStack(StackConfig(base_dir=tmp_path_factory.mktemp("rl-edge"), nodes=3, port=0, workers=1,
                                     db="sqlite", env=ENV, sink=sink))
