@@ -2,7 +2,7 @@
 
 `faultline up` runs it in the foreground; the e2e tests and the benchmarks start the very same thing.
 Every process it starts is supervised (faultline/supervise.py): servers come back on the same port and
-data directory, Python children with restart backoff, hung API nodes are killed after missed probes.
+data directory, Python children with restart backoff, hung ones killed after missed pings (faultline/liveness.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import secrets
 import shutil
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,13 +109,9 @@ class Stack:
     def env(self, **extra: str) -> dict[str, str]:
         assert self.redis is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith("FAULTLINE_")}
-        env.update({
-            "FAULTLINE_REDIS_URL": self.redis.url,
-            "FAULTLINE_DATABASE_URL": self.database_url,
-            "FAULTLINE_ADMIN_TOKEN": self.admin_token,
-            "FAULTLINE_INGEST_KEY": self.ingest_key,
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update({"FAULTLINE_REDIS_URL": self.redis.url, "FAULTLINE_DATABASE_URL": self.database_url,
+                    "FAULTLINE_ADMIN_TOKEN": self.admin_token, "FAULTLINE_INGEST_KEY": self.ingest_key,
+                    "PYTHONUNBUFFERED": "1"})
         env.update({k: v for k, v in os.environ.items() if k.startswith("FAULTLINE_") and k not in env})
         env.update(self.cfg.env)
         env.update(extra)
@@ -147,9 +142,8 @@ class Stack:
         """A worker or a scheduler: /metrics on a side port, liveness by the freshness of its heartbeat."""
         port = self.metrics_ports[name] = free_port()
         child = self._child(name, args, FAULTLINE_METRICS_PORT=str(port))
-        settings = self.settings()
-        key = Keys(settings.key_prefix).heartbeat(args[0], name)
-        child.liveness = Liveness(heartbeat_fresh(settings.redis_url, key))
+        s = self.settings()
+        child.liveness = Liveness(heartbeat_fresh(s.redis_url, Keys(s.key_prefix).heartbeat(args[0], name)))
         return child
 
     def start_worker(self) -> Child:
@@ -170,6 +164,26 @@ class Stack:
                           {c.name: self.metrics_ports[c.name] for c in [*self.workers, *self.schedulers]
                            if c.name in self.metrics_ports})
 
+    def detach(self, child: Child) -> None:
+        """Take a child out of the stack (and out of nginx, if a node) before it is retired or restarted."""
+        with self.lock:
+            for group in (self.nodes, self.workers, self.schedulers):
+                if child in group:
+                    group.remove(child)
+            if self.nginx is not None and child.name in self.node_ports:
+                self.nginx.set_upstreams([self.node_ports[n.name] for n in self.nodes])
+        self.write_targets()
+
+    def forget(self, child: Child) -> None:  # a retired node's port is free again
+        with self.lock:
+            self.node_ports.pop(child.name, None)
+
+    def restart_scheduler(self, child: Child) -> None:
+        child.restart = True
+        child.start()  # same name, same heartbeat key
+        with self.lock:
+            self.schedulers.append(child)
+
     def supervise_once(self) -> list[str]:
         """One supervision round over every process; safe to call from any thread, never blocks long.
         Returns what it restarted (names), for logs and chaos reports."""
@@ -177,26 +191,7 @@ class Stack:
             return supervise.run_round(self)
 
     def stop(self) -> None:
-        """Stop everything within shutdown_timeout (+ a small margin): the edge first (no new requests),
-        then API nodes, workers and schedulers in parallel (they finish and flush), then the stores."""
-        self.cancel.set()
-        with self.lock:
-            if self.nginx:
-                self.nginx.stop()
-            children = [*self.retiring, *self.children()]
-            for child in children:
-                child.terminate()
-            deadline = time.monotonic() + (self.settings().shutdown_timeout + 2 if self.redis else 5)
-            for child in children:
-                if child.proc is not None:
-                    try:
-                        child.proc.wait(max(0.0, deadline - time.monotonic()))
-                    except Exception:
-                        child.kill_group()
-            if self.redis:
-                self.redis.stop()
-            if self.mariadb:
-                self.mariadb.stop()
+        supervise.stop_all(self)  # everything, within shutdown_timeout + a small margin
 
     def raise_if_cancelled(self) -> None:
         if self.cancel.is_set():
