@@ -132,7 +132,8 @@ def test_hung_worker_is_killed_and_replaced(stack: Stack) -> None:
     old_pid = worker.proc.pid
     stopped, killed_after = stop_until_killed(worker, "worker", 60)
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and not (worker.alive() and worker.liveness.seen_live):
+    # a new process (poll() may still say "alive" while the supervisor reaps the old one), seen beating
+    while time.monotonic() < deadline and not (worker.pid != old_pid and worker.alive() and worker.liveness.seen_live):
         time.sleep(0.2)
     assert worker.alive() and worker.pid != old_pid and worker.liveness.seen_live, "no fresh heartbeat after restart"
     report(f"supervisor: hung worker SIGKILLed {killed_after:.1f}s after SIGSTOP, beating again "
