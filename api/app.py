@@ -17,7 +17,7 @@ from api import errors, openapi
 from api.ingest import Ingestor
 from api.ratelimit import rate_limiting
 from api.requestid import RequestIdMiddleware
-from api.routes import dlq, groups, ingest, jobs, projects, sentry
+from api.routes import alerts, dlq, groups, ingest, jobs, projects, sentry
 from core import metrics
 from core.broker import ensure_consumer_group
 from core.drain import Drain
@@ -69,6 +69,7 @@ def create_app(settings: Settings, on_start: Callable[[Runtime, Drain], None] | 
     app.include_router(dlq.router)
     app.include_router(projects.router)
     app.include_router(sentry.router)
+    app.include_router(alerts.router)
     # Inside the metrics middleware (a 429 is counted like any response), before routing (a refused request
     # costs one limiter call, nothing else). None when FAULTLINE_RATE_LIMIT_ENABLED=false: zero cost.
     limits = rate_limiting(app, settings)

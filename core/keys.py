@@ -164,3 +164,42 @@ class Keys:
     @property
     def feed_index_built(self) -> str:
         return f"{self.tag}:feed:idx:built"
+
+    # --- alerts (core/alerts/, workers/alerts.py) ---
+    # triage signals: a capped stream of group transitions (new_group, regression, spike, threshold), read by
+    # the alert evaluator through its consumer group
+    @property
+    def group_signals(self) -> str:
+        return f"{self.tag}:signals:groups"
+
+    alert_consumer_group: str = "alerts"
+
+    # (rule, group) -> set while the rule is cooling down for that group (SET NX PX by alert_enqueue.lua)
+    def alert_cooldown(self, rule_id: int | str, fingerprint: str) -> str:
+        return f"{self.tag}:alerts:cool:{rule_id}:{fingerprint}"
+
+    # project id -> the longest window (minutes) of its threshold rules: only these projects are counted
+    @property
+    def alert_windows(self) -> str:
+        return f"{self.tag}:alerts:windows"
+
+    # events per group in one minute of one project: "<prefix><project id>:<minute>" (HINCRBY by the feed)
+    @property
+    def alert_minutes_prefix(self) -> str:
+        return f"{self.tag}:alerts:m:"
+
+    # a delivery that reached its receiver (a redelivered task does not send it again)
+    def alert_sent(self, delivery_id: str) -> str:
+        return f"{self.tag}:alerts:sent:{delivery_id}"
+
+    # one threshold scan / retention run per interval across replicas (SET NX PX)
+    def alert_scan_lock(self, bucket: int) -> str:
+        return f"{self.tag}:lock:alert-scan:{bucket}"
+
+    def retention_lock(self, bucket: int) -> str:
+        return f"{self.tag}:lock:retention:{bucket}"
+
+    # time (s) up to which the per-group sample cap has looked at new samples (workers/retention.py)
+    @property
+    def retention_cap_since(self) -> str:
+        return f"{self.tag}:retention:cap-since"

@@ -21,9 +21,10 @@ from core.keys import Keys
 from core.settings import Settings, sqlite_url
 from faultline import promtargets, supervise
 from faultline.bootstrap import ensure_default_project
+from faultline.galera import GaleraCluster
 from faultline.liveness import Liveness, heartbeat_fresh, http_ok
 from faultline.procs import Child, LogSink, stdout_sink
-from faultline.services import MariaDBServer, NginxServer, RedisServer, free_port, wait_http_ok
+from faultline.services import MariaDBServer, NginxServer, RedisServer, Supervised, free_port, wait_http_ok
 
 
 class Cancelled(Exception):
@@ -37,7 +38,7 @@ class StackConfig:
     port: int = 8080
     workers: int = 2
     schedulers: int = 1
-    db: str = "sqlite"  # sqlite | mariadb | a SQLAlchemy URL
+    db: str = "sqlite"  # sqlite | mariadb | galera (3 nodes, faultline/galera.py) | a SQLAlchemy URL
     node_workers: int = 1  # uvicorn processes per API node
     env: dict[str, str] = field(default_factory=dict)
     admin_token: str = ""
@@ -55,6 +56,7 @@ class Stack:
         self.base = config.base_dir
         self.redis: RedisServer | None = None
         self.mariadb: MariaDBServer | None = None
+        self.galera: GaleraCluster | None = None
         self.nginx: NginxServer | None = None
         self.database_url = ""
         self.nodes: list[Child] = []
@@ -101,6 +103,9 @@ class Stack:
         if db == "mariadb":
             self.mariadb = MariaDBServer(self.base / "mariadb").start()
             return self.mariadb.create_database("faultline", password=self.cfg.db_password or None)
+        if db == "galera":
+            self.galera = GaleraCluster(self.base / "galera", keep_data=True).start()
+            return self.galera.create_database("faultline", password=self.cfg.db_password or None)
         return db
 
     def settings(self) -> Settings:
@@ -155,6 +160,12 @@ class Stack:
 
     def wait_ready(self, port: int, timeout: float = 60.0) -> None:
         wait_http_ok(f"http://127.0.0.1:{port}/health/ready", timeout, cancel=self.cancel)
+
+    def servers(self) -> list[tuple[str, Supervised]]:
+        """The stores the supervisor restarts on their own port and data (nginx apart: it is re-rendered)."""
+        found: list[tuple[str, Supervised | None]] = [("redis", self.redis), ("mariadb", self.mariadb)]
+        found += [(f"galera-{node.name}", node) for node in (self.galera.nodes if self.galera else [])]
+        return [(name, server) for name, server in found if server is not None]
 
     def children(self) -> list[Child]:
         return [*self.nodes, *self.workers, *self.schedulers]

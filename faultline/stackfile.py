@@ -41,12 +41,11 @@ def write_private(path: Path, text: str) -> None:
 def describe(stack: Stack) -> dict[str, Any]:
     settings = stack.settings()
     procs: list[dict[str, Any]] = []
-    for role, server, port in (("redis", stack.redis, stack.redis.port if stack.redis else None),
-                               ("mariadb", stack.mariadb, stack.mariadb.port if stack.mariadb else None),
-                               ("nginx", stack.nginx, stack.nginx.port if stack.nginx else None)):
+    servers: list[tuple[str, Any]] = [*stack.servers(), ("nginx", stack.nginx)]
+    for name, server in servers:
         if server is not None and server.proc is not None and server.proc.process is not None:
-            procs.append({"name": role, "role": role, "pid": server.proc.process.pid, "port": port,
-                          "restarts": server.restarts})
+            procs.append({"name": name, "role": name.split("-", 1)[0], "pid": server.proc.process.pid,
+                          "port": server.port, "restarts": server.restarts})
     for child in stack.children():
         role = child.name.rsplit("-", 1)[0]
         port = stack.node_ports.get(child.name) or stack.metrics_ports.get(child.name)

@@ -22,6 +22,8 @@ from core.keys import Keys
 from core.retry import OutcomeMiddleware, RetryMiddleware, pump_retries
 from core.settings import Settings
 from workers import tasks
+from workers.alerts import Evaluator, scan_forever
+from workers.deliveries import Deliveries
 from workers.lifecycle import Lifecycle
 from workers.writer import BatchWriter
 
@@ -33,7 +35,7 @@ async def _pump_forever(settings: Settings, keys: Keys, redis: Redis, progress: 
     backoff = Backoff.for_loop("retry pump", log, settings)
     while True:
         try:
-            moved = await pump_retries(redis, keys)
+            moved, next_due = await pump_retries(redis, keys)
             metrics.QUEUE_DEPTH.set(await redis.xlen(keys.stream))
             metrics.RETRY_DEPTH.set(await redis.zcard(keys.retries))
             metrics.DEAD_LETTERS.set(await redis.llen(keys.dead_letters))  # type: ignore[misc]
@@ -43,7 +45,8 @@ async def _pump_forever(settings: Settings, keys: Keys, redis: Redis, progress: 
             await backoff.failed(exc)
             continue
         backoff.ok()
-        await asyncio.sleep(0.05 if moved else 0.2)
+        # wake when the next retry is due (not up to 0.2 s late): retry delays stay the ones core/retry.py chose
+        await asyncio.sleep(0.05 if moved else min(0.2, next_due if next_due is not None else 0.2))
 
 
 async def _start_broker(broker: FaultlineBroker, settings: Settings, finish: asyncio.Event) -> None:
@@ -89,7 +92,9 @@ async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
     progress = broker.progress
     writer = BatchWriter(settings, life.engine, redis, progress=progress)
     broker.add_middlewares(RetryMiddleware(settings, redis), OutcomeMiddleware(progress))
-    tasks.register(broker, writer)
+    deliveries = Deliveries(settings, life.engine, redis)
+    tasks.register(broker, writer, deliveries)
+    evaluator = Evaluator(settings, redis, life.engine, name)
     broker.is_worker_process = True
     # taskiq logs a traceback per failed task: thousands of lines in a DB outage. Failures are logged by
     # core/retry.py (per attempt for bad data, dead letters) and the writer (once per DB outage) instead.
@@ -98,7 +103,10 @@ async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
     if finish.is_set():  # SIGTERM while Redis was still unreachable
         return False
     writer.start()
-    background = [life.beat(progress), life.spawn(_pump_forever(settings, keys, redis, progress), "retry pump")]
+    alerting = [life.spawn(evaluator.run(), "alert evaluator"),
+                life.spawn(scan_forever(evaluator, settings), "threshold scan")]
+    background = [life.beat(progress), life.spawn(_pump_forever(settings, keys, redis, progress), "retry pump"),
+                  *alerting]
     receiver = Receiver(broker, max_async_tasks=settings.worker_concurrency, run_startup=False,
                         wait_tasks_timeout=settings.shutdown_timeout)
     log.info("worker %s consuming %s", name, keys.stream)
@@ -122,7 +130,11 @@ async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
     except Exception as exc:
         log.warning("worker %s: receiver ended with %s", name, exc)
     finishing.cancel()
+    for task in alerting:  # before the deliveries they feed close
+        task.cancel()
+    await asyncio.gather(*alerting, return_exceptions=True)
     await writer.stop()
+    await deliveries.close()
     with contextlib.suppress(Exception):
         await broker.shutdown()
     return bool(broken)

@@ -19,6 +19,7 @@ from core.backoff import Backoff
 from core.keys import Keys
 from core.redis import as_str
 from core.settings import Settings
+from workers import retention
 from workers.lifecycle import Lifecycle
 from workers.prune import prune_idle_groups, rebase_new_groups
 from workers.sync import housekeeping, prune_consumers, sync_counts
@@ -35,8 +36,10 @@ async def run_scheduler(settings: Settings, name: str, *, handle_signals: bool =
     async with Lifecycle(settings, "scheduler", name, pool_size=8, handle_signals=handle_signals,
                          stop=stop) as life:
         life.beat()
+        retain = life.spawn(_retention_forever(life.redis, life.engine, life.keys, settings, name), "retention")
+        retain.add_done_callback(lambda _: life.stop.set())  # it only ends by giving up (Backoff): restart us
         failed = await _sync_every_interval(life, settings, name)
-        failed = failed or life.failed
+        failed = failed or life.failed or (retain.done() and not retain.cancelled())
     if failed:
         raise SystemExit(1)
 
@@ -71,6 +74,23 @@ async def _sync_every_interval(life: Lifecycle, settings: Settings, name: str) -
     return False
 
 
+async def _retention_forever(redis: Redis, engine: AsyncEngine, keys: Keys, settings: Settings, name: str) -> None:
+    """Retention (workers/retention.py) beside the sync, never delaying it: one replica per interval."""
+    backoff = Backoff.for_loop(f"scheduler {name} retention", log, settings)
+    every = settings.retention_interval
+    while True:
+        try:
+            secs, micros = await redis.time()
+            now = secs + micros / 1e6
+            bucket = int(now // every)
+            if await redis.set(keys.retention_lock(bucket), name, nx=True, px=int(every * 2000)):
+                await retention.run(engine, redis, keys, settings)
+            backoff.ok()
+            await asyncio.sleep(max(0.05, (bucket + 1) * every - now))
+        except Exception as exc:
+            await backoff.failed(exc)
+
+
 async def _take_lock(redis: Redis, keys: Keys, bucket: int, name: str, interval: float) -> bool:
     """The bucket's lock: won now, or won by us earlier in this bucket before the sync failed (retry)."""
     lock = keys.sync_lock(bucket)
@@ -81,7 +101,7 @@ async def _take_lock(redis: Redis, keys: Keys, bucket: int, name: str, interval:
 
 async def _run_once(redis: Redis, engine: AsyncEngine, keys: Keys, settings: Settings, bucket: int,
                     name: str) -> None:
-    added = await sync_counts(redis, engine, keys)
+    added = await sync_counts(redis, engine, keys, settings)
     try:  # bounded per-group memory (workers/prune.py); a failure here never undoes the sync
         await rebase_new_groups(redis, engine, keys)
         pruned = await prune_idle_groups(redis, keys, settings)
@@ -95,6 +115,6 @@ async def _run_once(redis: Redis, engine: AsyncEngine, keys: Keys, settings: Set
     pipe.expire(runs, 3600)
     await pipe.execute()
     if bucket % HOUSEKEEPING_EVERY == 0:
-        await housekeeping(engine, settings.samples_per_group)
+        await housekeeping(engine)
         await prune_consumers(redis, keys)
     log.debug("sync bucket %d by %s: %d events", bucket, name, added)

@@ -12,20 +12,24 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from functools import partial
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import metrics
 from core.db import repo
+from core.db.rerun import rerun_transaction
 from core.keys import Keys
 from core.redis import as_str, load_script
+from core.settings import Settings
 
 log = logging.getLogger("faultline.sync")
 
 
-async def sync_counts(redis: Redis, engine: AsyncEngine, keys: Keys) -> int:
-    """Apply every pending count batch; returns how many events were added to DB counts."""
+async def sync_counts(redis: Redis, engine: AsyncEngine, keys: Keys, settings: Settings | None = None) -> int:
+    """Apply every pending count batch; returns how many events were added to DB counts. `settings`: the
+    rerun policy of a transaction the server rolled back (core/db/rerun.py; its defaults without them)."""
     start = time.perf_counter()
     batch_id = uuid.uuid4().hex
     flush_start = load_script(redis, "flush_start")
@@ -38,8 +42,7 @@ async def sync_counts(redis: Redis, engine: AsyncEngine, keys: Keys) -> int:
         raw = await redis.hgetall(keys.flushing(bid))
         deltas = {as_str(fp): int(n) for fp, n in raw.items()}
         with metrics.timed(metrics.DB_SECONDS, "apply_counts"):
-            async with engine.begin() as conn:
-                applied = await repo.apply_count_batch(conn, bid, deltas)
+            applied = await rerun_transaction("apply_counts", partial(_apply, engine, bid, deltas), settings)
         pipe = redis.pipeline(transaction=False)
         pipe.delete(keys.flushing(bid))
         pipe.srem(keys.flushing_batches, bid)
@@ -55,10 +58,16 @@ async def sync_counts(redis: Redis, engine: AsyncEngine, keys: Keys) -> int:
     return added
 
 
-async def housekeeping(engine: AsyncEngine, samples_per_group: int) -> None:
-    """Keep the samples table to the last few per group and the ledger to one week."""
+async def _apply(engine: AsyncEngine, batch_id: str, deltas: dict[str, int]) -> bool:
+    """The ledger row and the deltas in ONE transaction: a rerun after a rollback (conflict, lost node) finds
+    either nothing of it (applies it) or, if the lost COMMIT had landed, the ledger row (skips it)."""
     async with engine.begin() as conn:
-        await repo.prune_samples(conn, samples_per_group)
+        return await repo.apply_count_batch(conn, batch_id, deltas)
+
+
+async def housekeeping(engine: AsyncEngine) -> None:
+    """Keep the count ledger to one week (samples and groups: workers/retention.py)."""
+    async with engine.begin() as conn:
         await repo.prune_batches(conn, time.time() - 7 * 86_400)
 
 

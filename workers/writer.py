@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core import metrics
 from core.backoff import Backoff
 from core.db import repo
+from core.db.rerun import rerun_transaction
 from core.dedup import RUNNING, SUCCEEDED, JobStates
 from core.events import Event
 from core.fingerprint import error_type
@@ -138,17 +139,11 @@ class BatchWriter:
             await self._isolate(events[mid:], rejected)
 
     async def _write_retrying_conflicts(self, events: Sequence[Event]) -> None:
-        """Two workers upserting the same hot groups can deadlock (MariaDB 1213) or time out on a row lock
-        (1205); InnoDB rolled the loser back, so running the same idempotent batch again at once is right,
-        and cheaper than failing every task in it into the retry queue."""
-        for attempt in range(3):
-            try:
-                await self.write(events)
-                return
-            except Exception as exc:
-                if attempt == 2 or not repo.is_lock_conflict(exc):
-                    raise
-                await asyncio.sleep(0.01 * (attempt + 1))
+        """Two workers upserting the same hot groups deadlock (1213), wait out a row lock (1205) or, on Galera,
+        lose the certification at COMMIT (1213); a node may die under the transaction. The server rolled
+        the batch back and it is idempotent, so running it again at once (core/db/rerun.py) beats failing
+        every task in it into the retry queue."""
+        await rerun_transaction("persist_batch", lambda: self.write(events), self.settings)
 
     async def write(self, events: Sequence[Event]) -> None:
         groups: dict[str, dict[str, Any]] = {}

@@ -51,6 +51,7 @@ class ErrorGroup(Base):
         Index("ix_error_groups_project_last_seen", "project_id", "last_seen"),
         Index("ix_error_groups_project_count", "project_id", "count"),
         Index("ix_error_groups_service", "service"),
+        Index("ix_error_groups_last_seen", "last_seen"),  # retention: idle groups, oldest first
     )
 
 
@@ -62,7 +63,7 @@ class Sample(Base):
                                     autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(32), unique=True)
     fingerprint: Mapped[str] = mapped_column(String(64), index=True)
-    received_at: Mapped[float] = mapped_column(Double)
+    received_at: Mapped[float] = mapped_column(Double, index=True)  # retention deletes by time, oldest first
     payload: Mapped[str] = mapped_column(LongText)
 
 
@@ -85,3 +86,44 @@ class ProjectQuota(Base):
     per_minute: Mapped[int | None] = mapped_column(BigInteger)
     new_groups_per_hour: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[float] = mapped_column(Double)
+
+
+class AlertRule(Base):
+    """A project's alert rule (core/alerts/): what fires it (kind, and for "threshold" N events in M
+    minutes), where it goes (webhook URL, "json" or "slack" body) and the secret its deliveries are signed
+    with. The secret is kept in clear because signing needs it; the API shows it once, at creation."""
+
+    __tablename__ = "alert_rules"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(Integer, index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))
+    threshold: Mapped[int | None] = mapped_column(BigInteger)
+    window_minutes: Mapped[int | None] = mapped_column(Integer)
+    url: Mapped[str] = mapped_column(String(2048))
+    format: Mapped[str] = mapped_column(String(8))
+    secret: Mapped[str] = mapped_column(String(64))
+    cooldown: Mapped[float] = mapped_column(Double)
+    created_at: Mapped[float] = mapped_column(Double)
+
+
+class AlertDelivery(Base):
+    """One row per delivery attempt (GET /api/alerts/deliveries): a delivery retried four times is five rows
+    sharing its delivery_id."""
+
+    __tablename__ = "alert_deliveries"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(String(32), index=True)
+    rule_id: Mapped[int] = mapped_column(Integer)
+    project_id: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(500))
+    latency_ms: Mapped[float] = mapped_column(Double)
+    outcome: Mapped[str] = mapped_column(String(16))  # delivered | retrying | dead | refused
+    created_at: Mapped[float] = mapped_column(Double, index=True)
+
+    __table_args__ = (Index("ix_alert_deliveries_rule_id", "rule_id", "id"),)

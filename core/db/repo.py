@@ -24,9 +24,20 @@ _batches: Table = AppliedBatch.__table__  # type: ignore[assignment]
 _projects: Table = Project.__table__  # type: ignore[assignment]
 _keys: Table = ProjectKey.__table__  # type: ignore[assignment]
 
-# MySQL/MariaDB errors worth retrying as they are: 1205 lock wait timeout, 1213 deadlock,
-# 2002/2003/2006/2013 connection lost or refused.
-_TRANSIENT_MYSQL = {1205, 1213, 2002, 2003, 2006, 2013}
+# MySQL/MariaDB errors worth retrying as they are: 1205 lock wait timeout, 1213 deadlock (also Galera's
+# certification failure), 1047 a Galera node not in the primary component ("WSREP has not yet prepared node
+# for application use"), 2002/2003/2006/2013 connection lost or refused.
+_TRANSIENT_MYSQL = {1047, 1205, 1213, 2002, 2003, 2006, 2013}
+# Connection gone (2006/2013), or on a Galera node that left the primary component (1047), which
+# core/db/engine.py turns into a dropped connection so that the next one goes to another node.
+_LOST_CONNECTION = {1047, 2006, 2013}
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The server's (or driver's) numeric error code of a DB error, e.g. 1213; None if it has none."""
+    orig = getattr(exc, "orig", None)
+    code = orig.args[0] if orig is not None and getattr(orig, "args", None) else None
+    return code if isinstance(code, int) else None
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -34,23 +45,26 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
         return True
     if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
+        if exc.connection_invalidated or error_code(exc) in _TRANSIENT_MYSQL:
             return True
-        orig = exc.orig
-        code = orig.args[0] if orig is not None and orig.args else None
-        if isinstance(code, int) and code in _TRANSIENT_MYSQL:
-            return True
-        text = str(orig).lower()
+        text = str(exc.orig).lower()
         return any(s in text for s in ("database is locked", "can't connect", "lost connection",
                                        "connection refused", "gone away", "unable to open"))
     return False
 
 
 def is_lock_conflict(exc: BaseException) -> bool:
-    """MySQL/MariaDB deadlock (1213) or lock wait timeout (1205): the transaction was rolled back."""
-    orig = getattr(exc, "orig", None)
-    code = orig.args[0] if orig is not None and getattr(orig, "args", None) else None
-    return code in (1205, 1213)
+    """MySQL/MariaDB deadlock or Galera certification failure (1213), lock wait timeout (1205): the server
+    rolled the whole transaction back."""
+    return error_code(exc) in (1205, 1213)
+
+
+def is_lost_connection(exc: BaseException) -> bool:
+    """The connection died under the transaction (a DB node killed or restarted, a network cut): the pool
+    has dropped it, and a new connection may reach another node (core/db/failover.py)."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return error_code(exc) in _LOST_CONNECTION
 
 
 def _is_mysql(conn: AsyncConnection) -> bool:
@@ -129,18 +143,6 @@ async def apply_count_batch(conn: AsyncConnection, batch_id: str, deltas: Mappin
                                        set_={"count": _groups.c.count + s.excluded.count})
     await conn.execute(stmt)
     return True
-
-
-async def prune_samples(conn: AsyncConnection, keep: int) -> int:
-    """Keep the newest `keep` samples of each group (window function: MariaDB >= 10.2, SQLite >= 3.25)."""
-    ranked = select(
-        Sample.id, func.row_number().over(partition_by=Sample.fingerprint, order_by=Sample.id.desc()).label("rn")
-    ).subquery()
-    doomed = select(ranked.c.id).where(ranked.c.rn > keep)
-    # MySQL refuses a subquery on the table being deleted from unless it is materialised: wrap it once more.
-    doomed_ids = select(doomed.subquery().c.id)
-    result = await conn.execute(delete(_samples).where(_samples.c.id.in_(doomed_ids)))
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def prune_batches(conn: AsyncConnection, older_than: float) -> None:
