@@ -17,7 +17,7 @@ from api import errors, openapi
 from api.ingest import Ingestor
 from api.ratelimit import rate_limiting
 from api.requestid import RequestIdMiddleware
-from api.routes import alerts, dlq, groups, ingest, jobs, projects, sentry
+from api.routes import alerts, dlq, groups, ingest, jobs, projects, sentry, triage
 from core import metrics
 from core.broker import ensure_consumer_group
 from core.drain import Drain
@@ -65,6 +65,7 @@ def create_app(settings: Settings, on_start: Callable[[Runtime, Drain], None] | 
     openapi.install(app, settings)  # documents the plain-Starlette ingest routes too
     app.include_router(ingest.router)
     app.include_router(groups.router)
+    app.include_router(triage.router)
     app.include_router(jobs.router)
     app.include_router(dlq.router)
     app.include_router(projects.router)

@@ -135,6 +135,16 @@ class Keys:
     def feed_lock(self) -> str:
         return f"{self.tag}:feed:lock"
 
+    # --- triage signals: a capped stream of group transitions (new_group, regression, spike, threshold) ---
+    # written by core/triage.py (regressions) and core/alerts/signals.py, read by workers/alerts.py
+    @property
+    def group_signals(self) -> str:
+        return f"{self.tag}:signals:groups"
+
+    # set once per signalled transition (group, transition time ms), so a re-sent signal is added once
+    def signal_sent(self, fingerprint: str, at_ms: int) -> str:
+        return f"{self.tag}:signals:sent:{fingerprint}:{at_ms}"
+
     # --- per-project limits (core/ratelimit/quota.py, ingest.lua) ---
     # project id -> "per_second|per_minute|new_groups_per_hour" overrides (empty = the setting's default);
     # mirrored from the DB table project_quotas
@@ -166,12 +176,7 @@ class Keys:
         return f"{self.tag}:feed:idx:built"
 
     # --- alerts (core/alerts/, workers/alerts.py) ---
-    # triage signals: a capped stream of group transitions (new_group, regression, spike, threshold), read by
-    # the alert evaluator through its consumer group
-    @property
-    def group_signals(self) -> str:
-        return f"{self.tag}:signals:groups"
-
+    # the triage signals (group_signals, above) are read by the alert evaluator through this consumer group
     alert_consumer_group: str = "alerts"
 
     # (rule, group) -> set while the rule is cooling down for that group (SET NX PX by alert_enqueue.lua)

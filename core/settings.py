@@ -156,6 +156,9 @@ class Settings(BaseSettings):
     # Counts reach the DB once per interval: 1 DB write per group per 30 s instead of 1 per event.
     sync_interval: float = 30.0
     samples_per_group: int = 5
+    # Hour buckets of the group page's chart are kept this long: two weeks show a weekly pattern and its
+    # repeat; one row per group per active hour, so the table stays ~336 rows per busy group.
+    hourly_retention_days: int = Field(default=14, ge=1, le=366)
 
     # Queue bounds: past the soft limit ingest sheds load with 503 + Retry-After; the hard limit
     # takes the node out of readiness.

@@ -102,7 +102,8 @@ async def cap_samples(engine: AsyncEngine, redis: Redis, keys: Keys, keep: int) 
 
 
 async def drop_groups(engine: AsyncEngine, redis: Redis, keys: Keys, cutoff: float) -> int:
-    """Groups idle since `cutoff`: their samples, the group rows, then their Redis state."""
+    """Groups idle since `cutoff`: their samples, the group rows, then their Redis state. Their hour buckets
+    are gone already: hours are kept FAULTLINE_HOURLY_RETENTION_DAYS (14), groups far longer (90)."""
     drop = load_script(redis, "live_prune")
     done = 0
     while done < RUN_MAX:

@@ -115,6 +115,6 @@ async def _run_once(redis: Redis, engine: AsyncEngine, keys: Keys, settings: Set
     pipe.expire(runs, 3600)
     await pipe.execute()
     if bucket % HOUSEKEEPING_EVERY == 0:
-        await housekeeping(engine)
+        await housekeeping(engine, settings.hourly_retention_days)
         await prune_consumers(redis, keys)
     log.debug("sync bucket %d by %s: %d events", bucket, name, added)

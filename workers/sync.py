@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from functools import partial
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import metrics
+from core.counts import split_deltas
 from core.db import repo
 from core.db.rerun import rerun_transaction
 from core.keys import Keys
@@ -39,10 +41,10 @@ async def sync_counts(redis: Redis, engine: AsyncEngine, keys: Keys, settings: S
     added = 0
     for raw_id in batches:
         bid = as_str(raw_id)
-        raw = await redis.hgetall(keys.flushing(bid))
-        deltas = {as_str(fp): int(n) for fp, n in raw.items()}
+        deltas, hours = split_deltas(await redis.hgetall(keys.flushing(bid)))  # type: ignore[misc]
         with metrics.timed(metrics.DB_SECONDS, "apply_counts"):
-            applied = await rerun_transaction("apply_counts", partial(_apply, engine, bid, deltas), settings)
+            applied = await rerun_transaction("apply_counts", partial(_apply, engine, bid, deltas, hours),
+                                              settings)
         pipe = redis.pipeline(transaction=False)
         pipe.delete(keys.flushing(bid))
         pipe.srem(keys.flushing_batches, bid)
@@ -58,17 +60,25 @@ async def sync_counts(redis: Redis, engine: AsyncEngine, keys: Keys, settings: S
     return added
 
 
-async def _apply(engine: AsyncEngine, batch_id: str, deltas: dict[str, int]) -> bool:
-    """The ledger row and the deltas in ONE transaction: a rerun after a rollback (conflict, lost node) finds
-    either nothing of it (applies it) or, if the lost COMMIT had landed, the ledger row (skips it)."""
+async def _apply(engine: AsyncEngine, batch_id: str, deltas: dict[str, int],
+                 hours: Mapping[tuple[int, str, int], int]) -> bool:
+    """The ledger row, the deltas and their hour buckets in ONE transaction: a rerun after a rollback
+    (conflict, lost node) finds either nothing of it (applies it) or, if the lost COMMIT had landed, the
+    ledger row (skips it)."""
     async with engine.begin() as conn:
-        return await repo.apply_count_batch(conn, batch_id, deltas)
+        return await repo.apply_count_batch(conn, batch_id, deltas, hours)
 
 
-async def housekeeping(engine: AsyncEngine) -> None:
-    """Keep the count ledger to one week (samples and groups: workers/retention.py)."""
+async def housekeeping(engine: AsyncEngine, hourly_days: int = 14) -> None:
+    """Keep the count ledger to one week and hour buckets to `hourly_days` (bounded chunks: no long lock on
+    MariaDB); samples and groups: workers/retention.py."""
     async with engine.begin() as conn:
         await repo.prune_batches(conn, time.time() - 7 * 86_400)
+    oldest_hour = int(time.time() // 3600) - hourly_days * 24
+    while True:
+        async with engine.begin() as conn:
+            if await repo.prune_hours(conn, oldest_hour) < repo.PRUNE_CHUNK:
+                break
 
 
 async def prune_consumers(redis: Redis, keys: Keys, idle_ms: int = 3_600_000) -> int:

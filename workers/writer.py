@@ -4,7 +4,9 @@ Each persist task hands its events to the writer and waits; the writer collects 
 `write_batch_delay` (50 ms) or `write_batch_size` (500) events, writes groups and samples in one
 transaction, and then wakes the tasks, which are acknowledged only after that commit. At ~1 ms per
 event-row upsert batched vs ~5 ms per single-row transaction, this is what lets 2 workers keep up with
-ingest. Counts are not written here (see workers/sync.py): everything here is idempotent.
+ingest. Counts are not written here (see workers/sync.py): everything here is idempotent. Group states
+are decided here too (workers/triage.py): reopening a resolved group is a compare-and-set in the batch's
+transaction, signalled after its commit.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from core.heartbeat import Progress
 from core.keys import Keys
 from core.retry import RowsRejected
 from core.settings import Settings
+from workers.triage import Reopener
 
 log = logging.getLogger("faultline.writer")
 Item = tuple[Sequence[Event], asyncio.Future[None]]
@@ -42,6 +45,7 @@ class BatchWriter:
         self.redis = redis
         self.keys = Keys(settings.key_prefix)
         self.states = JobStates(redis, self.keys, settings)
+        self.reopener = Reopener(settings, engine, redis, self.keys)
         self.progress = progress or Progress()
         # event_id -> attempt number of the task that carries it (core/retry.py counts; the record keeps it)
         self.attempts: dict[str, int] = {}
@@ -173,6 +177,10 @@ class BatchWriter:
             async with self.engine.begin() as conn:
                 await repo.upsert_groups(conn, list(groups.values()))
                 await repo.insert_samples(conn, samples)
+                # group states: an event for a resolved group reopens it, in this same transaction
+                reopened = await self.reopener.in_transaction(
+                    conn, {fp: g["last_seen"] for fp, g in groups.items()})
+        await self.reopener.after_commit(reopened)
         self.progress.written += len(events)
         await self._set_state(ids, SUCCEEDED)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Double, Index, Integer, MetaData, String, Text
+from sqlalchemy import BigInteger, Boolean, Double, Index, Integer, MetaData, String, Text, false, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -46,12 +46,23 @@ class ErrorGroup(Base):
     first_seen: Mapped[float | None] = mapped_column(Double)
     last_seen: Mapped[float | None] = mapped_column(Double)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Triage (core/triage.py): unresolved / resolved / ignored. `regressed`: an event came after a resolve
+    # (or after an ignore ran out) and reopened it; cleared by the next state change a person makes.
+    state: Mapped[str] = mapped_column(String(16), default="unresolved", server_default=text("'unresolved'"))
+    regressed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    state_changed_at: Mapped[float | None] = mapped_column(Double)
+    ignore_until: Mapped[float | None] = mapped_column(Double)  # "ignored for 1 h": reopen after this time
+    ignore_until_count: Mapped[int | None] = mapped_column(BigInteger)  # "until N more": reopen at this count
+    # A reopen committed but its "regression" signal not yet known to be in Redis: re-sent (idempotently)
+    # by the next batch that touches the group, so a worker crash between commit and XADD loses nothing.
+    signal_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         Index("ix_error_groups_project_last_seen", "project_id", "last_seen"),
         Index("ix_error_groups_project_count", "project_id", "count"),
         Index("ix_error_groups_service", "service"),
         Index("ix_error_groups_last_seen", "last_seen"),  # retention: idle groups, oldest first
+        Index("ix_error_groups_state_last_seen", "state", "last_seen"),
     )
 
 
@@ -74,6 +85,20 @@ class AppliedBatch(Base):
     batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     applied_at: Mapped[float] = mapped_column(Double)
     events: Mapped[int] = mapped_column(BigInteger)
+
+
+class GroupHour(Base):
+    """Events per group per hour (hours since the epoch, Redis clock at ingest), for the group page's chart.
+    Written by the count sync from the same batch and in the same transaction as error_groups.count, so the
+    ledger makes it exact too; rows older than `hourly_retention_days` are pruned by the scheduler."""
+
+    __tablename__ = "group_hours"
+    project_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hour: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (Index("ix_group_hours_hour", "hour"),)
 
 
 class ProjectQuota(Base):

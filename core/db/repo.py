@@ -7,22 +7,24 @@ same order (no deadlock between two workers touching the same groups).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import Table, delete, func, select, tuple_
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.access import key_hash, key_hint
-from core.db.models import AppliedBatch, ErrorGroup, Project, ProjectKey, Sample
+from core.db.models import AppliedBatch, ErrorGroup, GroupHour, Project, ProjectKey, Sample
 
 _groups: Table = ErrorGroup.__table__  # type: ignore[assignment]
 _samples: Table = Sample.__table__  # type: ignore[assignment]
 _batches: Table = AppliedBatch.__table__  # type: ignore[assignment]
 _projects: Table = Project.__table__  # type: ignore[assignment]
 _keys: Table = ProjectKey.__table__  # type: ignore[assignment]
+_hours: Table = GroupHour.__table__  # type: ignore[assignment]
+PRUNE_CHUNK = 5000  # rows per DELETE of old hour buckets: a short lock each, not one long one
 
 # MySQL/MariaDB errors worth retrying as they are: 1205 lock wait timeout, 1213 deadlock (also Galera's
 # certification failure), 1047 a Galera node not in the primary component ("WSREP has not yet prepared node
@@ -120,10 +122,12 @@ async def insert_samples(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]
     await conn.execute(stmt)
 
 
-async def apply_count_batch(conn: AsyncConnection, batch_id: str, deltas: Mapping[str, int]) -> bool:
-    """Add one batch of count deltas, exactly once. Returns False if the ledger says it was applied.
+async def apply_count_batch(conn: AsyncConnection, batch_id: str, deltas: Mapping[str, int],
+                            hours: Mapping[tuple[int, str, int], int] | None = None) -> bool:
+    """Add one batch of count deltas (and its hour buckets), exactly once. Returns False if the ledger says
+    it was applied.
 
-    Must run inside the caller's transaction: the ledger row and the counts commit together.
+    Must run inside the caller's transaction: the ledger row, the counts and the buckets commit together.
     """
     try:
         async with conn.begin_nested():
@@ -131,6 +135,7 @@ async def apply_count_batch(conn: AsyncConnection, batch_id: str, deltas: Mappin
                 batch_id=batch_id, applied_at=time.time(), events=sum(deltas.values())))
     except IntegrityError:
         return False
+    await _add_hours(conn, hours or {})
     rows = [{"fingerprint": fp, "count": n} for fp, n in sorted(deltas.items()) if n]
     if not rows:
         return True
@@ -143,6 +148,32 @@ async def apply_count_batch(conn: AsyncConnection, batch_id: str, deltas: Mappin
                                        set_={"count": _groups.c.count + s.excluded.count})
     await conn.execute(stmt)
     return True
+
+
+async def _add_hours(conn: AsyncConnection, hours: Mapping[tuple[int, str, int], int]) -> None:
+    rows = [{"project_id": p, "fingerprint": fp, "hour": h, "count": n} for (p, fp, h), n in sorted(hours.items()) if n]
+    for chunk in chunks(rows, 1000):
+        if _is_mysql(conn):
+            m = mysql.insert(_hours).values(list(chunk))
+            stmt: Any = m.on_duplicate_key_update(count=_hours.c.count + m.inserted.count)
+        else:
+            s = sqlite.insert(_hours).values(list(chunk))
+            stmt = s.on_conflict_do_update(index_elements=[_hours.c.project_id, _hours.c.fingerprint, _hours.c.hour],
+                                           set_={"count": _hours.c.count + s.excluded.count})
+        await conn.execute(stmt)
+
+
+async def prune_hours(conn: AsyncConnection, before_hour: int) -> int:
+    """Delete up to PRUNE_CHUNK hour buckets older than `before_hour`; returns how many went."""
+    doomed = select(_hours.c.project_id, _hours.c.fingerprint, _hours.c.hour).where(
+        _hours.c.hour < before_hour).limit(PRUNE_CHUNK)
+    rows = list(await conn.execute(doomed))
+    if not rows:
+        return 0
+    keys = [tuple(r) for r in rows]
+    await conn.execute(delete(_hours).where(
+        tuple_(_hours.c.project_id, _hours.c.fingerprint, _hours.c.hour).in_(keys)))
+    return len(rows)
 
 
 async def prune_batches(conn: AsyncConnection, older_than: float) -> None:
@@ -213,3 +244,7 @@ async def delete_project(conn: AsyncConnection, pid: int) -> None:
     await conn.execute(delete(_keys).where(_keys.c.project_id == pid))
     await conn.execute(delete(_projects).where(_projects.c.id == pid))
 
+
+def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
