@@ -132,7 +132,7 @@ class FaultlineBroker(RedisStreamBroker):
                 block=self.block, count=self.count,
             )
         except Exception as exc:
-            self.progress.errors += 1
+            self.progress.mark_attempt()
             if _is_nogroup(exc):
                 with contextlib.suppress(Exception):  # if Redis is still failing, the next round retries
                     await self._declare_consumer_group()

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 from redis.asyncio import Redis
 
+from core import liveness
 from core.backoff import Backoff
 from core.keys import Keys
 from core.settings import Settings
@@ -32,6 +33,7 @@ class Progress:
     started: float = field(default_factory=time.time)
     last_fetch: float = 0.0  # last successful read of the stream (an empty read counts: it reached Redis)
     last_done: float = 0.0  # last task finished, whatever its outcome
+    last_attempt: float = 0.0  # last fetch that failed (Redis down): the loop still turns, it is not stuck
     fetched: int = 0
     written: int = 0  # events committed to the DB
     errors: int = 0  # loop errors and failed tasks
@@ -40,6 +42,10 @@ class Progress:
     def mark_fetch(self, n: int) -> None:
         self.last_fetch = time.time()
         self.fetched += n
+
+    def mark_attempt(self) -> None:
+        self.last_attempt = time.time()
+        self.errors += 1
 
     def mark_done(self, failed: bool = False) -> None:
         self.last_done = time.time()
@@ -50,24 +56,34 @@ class Progress:
         return max(self.last_fetch, self.last_done, self.started)
 
 
+def fields(progress: Progress | None = None) -> dict[str, float | int]:
+    out: dict[str, float | int] = {"pid": os.getpid(), "beat": round(time.time(), 3)}
+    if progress is not None:
+        out.update({k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(progress).items()})
+    return out
+
+
 async def beat_once(redis: Redis, keys: Keys, role: str, name: str, progress: Progress | None = None) -> None:
     key = keys.heartbeat(role, name)
-    fields = {"pid": os.getpid(), "beat": round(time.time(), 3)}
-    if progress is not None:
-        fields.update({k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(progress).items()})
     pipe = redis.pipeline(transaction=True)  # MULTI: the key never exists without its expiry
     pipe.delete(key)  # a pre-progress plain-string key of an older version would make HSET fail
-    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+    pipe.hset(key, mapping=fields(progress))  # type: ignore[arg-type]
     pipe.expire(key, TTL)
     await pipe.execute()
 
 
 async def beat_forever(redis: Redis, keys: Keys, role: str, name: str, settings: Settings,
                        progress: Progress | None = None, interval: float = INTERVAL) -> None:
-    # Redis down: the key expires and the probe reports it, which is right; the beat resumes by itself.
+    # Redis down: the key expires and `worker-check` (without --local) reports it, which is right for an
+    # operator; the liveness file goes on; the beat resumes by itself.
     backoff = Backoff.for_loop(f"{role} {name} heartbeat", log, settings)
     backoff.give_up_after = None  # the consumer loops decide when to give up, not the beat
     while True:
+        if settings.liveness_dir is not None:  # first, and whatever Redis does: the kubelet reads this one
+            try:
+                liveness.write(settings.liveness_dir, role, name, fields(progress))
+            except OSError as exc:
+                log.warning("%s %s: cannot write the liveness file: %s", role, name, exc)
         try:
             await beat_once(redis, keys, role, name, progress)
         except Exception as exc:

@@ -18,6 +18,7 @@ from taskiq.receiver import Receiver
 from core import heartbeat, metrics
 from core.backoff import Backoff
 from core.broker import FaultlineBroker
+from core.db.migrate import SchemaTooOld, require_current_schema
 from core.keys import Keys
 from core.retry import OutcomeMiddleware, RetryMiddleware, pump_retries
 from core.settings import Settings
@@ -57,6 +58,7 @@ async def _start_broker(broker: FaultlineBroker, settings: Settings, finish: asy
         try:
             await broker.startup()
         except Exception as exc:
+            broker.progress.mark_attempt()  # waiting for Redis, not stuck (core/liveness.py)
             await backoff.failed(exc)
             continue
         backoff.ok()
@@ -88,6 +90,10 @@ async def run_worker(settings: Settings, name: str, *, handle_signals: bool = Tr
 async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
     """The worker's own work inside its lifecycle; True when a loop ended by itself."""
     redis, keys, finish = life.redis, life.keys, life.stop
+    try:  # writing events into an older schema would fail every batch: refuse to start instead
+        await require_current_schema(life.engine, log)
+    except SchemaTooOld:
+        return True
     broker = FaultlineBroker(settings, consumer_name=name)
     progress = broker.progress
     writer = BatchWriter(settings, life.engine, redis, progress=progress)
@@ -99,14 +105,15 @@ async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
     # taskiq logs a traceback per failed task: thousands of lines in a DB outage. Failures are logged by
     # core/retry.py (per attempt for bad data, dead letters) and the writer (once per DB outage) instead.
     logging.getLogger("taskiq.receiver.receiver").setLevel(logging.CRITICAL)
+    # before the broker start: a worker waiting for Redis is alive (core/liveness.py), not stuck
+    beat = life.beat(progress)
     await _start_broker(broker, settings, finish)
     if finish.is_set():  # SIGTERM while Redis was still unreachable
         return False
     writer.start()
     alerting = [life.spawn(evaluator.run(), "alert evaluator"),
                 life.spawn(scan_forever(evaluator, settings), "threshold scan")]
-    background = [life.beat(progress), life.spawn(_pump_forever(settings, keys, redis, progress), "retry pump"),
-                  *alerting]
+    background = [beat, life.spawn(_pump_forever(settings, keys, redis, progress), "retry pump"), *alerting]
     receiver = Receiver(broker, max_async_tasks=settings.worker_concurrency, run_startup=False,
                         wait_tasks_timeout=settings.shutdown_timeout)
     log.info("worker %s consuming %s", name, keys.stream)
