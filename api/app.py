@@ -21,27 +21,28 @@ from api.routes import alerts, dlq, groups, ingest, jobs, projects, sentry, tria
 from core import metrics
 from core.broker import ensure_consumer_group
 from core.db.migrate import SchemaTooOld, require_current_schema
+from core.drain import Drain
 from core.runtime import Runtime
 from core.settings import Settings
 
 log = logging.getLogger("faultline.api")
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None,
-               on_runtime: Callable[[Runtime], None] | None = None) -> FastAPI:
-    """on_runtime: called with the process's Runtime once it exists (the composition root registers its
-    drain/flush hooks there)."""
+def create_app(settings: Settings, on_start: Callable[[Runtime, Drain], None] | None = None) -> FastAPI:
+    """on_start: called with the process's Runtime and Drain once they exist (the composition root wires
+    its pieces into both there). The Drain is app.state.drain from the start: the server drives it."""
+    drain = Drain(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rt = app.state.runtime = runtime or Runtime.open(settings)
+        rt = app.state.runtime = Runtime.open(settings)
         try:  # an older schema: refuse with one clear log line rather than serve 500s on missing columns
             await require_current_schema(rt.engine, log)
         except SchemaTooOld:
             await rt.close()
             raise
-        if on_runtime is not None:
-            on_runtime(rt)
+        if on_start is not None:
+            on_start(rt, drain)
         app.state.ingestor = Ingestor(rt)
         if limits is not None:
             limits.start(rt)
@@ -55,15 +56,17 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
         except Exception as exc:  # keep_mirrored copies them once Redis and the DB answer
             log.warning("startup: quotas not copied to Redis: %s", exc)
         rt.spawn(rt.watch(), "watch")
+        rt.spawn(metrics.watch_queue_depth(rt.redis, rt.keys.stream), "queue-depth")
         rt.spawn(metrics.watch_loop_lag(), "loop-lag")
         rt.spawn(projects.keep_mirrored(rt), "quota-mirror")  # Redis lost the quotas? copy them again
         yield
-        await rt.close()
+        await drain.close(rt.close)
 
     # FastAPI's native OpenTelemetry hook looks up the tracer provider on every request (~3% of CPU);
     # Faultline exports Prometheus metrics instead.
     app = FastAPI(title="Faultline", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse,
                   telemetry={"tracing": False, "metrics": False, "logs": False})
+    app.state.drain = drain
     errors.install(app)
     openapi.install(app, settings)  # documents the plain-Starlette ingest routes too
     app.include_router(ingest.router)

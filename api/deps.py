@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
 from api.errors import ApiError
 from core import access
+from core.access import Principal
 from core.counts import CountReader
 from core.runtime import Runtime
 from core.settings import Settings
@@ -18,10 +18,6 @@ from core.settings import Settings
 # that cost ~20% of an API process's CPU on the ingest path.
 async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
-
-
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.runtime.settings  # type: ignore[no-any-return]
 
 
 async def get_counts(request: Request) -> CountReader:
@@ -34,14 +30,10 @@ async def get_counts(request: Request) -> CountReader:
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 CountsDep = Annotated[CountReader, Depends(get_counts)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-
-
-async def project_id(runtime: RuntimeDep, x_faultline_key: Annotated[str | None, Header()] = None) -> int:
-    return await require_project(runtime, x_faultline_key)
 
 
 async def require_project(runtime: Runtime, key: str | None) -> int:
+    """The project of an ingest key (X-Faultline-Key, or a Sentry DSN's key)."""
     if not key:
         raise ApiError(401, "missing_key", "send the project's ingest key in the X-Faultline-Key header")
     pid = await runtime.lookup_project(key)
@@ -50,33 +42,29 @@ async def require_project(runtime: Runtime, key: str | None) -> int:
     return pid
 
 
-async def admin(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    expected = runtime.settings.admin_token or ""
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "missing_token", "send 'Authorization: Bearer <admin token>'",
-                       headers={"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(token.encode(), expected.encode()):
-        raise ApiError(401, "invalid_token", "invalid admin token", headers={"WWW-Authenticate": "Bearer"})
+def authorize(settings: Settings, authorization: str | None, admin_only: bool) -> Principal:
+    """The one token check (core/access.py): the caller's Principal, or a 401 that says which token to send."""
+    wanted = "admin token" if admin_only else "admin or dashboard token"
+    principal = access.authenticate(settings, access.bearer(authorization))
+    if principal is None or (admin_only and principal.role != "admin"):
+        code, message = ("invalid_token", f"invalid token: send the {wanted}") if access.bearer(authorization) \
+            else ("missing_token", f"send 'Authorization: Bearer <{wanted}>'")
+        raise ApiError(401, code, message, headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+async def admin(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    return authorize(runtime.settings, authorization, admin_only=True)
 
 
 async def reader(request: Request, runtime: RuntimeDep,
-           authorization: Annotated[str | None, Header()] = None) -> None:
+                 authorization: Annotated[str | None, Header()] = None) -> Principal:
     """Read-only routes: the admin token, or the dashboard token (limited to its projects, if scoped)."""
-    token = access.bearer(authorization)
-    if not token:
-        raise ApiError(401, "missing_token", "send 'Authorization: Bearer <admin or dashboard token>'",
-                       headers={"WWW-Authenticate": "Bearer"})
-    principal = access.authenticate(runtime.settings, token)
-    if principal is None:
-        raise ApiError(401, "invalid_token", "invalid token", headers={"WWW-Authenticate": "Bearer"})
+    principal = authorize(runtime.settings, authorization, admin_only=False)
     if principal.projects is not None:
         pid = request.query_params.get("project_id", "")
         if request.path_params or not pid.isdigit() or not principal.may_see(int(pid)):
             raise ApiError(403, "forbidden", "this dashboard token reads GET /errors?project_id=<id> only, "
                            f"for projects {sorted(principal.projects)}")
+    return principal
 
-
-ProjectId = Annotated[int, Depends(project_id)]
-Admin = Depends(admin)
-Reader = Depends(reader)

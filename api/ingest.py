@@ -124,6 +124,15 @@ class Ingestor:
         # per process keep that delay ~ nodes x one bounded call; requests meanwhile coalesce into the next.
         self._in_flight = asyncio.Semaphore(CALLS_IN_FLIGHT)
         self._calls: set[asyncio.Task[None]] = set()  # strong references: the loop only keeps weak ones
+        # What every script call sends unchanged (ingest.lua's KEYS and its constant ARGV), built once
+        s, k = runtime.settings, self.keys
+        self._script_keys = [k.stream, k.pending_counts, k.live_counts, k.feed_dirty, k.feed_groups, k.dedup_meta,
+                             k.live_new, k.quota_conf, k.quota_state, k.dropped]
+        self._constants: list[bytes | str | int] = [k.dedup_prefix, s.dedup_ttl, s.dedup_buckets, s.queue_soft_limit]
+        # per-project quota and new-group cap (core/ratelimit/quota.py); per-project keys = prefix + id
+        self._limits: list[bytes | str | int] = [s.project_quota_per_second, s.project_quota_per_minute,
+                                                 s.project_new_groups_per_hour, 1 if s.rate_limit_enabled else 0,
+                                                 k.new_groups(""), k.feed_index("")]
 
     async def ingest(self, project_id: int, items: list[LogErrorIn], edge_id: str | None = None) -> list[Accepted]:
         """`edge_id`: the load balancer's id of this request, the same when it retries the request on
@@ -232,21 +241,11 @@ class Ingestor:
         The re-run starts after D_1, so run 1 can no longer count anything the re-run does not see; we
         answer 503 only after D_2 too. If any run answers, its answer covers both runs (same token).
         """
-        settings = self.runtime.settings
-        budget = settings.ingest_budget
+        budget = self.runtime.settings.ingest_budget
         head, tail = message_frame()
-        k = self.keys
-        keys = [k.stream, k.pending_counts, k.live_counts, k.feed_dirty, k.feed_groups, k.dedup_meta, k.live_new,
-                k.quota_conf, k.quota_state, k.dropped]
         token = secrets.randbelow((1 << TOKEN_BITS) - 1) + 1
-        fixed: list[bytes | str | int] = [self.keys.dedup_prefix, settings.dedup_ttl, settings.dedup_buckets,
-                                          settings.queue_soft_limit, head, tail, token]
-        # per-project quota and new-group cap (core/ratelimit/quota.py); per-project keys = prefix + id
-        limits: list[bytes | str | int] = [settings.project_quota_per_second, settings.project_quota_per_minute,
-                                           settings.project_new_groups_per_hour,
-                                           1 if settings.rate_limit_enabled else 0, k.new_groups(""),
-                                           k.feed_index("")]
-        events: list[bytes | str | int] = [a for p in chunk for a in p.args]
+        fixed: list[bytes | str | int] = [*self._constants, head, tail, token]
+        events: list[bytes | str | int] = [*self._limits, *(a for p in chunk for a in p.args)]
         error: BaseException = StoreUnavailable("event store unavailable")
         for attempt in range(2):
             remaining = start + budget - time.monotonic()
@@ -261,7 +260,7 @@ class Ingestor:
                 wait = max(RERUN_MIN, remaining) - GRACE
             began = time.time()  # the deadline is counted from here, like the wait
             # the limits' arguments follow the deadline (ingest.lua ARGV[9..14])
-            run = asyncio.ensure_future(self._attempt(keys, fixed, [*limits, *events], began, wait))
+            run = asyncio.ensure_future(self._attempt(self._script_keys, fixed, events, began, wait))
             await asyncio.wait({run}, timeout=wait)
             if not run.done():
                 # A starved event loop (busy machine) wakes up with the reply in its socket AND the timer

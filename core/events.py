@@ -27,7 +27,6 @@ MAX_TAGS = 50
 MAX_DEPTH = 32
 
 Level = Literal["debug", "info", "warning", "error", "fatal"]
-LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "fatal")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 

@@ -30,7 +30,7 @@ from core.alerts.signals import SignalWriter
 from core.backoff import Backoff
 from core.keys import Keys
 from core.pubsub import ResilientRedisManager
-from core.redis import load_script
+from core.redis import as_str, load_script
 from core.settings import Settings
 
 log = logging.getLogger("faultline.feed")
@@ -148,7 +148,7 @@ class FeedCoalescer:
         out = await self.take(keys=[k.feed_dirty, k.live_counts, k.feed_emitted, k.feed_last_seen],
                               args=[TAKE_MAX])
         now = float(out[0])
-        moved = [(_s(out[i]), int(out[i + 1]), int(out[i + 2])) for i in range(1, len(out), 3)]
+        moved = [(as_str(out[i]), int(out[i + 1]), int(out[i + 2])) for i in range(1, len(out), 3)]
         if not moved:
             return 0
         await self._load_meta([fp for fp, _, prev in moved if prev == 0 or fp not in self.meta])
@@ -200,7 +200,3 @@ class FeedCoalescer:
             meta = decode_summary(raw)
             if meta is not None:
                 self.meta[fp] = meta
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

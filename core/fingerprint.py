@@ -158,7 +158,3 @@ def default_fingerprint(
     frames = stack_frames(stack)
     return _digest(("auto", str(project_id), service, kind, normalize_message(message), *frames))
 
-
-def frames_fingerprint(project_id: int, service: str, exc_type: str, frames: list[str]) -> str:
-    """For structured (Sentry) events: type + in-app frames identify the bug."""
-    return _digest(("frames", str(project_id), service, exc_type, *frames))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -55,11 +54,6 @@ class Progress:
     def last_progress(self) -> float:
         """A worker busy with slow tasks does not fetch (its prefetch is full) but does finish tasks."""
         return max(self.last_fetch, self.last_done, self.started)
-
-
-def default_name() -> str:
-    # In Kubernetes the pod name; locally `faultline up` sets FAULTLINE_NODE_NAME per process.
-    return os.environ.get("FAULTLINE_NODE_NAME") or socket.gethostname()
 
 
 def fields(progress: Progress | None = None) -> dict[str, float | int]:

@@ -7,6 +7,7 @@ Under gunicorn/several processes PROMETHEUS_MULTIPROC_DIR is set before this mod
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -22,7 +23,9 @@ from prometheus_client import (
     multiprocess,
     start_http_server,
 )
+from redis.asyncio import Redis
 
+log = logging.getLogger("faultline.metrics")
 _FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 REDIS_SECONDS = Histogram("redis_operation_duration_seconds", "Redis call latency", ["op"], buckets=_FAST)
@@ -97,3 +100,14 @@ async def watch_loop_lag(interval: float = 0.25) -> None:
         start = loop.time()
         await asyncio.sleep(interval)
         gauge.set(max(0.0, loop.time() - start - interval))
+
+
+async def watch_queue_depth(redis: Redis, stream: str, every: float = 1.0) -> None:
+    """Runs forever: this node's copy of the queue depth for /metrics (the workers publish theirs too, so a
+    scrape of either kind of process shows it); a Redis error leaves the last figure until the next tick."""
+    while True:
+        try:
+            QUEUE_DEPTH.set(int(await redis.xlen(stream)))
+        except Exception as exc:
+            log.debug("queue depth: %s", exc)
+        await asyncio.sleep(every)

@@ -1,4 +1,4 @@
-"""What one API process holds open: settings, Redis, the DB engine, and its drain state."""
+"""What one API process holds open: settings, its Redis and DB pools, and the cache of project keys."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core import access, metrics
+from core import access
 from core.db import repo
 from core.db.engine import make_engine
 from core.keys import Keys
@@ -20,13 +21,7 @@ from core.redis import as_str, make_redis
 from core.settings import Settings
 
 log = logging.getLogger("faultline.runtime")
-ShutdownHook = Callable[[], Awaitable[None]]
-_current: Runtime | None = None
-
-
-def current() -> Runtime | None:
-    """The runtime this process opened last: the uvicorn worker drives its drain through it."""
-    return _current
+PROJECTS_EVERY = 10  # ticks of watch(): a key created elsewhere is also found on a cache miss (lookup_project)
 
 
 @dataclass
@@ -35,67 +30,25 @@ class Runtime:
     redis: Redis
     engine: AsyncEngine
     keys: Keys
-    draining: bool = False
-    drain_state: str = "serving"  # moved by health/drain.py: serving, draining, stopping, closing, stopped
-    drain_started: float | None = None  # monotonic time of SIGTERM
-    queue_depth: int = 0
     last_tick: float = field(default_factory=time.monotonic)  # watch() loop heartbeat, read by liveness
     projects: dict[str, int] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # Registered by the composition root (faultline/asgi.py), which alone may import realtime/:
-    # drain hooks tell connected clients to reconnect elsewhere, flush hooks empty buffers before the
-    # pools close.
-    drain_hooks: list[ShutdownHook] = field(default_factory=list)
-    flush_hooks: list[ShutdownHook] = field(default_factory=list)
-    drain_hooks_done: bool = False
-    phases: list[tuple[str, float]] = field(default_factory=list)
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
-        global _current
-        _current = cls(settings, make_redis(settings), make_engine(settings), Keys(settings.key_prefix))
-        return _current
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Time one shutdown phase and log it with the time since SIGTERM (an operator reading the log wants both)."""
-        start = time.monotonic()
-        try:
-            yield
-        finally:
-            took = time.monotonic() - start
-            self.phases.append((name, took))
-            since = f"{time.monotonic() - self.drain_started:.3f}s" if self.drain_started else "-"
-            log.info("shutdown phase %-16s took %.3fs (since SIGTERM %s)", name, took, since)
-
-    async def run_hooks(self, hooks: list[ShutdownHook], what: str) -> None:
-        for hook in hooks:
-            try:
-                await hook()
-            except Exception as exc:  # one failing hook must not keep the pools open
-                log.warning("%s hook %r failed: %s", what, hook, exc)
-
-    async def reconnect_clients(self) -> None:
-        """Tell long-lived clients (Socket.IO) to reconnect to another node; runs once."""
-        if not self.drain_hooks_done:
-            self.drain_hooks_done = True
-            with self.phase("reconnect clients"):
-                await self.run_hooks(self.drain_hooks, "drain")
+        return cls(settings, make_redis(settings), make_engine(settings), Keys(settings.key_prefix))
 
     async def close(self) -> None:
-        await self.reconnect_clients()  # no-op when the drain already did it
-        with self.phase("flush"):
-            await self.run_hooks(self.flush_hooks, "flush")
-        with self.phase("close pools"):
-            for task in self.tasks:
-                task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await self.redis.aclose()
-            await self.engine.dispose()
+        """Stop the background tasks, then close the pools they use."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+        await self.engine.dispose()
 
-    def spawn(self, coro: object, name: str) -> None:
-        self.tasks.append(asyncio.create_task(coro, name=name))  # type: ignore[arg-type]
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self.tasks.append(asyncio.create_task(coro, name=name))
 
     async def load_projects(self) -> None:
         """DB is the source of truth for projects; Redis carries them to nodes that start while it is down.
@@ -125,16 +78,15 @@ class Runtime:
         return pid
 
     async def watch(self, every: float = 1.0) -> None:
-        """Refresh projects and the queue depth in the background: never on the request path."""
+        """Refresh the project cache in the background, never on the request path; each tick also tells
+        the liveness probe the loop still runs its background work."""
         tick = 0
         while True:
             self.last_tick = time.monotonic()
-            try:
-                self.queue_depth = int(await self.redis.xlen(self.keys.stream))
-                metrics.QUEUE_DEPTH.set(self.queue_depth)
-                if tick % 10 == 0:
+            if tick % PROJECTS_EVERY == 0:
+                try:
                     await self.refresh_projects()
-            except Exception as exc:
-                log.debug("watch: %s", exc)
+                except Exception as exc:
+                    log.debug("projects refresh: %s", exc)
             tick += 1
             await asyncio.sleep(every)

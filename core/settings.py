@@ -6,7 +6,7 @@ Defaults say why they are what they are; production refuses the development secr
 from __future__ import annotations
 
 import ipaddress
-import secrets
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -40,8 +40,15 @@ class Settings(BaseSettings):
         values = {k.removeprefix("FAULTLINE_").lower(): v for k, v in env.items() if k.startswith("FAULTLINE_")}
         return cls(**{k: v for k, v in values.items() if k in cls.model_fields})
 
+    def to_env_map(self, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
+        """The FAULTLINE_* environment that makes a child process see these settings (from_env_map's inverse)."""
+        return {f"FAULTLINE_{name.upper()}": str(value) for name, value in self.model_dump().items()
+                if value is not None and name not in skip}
+
     env: Literal["development", "production"] = "development"
-    node_name: str = Field(default_factory=lambda: f"node-{secrets.token_hex(3)}")
+    # This process's name, one for everything that names it: heartbeat key, `worker-check`, the feed's "node",
+    # consumer names. Kubernetes sets the pod name, `faultline up` one per process; else the host name.
+    node_name: str = Field(default_factory=socket.gethostname)
 
     # Log level of every process (read from the environment before logging is set up: faultline/cli.py,
     # gunicorn_conf.py, uvicorn_worker.py); declared here so a bad value stops start-up with its name.
@@ -188,7 +195,8 @@ class Settings(BaseSettings):
     # (upstream-keepalive-timeout), AWS ALB 60 s, our nginx 60 s (deploy/nginx/nginx.conf.tmpl): 75 s.
     keepalive_timeout: float = Field(default=75.0, ge=1.0, le=3600.0)
     # Liveness fails above this resident set size (MB) so the orchestrator restarts a leaking process;
-    # keep it below the container's memory limit (deploy/k8s: 512 Mi) so we restart before the OOM killer.
+    # keep it below the API container's memory limit (resources.limits.memory in
+    # deploy/k8s/base/api-deployment.yaml; the configmap there sets this value) so we restart before the OOM killer.
     memory_limit_mb: int = 450
     # Liveness fails when the event loop takes longer than this to run a callback: 5 s means stuck,
     # not busy (under saturation the loop lags ~0.1 s, shared/notes/performance-floor.md).
@@ -254,7 +262,7 @@ class Settings(BaseSettings):
     # Seconds between retention runs of the scheduler (one replica per run, by a Redis lock).
     retention_interval: float = Field(default=300.0, gt=0.0)
 
-    # --- listening beyond loopback (issue 10) ---
+    # --- listening beyond loopback ---
     # The address the API node listens on (`faultline api --host` exports it; the Docker image sets 0.0.0.0).
     # Only used to refuse development secrets on a listener other machines can reach, in any mode.
     bind_host: str = "127.0.0.1"
@@ -263,7 +271,7 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'faultline.db').resolve()}"
+        return sqlite_url(self.data_dir)
 
     @model_validator(mode="after")
     def _rate_limits(self) -> Settings:
@@ -324,3 +332,8 @@ def check_project_key(settings: Settings, key: str) -> None:
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def sqlite_url(directory: Path) -> str:
+    """The embedded database of a data directory (the default of every process, and `faultline up --db sqlite`)."""
+    return f"sqlite+aiosqlite:///{(directory / 'faultline.db').resolve()}"

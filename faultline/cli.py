@@ -153,20 +153,20 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from core.heartbeat import default_name
     from workers.main import run_worker
 
     _logging()
-    asyncio.run(run_worker(get_settings(), args.name or default_name()))
+    settings = get_settings()
+    asyncio.run(run_worker(settings, args.name or settings.node_name))
     return 0
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
-    from core.heartbeat import default_name
     from workers.scheduler import run_scheduler
 
     _logging()
-    asyncio.run(run_scheduler(get_settings(), args.name or default_name()))
+    settings = get_settings()
+    asyncio.run(run_scheduler(settings, args.name or settings.node_name))
     return 0
 
 
@@ -283,7 +283,7 @@ def cmd_worker_check(args: argparse.Namespace) -> int:
     keys = Keys(settings.key_prefix)
     # No --name: the workers of the stack running here (their names change with rollouts), else this
     # host's name (the Kubernetes exec probe runs inside the pod).
-    names = [args.name] if args.name else stack_members(args.role) or [heartbeat.default_name()]
+    names = [args.name] if args.name else stack_members(args.role) or [settings.node_name]
 
     async def one(redis: Any, name: str) -> tuple[bool, str]:
         beat = await heartbeat.read(redis, keys, args.role, name)
@@ -314,12 +314,12 @@ def cmd_worker_check(args: argparse.Namespace) -> int:
 
 def _check_liveness_file(args: argparse.Namespace, settings: Any) -> int:
     """The kubelet's probe: this process's own liveness file, no Redis (core/liveness.py)."""
-    from core import heartbeat, liveness
+    from core import liveness
 
     if settings.liveness_dir is None:
         print("FAULTLINE_LIVENESS_DIR is not set: no liveness file to check", file=sys.stderr)
         return 1
-    name = args.name or heartbeat.default_name()
+    name = args.name or settings.node_name
     ok, why = liveness.verdict(liveness.read(settings.liveness_dir, args.role, name), args.role,
                                settings.worker_stall_after)
     print(f"{name}: {why}")

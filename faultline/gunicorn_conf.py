@@ -9,16 +9,17 @@ from typing import Any
 from core import metrics
 from core.settings import get_settings
 
+_settings = get_settings()  # the same Settings the app builds: one place for every default
 worker_class = "faultline.uvicorn_worker.Worker"
 # Above FAULTLINE_SHUTDOWN_TIMEOUT so the app's own drain sequence always finishes first.
-graceful_timeout = int(float(os.environ.get("FAULTLINE_SHUTDOWN_TIMEOUT", "25"))) + 3
+graceful_timeout = int(_settings.shutdown_timeout) + 3
 # Longer than any proxy's idle upstream keep-alive (core/settings.py keepalive_timeout says why); the uvicorn
 # worker takes it from here as its timeout_keep_alive.
-keepalive = int(get_settings().keepalive_timeout)
+keepalive = int(_settings.keepalive_timeout)
 accesslog = None
 errorlog = "-"
 control_socket_disable = True
-loglevel = os.environ.get("FAULTLINE_LOG_LEVEL", "info")
+loglevel = _settings.log_level.lower()
 
 
 class _AlreadyClosed(logging.Filter):

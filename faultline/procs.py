@@ -1,8 +1,8 @@
 """Child processes with prefixed logs, restarted when they die (like a supervisor, or Kubernetes).
 
 Restarts back off exponentially (capped) so a child that dies at once does not spin the machine, and the
-backoff resets once a child has stayed up for a stable period. A child may also have a liveness URL: a
-process that is alive but hung (stopped, deadlocked) misses several probes in a row and is SIGKILLed, then
+backoff resets once a child has stayed up for a stable period. A child may also have a liveness ping
+(faultline/liveness.py): a process that is alive but hung misses several in a row and is SIGKILLed, then
 restarted like one that died (uvicorn's and Kubernetes' supervisors do the same).
 """
 
@@ -14,10 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
+
+from faultline.liveness import Liveness
 
 LogSink = Callable[[str], None]
 
@@ -25,6 +26,24 @@ LogSink = Callable[[str], None]
 def stdout_sink(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+class FileSink:
+    """A LogSink into a file, flushed line by line (a test that fails or a harness that is killed keeps
+    every line); with `keep`, the lines are also appended to that list for assertions."""
+
+    def __init__(self, path: str | os.PathLike[str], mode: str = "w", keep: list[str] | None = None) -> None:
+        self.file = open(path, mode)
+        self.keep = keep
+
+    def __call__(self, line: str) -> None:
+        if self.keep is not None:
+            self.keep.append(line)
+        self.file.write(line + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 @dataclass
@@ -47,40 +66,6 @@ class Backoff:
 
     def ready(self) -> bool:
         return time.monotonic() >= self.due
-
-
-@dataclass
-class Liveness:
-    """Probe `url` every `every` s; `misses` failed probes in a row (each bounded by `timeout`) = hung."""
-
-    url: str
-    every: float = 2.0
-    timeout: float = 2.0
-    misses: int = 3
-    grace: float = 60.0  # a (re)started child that never answered gets this long to boot
-    missed: int = 0
-    last: float = 0.0
-    seen_live: bool = False  # answered once since its (re)start: from then on every miss counts
-
-    def due(self) -> bool:
-        return time.monotonic() - self.last >= self.every
-
-    def reset(self) -> None:
-        self.missed, self.seen_live = 0, False
-
-    def probe(self, started_at: float) -> bool:
-        """True when the child has now missed `misses` probes in a row."""
-        self.last = time.monotonic()
-        try:
-            with urllib.request.urlopen(self.url, timeout=self.timeout) as r:
-                ok = r.status == 200
-        except Exception:
-            ok = False
-        if ok:
-            self.missed, self.seen_live = 0, True
-        elif self.seen_live or self.last - started_at >= self.grace:
-            self.missed += 1
-        return self.missed >= self.misses
 
 
 @dataclass
@@ -157,7 +142,7 @@ class Child:
             return False
         if self.proc.poll() is None:
             if self.liveness is not None and self.liveness.due() and self.liveness.probe(self.started_at):
-                self.sink(f"{self.name:<12}| missed {self.liveness.misses} liveness probes; SIGKILL")
+                self.sink(f"{self.name:<12}| missed {self.liveness.misses} liveness pings; SIGKILL")
                 self.hung_kills += 1
                 self.kill_group()
             else:

@@ -105,15 +105,11 @@ def replace_node(stack: Stack, old: Child, log: Callable[[str], None]) -> Step:
     new = stack.start_node()
     _wait_ready(stack, stack.node_ports[new.name])
     ready_s = time.monotonic() - started
-    with stack.lock:
-        stack.nodes.remove(old)
-        stack.nginx.set_upstreams([stack.node_ports[n.name] for n in stack.nodes])
-    stack.write_targets()
+    stack.detach(old)
     log(f"rollout: {new.name} ready in {ready_s:.2f}s and in nginx; draining {old.name}")
     stopping = time.monotonic()
     code = _retire(stack, old)
-    with stack.lock:
-        stack.node_ports.pop(old.name, None)
+    stack.forget(old)
     step = Step("api", old.name, new.name, ready_s, time.monotonic() - stopping, code)
     log(f"rollout: {old.name} exited {code} after {step.stop_s:.2f}s")
     return step
@@ -126,9 +122,7 @@ def replace_worker(stack: Stack, old: Child, log: Callable[[str], None]) -> Step
     _wait_heartbeat(stack, "worker", new.name)
     ready_s = time.monotonic() - started
     stopping = time.monotonic()
-    with stack.lock:
-        stack.workers.remove(old)
-    stack.write_targets()
+    stack.detach(old)
     code = _retire(stack, old)
     step = Step("worker", old.name, new.name, ready_s, time.monotonic() - stopping, code)
     log(f"rollout: {new.name} beating after {ready_s:.2f}s; {old.name} exited {code} after {step.stop_s:.2f}s")
@@ -138,15 +132,11 @@ def replace_worker(stack: Stack, old: Child, log: Callable[[str], None]) -> Step
 def restart_scheduler(stack: Stack, child: Child, log: Callable[[str], None]) -> Step:
     log(f"rollout: restarting {child.name}")
     stopping = time.monotonic()
-    with stack.lock:
-        stack.schedulers.remove(child)
+    stack.detach(child)
     code = _retire(stack, child)
     stop_s = time.monotonic() - stopping
     started = time.monotonic()
-    child.restart = True
-    child.start()
-    with stack.lock:
-        stack.schedulers.append(child)
+    stack.restart_scheduler(child)
     _wait_heartbeat(stack, "scheduler", child.name)
     step = Step("scheduler", child.name, child.name, time.monotonic() - started, stop_s, code)
     log(f"rollout: {child.name} exited {code} after {stop_s:.2f}s, back in {step.ready_s:.2f}s")

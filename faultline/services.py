@@ -16,7 +16,6 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from mirakuru import TCPExecutor
@@ -321,6 +320,3 @@ class NginxServer(Supervised):
             shutil.rmtree(self._temp, ignore_errors=True)
             self._temp = None
 
-
-def template_path() -> Path:
-    return Path(str(resources.files("faultline"))).parent / "deploy" / "nginx" / "nginx.conf.tmpl"

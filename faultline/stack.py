@@ -2,7 +2,7 @@
 
 `faultline up` runs it in the foreground; the e2e tests and the benchmarks start the very same thing.
 Every process it starts is supervised (faultline/supervise.py): servers come back on the same port and
-data directory, Python children with restart backoff, hung API nodes are killed after missed probes.
+data directory, Python children with restart backoff, hung ones killed after missed pings (faultline/liveness.py).
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ import secrets
 import shutil
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import access
-from core.settings import Settings
+from core.keys import Keys
+from core.settings import Settings, sqlite_url
 from faultline import promtargets, supervise
 from faultline.bootstrap import ensure_default_project
 from faultline.galera import GaleraCluster
-from faultline.procs import Child, Liveness, LogSink, stdout_sink
+from faultline.liveness import Liveness, heartbeat_fresh, http_ok
+from faultline.procs import Child, LogSink, stdout_sink
 from faultline.services import MariaDBServer, NginxServer, RedisServer, Supervised, free_port, wait_http_ok
 
 
@@ -98,7 +99,7 @@ class Stack:
     def _database(self) -> str:
         db = self.cfg.db
         if db == "sqlite":
-            return f"sqlite+aiosqlite:///{(self.base / 'faultline.db').resolve()}"
+            return sqlite_url(self.base)
         if db == "mariadb":
             self.mariadb = MariaDBServer(self.base / "mariadb").start()
             return self.mariadb.create_database("faultline", password=self.cfg.db_password or None)
@@ -113,13 +114,9 @@ class Stack:
     def env(self, **extra: str) -> dict[str, str]:
         assert self.redis is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith("FAULTLINE_")}
-        env.update({
-            "FAULTLINE_REDIS_URL": self.redis.url,
-            "FAULTLINE_DATABASE_URL": self.database_url,
-            "FAULTLINE_ADMIN_TOKEN": self.admin_token,
-            "FAULTLINE_INGEST_KEY": self.ingest_key,
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update({"FAULTLINE_REDIS_URL": self.redis.url, "FAULTLINE_DATABASE_URL": self.database_url,
+                    "FAULTLINE_ADMIN_TOKEN": self.admin_token, "FAULTLINE_INGEST_KEY": self.ingest_key,
+                    "PYTHONUNBUFFERED": "1"})
         env.update({k: v for k, v in os.environ.items() if k.startswith("FAULTLINE_") and k not in env})
         env.update(self.cfg.env)
         env.update(extra)
@@ -139,7 +136,7 @@ class Stack:
         child = self._child(name, ["api", "--port", str(port), "--workers", str(self.cfg.node_workers)],
                             PROMETHEUS_MULTIPROC_DIR=str(prom))
         # /health/live answers from the event loop: a stopped or deadlocked node misses it.
-        child.liveness = Liveness(f"http://127.0.0.1:{port}/health/live")
+        child.liveness = Liveness(http_ok(f"http://127.0.0.1:{port}/health/live"))
         child.start()
         with self.lock:
             self.nodes.append(child)
@@ -147,8 +144,12 @@ class Stack:
         return child
 
     def _metered_child(self, name: str, args: list[str]) -> Child:
+        """A worker or a scheduler: /metrics on a side port, liveness by the freshness of its heartbeat."""
         port = self.metrics_ports[name] = free_port()
-        return self._child(name, args, FAULTLINE_METRICS_PORT=str(port))
+        child = self._child(name, args, FAULTLINE_METRICS_PORT=str(port))
+        s = self.settings()
+        child.liveness = Liveness(heartbeat_fresh(s.redis_url, Keys(s.key_prefix).heartbeat(args[0], name)))
+        return child
 
     def start_worker(self) -> Child:
         self._serial += 1
@@ -174,6 +175,26 @@ class Stack:
                           {c.name: self.metrics_ports[c.name] for c in [*self.workers, *self.schedulers]
                            if c.name in self.metrics_ports})
 
+    def detach(self, child: Child) -> None:
+        """Take a child out of the stack (and out of nginx, if a node) before it is retired or restarted."""
+        with self.lock:
+            for group in (self.nodes, self.workers, self.schedulers):
+                if child in group:
+                    group.remove(child)
+            if self.nginx is not None and child.name in self.node_ports:
+                self.nginx.set_upstreams([self.node_ports[n.name] for n in self.nodes])
+        self.write_targets()
+
+    def forget(self, child: Child) -> None:  # a retired node's port is free again
+        with self.lock:
+            self.node_ports.pop(child.name, None)
+
+    def restart_scheduler(self, child: Child) -> None:
+        child.restart = True
+        child.start()  # same name, same heartbeat key
+        with self.lock:
+            self.schedulers.append(child)
+
     def supervise_once(self) -> list[str]:
         """One supervision round over every process; safe to call from any thread, never blocks long.
         Returns what it restarted (names), for logs and chaos reports."""
@@ -181,28 +202,7 @@ class Stack:
             return supervise.run_round(self)
 
     def stop(self) -> None:
-        """Stop everything within shutdown_timeout (+ a small margin): the edge first (no new requests),
-        then API nodes, workers and schedulers in parallel (they finish and flush), then the stores."""
-        self.cancel.set()
-        with self.lock:
-            if self.nginx:
-                self.nginx.stop()
-            children = [*self.retiring, *self.children()]
-            for child in children:
-                child.terminate()
-            deadline = time.monotonic() + (self.settings().shutdown_timeout + 2 if self.redis else 5)
-            for child in children:
-                if child.proc is not None:
-                    try:
-                        child.proc.wait(max(0.0, deadline - time.monotonic()))
-                    except Exception:
-                        child.kill_group()
-            if self.redis:
-                self.redis.stop()
-            if self.mariadb:
-                self.mariadb.stop()
-            if self.galera:
-                self.galera.stop()
+        supervise.stop_all(self)  # everything, within shutdown_timeout + a small margin
 
     def raise_if_cancelled(self) -> None:
         if self.cancel.is_set():

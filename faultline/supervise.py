@@ -1,4 +1,5 @@
-"""One supervision round over a Stack, and the start-up check that the edge really serves.
+"""One supervision round over a Stack, the orderly stop of all of it, and the start-up check that the edge
+really serves.
 
 Servers (Redis, MariaDB, nginx) come back on the same port and data directory, so clients reconnect to
 the address they know and Redis replays its AOF (nothing acknowledged is lost to a SIGKILL: Redis writes
@@ -88,3 +89,28 @@ def check_through_edge(url: str, admin_token: str, ingest_key: str, cancel: thre
             return
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not serve within {timeout:.0f}s (ready, admin read, ingest) = {last}")
+
+
+def stop_all(stack: Stack) -> None:
+    """Stop everything within shutdown_timeout (+ a small margin): the edge first (no new requests), then
+    API nodes, workers and schedulers in parallel (they finish and flush), then the stores."""
+    stack.cancel.set()
+    with stack.lock:
+        if stack.nginx:
+            stack.nginx.stop()
+        children = [*stack.retiring, *stack.children()]
+        for child in children:
+            child.terminate()
+        deadline = time.monotonic() + (stack.settings().shutdown_timeout + 2 if stack.redis else 5)
+        for child in children:
+            if child.proc is not None:
+                try:
+                    child.proc.wait(max(0.0, deadline - time.monotonic()))
+                except Exception:
+                    child.kill_group()
+        if stack.redis:
+            stack.redis.stop()
+        if stack.mariadb:
+            stack.mariadb.stop()
+        if stack.galera:
+            stack.galera.stop()

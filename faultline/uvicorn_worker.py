@@ -1,14 +1,17 @@
-"""gunicorn worker class for API nodes, with the SIGTERM drain sequence (health/drain.py).
+"""gunicorn worker class for API nodes, running the SIGTERM drain (core/drain.py) around uvicorn's shutdown.
 
 uvicorn on SIGTERM closes its listeners at once, which would refuse requests a load balancer still sends
 during the seconds it needs to notice the node is going. So the server here intercepts the first SIGTERM:
-readiness turns 503 immediately, the node keeps serving for FAULTLINE_DRAIN_DELAY, and only then runs
-uvicorn's shutdown (listeners closed, clients told to reconnect elsewhere, in-flight requests finished),
-then the lifespan shutdown (flush, pools closed). Each phase is logged with its duration.
+readiness turns 503 immediately, the node keeps serving for FAULTLINE_DRAIN_DELAY, and only then lets
+uvicorn's own shutdown run (connections finished, then the lifespan shutdown: flush, pools closed) — with
+the listener closed and clients told to reconnect elsewhere just before, and the in-flight wait bounded by
+what is left of FAULTLINE_SHUTDOWN_TIMEOUT (gunicorn_conf keeps graceful_timeout 3 s above it, so gunicorn's
+SIGKILL never lands before the lifespan shutdown ran).
 
-uvicorn_worker.UvicornWorker does not pass gunicorn's graceful_timeout to uvicorn, so gunicorn's SIGKILL
-could land before the lifespan shutdown ran; here the in-flight wait is bounded by what is left of
-FAULTLINE_SHUTDOWN_TIMEOUT, which gunicorn_conf keeps 3 s below graceful_timeout.
+Only public uvicorn API is used on the Server (handle_exit, should_exit, servers, config, shutdown). The
+gunicorn worker class offers no public way to choose the Server class, so `_serve` is overridden: the
+private names touched are listed in UVICORN_WORKER_PRIVATE, the versions are pinned in pyproject.toml, and
+tests/unit/test_uvicorn_private_api.py fails if a new version drops them.
 """
 
 from __future__ import annotations
@@ -22,71 +25,59 @@ import sys
 from types import FrameType
 from typing import Any
 
+from gunicorn.arbiter import Arbiter
+from uvicorn.config import Config
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
-from core import runtime
-from health.drain import CLOSING, Drain
+from core.drain import Drain
 
 log = logging.getLogger("faultline.drain")
+# uvicorn_worker.UvicornWorker's private methods this module overrides or calls.
+UVICORN_WORKER_PRIVATE = ("_serve", "_install_sigquit_handler")
 
 
 class DrainingServer(Server):
-    drain: Drain | None = None
+    def __init__(self, config: Config, drain: Drain | None) -> None:
+        super().__init__(config=config)
+        self.drain = drain
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        rt = runtime.current()
-        if sig != signal.SIGTERM or rt is None or not self.started or self.should_exit:
+        drain = self.drain
+        if sig != signal.SIGTERM or drain is None or not self.started or self.should_exit:
             super().handle_exit(sig, frame)  # SIGINT/SIGQUIT, or not up yet: uvicorn's immediate shutdown
             return
-        if self.drain is not None:
+        # Not passed on to uvicorn: it would re-raise SIGTERM at exit, and the exit code would not be 0.
+        if not drain.begin():
             return  # already draining: a repeated SIGTERM changes nothing
-        self.drain = Drain(rt)
-        self.drain.begin()  # readiness is 503 from here, before the loop even wakes up
-        log.info("SIGTERM: draining for %.1fs while still serving", rt.settings.drain_delay)
+        log.info("SIGTERM: draining for %.1fs while still serving", drain.settings.drain_delay)
         # A signal handler runs between two bytecodes of the loop: hand the async part to the loop safely.
-        asyncio.get_running_loop().call_soon_threadsafe(self._start_hold)
+        asyncio.get_running_loop().call_soon_threadsafe(self._start_hold, drain)
 
-    def _start_hold(self) -> None:
-        asyncio.ensure_future(self._hold_then_exit())
+    def _start_hold(self, drain: Drain) -> None:
+        asyncio.ensure_future(self._hold_then_exit(drain))
 
-    async def _hold_then_exit(self) -> None:
-        assert self.drain is not None
-        await self.drain.hold()
+    async def _hold_then_exit(self, drain: Drain) -> None:
+        await drain.hold()
         self.should_exit = True  # main_loop notices within 0.1 s and calls shutdown()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """uvicorn's Server.shutdown, split into logged phases, with the reconnect hook before the
-        connections are closed (a websocket that is still open then can be told where to go)."""
-        rt = runtime.current()
-        drain = self.drain = self.drain or (Drain(rt) if rt else None)
-        if drain is None or rt is None:
+        """Close the listener and tell clients to reconnect elsewhere while their connections are still
+        open, then uvicorn's own shutdown with the in-flight wait bounded by the drain's budget."""
+        drain = self.drain
+        if drain is None:
             await super().shutdown(sockets)
             return
-        with rt.phase("stop accepting"):
+        with drain.phase("stop accepting"):
             drain.stop_accepting()
             for server in self.servers:
-                server.close()
+                server.close()  # uvicorn closes them again: a no-op
             for sock in sockets or []:
                 sock.close()
-        await rt.reconnect_clients()
-        with rt.phase("finish in-flight"):
-            for connection in list(self.server_state.connections):
-                connection.shutdown()
-            await asyncio.sleep(0.1)
-            budget = drain.budget()
-            try:
-                await asyncio.wait_for(self._wait_tasks_to_complete(), timeout=budget)
-            except TimeoutError:
-                log.error("in-flight requests still running after %.1fs: cancelling %d", budget,
-                          len(self.server_state.tasks))
-                for task in self.server_state.tasks:
-                    task.cancel(msg="drain budget exceeded")
-        drain.move(CLOSING)
-        if not self.force_exit:
-            await self.lifespan.shutdown()  # api lifespan -> Runtime.close(): flush, close pools
+        await drain.reconnect_clients()
+        self.config.timeout_graceful_shutdown = drain.budget()  # type: ignore[assignment]  # float is fine
+        await super().shutdown([])  # ... -> lifespan shutdown -> Drain.close: flush, pools closed
         drain.finish()
-        self._captured_signals.clear()  # handled: do not re-raise SIGTERM at exit (exit code 0)
 
 
 class Worker(UvicornWorker):
@@ -104,10 +95,9 @@ class Worker(UvicornWorker):
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
-        server = DrainingServer(config=self.config)
+        state = getattr(self.wsgi, "state", None)  # the FastAPI app of faultline/asgi.py carries its Drain
+        server = DrainingServer(self.config, getattr(state, "drain", None))
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:
-            from gunicorn.arbiter import Arbiter
-
             sys.exit(Arbiter.WORKER_BOOT_ERROR)

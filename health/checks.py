@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 from sqlalchemy import text
 
+from core.drain import Drain
 from core.runtime import Runtime
 from core.settings import DATA_DIR
 
@@ -68,10 +69,10 @@ async def redis(rt: Runtime) -> Check:
     return await _bounded(ping(), REDIS_TIMEOUT)
 
 
-def drain(rt: Runtime) -> Check:
-    entry: Check = {"status": "down" if rt.draining else "up", "state": rt.drain_state}
-    if rt.drain_started is not None:
-        entry["since_s"] = round(time.monotonic() - rt.drain_started, 3)
+def drain(state: Drain) -> Check:
+    entry: Check = {"status": "down" if state.draining else "up", "state": state.state}
+    if state.started is not None:
+        entry["since_s"] = round(time.monotonic() - state.started, 3)
     return entry
 
 
@@ -90,7 +91,6 @@ async def queue(rt: Runtime) -> Check:
         if isinstance(waiting, Exception):
             raise waiting
         pending_n = 0 if isinstance(pending, Exception) else int(pending.get("pending", 0))  # no group yet
-        rt.queue_depth = int(waiting)
         s = rt.settings
         return {"status": "up" if waiting < s.queue_hard_limit else "down", "waiting": int(waiting),
                 "pending": pending_n, "retrying": int(retrying), "dead": int(dead),

@@ -24,6 +24,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from core import access
+from core.drain import Drain
 from core.runtime import Runtime
 from health import checks
 from health.checks import Check
@@ -80,8 +81,8 @@ async def live_checks(rt: Runtime) -> dict[str, Check]:
     return {"event_loop": await checks.event_loop(rt), "memory": checks.memory(rt)}
 
 
-async def ready_checks(rt: Runtime) -> dict[str, Check]:
-    drain = checks.drain(rt)  # read first: 503 from the very first instant of a drain
+async def ready_checks(rt: Runtime, drain_state: Drain) -> dict[str, Check]:
+    drain = checks.drain(drain_state)  # read first: 503 from the very first instant of a drain
     loop, redis, queue, database = await asyncio.gather(checks.event_loop(rt), checks.redis(rt), checks.queue(rt),
                                                         checks.database(rt))
     return {"drain": drain, "event_loop": loop, "redis": redis, "queue": queue, "database": database,
@@ -95,12 +96,12 @@ async def live(request: Request) -> Response:
 
 @router.get("/health/ready")
 async def ready(request: Request) -> Response:
-    return _respond(request, await ready_checks(_runtime(request)), READY_REQUIRED)
+    return _respond(request, await ready_checks(_runtime(request), request.app.state.drain), READY_REQUIRED)
 
 
 @router.get("/health")
 async def health(request: Request) -> Response:
     rt = _runtime(request)
-    details = {**await live_checks(rt), **await ready_checks(rt)}
+    details = {**await live_checks(rt), **await ready_checks(rt, request.app.state.drain)}
     # for people: every dependency counts here (a monitor wants to see Redis down), unlike the probes
     return _respond(request, details, LIVE_REQUIRED | READY_REQUIRED | {"redis", "queue"})

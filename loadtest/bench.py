@@ -32,6 +32,7 @@ from rich.table import Table
 
 from core.access import key_hash
 from core.keys import Keys
+from faultline.procs import FileSink
 from loadtest import profile, targets
 from loadtest.procstats import CpuMeter, target_processes
 from loadtest.report import REPORTS, bench_markdown, bench_tables, machine_description
@@ -173,11 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = REPORTS / f"bench-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
-    log = (out / "stack.log").open("w")
+    log = sink = FileSink(out / "stack.log")
     args.envelopes = envelope_bodies(out)
-
-    def sink(line: str) -> None:
-        log.write(line + "\n")
 
     limiter = targets.limiter_available()
     console.print(f"[bold]make bench[/]: {args.nodes} nodes x 1 uvicorn worker, nginx least_conn, "

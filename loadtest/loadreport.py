@@ -13,7 +13,7 @@ from rich.table import Table
 
 from loadtest.report import markdown_table
 
-# Issue 6 targets for our stack through nginx (ramp and spike up to 1,000 users).
+# Targets for our stack through nginx (ramp and spike up to 1,000 users).
 TARGET_P95_MS, TARGET_P99_MS, TARGET_API_RSS_MB = 10.0, 25.0, 150.0
 
 
@@ -123,10 +123,11 @@ def jsonable(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(args: argparse.Namespace, results: dict[str, Any], machine: str, out: Path) -> Report:
-    from loadtest.chart import draw
+    from loadtest.chart import draw  # matplotlib: only when a chart is drawn
 
     warmup = min(300.0, 0.2 * max(r["elapsed_s"] for r in results.values()))
-    chart = draw(args.scenario, results, out / "latency.png")
+    series = {name: (stage_rows(res), res["tally"]["windows"]) for name, res in results.items()}
+    chart = draw(args.scenario, series, out / "latency.png")
     head, rows = seed_table(args.scenario, results)
     detail = [row for n, r in results.items() for row in detail_rows(args.scenario, n, r)]
     md = [f"# make loadtest SCENARIO={args.scenario}\n", f"Machine: {machine}\n",

@@ -34,6 +34,7 @@ from core.db.engine import make_engine
 from core.db.models import ErrorGroup
 from core.keys import Keys
 from core.redis import make_redis
+from faultline.procs import FileSink
 from faultline.stack import Stack, StackConfig
 from loadtest.report import REPORTS
 
@@ -277,10 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     REPORTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     base = REPORTS / f"memsoak-{stamp}"
-    logs = open(f"{base}.log", "w")
-
-    def sink(line: str) -> None:
-        logs.write(line + "\n")
+    logs = sink = FileSink(f"{base}.log")
 
     env = {"FAULTLINE_DEDUP_TTL": str(args.dedup_ttl), "FAULTLINE_LIVE_GROUP_IDLE": str(args.idle),
            "FAULTLINE_SYNC_INTERVAL": str(args.sync_interval), "FAULTLINE_RATE_LIMIT_ENABLED": "false"}

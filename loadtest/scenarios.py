@@ -1,7 +1,7 @@
 """The load shapes of `make loadtest SCENARIO=...`, as stages of (users, seconds, spawn rate).
 
 ramp  10 -> 50 -> 100 -> 200 -> 500 users, each held for --stage-seconds: the seed's table rows
-      (10/50/100/200/500 VUs), which include the issue's 0 -> 50 -> 200 -> 500 ramp.
+      (10/50/100/200/500 VUs), which include a 0 -> 50 -> 200 -> 500 ramp.
 spike 10 users, then a sudden jump to 1,000 (all spawned within ~1 s), held twice as long, then back.
 soak  --users (default 200) for --duration (default 30 min): memory growth and latency drift.
 Each user posts one error then waits 1 s, like a k6 VU, so N users offer about N requests/s.

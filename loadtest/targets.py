@@ -22,7 +22,7 @@ from loadtest.fleet import Fleet
 
 
 def limiter_available() -> bool:
-    """The rate limiter is built by another issue; until its settings exist, "limiter on" is skipped."""
+    """Whether the tree under test has the rate limiter (its settings); without it "limiter on" is skipped."""
     return "rate_limit_enabled" in Settings.model_fields
 
 

@@ -28,6 +28,7 @@ import socketio
 from redis.asyncio import Redis
 
 from core import access
+from core.drain import Drain
 from core.feed import FeedCoalescer
 from core.keys import Keys
 from core.pubsub import ResilientRedisManager
@@ -71,9 +72,9 @@ class RealtimeServer:
         self.sio.on("unsubscribe", self.on_unsubscribe)
         self.sio.on("*", self.on_other)
 
-    def attach(self, rt: Runtime) -> None:
+    def attach(self, rt: Runtime, drain: Drain) -> None:
         """Start with the API process (lifespan): share its Redis pool, listen to the feed channel, run
-        this process's candidate coalescer, and join the SIGTERM drain."""
+        this process's candidate coalescer, and join its drain (core/drain.py)."""
         self.redis = rt.redis
         # Subscribe now rather than at the first client's connect (the library's default), so the first
         # client of a node misses nothing published while the listener was starting.
@@ -84,9 +85,9 @@ class RealtimeServer:
         self.coalescer = FeedCoalescer(self.settings, rt.redis, name)
         self._feed_task = asyncio.create_task(self.coalescer.run(self._stop_feed), name="feed-coalescer")
         rt.spawn(self._build_index(), "feed-index")
-        rt.drain_hooks.append(self.drain)
-        rt.flush_hooks.append(self.stop_feed)
-        rt.flush_hooks.append(self.stop_listener)
+        drain.on_reconnect(self.drain)
+        drain.on_flush(self.stop_feed)
+        drain.on_flush(self.stop_listener)
 
     async def stop_listener(self) -> None:
         """Stop the pub/sub listener task (it retries forever by design) and close its connection."""

@@ -18,6 +18,8 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 from core.settings import Settings
+from core.settings import sqlite_url as sqlite_url_of
+from faultline.procs import FileSink
 from faultline.services import MariaDBServer, RedisServer
 from faultline.stack import Stack, StackConfig
 
@@ -47,14 +49,14 @@ def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB
 @pytest.fixture(params=["sqlite", "mariadb"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'faultline.db'}"
+        return sqlite_url_of(tmp_path)
     server: MariaDBServer = request.getfixturevalue("mariadb_server")
     return server.create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'faultline.db'}"
+    return sqlite_url_of(tmp_path)
 
 
 @pytest.fixture
@@ -85,11 +87,7 @@ def stack_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Ca
     """
     stacks: list[Stack] = []
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / f"{request.node.name.replace('/', '_')}.log", "w")
-
-    def sink(line: str) -> None:
-        log.write(line + "\n")
-        log.flush()
+    log = sink = FileSink(ARTIFACTS / f"{request.node.name.replace('/', '_')}.log")
 
     def make(**kwargs: Any) -> Stack:
         kwargs.setdefault("port", 0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from typing import Any
 
 from redis.asyncio import Redis
@@ -19,16 +18,15 @@ from taskiq.receiver import Receiver
 from core import heartbeat, metrics
 from core.backoff import Backoff
 from core.broker import FaultlineBroker
-from core.db.engine import make_engine
 from core.db.migrate import SchemaTooOld, require_current_schema
 from core.keys import Keys
-from core.redis import make_redis
 from core.retry import OutcomeMiddleware, RetryMiddleware, pump_retries
 from core.settings import Settings
 from workers import tasks
 from workers.alerts import Evaluator, scan_forever
 from workers.deliveries import Deliveries
-from workers.writer import AfterCommit, BatchWriter
+from workers.lifecycle import Lifecycle
+from workers.writer import BatchWriter
 
 log = logging.getLogger("faultline.worker")
 
@@ -77,54 +75,45 @@ async def _oldest_age(redis: Redis, keys: Keys) -> float:
     return max(0.0, secs + micros / 1e6 - enqueued_ms / 1000)
 
 
-async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | None = None) -> None:
-    """Run until SIGTERM (then return: exit 0). If the receiver or any background loop ends by itself,
-    the worker can no longer do its job: raise SystemExit(1) so the supervisor restarts the process."""
-    keys = Keys(settings.key_prefix)
-    redis = make_redis(settings, pool_size=64, timeout=5.0, retries=3)
-    engine = make_engine(settings)
+async def run_worker(settings: Settings, name: str, *, handle_signals: bool = True,
+                     stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM, or until `stop` is set (then return: exit 0). If the receiver or any background
+    loop ends by itself, the worker can no longer do its job: raise SystemExit(1) so the supervisor
+    restarts the process. handle_signals=False: run in process, ended by `stop` (workers/lifecycle.py)."""
+    async with Lifecycle(settings, "worker", name, pool_size=64, handle_signals=handle_signals,
+                         stop=stop) as life:
+        broken = await _consume(life, settings, name)
+    if broken:
+        raise SystemExit(1)
+
+
+async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
+    """The worker's own work inside its lifecycle; True when a loop ended by itself."""
+    redis, keys, finish = life.redis, life.keys, life.stop
     try:  # writing events into an older schema would fail every batch: refuse to start instead
-        await require_current_schema(engine, log)
+        await require_current_schema(life.engine, log)
     except SchemaTooOld:
-        await engine.dispose()
-        await redis.aclose()
-        raise SystemExit(1) from None
+        return True
     broker = FaultlineBroker(settings, consumer_name=name)
     progress = broker.progress
-    writer = BatchWriter(settings, engine, redis, after_commit, progress=progress)
+    writer = BatchWriter(settings, life.engine, redis, progress=progress)
     broker.add_middlewares(RetryMiddleware(settings, redis), OutcomeMiddleware(progress))
-    deliveries = Deliveries(settings, engine, redis)
+    deliveries = Deliveries(settings, life.engine, redis)
     tasks.register(broker, writer, deliveries)
-    evaluator = Evaluator(settings, redis, engine, name)
+    evaluator = Evaluator(settings, redis, life.engine, name)
     broker.is_worker_process = True
     # taskiq logs a traceback per failed task: thousands of lines in a DB outage. Failures are logged by
     # core/retry.py (per attempt for bad data, dead letters) and the writer (once per DB outage) instead.
     logging.getLogger("taskiq.receiver.receiver").setLevel(logging.CRITICAL)
-
-    finish = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, finish.set)
-
-    metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
     # before the broker start: a worker waiting for Redis is alive (core/liveness.py), not stuck
-    beat = asyncio.create_task(heartbeat.beat_forever(redis, keys, "worker", name, settings, progress),
-                               name="heartbeat")
+    beat = life.beat(progress)
     await _start_broker(broker, settings, finish)
     if finish.is_set():  # SIGTERM while Redis was still unreachable
-        beat.cancel()
-        await asyncio.gather(beat, return_exceptions=True)
-        await redis.aclose()
-        await engine.dispose()
-        return
+        return False
     writer.start()
-    background = [
-        beat,
-        asyncio.create_task(_pump_forever(settings, keys, redis, progress), name="retry pump"),
-        asyncio.create_task(metrics.watch_loop_lag(), name="loop lag"),
-        asyncio.create_task(evaluator.run(), name="alert evaluator"),
-        asyncio.create_task(scan_forever(evaluator, settings), name="threshold scan"),
-    ]
+    alerting = [life.spawn(evaluator.run(), "alert evaluator"),
+                life.spawn(scan_forever(evaluator, settings), "threshold scan")]
+    background = [beat, life.spawn(_pump_forever(settings, keys, redis, progress), "retry pump"), *alerting]
     receiver = Receiver(broker, max_async_tasks=settings.worker_concurrency, run_startup=False,
                         wait_tasks_timeout=settings.shutdown_timeout)
     log.info("worker %s consuming %s", name, keys.stream)
@@ -132,14 +121,14 @@ async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | 
     finishing = asyncio.create_task(finish.wait())
     watched = [listener, *background, *writer.tasks()]
     await asyncio.wait([finishing, *watched], return_when=asyncio.FIRST_COMPLETED)
-    broken = [t for t in watched if t.done()] if not finish.is_set() else []
+    broken = [t for t in watched if t.done()] if not finish.is_set() or life.failed else []
     for task in broken:
         err = None if task.cancelled() else task.exception()
         log.error("worker %s: %s ended by itself (%r): exiting non-zero so the supervisor restarts it",
                   name, task.get_name(), err)
     finish.set()  # stops the prefetcher if the receiver is still running
     if not broken:
-        log.info("worker %s: SIGTERM, finishing running tasks", name)
+        log.info("worker %s: stopping, finishing running tasks", name)
     try:
         await asyncio.wait_for(listener, settings.shutdown_timeout)
     except (TimeoutError, asyncio.CancelledError):
@@ -147,17 +136,12 @@ async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | 
                     name, settings.shutdown_timeout)
     except Exception as exc:
         log.warning("worker %s: receiver ended with %s", name, exc)
-    for task in background:
+    finishing.cancel()
+    for task in alerting:  # before the deliveries they feed close
         task.cancel()
-    await asyncio.gather(*background, return_exceptions=True)
+    await asyncio.gather(*alerting, return_exceptions=True)
     await writer.stop()
     await deliveries.close()
     with contextlib.suppress(Exception):
-        await heartbeat.stop(redis, keys, "worker", name)
-    with contextlib.suppress(Exception):
         await broker.shutdown()
-    await redis.aclose()
-    await engine.dispose()
-    log.info("worker %s stopped", name)
-    if broken:
-        raise SystemExit(1)
+    return bool(broken)

@@ -10,19 +10,17 @@ SIGTERM waits for a sync in progress to finish, then exits 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core import heartbeat, metrics
 from core.backoff import Backoff
-from core.db.engine import make_engine
 from core.keys import Keys
-from core.redis import as_str, make_redis
+from core.redis import as_str
 from core.settings import Settings
 from workers import retention
+from workers.lifecycle import Lifecycle
 from workers.prune import prune_idle_groups, rebase_new_groups
 from workers.sync import housekeeping, prune_consumers, sync_counts
 
@@ -30,26 +28,28 @@ log = logging.getLogger("faultline.scheduler")
 HOUSEKEEPING_EVERY = 10  # intervals
 
 
-async def run_scheduler(settings: Settings, name: str) -> None:
-    """Run until SIGTERM (return: exit 0). Redis/DB errors: retry with backoff, logged once per outage; an
-    error waiting cannot fix, or a heartbeat that stopped, raises SystemExit(1) for the supervisor."""
-    keys = Keys(settings.key_prefix)
-    redis = make_redis(settings, pool_size=8, timeout=5.0, retries=3)
-    engine = make_engine(settings)
+async def run_scheduler(settings: Settings, name: str, *, handle_signals: bool = True,
+                        stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM, or until `stop` is set (return: exit 0). Redis/DB errors: retry with backoff,
+    logged once per outage; an error waiting cannot fix, or a heartbeat that stopped, raises SystemExit(1)
+    for the supervisor. handle_signals=False: run in process, ended by `stop` (workers/lifecycle.py)."""
+    async with Lifecycle(settings, "scheduler", name, pool_size=8, handle_signals=handle_signals,
+                         stop=stop) as life:
+        life.beat()
+        retain = life.spawn(_retention_forever(life.redis, life.engine, life.keys, settings, name), "retention")
+        retain.add_done_callback(lambda _: life.stop.set())  # it only ends by giving up (Backoff): restart us
+        failed = await _sync_every_interval(life, settings, name)
+        failed = failed or life.failed or (retain.done() and not retain.cancelled())
+    if failed:
+        raise SystemExit(1)
+
+
+async def _sync_every_interval(life: Lifecycle, settings: Settings, name: str) -> bool:
+    """The scheduler's own work inside its lifecycle; True when an error outlasted the backoff."""
+    redis, engine, keys, stop = life.redis, life.engine, life.keys, life.stop
     interval = settings.sync_interval
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
-    beat = asyncio.create_task(heartbeat.beat_forever(redis, keys, "scheduler", name, settings))
-    lag = asyncio.create_task(metrics.watch_loop_lag())
-    beat.add_done_callback(lambda _: stop.set())  # a beat that ended: leave so the supervisor restarts us
-    retain = asyncio.create_task(_retention_forever(redis, engine, keys, settings, name))
-    retain.add_done_callback(lambda _: stop.set())  # it only ends by giving up (Backoff): restart us
     backoff = Backoff.for_loop(f"scheduler {name} sync", log, settings)
     done_bucket = -1
-    failed = False
     log.info("scheduler %s: sync every %.1fs", name, interval)
     while not stop.is_set():
         try:
@@ -66,27 +66,15 @@ async def run_scheduler(settings: Settings, name: str) -> None:
             try:  # retry within the interval: the lock is ours until the bucket ends (see _take_lock)
                 wait = backoff.next_delay(exc)
             except Exception:
-                failed = True
-                break
+                return True
         try:
             await asyncio.wait_for(stop.wait(), timeout=max(0.01, wait))
         except TimeoutError:
             pass
-    failed = failed or (beat.done() and not beat.cancelled()) or (retain.done() and not retain.cancelled())
-    retain.cancel()  # a chunk cut short rolls back: every chunk is its own transaction
-    await asyncio.gather(retain, return_exceptions=True)
-    beat.cancel()
-    lag.cancel()
-    with contextlib.suppress(Exception):
-        await heartbeat.stop(redis, keys, "scheduler", name)
-    await redis.aclose()
-    await engine.dispose()
-    log.info("scheduler %s stopped", name)
-    if failed:
-        raise SystemExit(1)
+    return False
 
 
-async def _retention_forever(redis: Redis, engine: object, keys: Keys, settings: Settings, name: str) -> None:
+async def _retention_forever(redis: Redis, engine: AsyncEngine, keys: Keys, settings: Settings, name: str) -> None:
     """Retention (workers/retention.py) beside the sync, never delaying it: one replica per interval."""
     backoff = Backoff.for_loop(f"scheduler {name} retention", log, settings)
     every = settings.retention_interval
@@ -96,7 +84,7 @@ async def _retention_forever(redis: Redis, engine: object, keys: Keys, settings:
             now = secs + micros / 1e6
             bucket = int(now // every)
             if await redis.set(keys.retention_lock(bucket), name, nx=True, px=int(every * 2000)):
-                await retention.run(engine, redis, keys, settings)  # type: ignore[arg-type]
+                await retention.run(engine, redis, keys, settings)
             backoff.ok()
             await asyncio.sleep(max(0.05, (bucket + 1) * every - now))
         except Exception as exc:
@@ -111,21 +99,22 @@ async def _take_lock(redis: Redis, keys: Keys, bucket: int, name: str, interval:
     return as_str(await redis.get(lock) or b"") == name
 
 
-async def _run_once(redis: object, engine: object, keys: Keys, settings: Settings, bucket: int, name: str) -> None:
-    added = await sync_counts(redis, engine, keys, settings)  # type: ignore[arg-type]
+async def _run_once(redis: Redis, engine: AsyncEngine, keys: Keys, settings: Settings, bucket: int,
+                    name: str) -> None:
+    added = await sync_counts(redis, engine, keys, settings)
     try:  # bounded per-group memory (workers/prune.py); a failure here never undoes the sync
-        await rebase_new_groups(redis, engine, keys)  # type: ignore[arg-type]
-        pruned = await prune_idle_groups(redis, keys, settings)  # type: ignore[arg-type]
+        await rebase_new_groups(redis, engine, keys)
+        pruned = await prune_idle_groups(redis, keys, settings)
         if pruned:
             log.info("pruned %d idle groups from the live hashes", pruned)
     except Exception as exc:
         log.warning("live-group pruning failed, retrying next interval: %s", exc)
     runs = keys.sync_runs
-    pipe = redis.pipeline(transaction=False)  # type: ignore[attr-defined]
+    pipe = redis.pipeline(transaction=False)
     pipe.hincrby(runs, str(bucket), 1)
     pipe.expire(runs, 3600)
     await pipe.execute()
     if bucket % HOUSEKEEPING_EVERY == 0:
-        await housekeeping(engine, settings.hourly_retention_days)  # type: ignore[arg-type]
-        await prune_consumers(redis, keys)  # type: ignore[arg-type]
+        await housekeeping(engine, settings.hourly_retention_days)
+        await prune_consumers(redis, keys)
     log.debug("sync bucket %d by %s: %d events", bucket, name, added)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -35,19 +35,17 @@ from workers.triage import Reopener
 
 log = logging.getLogger("faultline.writer")
 Item = tuple[Sequence[Event], asyncio.Future[None]]
-AfterCommit = Callable[[Sequence[Event]], Awaitable[None]]
 
 
 class BatchWriter:
     def __init__(self, settings: Settings, engine: AsyncEngine, redis: Redis,
-                 after_commit: AfterCommit | None = None, progress: Progress | None = None) -> None:
+                 progress: Progress | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.redis = redis
         self.keys = Keys(settings.key_prefix)
         self.states = JobStates(redis, self.keys, settings)
         self.reopener = Reopener(settings, engine, redis, self.keys)
-        self.after_commit = after_commit
         self.progress = progress or Progress()
         # event_id -> attempt number of the task that carries it (core/retry.py counts; the record keeps it)
         self.attempts: dict[str, int] = {}
@@ -185,11 +183,6 @@ class BatchWriter:
         await self.reopener.after_commit(reopened)
         self.progress.written += len(events)
         await self._set_state(ids, SUCCEEDED)
-        if self.after_commit is not None:
-            try:
-                await self.after_commit(events)
-            except Exception as exc:  # the live feed is best effort; the data is safe
-                log.warning("after-commit hook failed: %s", exc)
 
     async def _set_state(self, events: list[tuple[int, str]], code: int) -> None:
         try:

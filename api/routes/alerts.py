@@ -10,18 +10,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 from sqlalchemy import select
 from starlette.responses import Response
 
-from api.deps import Admin, RuntimeDep
+from api.deps import RuntimeDep, admin
 from api.errors import ApiError, json_response
 from core.alerts import rules
 from core.alerts.deliver import Sender, attempts, send_test
 from core.alerts.urls import UnsafeUrl, check_url
 from core.db.models import Project
 
-router = APIRouter(prefix="/api/alerts", tags=["alerts"], dependencies=[Admin])
+router = APIRouter(prefix="/api/alerts", tags=["alerts"], dependencies=[Depends(admin)])
 RuleId = Annotated[int, Path(ge=1, le=2_147_483_647)]
 
 

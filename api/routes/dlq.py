@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from starlette.responses import Response
 
-from api.deps import Admin, RuntimeDep
+from api.deps import RuntimeDep, admin
 from api.errors import ApiError, json_response
 from core import dlq
 
-router = APIRouter(prefix="/admin/dlq", tags=["admin"], dependencies=[Admin])
+router = APIRouter(prefix="/admin/dlq", tags=["admin"], dependencies=[Depends(admin)])
 
 
 def _check(task_id: str) -> None:

@@ -9,17 +9,17 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from sqlalchemy import and_, func, or_, select
 from starlette.responses import Response
 
-from api.deps import CountsDep, Reader, RuntimeDep
+from api.deps import CountsDep, RuntimeDep, reader
 from api.errors import ApiError, json_response
 from core import metrics
 from core.db.models import ErrorGroup, Sample
 from core.events import Level
 
-router = APIRouter(tags=["read"], dependencies=[Reader])  # admin or dashboard token
+router = APIRouter(tags=["read"], dependencies=[Depends(reader)])  # admin or dashboard token
 MAX_SEARCH = 200  # characters of a search text
 SEARCH_SCAN = 5000  # groups one search request reads at most (LIKE '%text%' cannot use an index)
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Header, Query
 from sqlalchemy import select
 from starlette.responses import Response
 
-from api.deps import RuntimeDep, admin, require_project
+from api.deps import RuntimeDep, authorize, require_project
 from api.errors import ApiError, json_response
 from core.db.models import Project
 from core.dedup import RETRYING, JobStates, state_name
@@ -40,7 +40,7 @@ async def get_job(job_id: str, runtime: RuntimeDep,
         if project_id is not None and project_id != own:
             raise ApiError(403, "forbidden", "an ingest key reads its own project's events only")
     else:
-        await admin(runtime, authorization)
+        authorize(runtime.settings, authorization, admin_only=True)
     if not (0 < len(job_id) <= 64 and job_id.replace("-", "").isalnum()):
         raise ApiError(422, "invalid_job_id", "a job id is an event id or a task id")
     norm = job_id.replace("-", "").lower()

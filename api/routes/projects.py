@@ -12,18 +12,18 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.responses import Response
 
-from api.deps import Admin, RuntimeDep
+from api.deps import RuntimeDep, admin
 from api.errors import ApiError, json_response
 from core.db.models import Project
 from core.ratelimit import quota as q
 from core.runtime import Runtime
 
-router = APIRouter(tags=["projects"], dependencies=[Admin])
+router = APIRouter(tags=["projects"], dependencies=[Depends(admin)])
 log = logging.getLogger("faultline.quota")
 Limit = Annotated[int | None, Field(ge=0, le=1_000_000_000)]
 MIRROR_EVERY = 60.0  # s: a Redis that lost its copy (flushed, restarted without AOF) has it back within this

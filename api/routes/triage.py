@@ -12,11 +12,11 @@ import logging
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
-from api.deps import Admin, CountsDep, RuntimeDep
+from api.deps import CountsDep, RuntimeDep, admin
 from api.errors import ApiError, json_response
 from api.routes.groups import check_fingerprint, group_json
 from core.db import triage as db
@@ -24,7 +24,7 @@ from core.runtime import Runtime
 from core.triage import Announcer
 
 log = logging.getLogger("faultline.triage")
-router = APIRouter(tags=["triage"], dependencies=[Admin])
+router = APIRouter(tags=["triage"], dependencies=[Depends(admin)])
 MAX_IGNORE_SECONDS = 366 * 86_400
 MAX_IGNORE_COUNT = 1_000_000_000
 

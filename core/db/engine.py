@@ -7,14 +7,10 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from core.db.failover import failover_creator
 from core.settings import Settings
-
-
-def is_mysql(engine: AsyncEngine) -> bool:
-    return engine.dialect.name in ("mysql", "mariadb")
 
 
 def make_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
@@ -67,6 +63,3 @@ def make_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
 
     return engine
 
-
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
-    return async_sessionmaker(engine, expire_on_commit=False)

@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from core.db.engine import make_engine
 from core.keys import Keys
+from faultline.procs import FileSink
 from faultline.stack import Stack, StackConfig
 from tests.conftest import ARTIFACTS
 from tests.e2e.steady_load import SteadyLoad
@@ -95,13 +96,8 @@ def module_stack(base: Path, log_name: str, **config: Any) -> Iterator[tuple[Sta
     go to test-artifacts/<log_name>.log and are also kept in the returned list for assertions."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
-    with open(ARTIFACTS / f"{log_name}.log", "w") as log:
-
-        def sink(line: str) -> None:
-            lines.append(line)
-            log.write(line + "\n")
-            log.flush()
-
+    sink = FileSink(ARTIFACTS / f"{log_name}.log", keep=lines)
+    try:
         env = {**BASE_ENV, **config.pop("env", {})}
         stack = Stack(StackConfig(base_dir=base, port=0, sink=sink, env=env, **config))
         try:
@@ -109,6 +105,8 @@ def module_stack(base: Path, log_name: str, **config: Any) -> Iterator[tuple[Sta
             yield stack, lines
         finally:
             stack.stop()
+    finally:
+        sink.close()
 
 
 # Short drain and fast redelivery keep the e2e runtime modest; every sample kept so the DB can be checked

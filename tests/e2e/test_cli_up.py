@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from core.db.engine import make_engine
-from core.settings import Settings
+from core.settings import Settings, sqlite_url
 from faultline.bootstrap import ensure_default_project
 from faultline.services import RedisServer, free_port
 
@@ -69,7 +69,7 @@ def _prepopulate(cwd: Path, redis_url: str) -> None:
     """An earlier run's data: .faultline/faultline.db whose `default` project has key A only."""
     import asyncio
 
-    settings = Settings(database_url=f"sqlite+aiosqlite:///{cwd / '.faultline' / 'faultline.db'}",
+    settings = Settings(database_url=sqlite_url(cwd / ".faultline"),
                         redis_url=redis_url, key_prefix="earlier-run", admin_token="x" * 20)
     asyncio.run(ensure_default_project(settings, KEY_A))
     asyncio.run(make_engine(settings).dispose())

@@ -24,13 +24,14 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from faultline.services import free_port, require, wait_http_ok
-from faultline.stack import Stack, StackConfig
+from faultline.stack import Stack
+from tests.e2e.stack_checks import module_stack
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "faultline.json"
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
                 "offset"}
-# The issue's list of what the dashboard shows, as words that must appear in a panel title.
+# What the dashboard must show, as words that must appear in a panel title.
 REQUIRED_PANELS = ["request rate", "p95", "redis", "db latency", "event-loop lag", "queue depth", "age",
                    "job outcomes", "dead letters", "memory per process", "rate-limit"]
 
@@ -56,20 +57,10 @@ def exported(text: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    log = (tmp_path_factory.mktemp("logs") / "stack.log").open("w")
-    env = {"FAULTLINE_RATE_LIMITS": "short:5/s,medium:1000/m", "FAULTLINE_SYNC_INTERVAL": "1"}
-
-    def sink(line: str) -> None:
-        log.write(line + "\n")
-
-    st = Stack(StackConfig(base_dir=tmp_path_factory.mktemp("stack"), nodes=1, port=0, workers=1, schedulers=1,
-                           db="sqlite", env=env, sink=sink))
-    try:
-        st.start()
+    env = {"FAULTLINE_RATE_LIMIT_ENABLED": "true", "FAULTLINE_RATE_LIMITS": "short:5/s,medium:1000/m"}
+    with module_stack(tmp_path_factory.mktemp("stack"), "test_dashboards", nodes=1, workers=1, schedulers=1,
+                      db="sqlite", env=env) as (st, _lines):
         yield st
-    finally:
-        st.stop()
-        log.close()
 
 
 def scrape_all(st: Stack) -> dict[str, set[str]]:
@@ -84,7 +75,7 @@ def test_names_are_parsed_from_promql() -> None:
     assert metric_names("max(faultline_queue_depth) + max(x_total)") == {"faultline_queue_depth", "x_total"}
 
 
-def test_dashboard_has_the_panels_the_issue_lists() -> None:
+def test_dashboard_has_the_required_panels() -> None:
     titles = " | ".join(panel_exprs()).lower()
     missing = [word for word in REQUIRED_PANELS if word not in titles]
     assert not missing, f"no panel for {missing}; titles: {titles}"

@@ -22,10 +22,10 @@ import redis
 
 from core.keys import Keys
 from faultline.services import NginxServer, free_port
-from faultline.stack import Stack, StackConfig
+from faultline.stack import Stack
 from tests.browser import chromium
-from tests.conftest import ARTIFACTS
 from tests.e2e.blackhole import BlackHole
+from tests.e2e.stack_checks import module_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -37,23 +37,10 @@ ATTACK_SECONDS = 15.0
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / "test_edge.log", "w")
-
-    def sink(line: str) -> None:
-        log.write(line + "\n")
-        log.flush()
-
-    # The app's own per-key limiter off: what is measured here is the edge.
-    st = Stack(StackConfig(base_dir=tmp_path_factory.mktemp("edge"), nodes=1, port=0, workers=1, schedulers=0,
-                           db="sqlite", sink=sink, env={"FAULTLINE_RATE_LIMIT_ENABLED": "false",
-                                                        "FAULTLINE_DRAIN_DELAY": "0"}))
-    try:
-        st.start()
+    # The app's own per-key limiter off (module_stack's default): what is measured here is the edge.
+    with module_stack(tmp_path_factory.mktemp("edge"), "test_edge", nodes=1, workers=1, schedulers=0, db="sqlite",
+                      env={"FAULTLINE_DRAIN_DELAY": "0"}) as (st, _lines):
         yield st
-    finally:
-        st.stop()
-        log.close()
 
 
 def nginx_port(st: Stack) -> int:

@@ -1,8 +1,8 @@
 """Live feed on the real stack: 3 API nodes (gunicorn + uvicorn), nginx, redis-server, workers, scheduler.
 
-One stack for the module (starting one costs ~10 s on this 2-core box). Issue 4's points 1-3 and bad input;
-point 4 (SIGTERM of the client's node) kills a node, so it has its own stack in test_feed_drain.py. The
-triage pages (group page, resolve, regressed) share this stack: they are the same dashboard.
+One stack for the module (starting one costs ~10 s on this 2-core box). Subscriptions, live updates, exact
+totals and bad input; SIGTERM of the client's node kills a node, so it has its own stack in test_feed_drain.py.
+The triage pages (group page, resolve, regressed) share this stack: they are the same dashboard.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import socketio
 
 from core.keys import Keys
 from core.redis import make_redis
+from faultline.procs import FileSink
 from faultline.stack import Stack, StackConfig
 from tests.browser import chromium
 from tests.conftest import ARTIFACTS
@@ -100,12 +101,7 @@ class FeedClient:
 
 def start_stack(base: Path, log_name: str, **env: str) -> Stack:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / log_name, "w")
-
-    def sink(line: str) -> None:
-        log.write(line + "\n")
-        log.flush()
-
+    sink = FileSink(ARTIFACTS / log_name)
     env = {"FAULTLINE_RATE_LIMIT_ENABLED": "false", "FAULTLINE_DASHBOARD_TOKEN": DASHBOARD_TOKEN, **env}
     return Stack(StackConfig(base_dir=base, port=0, sink=sink, env=env)).start()
 

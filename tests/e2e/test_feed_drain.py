@@ -1,7 +1,7 @@
-"""Issue 4, point 4: SIGTERM on the node a live-feed client is connected to.
+"""SIGTERM on the node a live-feed client is connected to.
 
-The node's drain (faultline/uvicorn_worker.py + health/drain.py) closes its listener, then runs the realtime
-drain hook: the coalescer hands its lease over, clients get `feed:reconnect` and their sockets are closed.
+The node's drain (core/drain.py, driven by faultline/uvicorn_worker.py) closes its listener, then runs the
+realtime reconnect hook: the coalescer hands its lease over, clients get `feed:reconnect` and their sockets are closed.
 The client reconnects through nginx to another node, re-subscribes, merges the snapshot, and must end with
 exactly the live totals Redis holds, with no group missing (groups created while it was away included).
 """

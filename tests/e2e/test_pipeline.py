@@ -1,4 +1,4 @@
-"""Issue 2 end to end: the stack `faultline up` runs (3 nodes, nginx, 2 workers, scheduler, MariaDB)."""
+"""End to end on the stack `faultline up` runs (3 nodes, nginx, 2 workers, scheduler, MariaDB)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from core.db.engine import make_engine
 from core.db.models import ErrorGroup
 from core.keys import Keys
 from core.redis import make_redis
+from faultline.procs import FileSink
 from faultline.stack import Stack
 from tests.waiting import wait_for
 
@@ -30,11 +31,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from tests.conftest import ARTIFACTS
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / "e2e_pipeline.log", "w")
-
-    def sink(line: str) -> None:
-        log.write(line + "\n")
-        log.flush()
+    log = sink = FileSink(ARTIFACTS / "e2e_pipeline.log")
 
     st = Stack(StackConfig(base_dir=tmp_path_factory.mktemp("pipeline"), port=0, db="mariadb", sink=sink,
                            env={"FAULTLINE_SYNC_INTERVAL": "1", "FAULTLINE_REDELIVER_AFTER": "3",

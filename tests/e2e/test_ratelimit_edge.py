@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from core.keys import Keys
 from core.redis import make_redis
-from faultline.procs import Child
+from faultline.procs import Child, FileSink
 from faultline.stack import Stack, StackConfig
 from tests.conftest import ARTIFACTS
 
@@ -55,12 +55,7 @@ class SkewedStack(Stack):
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, list[str]]]:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
-    log = open(ARTIFACTS / "test_ratelimit_edge.log", "w")
-
-    def sink(line: str) -> None:
-        lines.append(line)
-        log.write(line + "\n")
-        log.flush()
+    log = sink = FileSink(ARTIFACTS / "test_ratelimit_edge.log", keep=lines)
 
     stack = SkewedStack(StackConfig(base_dir=tmp_path_factory.mktemp("rl-edge"), nodes=3, port=0, workers=1,
                                     db="sqlite", env=ENV, sink=sink))
@@ -238,7 +233,7 @@ async def test_request_id_reaches_and_is_logged_by_every_node(edge: tuple[Stack,
 
 async def test_a_public_key_hammered_elsewhere_through_nginx_never_blocks_the_owner(
         edge: tuple[Stack, list[str]]) -> None:
-    """Issue 10: the project's (public) key sent by another client to GET /nope and every other route, and
+    """The project's (public) key sent by another client to GET /nope and every other route, and
     to ingest until that client is refused: the owner's ingest, from its own address, keeps getting 202."""
     stack, _ = edge
     key = {"X-Faultline-Key": stack.ingest_key}

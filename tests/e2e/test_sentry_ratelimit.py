@@ -1,4 +1,4 @@
-"""Issue 13, must-show 5: given our 429 + Retry-After + X-Sentry-Rate-Limits, the real Python SDK stops
+"""Given our 429 + Retry-After + X-Sentry-Rate-Limits, the real Python SDK stops
 sending for exactly that long (its transport state and its lost-event records show it), then resumes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 13, must-show 1 and 2: the real Sentry SDKs (sentry-sdk for Python, @sentry/node run by node),
+"""The real Sentry SDKs (sentry-sdk for Python, @sentry/node run by node),
 each in its own process with a DSN pointing at our nginx, produce exactly the groups Sentry users expect,
 with exact counts, and report no dropped event."""
 

@@ -1,4 +1,4 @@
-"""Issue 13, must-show 3 and 4, through nginx on the real stack: every Content-Encoding with every auth form,
+"""Sentry ingest through nginx on the real stack: every Content-Encoding with every auth form,
 envelopes with several and unknown item types, the store endpoint, CORS; then bad input (truncated envelope,
 wrong length, an item over the limit, a 1 GB gzip bomb, a brotli bomb, invalid JSON in one item, wrong keys):
 each the right 4xx, API node memory flat, and nothing accepted before lost."""

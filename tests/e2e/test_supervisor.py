@@ -1,8 +1,8 @@
 """The supervisor of the local stack (faultline/supervise.py) against real faults, under steady load:
 Redis, MariaDB and nginx SIGKILLed come back on the same port (Redis with its AOF), ingest answers 202
 again within seconds, and every accepted event is stored and counted exactly once. A hung API node
-(SIGSTOP) misses its liveness probes, is SIGKILLed and restarted. Supervision runs on a background thread,
-as the chaos harness drives it."""
+(SIGSTOP) misses its liveness probes, is SIGKILLed and restarted; so is a hung worker (stale heartbeat).
+Supervision runs on a background thread, as the chaos harness drives it."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from faultline.procs import Child
 from faultline.stack import Stack
 from tests.e2e.stack_checks import check_exactly_once, module_stack, node_get, report
 from tests.e2e.steady_load import SteadyLoad
@@ -92,25 +93,48 @@ def test_sigkilled_server_is_restarted_and_nothing_accepted_is_lost(stack: Stack
     report("supervisor: " + check_exactly_once(stack, load))
 
 
+def stop_until_killed(child: Child, what: str, timeout: float) -> tuple[float, float]:
+    """SIGSTOP a child once its liveness has seen it live (from then on every miss counts); wait until the
+    supervisor SIGKILLs it as hung. Returns (when it was stopped, seconds until the kill)."""
+    assert child.liveness is not None and child.proc is not None
+    kills = child.hung_kills
+    deadline = time.monotonic() + 60
+    while not child.liveness.seen_live and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert child.liveness.seen_live, f"the {what} was never seen live"
+    os.killpg(child.proc.pid, signal.SIGSTOP)  # the whole group: alive, answering nothing
+    stopped = time.monotonic()
+    while time.monotonic() < stopped + timeout and child.hung_kills == kills:
+        time.sleep(0.2)
+    assert child.hung_kills == kills + 1, f"the hung {what} was never killed"
+    return stopped, time.monotonic() - stopped
+
+
 def test_hung_api_node_is_killed_and_restarted(stack: Stack) -> None:
     node = stack.nodes[0]
-    assert node.liveness is not None and node.proc is not None
-    port, kills = stack.node_ports[node.name], node.hung_kills
-    deadline = time.monotonic() + 30
-    while not node.liveness.seen_live and time.monotonic() < deadline:  # probed live once: misses now count
-        time.sleep(0.1)
-    os.killpg(node.proc.pid, signal.SIGSTOP)  # gunicorn and its uvicorn worker: alive, answering nothing
-    stopped = time.monotonic()
-    deadline = stopped + 30
-    while time.monotonic() < deadline and node.hung_kills == kills:
-        time.sleep(0.2)
-    assert node.hung_kills == kills + 1, "the hung node was never killed"
-    killed_after = time.monotonic() - stopped
+    port = stack.node_ports[node.name]
+    stopped, killed_after = stop_until_killed(node, "node", 30)
     # 3 probes, each given up after 2 s, 2 s apart: ~8-12 s
     assert killed_after < 20, killed_after
     deadline = time.monotonic() + 90  # a cold boot takes 5-10 s here, more when the box is loaded
     while time.monotonic() < deadline and node_get(port, "/health/ready")[0] != 200:
         time.sleep(0.2)
     assert node_get(port, "/health/ready")[0] == 200, "the node did not come back on its port"
-    report(f"supervisor: hung node SIGKILLed {killed_after:.1f}s after SIGSTOP ({node.liveness.misses} missed "
+    report(f"supervisor: hung node SIGKILLed {killed_after:.1f}s after SIGSTOP (3 missed "
            f"probes), ready again {time.monotonic() - stopped:.1f}s after SIGSTOP")
+
+
+def test_hung_worker_is_killed_and_replaced(stack: Stack) -> None:
+    """A worker's liveness is its heartbeat's freshness (faultline/liveness.py): SIGSTOPped, it stops beating,
+    misses its pings, is SIGKILLed and restarted, and the new process beats again."""
+    worker = stack.workers[0]
+    assert worker.liveness is not None and worker.proc is not None
+    old_pid = worker.proc.pid
+    stopped, killed_after = stop_until_killed(worker, "worker", 60)
+    deadline = time.monotonic() + 90
+    # a new process (poll() may still say "alive" while the supervisor reaps the old one), seen beating
+    while time.monotonic() < deadline and not (worker.pid != old_pid and worker.alive() and worker.liveness.seen_live):
+        time.sleep(0.2)
+    assert worker.alive() and worker.pid != old_pid and worker.liveness.seen_live, "no fresh heartbeat after restart"
+    report(f"supervisor: hung worker SIGKILLed {killed_after:.1f}s after SIGSTOP, beating again "
+           f"{time.monotonic() - stopped:.1f}s after SIGSTOP")

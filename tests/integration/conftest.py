@@ -48,9 +48,7 @@ def env_of(settings: Settings, **extra: str) -> dict[str, str]:
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAULTLINE_")}
-    for name, value in settings.model_dump().items():
-        if value is not None and name != "node_name":
-            env[f"FAULTLINE_{name.upper()}"] = str(value)
+    env.update(settings.to_env_map(skip=("node_name",)))
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
@@ -61,16 +59,12 @@ def spawn(request: pytest.FixtureRequest) -> Any:
     """Start `faultline <args>` as a real child process; stopped (SIGTERM, then SIGKILL) at teardown."""
     import sys
 
-    from faultline.procs import Child
+    from faultline.procs import Child, FileSink
     from tests.conftest import ARTIFACTS
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / f"{request.node.name}.children.log", "a")
+    log = sink = FileSink(ARTIFACTS / f"{request.node.name}.children.log", "a")
     children: list[Child] = []
-
-    def sink(line: str) -> None:
-        log.write(line + "\n")
-        log.flush()
 
     def start(name: str, args: list[str], settings: Settings, **extra: str) -> Child:
         child = Child(name, [sys.executable, "-m", "faultline", *args],

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from faultline.procs import FileSink
 from loadtest.baseline.app import create, total_count
 from loadtest.fleet import Fleet
 from loadtest.procstats import CpuMeter, target_processes
@@ -41,10 +42,7 @@ async def test_baseline_counts_sequential_events_and_rejects_bad_input(mariadb_u
 @pytest.fixture(scope="module")
 def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     base = tmp_path_factory.mktemp("floor")
-    log = (base / "fleet.log").open("w")
-
-    def sink(line: str) -> None:
-        log.write(line + "\n")
+    log = sink = FileSink(base / "fleet.log")
 
     fleet = Fleet(base, "loadtest.floor.app:create()", nodes=3, sink=sink)
     try:

@@ -105,7 +105,7 @@ async def test_batch_route_has_its_own_tighter_window(limited: Callable[..., Set
 
 async def test_a_public_key_hammered_elsewhere_by_another_ip_never_blocks_the_owners_ingest(
         limited: Callable[..., Settings]) -> None:
-    """Issue 10: a browser-embedded key sent to GET /nope (and to every other route) from another IP, and
+    """A browser-embedded key sent to GET /nope (and to every other route) from another IP, and
     even its own ingest windows filled from that IP: the owner's ingest keeps getting 202."""
     settings = limited()  # short:3/5s per client, the default route list
     key = {"X-Faultline-Key": KEY}

@@ -103,7 +103,8 @@ async def seed_pipeline_hit(redis: Any, key: str, limit: int, window_ms: int, no
 
 
 async def test_the_seeds_pipeline_breaks_where_ours_holds(limiter_pair: Any) -> None:
-    """Control for the two flaws the issue names, so the tests above are known to be able to fail."""
+    """Control for the seed guard's two flaws (each node's own clock; refused requests counted too), so the
+    tests above are known to be able to fail."""
     (ours, _), keys, redis = limiter_pair
     skews_ms = (-37_000, 0, 53_000)  # three nodes' clocks, as in tests/e2e/test_ratelimit_edge.py
     seed_admitted = 0

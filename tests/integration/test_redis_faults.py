@@ -1,7 +1,7 @@
 """Redis faults under load, against a real redis-server this test owns (so it can kill or freeze it), a real
 worker and scheduler process, and the API in-process.
 
-What must hold (issue 9): every event answered 202 is stored and counted exactly once; the SAME worker
+What must hold: every event answered 202 is stored and counted exactly once; the SAME worker
 processes consume again within 5 s of Redis returning; events sent after the fault reach `succeeded` in
 GET /jobs/{id}; the live feed's pub/sub comes back; `worker-check` fails while a worker cannot fetch and
 passes again once it can. Clients resend what got a 503 with the same event_id, as real SDKs do: a 503

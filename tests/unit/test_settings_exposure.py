@@ -1,4 +1,4 @@
-"""No secret has a default on a listener other machines can reach, in any mode (issue 10)."""
+"""No secret has a default on a listener other machines can reach, in any mode."""
 
 from __future__ import annotations
 

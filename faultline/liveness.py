@@ -1,0 +1,79 @@
+"""Liveness pings the supervisor (faultline/procs.py) sends to its children, as uvicorn's multiprocess
+supervisor pings its workers: a process that is alive but hung (stopped, deadlocked) misses several pings in a
+row and is SIGKILLed, then restarted like one that died.
+
+A ping answers True (alive), False (a miss) or None (no verdict: what it asks through is itself down). Each
+kind of child is asked in its own language: an API node its /health/live over HTTP (answered from its event
+loop); a worker or a scheduler the freshness of its heartbeat in Redis (written by its event loop every
+core/heartbeat.INTERVAL s) — no verdict while Redis does not answer, so a Redis outage never restarts them.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from core.heartbeat import INTERVAL
+
+Ping = Callable[[], bool | None]
+# A beat older than this is a miss: 5 beats lost, well past a loop that is merely busy (a beat is one small
+# pipeline), and under the key's TTL so the probe reads an old beat rather than nothing.
+STALE_AFTER = 5 * INTERVAL
+
+
+def http_ok(url: str, timeout: float = 2.0) -> Ping:
+    def ping() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                return bool(r.status == 200)
+        except Exception:
+            return False
+
+    return ping
+
+
+def heartbeat_fresh(redis_url: str, key: str, stale_after: float = STALE_AFTER) -> Ping:
+    """The heartbeat hash at `key` (core/heartbeat.py: field "beat", unix seconds) is fresh."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+
+    def ping() -> bool | None:
+        try:
+            beat = client.hget(key, "beat")
+        except redis.RedisError:
+            return None
+        return beat is not None and time.time() - float(beat) < stale_after  # type: ignore[arg-type]
+
+    return ping
+
+
+@dataclass
+class Liveness:
+    """Ping every `every` s; `misses` failed pings in a row = hung."""
+
+    ping: Ping
+    every: float = 2.0
+    misses: int = 3
+    grace: float = 60.0  # a (re)started child that never answered gets this long to boot
+    missed: int = 0
+    last: float = 0.0
+    seen_live: bool = False  # answered once since its (re)start: from then on every miss counts
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.every
+
+    def reset(self) -> None:
+        self.missed, self.seen_live = 0, False
+
+    def probe(self, started_at: float) -> bool:
+        """True when the child has now missed `misses` pings in a row."""
+        self.last = time.monotonic()
+        ok = self.ping()
+        if ok:
+            self.missed, self.seen_live = 0, True
+        elif ok is False and (self.seen_live or self.last - started_at >= self.grace):
+            self.missed += 1
+        return self.missed >= self.misses

@@ -1,0 +1,55 @@
+"""Worker and scheduler run in process (handle_signals=False, as arq's Worker allows), against a real Redis
+and SQLite: events sent through the API are stored and counted, both beat a heartbeat while they run, and
+setting `stop` ends them cleanly with their heartbeats removed and the signal handlers left alone."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+from core import heartbeat
+from core.keys import Keys
+from core.redis import make_redis
+from tests.integration.conftest import prepare
+from tests.integration.test_worker import db_totals, ingest
+from tests.waiting import wait_for
+from workers.main import run_worker
+from workers.scheduler import run_scheduler
+
+
+async def test_worker_and_scheduler_run_in_process_and_stop_when_asked(make_settings: Any) -> None:
+    settings = make_settings(sync_interval=0.5, write_batch_delay=0.01)
+    await prepare(settings)
+    before = signal.getsignal(signal.SIGTERM)
+    stop = asyncio.Event()
+    roles = [asyncio.create_task(run_worker(settings, "w-in-process", handle_signals=False, stop=stop)),
+             asyncio.create_task(run_scheduler(settings, "s-in-process", handle_signals=False, stop=stop))]
+    redis, keys = make_redis(settings, timeout=5), Keys(settings.key_prefix)
+    try:
+        async def both_beat() -> bool:
+            return all([await heartbeat.read(redis, keys, "worker", "w-in-process") is not None,
+                        await heartbeat.read(redis, keys, "scheduler", "s-in-process") is not None])
+
+        await wait_for(both_beat, 20, "both heartbeats")
+        await ingest(settings, 120, prefix="InProc")
+
+        async def all_counted() -> bool:
+            total, samples = await db_totals(settings)
+            return total == 120 and samples > 0  # counts: the scheduler; samples: the worker
+
+        await wait_for(all_counted, 30, "120 events stored and counted by the in-process roles")
+        assert not any(task.done() for task in roles)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*roles), 30)  # no SystemExit: a clean stop
+        assert await heartbeat.read(redis, keys, "worker", "w-in-process") is None
+        assert await heartbeat.read(redis, keys, "scheduler", "s-in-process") is None
+        assert signal.getsignal(signal.SIGTERM) == before
+        loop = asyncio.get_running_loop()
+        assert not loop.remove_signal_handler(signal.SIGTERM)  # none was installed on this loop
+    finally:
+        stop.set()
+        for task in roles:
+            task.cancel()
+        await asyncio.gather(*roles, return_exceptions=True)
+        await redis.aclose()
