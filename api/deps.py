@@ -59,12 +59,17 @@ async def admin(runtime: RuntimeDep, authorization: Annotated[str | None, Header
 
 async def reader(request: Request, runtime: RuntimeDep,
                  authorization: Annotated[str | None, Header()] = None) -> Principal:
-    """Read-only routes: the admin token, or the dashboard token (limited to its projects, if scoped)."""
+    """Read-only routes: the admin token, or the dashboard token (limited to its projects, if scoped). A list
+    needs `project_id` in the scope; one object (a path parameter) is checked by its handler, which alone
+    knows the object's project (ReaderDep + `principal.may_see`)."""
     principal = authorize(runtime.settings, authorization, admin_only=False)
-    if principal.projects is not None:
+    if principal.projects is not None and not request.path_params:
         pid = request.query_params.get("project_id", "")
-        if request.path_params or not pid.isdigit() or not principal.may_see(int(pid)):
+        if not pid.isdigit() or not principal.may_see(int(pid)):
             raise ApiError(403, "forbidden", "this dashboard token reads GET /errors?project_id=<id> only, "
                            f"for projects {sorted(principal.projects)}")
     return principal
+
+
+ReaderDep = Annotated[Principal, Depends(reader)]
 

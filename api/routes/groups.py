@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy import and_, func, or_, select
 from starlette.responses import Response
 
-from api.deps import CountsDep, RuntimeDep, reader
+from api.deps import CountsDep, ReaderDep, RuntimeDep, reader
 from api.errors import ApiError, json_response
 from core import metrics
 from core.db.models import ErrorGroup, Sample
@@ -137,7 +137,7 @@ async def list_groups(
 
 
 @router.get("/errors/{fingerprint}")
-async def get_group(fingerprint: str, runtime: RuntimeDep, counts: CountsDep) -> Response:
+async def get_group(fingerprint: str, runtime: RuntimeDep, counts: CountsDep, principal: ReaderDep) -> Response:
     """The group, its last samples and its hourly counts over `hourly_retention_days` (the group page)."""
     check_fingerprint(fingerprint)
     with metrics.timed(metrics.DB_SECONDS, "get_group"):
@@ -147,7 +147,7 @@ async def get_group(fingerprint: str, runtime: RuntimeDep, counts: CountsDep) ->
             samples = (await conn.execute(
                 select(Sample.payload).where(Sample.fingerprint == fingerprint)
                 .order_by(Sample.id.desc()).limit(runtime.settings.samples_per_group))).scalars().all()
-    if row is None:
+    if row is None or not principal.may_see(row.project_id):  # another project's group: as if absent
         raise ApiError(404, "not_found", "no error group with this fingerprint")
     body = group_json(row, (await counts.exact([fingerprint])).get(fingerprint))
     body["samples"] = [_sample_json(orjson.loads(p)) for p in samples]

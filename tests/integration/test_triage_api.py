@@ -227,3 +227,24 @@ async def test_filters_and_search_page_with_cursors(settings: Settings, monkeypa
                 break
             params["cursor"] = body["next_cursor"]
         assert sorted(found) == sorted([fps[4], fps[5]]) and True in limited
+
+
+async def test_a_scoped_dashboard_token_opens_the_group_pages_of_its_projects_only(make_settings: Any) -> None:
+    """The group page's API (GET /errors/{fp}) with a dashboard token limited to some projects: its own
+    project's group opens, another project's group is as absent as an unknown one, lists stay scoped."""
+    reader = {"Authorization": f"Bearer {DASHBOARD}"}
+    mine = make_settings(dashboard_token=DASHBOARD, dashboard_projects="1")
+    pid = await prepare(mine)
+    assert pid == 1
+    async with api_client(mine) as c:
+        fp = await post(c, "scoped")
+        await write_groups(mine)
+        r = await c.get(f"/errors/{fp}", headers=reader)
+        assert r.status_code == 200 and r.json()["project_id"] == 1, r.text
+        assert (await c.get("/errors", params={"project_id": 1}, headers=reader)).status_code == 200
+        assert (await c.get("/errors", headers=reader)).status_code == 403  # a list names its project
+    others = make_settings(dashboard_token=DASHBOARD, dashboard_projects="2,3")
+    async with api_client(others) as c:
+        r = await c.get(f"/errors/{fp}", headers=reader)
+        assert r.status_code == 404 and r.json()["error"] == "not_found", r.text
+        assert (await c.get(f"/errors/{fp}")).status_code == 200  # the admin token reads every project
