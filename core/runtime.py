@@ -16,6 +16,7 @@ from core import access, metrics
 from core.db import repo
 from core.db.engine import make_engine
 from core.keys import Keys
+from core.queue import queue_depth
 from core.redis import as_str, make_redis
 from core.settings import Settings
 
@@ -53,7 +54,7 @@ class Runtime:
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
         global _current
-        _current = cls(settings, make_redis(settings), make_engine(settings), Keys(settings.key_prefix))
+        _current = cls(settings, make_redis(settings), make_engine(settings), Keys.from_settings(settings))
         return _current
 
     @contextlib.contextmanager
@@ -130,7 +131,7 @@ class Runtime:
         while True:
             self.last_tick = time.monotonic()
             try:
-                self.queue_depth = int(await self.redis.xlen(self.keys.stream))
+                self.queue_depth = await queue_depth(self.redis, self.keys)
                 metrics.QUEUE_DEPTH.set(self.queue_depth)
                 if tick % 10 == 0:
                     await self.refresh_projects()

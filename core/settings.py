@@ -49,7 +49,17 @@ class Settings(BaseSettings):
                        "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "info"
 
     # Redis holds counters, dedup keys, the task stream and pub/sub: one URL for all of them.
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # redis://host:port/db (one server), redis+sentinel://h1:p1,h2:p2/service[/db] (the primary Sentinel
+    # names), redis+cluster://h1:p1,h2:p2 (Redis Cluster; seed nodes). core/redis.py picks the client.
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0",
+                           pattern=r"^(redis|rediss|redis\+sentinel|redis\+cluster|unix)://")
+    # Logical shards of the per-group keys (core/keys.py): each has its own hash tag, task stream and sync.
+    # 16: a cluster of up to 16 primaries gets work on each (a shard never splits), and an even share on
+    # 2, 4, 8 or 16 of them; each shard costs every worker one blocked connection and the scheduler/feed one
+    # call per round, so many more would only add idle overhead. 1 = the key names of a single-Redis stack,
+    # the right choice for one server (docs/scaling.md measures the difference). Changing it on a stack that
+    # holds counts strands their pending deltas in the old shards: drain and sync first.
+    redis_shards: int = Field(default=16, ge=1, le=256)
     # 0.5 s: a healthy Redis answers in < 1 ms; past this we answer 503 rather than hang a client.
     redis_timeout: float = 0.5
     # Per-process pool; requests beyond it wait for a connection instead of failing with 500.

@@ -218,7 +218,7 @@ def cmd_project_quota(args: argparse.Namespace) -> int:
             await engine.dispose()
         redis = make_redis(settings, timeout=5)
         try:
-            await q.mirror_one(redis, Keys(settings.key_prefix), pid, quota)
+            await q.mirror_one(redis, Keys.from_settings(settings), pid, quota)
         except Exception as exc:
             print(f"warning: Redis not reachable ({exc}); API nodes copy quotas within a minute", file=sys.stderr)
         finally:
@@ -244,11 +244,12 @@ def cmd_worker_check(args: argparse.Namespace) -> int:
     holds messages (alive but not consuming). An empty queue is never a stall."""
     from core import heartbeat
     from core.keys import Keys
+    from core.queue import queue_depth
     from core.redis import make_redis
     from faultline.stackfile import cli_settings, stack_members
 
     settings = cli_settings()
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     # No --name: the workers of the stack running here (their names change with rollouts), else this
     # host's name (the Kubernetes exec probe runs inside the pod).
     names = [args.name] if args.name else stack_members(args.role) or [heartbeat.default_name()]
@@ -259,7 +260,7 @@ def cmd_worker_check(args: argparse.Namespace) -> int:
             return False, "no heartbeat"
         if args.role != "worker":
             return True, "alive"
-        queued = int(await redis.xlen(keys.stream))
+        queued = await queue_depth(redis, keys)
         idle = heartbeat.stalled(beat, queued, settings.worker_stall_after)
         if idle is not None:
             return False, f"stalled: nothing fetched for {idle:.0f}s while {queued} messages wait"

@@ -59,7 +59,7 @@ def _stop_timeout(stack: Stack) -> float:
 def _wait_heartbeat(stack: Stack, role: str, name: str, timeout: float = 120.0) -> None:
     assert stack.redis is not None
     client = redis.Redis.from_url(stack.redis.url, socket_timeout=2)
-    key = Keys(stack.settings().key_prefix).heartbeat(role, name)
+    key = Keys.from_settings(stack.settings()).heartbeat(role, name)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:

@@ -69,7 +69,7 @@ def envelope_bodies(out: Path, count: int = 200) -> Path:
 def run_envelope_wrk(target: Any, bodies: Path, seconds: float, connections: int) -> WrkResult:
     settings = target.settings()
     client = redis.Redis.from_url(settings.redis_url)
-    project = int(client.hget(Keys(settings.key_prefix).projects, target.ingest_key))  # type: ignore[arg-type]
+    project = int(client.hget(Keys.from_settings(settings).projects, target.ingest_key))  # type: ignore[arg-type]
     client.close()
     binary = shutil.which("wrk")
     if not binary:

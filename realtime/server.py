@@ -52,7 +52,7 @@ class RealtimeServer:
         without it, the socket peer."""
         self.settings = settings
         self.limits = SocketLimits(settings, resolve_ip)
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys.from_settings(settings)
         self.redis: Redis = redis  # type: ignore[assignment]  # set by attach() when the process starts
         self.coalescer: FeedCoalescer | None = None
         self._stop_feed = asyncio.Event()
@@ -81,7 +81,8 @@ class RealtimeServer:
             self.sio.manager_initialized = True
             self.sio.manager.initialize()
         name = f"{self.settings.node_name}:{os.getpid()}"
-        self.coalescer = FeedCoalescer(self.settings, rt.redis, name)
+        self.keys = rt.keys
+        self.coalescer = FeedCoalescer(self.settings, rt.redis, name, keys=rt.keys)
         self._feed_task = asyncio.create_task(self.coalescer.run(self._stop_feed), name="feed-coalescer")
         rt.spawn(self._build_index(), "feed-index")
         rt.drain_hooks.append(self.drain)

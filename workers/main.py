@@ -21,6 +21,7 @@ from core.backoff import Backoff
 from core.broker import FaultlineBroker
 from core.db.engine import make_engine
 from core.keys import Keys
+from core.queue import queue_depth
 from core.redis import make_redis
 from core.retry import OutcomeMiddleware, RetryMiddleware, pump_retries
 from core.settings import Settings
@@ -35,11 +36,11 @@ async def _pump_forever(settings: Settings, keys: Keys, redis: Redis, progress: 
     backoff = Backoff.for_loop("retry pump", log, settings)
     while True:
         try:
-            moved = await pump_retries(redis, keys)
-            metrics.QUEUE_DEPTH.set(await redis.xlen(keys.stream))
-            metrics.RETRY_DEPTH.set(await redis.zcard(keys.retries))
+            moved = sum(await asyncio.gather(*(pump_retries(redis, shard) for shard in keys.all_shards)))
+            metrics.QUEUE_DEPTH.set(await queue_depth(redis, keys))
+            metrics.RETRY_DEPTH.set(sum(await asyncio.gather(*(redis.zcard(s.retries) for s in keys.all_shards))))
             metrics.DEAD_LETTERS.set(await redis.llen(keys.dead_letters))  # type: ignore[misc]
-            metrics.QUEUE_AGE.set(await _oldest_age(redis, keys))
+            metrics.QUEUE_AGE.set(max(await asyncio.gather(*(_oldest_age(redis, s) for s in keys.all_shards))))
         except Exception as exc:
             progress.errors += 1
             await backoff.failed(exc)
@@ -63,7 +64,7 @@ async def _start_broker(broker: FaultlineBroker, settings: Settings, finish: asy
 
 
 async def _oldest_age(redis: Redis, keys: Keys) -> float:
-    """Seconds since the oldest unacked task was enqueued (stream ids are Redis-clock milliseconds)."""
+    """Seconds since the oldest unacked task of one shard was enqueued (stream ids: Redis-clock ms)."""
     first: Any = await redis.xrange(keys.stream, count=1)
     if not first:
         return 0.0
@@ -75,13 +76,13 @@ async def _oldest_age(redis: Redis, keys: Keys) -> float:
 async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | None = None) -> None:
     """Run until SIGTERM (then return: exit 0). If the receiver or any background loop ends by itself,
     the worker can no longer do its job: raise SystemExit(1) so the supervisor restarts the process."""
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, pool_size=64, timeout=5.0, retries=3)
     engine = make_engine(settings)
-    broker = FaultlineBroker(settings, consumer_name=name)
+    broker = FaultlineBroker(settings, consumer_name=name, keys=keys)
     progress = broker.progress
-    writer = BatchWriter(settings, engine, redis, after_commit, progress=progress)
-    broker.add_middlewares(RetryMiddleware(settings, redis), OutcomeMiddleware(progress))
+    writer = BatchWriter(settings, engine, redis, after_commit, progress=progress, keys=keys)
+    broker.add_middlewares(RetryMiddleware(settings, redis, keys), OutcomeMiddleware(progress))
     tasks.register(broker, writer)
     broker.is_worker_process = True
     # taskiq logs a traceback per failed task: thousands of lines in a DB outage. Failures are logged by
@@ -107,7 +108,7 @@ async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | 
     ]
     receiver = Receiver(broker, max_async_tasks=settings.worker_concurrency, run_startup=False,
                         wait_tasks_timeout=settings.shutdown_timeout)
-    log.info("worker %s consuming %s", name, keys.stream)
+    log.info("worker %s consuming %s (%d shards)", name, keys.stream, keys.shards)
     listener = asyncio.create_task(receiver.listen(finish), name="receiver")
     finishing = asyncio.create_task(finish.wait())
     watched = [listener, *background, *writer.tasks()]

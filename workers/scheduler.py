@@ -32,7 +32,7 @@ HOUSEKEEPING_EVERY = 10  # intervals
 async def run_scheduler(settings: Settings, name: str) -> None:
     """Run until SIGTERM (return: exit 0). Redis/DB errors: retry with backoff, logged once per outage; an
     error waiting cannot fix, or a heartbeat that stopped, raises SystemExit(1) for the supervisor."""
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, pool_size=8, timeout=5.0, retries=3)
     engine = make_engine(settings)
     interval = settings.sync_interval
@@ -92,8 +92,10 @@ async def _take_lock(redis: Redis, keys: Keys, bucket: int, name: str, interval:
 async def _run_once(redis: object, engine: object, keys: Keys, settings: Settings, bucket: int, name: str) -> None:
     added = await sync_counts(redis, engine, keys)  # type: ignore[arg-type]
     try:  # bounded per-group memory (workers/prune.py); a failure here never undoes the sync
-        await rebase_new_groups(redis, engine, keys)  # type: ignore[arg-type]
-        pruned = await prune_idle_groups(redis, keys, settings)  # type: ignore[arg-type]
+        pruned = 0
+        for shard in keys.all_shards:
+            await rebase_new_groups(redis, engine, shard)  # type: ignore[arg-type]
+            pruned += await prune_idle_groups(redis, shard, settings)  # type: ignore[arg-type]
         if pruned:
             log.info("pruned %d idle groups from the live hashes", pruned)
     except Exception as exc:

@@ -36,11 +36,12 @@ AfterCommit = Callable[[Sequence[Event]], Awaitable[None]]
 
 class BatchWriter:
     def __init__(self, settings: Settings, engine: AsyncEngine, redis: Redis,
-                 after_commit: AfterCommit | None = None, progress: Progress | None = None) -> None:
+                 after_commit: AfterCommit | None = None, progress: Progress | None = None,
+                 keys: Keys | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.redis = redis
-        self.keys = Keys(settings.key_prefix)
+        self.keys = keys or Keys.from_settings(settings)
         self.states = JobStates(redis, self.keys, settings)
         self.after_commit = after_commit
         self.progress = progress or Progress()
@@ -174,7 +175,7 @@ class BatchWriter:
              "payload": ev.to_json().decode()}
             for fp, evs in per_group.items() for ev in evs[-keep:]
         ]
-        ids = [(ev.project_id, ev.event_id) for ev in events]
+        ids = [(ev.project_id, ev.event_id, ev.fingerprint) for ev in events]
         await self._set_state(ids, RUNNING)
         with metrics.timed(metrics.DB_SECONDS, "persist_batch"):
             async with self.engine.begin() as conn:
@@ -188,10 +189,10 @@ class BatchWriter:
             except Exception as exc:  # the live feed is best effort; the data is safe
                 log.warning("after-commit hook failed: %s", exc)
 
-    async def _set_state(self, events: list[tuple[int, str]], code: int) -> None:
+    async def _set_state(self, events: list[tuple[int, str, str]], code: int) -> None:
         try:
             if code == SUCCEEDED:  # a retried success keeps the attempt count core/retry.py kept
-                retried = [(p, e, n) for p, e in events if (n := self.attempts.get(e, 1)) > 1]
+                retried = [(p, e, n) for p, e, _ in events if (n := self.attempts.get(e, 1)) > 1]
                 if retried:
                     pipe = self.redis.pipeline(transaction=False)
                     for p, e, n in retried:

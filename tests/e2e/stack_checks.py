@@ -29,7 +29,7 @@ def wait_settled(stack: Stack, timeout: float = 90.0) -> None:
     """Until every accepted event is written and every count synced: stream empty, nothing pending or
     waiting for a retry, no unsynced count deltas."""
     settings = stack.settings()
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     client = redis.Redis.from_url(settings.redis_url)
     deadline = time.monotonic() + timeout
     state: list[object] = []

@@ -118,7 +118,7 @@ async def test_ten_thousand_events_with_a_worker_sigkilled_counted_exactly(stack
     assert sum(accepted.values()) == total
 
     settings = stack.settings()
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
 
     async def drained() -> bool:

@@ -80,7 +80,7 @@ StackLog = tuple[Stack, list[str]]
 def test_soft_limit_sheds_ingest_but_keeps_readiness_hard_limit_drops_it(stack: StackLog) -> None:
     s, _ = stack
     r = _redis(s)
-    keys = Keys(s.settings().key_prefix)
+    keys = Keys.from_settings(s.settings())
     answers = [_ingest(s.url, s.ingest_key) for _ in range(SOFT + 5)]
     codes = [a[0] for a in answers]
     assert codes[:SOFT] == [202] * SOFT, codes  # no worker runs: each accepted event stays queued
