@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 
 from core.backoff import Backoff
 from core.keys import Keys
-from core.pubsub import ResilientRedisManager
+from core.pubsub import make_manager
 from core.redis import load_script
 from core.settings import Settings
 
@@ -108,7 +108,7 @@ class FeedCoalescer:
         self.redis = redis
         self.name = name
         self.interval = settings.feed_interval
-        self.manager = manager or ResilientRedisManager(settings, self.keys.socketio_channel, write_only=True)
+        self.manager = manager or make_manager(settings, self.keys.socketio_channel, write_only=True)
         # Every error is retried: the live feed is best effort, and the API process it runs in must go on
         # serving ingest whatever happens here. One warning per outage, one "recovered" line after it.
         self.backoff = Backoff.for_loop(f"feed coalescer {name}", log, settings)

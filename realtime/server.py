@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from core import access
 from core.feed import FeedCoalescer
 from core.keys import Keys
-from core.pubsub import ResilientRedisManager
+from core.pubsub import ResilientRedisManager, make_manager
 from core.runtime import Runtime
 from core.settings import Settings
 from realtime import rooms
@@ -58,7 +58,7 @@ class RealtimeServer:
         self._stop_feed = asyncio.Event()
         self._feed_task: asyncio.Task[None] | None = None
         # Resilient: after a Redis restart the listener is back within loop_backoff_max (core/pubsub.py).
-        manager = ResilientRedisManager(settings, self.keys.socketio_channel)
+        manager = make_manager(settings, self.keys.socketio_channel)
         # cors "*": auth is a token the page sends explicitly, never a cookie, so another origin cannot
         # ride on a user's session; and nginx forwards Host without the port, which breaks the same-origin
         # check for any non-80 port. 64 KB messages: clients only send small subscription requests.

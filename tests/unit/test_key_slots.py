@@ -24,7 +24,7 @@ def _one_slot(names: list[str]) -> int:
 
 def _fingerprint(rng: random.Random) -> str:
     if rng.random() < 0.8:  # computed ones are 64 hex digits; client-given ones anything
-        return "%064x" % rng.getrandbits(256)
+        return f"{rng.getrandbits(256):064x}"
     return "".join(rng.choices(string.printable, k=rng.randint(1, 80)))
 
 
@@ -36,7 +36,7 @@ def test_every_script_call_is_single_slot(shards: int, n: int) -> None:
     for _ in range(n):
         fp = _fingerprint(rng)
         k = keys.for_fingerprint(fp)
-        pid, bid = rng.randint(1, 10**9), "%032x" % rng.getrandbits(128)
+        pid, bid = rng.randint(1, 10**9), f"{rng.getrandbits(128):032x}"
         bucket, dd_shard = rng.randint(0, 10**8), rng.randint(0, 65535)
         # ingest.lua: its KEYS, and the names it builds from ARGV (dedup buckets, per-project logs/indexes)
         slot = _one_slot([*k.ingest_keys(), f"{k.dedup_prefix}{bucket}:{dd_shard}", k.new_groups(pid),
@@ -49,7 +49,7 @@ def test_every_script_call_is_single_slot(shards: int, n: int) -> None:
         _one_slot([k.live_counts, k.feed_emitted, k.feed_last_seen, k.feed_groups, k.feed_dirty,  # live_prune
                    k.live_new, k.feed_index(pid), k.pending_counts])  # + live_rebase.lua
         _one_slot([k.retries, k.stream])  # retry_pump.lua, retry_schedule.lua
-        client = rng.choice(("ip:", "key:", "")) + "%x" % rng.getrandbits(rng.randint(1, 200))
+        client = rng.choice(("ip:", "key:", "")) + f"{rng.getrandbits(rng.randint(1, 200)):x}"
         _one_slot([keys.ratelimit(t, client) for t in ("short@GET/errors", "long", "burst", "x" * 30)])
     assert len(used) == shards  # every shard got fingerprints...
     if n == N and shards > 1:  # ...each within 25 % of an even share
