@@ -21,8 +21,12 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.client import Redis as SyncRedis
+from redis.cluster import ClusterNode as SyncNode
+from redis.cluster import RedisCluster as SyncCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, TimeoutError
+from redis.sentinel import Sentinel as SyncSentinel
 
 from core.settings import Settings
 
@@ -102,6 +106,21 @@ def parse_url(url: str) -> RedisTarget:
     db = int(path[1]) if len(path) > 1 else 0
     # one password for the data nodes and the Sentinels (`faultline up --redis sentinel` sets both alike)
     return RedisTarget("sentinel", hosts, path[0], db, unquote(user) or None, secret, secret)
+
+
+def make_sync_redis(url: str, timeout: float = 5.0) -> SyncRedis:
+    """A blocking client for the CLI's and the tools' few calls, from the same URL kinds."""
+    target = parse_url(url)
+    if target.kind == "cluster":
+        return cast(SyncRedis, SyncCluster(startup_nodes=[SyncNode(h, p) for h, p in target.hosts],
+                                            password=target.password, username=target.username,
+                                            socket_timeout=timeout, socket_connect_timeout=timeout))
+    if target.kind == "sentinel":
+        sentinel = SyncSentinel(target.hosts, sentinel_kwargs={"password": target.sentinel_password,
+                                                               "socket_timeout": timeout},
+                                password=target.password, username=target.username, socket_timeout=timeout)
+        return sentinel.master_for(target.service, db=target.db)
+    return SyncRedis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 def is_cluster(redis: object) -> bool:

@@ -69,7 +69,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     db_pw = creds.get("FAULTLINE_DB_PASSWORD") or secrets.token_urlsafe(24)
     stack = Stack(StackConfig(base_dir=data.resolve(), nodes=args.nodes, port=args.port, workers=args.workers,
                               db=args.db, admin_token=admin, ingest_key=key, redis_password=redis_pw,
-                              db_password=db_pw,
+                              db_password=db_pw, redis=args.redis,
                               env={"FAULTLINE_RATE_LIMIT_ENABLED": "false"} if args.no_rate_limit else {}))
     signals = Signals(stack.cancel.set)
     signals.install()
@@ -309,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8080, help="the port nginx listens on (127.0.0.1)")
     up.add_argument("--workers", type=int, default=2, help="worker processes consuming the task stream")
     up.add_argument("--db", default="mariadb", help="sqlite | mariadb (a private server) | a SQLAlchemy URL")
+    up.add_argument("--redis", default="single", choices=["single", "sentinel", "cluster"],
+                    help="one redis-server; 1 primary + 2 replicas + 3 Sentinels; or a 6-node Redis Cluster")
     # On by default, as in production (the seed's tiers, per ingest key); off for load tests of the rest.
     up.add_argument("--no-rate-limit", action="store_true",
                     help="turn off abuse tiers, project quotas and the group cap (FAULTLINE_RATE_LIMIT_ENABLED=false)")

@@ -22,7 +22,8 @@ from core.settings import Settings
 from faultline import promtargets, supervise
 from faultline.bootstrap import ensure_default_project
 from faultline.procs import Child, Liveness, LogSink, stdout_sink
-from faultline.services import MariaDBServer, NginxServer, RedisServer, free_port, wait_http_ok
+from faultline.redis_topology import LocalRedisCluster, LocalRedisSentinel
+from faultline.services import MariaDBServer, NginxServer, RedisServer, Supervised, free_port, wait_http_ok
 
 
 class Cancelled(Exception):
@@ -46,13 +47,15 @@ class StackConfig:
     # credentials.env); empty = no password (the test fixtures' default).
     redis_password: str = ""
     db_password: str = ""
+    redis: str = "single"  # single | sentinel | cluster (faultline/redis_topology.py)
 
 
 class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.cfg = config
         self.base = config.base_dir
-        self.redis: RedisServer | None = None
+        self.redis: RedisServer | None = None  # the one server of `--redis single`
+        self.redis_set: LocalRedisCluster | LocalRedisSentinel | None = None  # or a sentinel/cluster set
         self.mariadb: MariaDBServer | None = None
         self.nginx: NginxServer | None = None
         self.database_url = ""
@@ -72,7 +75,13 @@ class Stack:
     # --- start / stop -------------------------------------------------------------------------------
     def start(self) -> Stack:
         self.base.mkdir(parents=True, exist_ok=True)
-        self.redis = RedisServer(self.base / "redis", password=self.cfg.redis_password or None).start()
+        password = self.cfg.redis_password or None
+        if self.cfg.redis == "cluster":
+            self.redis_set = LocalRedisCluster(self.base / "redis-cluster", password).start()
+        elif self.cfg.redis == "sentinel":
+            self.redis_set = LocalRedisSentinel(self.base / "redis-sentinel", password).start()
+        else:
+            self.redis = RedisServer(self.base / "redis", password=password).start()
         self.database_url = self._database()
         settings = self.settings()
         asyncio.run(ensure_default_project(settings, self.ingest_key))
@@ -106,10 +115,9 @@ class Stack:
         return Settings.from_env_map({k: v for k, v in self.env().items() if k != "FAULTLINE_NODE_NAME"})
 
     def env(self, **extra: str) -> dict[str, str]:
-        assert self.redis is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith("FAULTLINE_")}
         env.update({
-            "FAULTLINE_REDIS_URL": self.redis.url,
+            "FAULTLINE_REDIS_URL": self.redis_url,
             "FAULTLINE_DATABASE_URL": self.database_url,
             "FAULTLINE_ADMIN_TOKEN": self.admin_token,
             "FAULTLINE_INGEST_KEY": self.ingest_key,
@@ -179,7 +187,7 @@ class Stack:
             children = [*self.retiring, *self.children()]
             for child in children:
                 child.terminate()
-            deadline = time.monotonic() + (self.settings().shutdown_timeout + 2 if self.redis else 5)
+            deadline = time.monotonic() + (self.settings().shutdown_timeout + 2 if self.redis or self.redis_set else 5)
             for child in children:
                 if child.proc is not None:
                     try:
@@ -188,8 +196,23 @@ class Stack:
                         child.kill_group()
             if self.redis:
                 self.redis.stop()
+            if self.redis_set:
+                self.redis_set.stop()
             if self.mariadb:
                 self.mariadb.stop()
+
+    @property
+    def redis_url(self) -> str:
+        if self.redis_set is not None:
+            return self.redis_set.url
+        assert self.redis is not None
+        return self.redis.url
+
+    def redis_members(self) -> list[tuple[Supervised, str]]:
+        """The Redis processes the supervisor watches, with their log names."""
+        if self.redis_set is not None:
+            return self.redis_set.members()
+        return [(self.redis, "redis")] if self.redis is not None else []
 
     def raise_if_cancelled(self) -> None:
         if self.cancel.is_set():
