@@ -20,6 +20,7 @@ from api.requestid import RequestIdMiddleware
 from api.routes import dlq, groups, ingest, jobs, projects, sentry
 from core import metrics
 from core.broker import ensure_consumer_group
+from core.redis import preload_scripts
 from core.runtime import Runtime
 from core.settings import Settings
 
@@ -41,6 +42,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
             limits.start(rt)
         try:
             await ensure_consumer_group(rt.redis, rt.keys)
+            await preload_scripts(rt.redis)
             await rt.load_projects()
         except Exception as exc:  # Redis down at start: serve 503s until it is back, do not crash-loop
             log.warning("startup: %s", exc)

@@ -299,7 +299,8 @@ class Ingestor:
                 run.cancel()
                 await asyncio.gather(run, return_exceptions=True)
                 error = TimeoutError(f"no reply within {wait + GRACE:.2f}s")
-            elif isinstance(run.exception(), RedisError | OSError):
+            elif isinstance(run.exception(), RedisError | OSError | RuntimeError):
+                # RuntimeError: redis-py's cluster client writing to a transport a failover just closed
                 error = run.exception()  # type: ignore[assignment]
             else:
                 result = run.result()

@@ -9,10 +9,12 @@ worker's writes (group upsert, sample INSERT IGNORE by event_id) change nothing 
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from core.dedup import QUEUED, JobStates
 from core.keys import Keys
@@ -103,8 +105,14 @@ async def replay_all(redis: Redis, keys: Keys, settings: Settings) -> int:
 
 
 async def purge(redis: Redis, keys: Keys) -> int:
-    pipe = redis.pipeline(transaction=True)
-    pipe.llen(keys.dead_letters)
-    pipe.delete(keys.dead_letters)
+    # moved aside first (atomic), then counted and dropped: what arrives meanwhile stays
+    side = f"{keys.dead_letters}:purge:{uuid.uuid4().hex[:8]}"
+    try:
+        await redis.rename(keys.dead_letters, side)
+    except ResponseError:  # no such key: nothing to purge
+        return 0
+    pipe = redis.pipeline(transaction=False)
+    pipe.llen(side)
+    pipe.delete(side)
     n, _ = await pipe.execute()
     return int(n)

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from core.backoff import Backoff
 from core.keys import Keys
+from core.redis import replace_hash
 from core.settings import Settings
 
 log = logging.getLogger("faultline.heartbeat")
@@ -61,11 +62,9 @@ async def beat_once(redis: Redis, keys: Keys, role: str, name: str, progress: Pr
     fields = {"pid": os.getpid(), "beat": round(time.time(), 3)}
     if progress is not None:
         fields.update({k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(progress).items()})
-    pipe = redis.pipeline(transaction=True)  # MULTI: the key never exists without its expiry
-    pipe.delete(key)  # a pre-progress plain-string key of an older version would make HSET fail
-    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-    pipe.expire(key, TTL)
-    await pipe.execute()
+    # written aside with its expiry and renamed over (also over a pre-progress plain-string key of an older
+    # version): the key never exists without its expiry
+    await replace_hash(redis, key, fields, ttl=TTL)
 
 
 async def beat_forever(redis: Redis, keys: Keys, role: str, name: str, settings: Settings,

@@ -11,6 +11,8 @@ Every module gets its client here (or through core/runtime.py), never from its o
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
@@ -123,6 +125,24 @@ def make_sync_redis(url: str, timeout: float = 5.0) -> SyncRedis:
     return SyncRedis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
+async def replace_hash(redis: Redis, key: str, mapping: Mapping[str, str | int | float],
+                       ttl: int | None = None) -> None:
+    """Make `key` exactly `mapping` (with its TTL), atomically for readers: written aside, then RENAMEd over.
+
+    Not MULTI: redis-py 8.1's async cluster client fails a transaction on a slot its first connection does
+    not serve ("Future attached to a different loop"). The side key shares the key's hash tag (same slot)."""
+    if not mapping:
+        await redis.delete(key)
+        return
+    side = f"{key}:new:{uuid.uuid4().hex[:8]}"
+    pipe = redis.pipeline(transaction=False)
+    pipe.hset(side, mapping=dict(mapping))  # type: ignore[arg-type]
+    if ttl is not None:
+        pipe.expire(side, ttl)
+    await pipe.execute()
+    await redis.rename(side, key)  # a cluster pipeline refuses RENAME
+
+
 def is_cluster(redis: object) -> bool:
     return isinstance(redis, RedisCluster)
 
@@ -135,6 +155,16 @@ def background_retry(retries: int = 3) -> Retry:
 def as_str(value: bytes | str) -> str:
     """Redis replies are bytes (decode_responses is off: payloads stay bytes end to end)."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+async def preload_scripts(redis: Redis) -> None:
+    """SCRIPT LOAD every script (on a cluster: on every primary), so the first calls after start-up do not
+    each pay a NOSCRIPT round trip. A primary promoted later has none: the first EVALSHA there answers
+    NOSCRIPT and redis-py's Script loads it and calls again (a NOSCRIPT call ran nothing, so this is safe
+    for ingest too)."""
+    for entry in resources.files("core.scripts").iterdir():
+        if entry.name.endswith(".lua"):
+            await redis.script_load(entry.read_text())
 
 
 def load_script(redis: Redis, name: str) -> AsyncScript:

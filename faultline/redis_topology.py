@@ -69,7 +69,9 @@ class LocalRedisCluster:
                 d = self.base / f"node-{i + 1}"
                 self.nodes.append(RedisServer(d, password=self.password, extra_args=[
                     "--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
-                    "--cluster-node-timeout", str(NODE_TIMEOUT_MS)]))
+                    "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                    # its own bus port: the default (port + 10,000) fails for a free port above 55,535
+                    "--cluster-port", str(free_port())]))
             self.nodes[i].start()
         if not self._formed():
             env = {**os.environ, **({"REDISCLI_AUTH": self.password} if self.password else {})}  # not in `ps`

@@ -21,7 +21,7 @@ from core.backoff import Backoff
 from core.broker import FaultlineBroker
 from core.db.engine import make_engine
 from core.keys import Keys
-from core.queue import queue_depth
+from core.queue import queue_figures
 from core.redis import make_redis
 from core.retry import OutcomeMiddleware, RetryMiddleware, pump_retries
 from core.settings import Settings
@@ -36,11 +36,14 @@ async def _pump_forever(settings: Settings, keys: Keys, redis: Redis, progress: 
     backoff = Backoff.for_loop("retry pump", log, settings)
     while True:
         try:
-            moved = sum(await asyncio.gather(*(pump_retries(redis, shard) for shard in keys.all_shards)))
-            metrics.QUEUE_DEPTH.set(await queue_depth(redis, keys))
-            metrics.RETRY_DEPTH.set(sum(await asyncio.gather(*(redis.zcard(s.retries) for s in keys.all_shards))))
-            metrics.DEAD_LETTERS.set(await redis.llen(keys.dead_letters))  # type: ignore[misc]
-            metrics.QUEUE_AGE.set(max(await asyncio.gather(*(_oldest_age(redis, s) for s in keys.all_shards))))
+            moved = 0
+            for shard in keys.all_shards:  # one at a time: a background loop, no hurry
+                moved += await pump_retries(redis, shard)
+            q = await queue_figures(redis, keys)
+            metrics.QUEUE_DEPTH.set(q.waiting)
+            metrics.RETRY_DEPTH.set(q.retrying)
+            metrics.DEAD_LETTERS.set(q.dead)
+            metrics.QUEUE_AGE.set(max([await _oldest_age(redis, s) for s in keys.all_shards]))
         except Exception as exc:
             progress.errors += 1
             await backoff.failed(exc)
@@ -77,7 +80,7 @@ async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | 
     """Run until SIGTERM (then return: exit 0). If the receiver or any background loop ends by itself,
     the worker can no longer do its job: raise SystemExit(1) so the supervisor restarts the process."""
     keys = Keys.from_settings(settings)
-    redis = make_redis(settings, pool_size=64, timeout=5.0, retries=3)
+    redis = make_redis(settings, pool_size=64 + 2 * keys.shards, timeout=5.0, retries=3)
     engine = make_engine(settings)
     broker = FaultlineBroker(settings, consumer_name=name, keys=keys)
     progress = broker.progress

@@ -33,7 +33,8 @@ async def run_scheduler(settings: Settings, name: str) -> None:
     """Run until SIGTERM (return: exit 0). Redis/DB errors: retry with backoff, logged once per outage; an
     error waiting cannot fix, or a heartbeat that stopped, raises SystemExit(1) for the supervisor."""
     keys = Keys.from_settings(settings)
-    redis = make_redis(settings, pool_size=8, timeout=5.0, retries=3)
+    # a sync runs the shards concurrently: a connection or two each (the cluster client has no blocking pool)
+    redis = make_redis(settings, pool_size=8 + 2 * keys.shards, timeout=5.0, retries=3)
     engine = make_engine(settings)
     interval = settings.sync_interval
     stop = asyncio.Event()

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.db.models import ProjectQuota
 from core.keys import Keys
-from core.redis import as_str
+from core.redis import as_str, replace_hash
 from core.settings import Settings
 
 _quotas: Table = ProjectQuota.__table__  # type: ignore[assignment]
@@ -90,12 +90,9 @@ async def save_quota(conn: AsyncConnection, project_id: int, quota: Quota) -> No
 async def mirror(redis: Redis, keys: Keys, quotas: dict[int, Quota]) -> None:
     """Make every shard's Redis copy equal to `quotas`, each in one transaction (never a moment without
     overrides)."""
+    mapping = {MIRRORED: "1", **{str(pid): q.encode() for pid, q in quotas.items()}}
     for shard in keys.all_shards:
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.delete(shard.quota_conf)
-            pipe.hset(shard.quota_conf, mapping={MIRRORED: "1",
-                                                 **{str(pid): q.encode() for pid, q in quotas.items()}})
-            await pipe.execute()
+        await replace_hash(redis, shard.quota_conf, mapping)
 
 
 async def is_mirrored(redis: Redis, keys: Keys) -> bool:
