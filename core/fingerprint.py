@@ -36,7 +36,8 @@ MAX_STACK_SCAN = 65_536  # characters of a stack read at all (the event model's 
 _ERROR_TYPE_SPAN = 512  # an exception type name is never longer
 
 _QUOTED = re.compile(r"'[^']*+'|\"[^\"]*+\"")
-_NEEDS_WORK = re.compile(r"[\d@]")  # a word without a digit or "@" holds no volatile part unless UUID-long
+# a word without a digit or "@" holds no volatile part unless it has a run of 8 hex letters (a UUID or hex id)
+_NEEDS_WORK = re.compile(r"[\d@]")
 _UUID = re.compile(r"\b[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\b")
 # `\b[\w.+-]+@...` tried from every character is quadratic on "a-a-a-...". Equivalent and linear: start only
 # where a run of [\w.+-] starts, keep its leading non-word characters (the old `\b` began after them).
@@ -44,8 +45,10 @@ _EMAIL = re.compile(r"(?<![\w.+-])(?=\w)[\w.+-]++@[\w-]++\.[\w.-]+\b")
 _EMAIL_AFTER_PUNCT = re.compile(r"(?<![\w.+-])([.+-]++)(?=\w)[\w.+-]++@[\w-]++\.[\w.-]+\b")  # rare: ".a@b.c"
 _IP = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d++)?\b")
 _HEX0X = re.compile(r"\b0x[0-9a-fA-F]++\b")
-# only tried at a word boundary, and a run of hex digits has one: each run is scanned a bounded number of times
-_HEX = re.compile(r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{8,}\b")
+# only tried at a word boundary, and a run of hex digits has one: each run is scanned a bounded number of times.
+# A letter is required (all digits is a number), a digit is not: one id in (6/16)^8 is letters only
+# ("deadbeefca"), and leaving those alone split one bug into two groups.
+_HEX = re.compile(r"\b(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{8,}\b")
 _NUM = re.compile(r"\d++(?:\.\d++)?")
 
 _ERROR_TYPE = re.compile(r"([A-Za-z_][\w.]*(?:Error|Exception|Fault|Warning|Exit|Interrupt))\b")
@@ -67,14 +70,15 @@ def _normalize_word(word: str) -> str:
     a plain substring test or a regex with a literal/charset prefix, which scans at C speed): most words of
     a message, and every word of "a-a-a-..." or "....", are not matched at all."""
     digit = _DIGIT.search(word) is not None
-    if len(word) >= 32 and (digit or _HEX_RUN.search(word)):
+    hex_run = len(word) >= 8 and _HEX_RUN.search(word) is not None
+    if len(word) >= 32 and (digit or hex_run):
         word = _UUID.sub("<uuid>", word)
     if "@" in word:
         word = _EMAIL.sub("<email>", word)  # a plain replacement: no Python call per match
         if "@" in word:
             word = _EMAIL_AFTER_PUNCT.sub(r"\1<email>", word)
     if not digit:
-        return word
+        return _HEX.sub("<hex>", word) if hex_run else word
     if "." in word:
         word = _IP.sub("<ip>", word)
     if "0x" in word:
@@ -92,7 +96,7 @@ def normalize_message(message: str) -> str:
         scanned += len(word)
         if scanned > MAX_WORD_SCAN:
             break
-        if len(word) >= 32 or _NEEDS_WORK.search(word):
+        if _NEEDS_WORK.search(word) or (len(word) >= 8 and _HEX_RUN.search(word)):
             word = _normalize_word(word)
         words.append(word)
         size += len(word) + 1

@@ -10,6 +10,7 @@ declare -A need=(
   [wrk]=wrk
   [chromium]=chromium
   [npm]=npm
+  [prometheus]=prometheus
 )
 missing=()
 for bin in "${!need[@]}"; do
@@ -25,7 +26,7 @@ if [ "$(id -u)" -eq 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts some services on install; Faultline runs its own private instances instead.
-  for svc in nginx; do service "$svc" stop >/dev/null 2>&1 || true; done
+  for svc in nginx prometheus; do service "$svc" stop >/dev/null 2>&1 || true; done
 else
   echo "missing system packages; run:"
   echo "  sudo apt-get install -y ${missing[*]}"

@@ -30,8 +30,9 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
+from core.access import key_hash
 from core.keys import Keys
-from loadtest import targets
+from loadtest import profile, targets
 from loadtest.procstats import CpuMeter, target_processes
 from loadtest.report import REPORTS, bench_markdown, bench_tables, machine_description
 from loadtest.wrkrun import WrkResult, parse_output, run_wrk
@@ -69,7 +70,8 @@ def envelope_bodies(out: Path, count: int = 200) -> Path:
 def run_envelope_wrk(target: Any, bodies: Path, seconds: float, connections: int) -> WrkResult:
     settings = target.settings()
     client = redis.Redis.from_url(settings.redis_url)
-    project = int(client.hget(Keys.from_settings(settings).projects, target.ingest_key))  # type: ignore[arg-type]
+    # the Redis copy of the projects maps the key's hash (never the key) to the project id
+    project = int(client.hget(Keys.from_settings(settings).projects, key_hash(target.ingest_key)))  # type: ignore[arg-type]
     client.close()
     binary = shutil.which("wrk")
     if not binary:
@@ -103,7 +105,25 @@ def measure(target: Any, path: str, batch: int, args: argparse.Namespace) -> dic
         result = run_wrk(url, path=path, key=key, batch=batch, seconds=args.seconds, connections=conns)
     cores = meter.stop()
     drain = targets.wait_drained(target) if hasattr(target, "settings") else 0.0
-    return {"wrk": result, "cores": cores, "drain_s": drain}
+    # CPU seconds until the queue is drained: the workers' share of this case's events, even the late ones
+    return {"wrk": result, "cores": cores, "drain_s": drain, "cpu_s_drained": meter.cpu_seconds()}
+
+
+def profile_pass(name: str, target: Any, path: str, batch: int, args: argparse.Namespace, out: Path) -> str:
+    """Two unmeasured runs of a case with py-spy on the first API process and every worker: one for the flame
+    graphs, one for the raw stacks of the report's table."""
+    pids = {n: p.pid for n, p in target_processes(target).items()
+            if n == "api-1/w1" or (n.startswith("worker-") and "/" not in n)}
+    conns = args.batch_connections if batch else args.connections
+    raws: list[profile.Recording] = []
+    for fmt in ("flamegraph", "raw"):
+        recordings = profile.record(pids, args.seconds, out / "profile" / name, fmt)
+        run_wrk(target.url, path=path, key=target.ingest_key, batch=batch, seconds=args.seconds, connections=conns)
+        for rec in recordings:
+            rec.proc.wait()
+        targets.wait_drained(target)
+        raws = recordings
+    return profile.markdown(raws, name)
 
 
 def median_case(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -145,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-connections", type=int, default=16)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--db", default="mariadb")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the measured rounds, one pass of ingest and batch under py-spy: flame graphs "
+                             "and the top costs per process in the report")
     args = parser.parse_args(argv)
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -203,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
             table.add_row(*row)
         console.print(table)
         report = bench_markdown(chosen, limiter, args, machine) + envelope_markdown(sentry_rows)
+        if args.profile:
+            for name, target, path, batch in cases:
+                if name in ("ingest", "batch"):
+                    console.print(f"  profile pass: {name} under py-spy ...")
+                    report += profile_pass(name, target, path, batch, args, out)
         (out / "bench.md").write_text(report)
         console.print(f"\nmachine: {machine}\nreport: {out / 'bench.md'}  (stack logs: {out / 'stack.log'})")
     finally:

@@ -60,6 +60,10 @@ class CpuMeter:
         self.before = {n: _cpu(p) for n, p in self.procs.items()}
         return self
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds each process used since start(), read now (a meter can be read again after stop())."""
+        return {n: _cpu(p) - self.before[n] for n, p in self.procs.items()}
+
     def stop(self) -> dict[str, float]:
         wall = max(1e-6, time.monotonic() - self._t0)
         self.cores = {n: (_cpu(p) - self.before[n]) / wall for n, p in self.procs.items()}

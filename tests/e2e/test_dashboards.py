@@ -8,17 +8,22 @@ sync), then each process's /metrics is scraped directly, as Prometheus does.
 from __future__ import annotations
 
 import json
+import math
 import re
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from faultline.services import free_port, require, wait_http_ok
 from faultline.stack import Stack, StackConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,3 +129,87 @@ def test_prometheus_finds_every_process_where_the_stack_writes_targets(stack: St
     for group in groups:
         [target] = group["targets"]
         assert httpx.get(f"http://{target}/metrics", timeout=5).status_code == 200
+
+
+@pytest.fixture
+def prometheus(stack: Stack, tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus (Debian's package) scraping the stack every second with deploy/prometheus's config,
+    its file_sd paths pointed at the targets this stack wrote."""
+    config = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    for job in config["scrape_configs"]:
+        for sd in job.get("file_sd_configs", []):
+            sd["files"] = [str(stack.base / "prometheus-targets" / Path(f).name) for f in sd["files"]]
+            sd["refresh_interval"] = "1s"
+    port = free_port()
+    config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] != "prometheus"]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    binary = require("prometheus", "prometheus")
+    with (tmp_path / "prometheus.log").open("w") as log:
+        proc = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/-/ready", timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def promql(base: str, expr: str) -> list[dict[str, Any]]:
+    answer = httpx.get(f"{base}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert answer["status"] == "success", (expr, answer)
+    return answer["data"]["result"]  # type: ignore[no-any-return]
+
+
+def test_prometheus_evaluates_every_panel_query_with_data(stack: Stack, prometheus: str) -> None:
+    """Every query of the Grafana dashboard, evaluated by a real Prometheus over live traffic, returns a series
+    with a number (not NaN: a quantile of no requests is NaN), and the totals agree with the database."""
+    headers = {"X-Faultline-Key": stack.ingest_key}
+    sent = {"stop": False}
+
+    def post(i: int) -> None:
+        httpx.post(f"{stack.url}/errors/log", json={"message": f"PromError {i % 7}", "service": "prom"},
+                   headers=headers, timeout=10)
+
+    def traffic() -> None:  # bursts of 8 in parallel against the 5/s tier: accepted events and 429s, all along
+        with ThreadPoolExecutor(8) as pool:
+            while not sent["stop"]:
+                list(pool.map(post, range(8)))
+                # a 4xx that is not the limiter's
+                httpx.post(f"{stack.url}/errors/log", json={"mesage": "typo"}, headers=headers, timeout=10)
+                time.sleep(0.5)
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    exprs = [e for es in panel_exprs().values() for e in es]
+    try:
+        deadline = time.monotonic() + 45
+        while True:  # until every target has been scraped a few times under load
+            empty = [e for e in exprs if not any(math.isfinite(float(s["value"][1])) for s in promql(prometheus, e))]
+            if not empty or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    finally:
+        sent["stop"] = True
+        thread.join(timeout=10)
+    assert not empty, f"panel queries with no data from a live stack: {empty}"
+    up = promql(prometheus, "up")
+    assert {s["metric"]["process"] for s in up} == {*stack.node_ports, *stack.metrics_ports}
+    assert all(s["value"][1] == "1" for s in up), up
+
+    def api_total() -> int:  # every group of the stack (this module's tests make fewer than 500)
+        return sum(g["count"] for g in httpx.get(f"{stack.url}/errors", params={"limit": 500},
+                                                 headers={"Authorization": f"Bearer {stack.admin_token}"},
+                                                 timeout=10).json()["items"])
+
+    def prom_accepted() -> float:
+        [sample] = promql(prometheus, 'sum(faultline_events_total{outcome="accepted"})')
+        return float(sample["value"][1])
+
+    # what Prometheus adds up over every process = what the read API counts (exact), once a scrape is fresh
+    deadline = time.monotonic() + 15
+    while (pair := (prom_accepted(), api_total()))[0] != pair[1] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert pair[0] == pair[1] > 0, pair

@@ -47,6 +47,8 @@ KINDS = [
     st.integers(min_value=0, max_value=10**12).map(str),
     st.uuids().map(str),
     st.integers(min_value=2**32, max_value=2**64).map(lambda n: f"{n:x}a"),  # hex ids with a letter
+    st.text(alphabet="abcdef", min_size=8, max_size=16),  # ... or only letters, as one id in ~2,500 is
+    st.uuids().map(lambda u: str(u).upper()),
     st.integers(min_value=0, max_value=2**32).map(lambda n: f"0x{n:x}"),
     st.from_regex(r"[a-z]{1,8}\.[a-z]{1,8}@[a-z]{2,8}\.(com|org|io)", fullmatch=True),
     st.text(alphabet="abc xyz123-", max_size=20).map(lambda s: f"'{s}'"),

@@ -12,6 +12,7 @@ import pytest
 from core.events import LogErrorIn
 from loadtest import loadreport, verify
 from loadtest.payloads import HOT_SHARE, REPEAT_SHARE, PayloadMix
+from loadtest.profile import top_costs
 from loadtest.progress import last_aggregated
 from loadtest.scenarios import stage_at, stages, total_seconds
 from loadtest.stats import classify, summary
@@ -141,3 +142,20 @@ def test_payload_mix_flags_deliberate_repeats() -> None:
         event_id = str(mix.event()["event_id"])
         assert mix.last_was_repeat == (event_id in seen)
         seen.add(event_id)
+
+
+def test_profile_top_costs_from_collapsed_stacks(tmp_path: Path) -> None:
+    raw = tmp_path / "api.txt"
+    raw.write_text("main (app.py:1);handle (api/x.py:10);encode (json.py:5) 30\n"
+                   "main (app.py:1);handle (api/x.py:12) 10\n"
+                   "main (app.py:1);handle (api/x.py:10);encode (json.py:7) 40\n"
+                   "garbage line\n"
+                   "main (app.py:2);idle (loop.py:3) 20\n")
+    samples, rows = top_costs(raw)
+    assert samples == 100
+    by_fn = {fn: (own, inc) for fn, own, inc in rows}
+    assert by_fn["encode (json.py)"] == (70.0, 70.0)  # two lines of one function are one row
+    assert by_fn["handle (api/x.py)"] == (10.0, 80.0)
+    assert by_fn["idle (loop.py)"] == (20.0, 20.0)
+    assert rows[0][0] == "encode (json.py)"
+    assert "main (app.py)" not in by_fn  # never a leaf: no self time
