@@ -60,12 +60,15 @@ class ResilientRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             try:
                 if not self.connected:
                     self._redis_connect()
-                return await self.redis.publish(self.channel, self.json.dumps(data))  # type: ignore[attr-defined]
+                return await self._send(self.json.dumps(data))
             except Exception:
                 await self._close()
                 if last:
                     raise
         return None
+
+    async def _send(self, payload: str) -> Any:
+        return await self.redis.publish(self.channel, payload)  # type: ignore[attr-defined]
 
     def _listener_backoff(self) -> Backoff:
         backoff = Backoff.for_loop(f"socket.io listener {self.channel}", log, self.settings)
@@ -94,18 +97,8 @@ class ClusterRedisManager(ResilientRedisManager):
         client: Any = make_redis(self.settings, pool_size=4, timeout=2.0 if self.write_only else 30.0)
         self.redis, self.pubsub, self.connected = client, client.pubsub(), True
 
-    async def _publish(self, data: Any) -> Any:
-        """Publish; after an error reconnect and try once more; then raise (the caller backs off)."""
-        for last in (False, True):
-            try:
-                if not self.connected:
-                    self._redis_connect()
-                return await self.redis.spublish(self.channel, self.json.dumps(data))  # type: ignore[attr-defined]
-            except Exception:
-                await self._close()
-                if last:
-                    raise
-        return None
+    async def _send(self, payload: str) -> Any:
+        return await self.redis.spublish(self.channel, payload)  # type: ignore[attr-defined]
 
     async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
         backoff = self._listener_backoff()
