@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -111,3 +112,22 @@ def stack_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Ca
     for stack in stacks:
         stack.stop()
     log.close()
+
+
+@contextlib.contextmanager
+def logged_stack(base_dir: Path, log_name: str, **config: Any) -> Iterator[Stack]:
+    """A started stack whose prefixed logs go to test-artifacts/<log_name>.log; stopped on exit (for
+    module-scoped stacks shared by several tests)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with open(ARTIFACTS / f"{log_name}.log", "w") as log:
+
+        def sink(line: str) -> None:
+            log.write(line + "\n")
+            log.flush()
+
+        stack = Stack(StackConfig(base_dir=base_dir, port=0, sink=sink, **config))
+        try:
+            stack.start()
+            yield stack
+        finally:
+            stack.stop()

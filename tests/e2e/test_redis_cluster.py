@@ -21,7 +21,8 @@ from core.keys import Keys
 from core.queue import queue_figures
 from core.redis import make_redis
 from faultline.redis_topology import LocalRedisCluster, _client
-from faultline.stack import Stack, StackConfig
+from faultline.stack import Stack
+from tests.conftest import logged_stack
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -30,23 +31,11 @@ SHARDS = 16
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from tests.conftest import ARTIFACTS
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / "e2e_redis_cluster.log", "w")
-
-    def sink(line: str) -> None:
-        log.write(line + "\n")
-        log.flush()
-
-    st = Stack(StackConfig(base_dir=tmp_path_factory.mktemp("cluster"), port=0, db="sqlite", sink=sink, nodes=2,
-                           redis="cluster", redis_password="cluster-test-pw",
-                           env={"FAULTLINE_SYNC_INTERVAL": "1", "FAULTLINE_REDELIVER_AFTER": "3",
-                                "FAULTLINE_REDIS_SHARDS": str(SHARDS), "FAULTLINE_RATE_LIMIT_ENABLED": "false"}))
-    st.start()
-    yield st
-    st.stop()
-    log.close()
+    with logged_stack(tmp_path_factory.mktemp("cluster"), "e2e_redis_cluster", db="sqlite", nodes=2,
+                      redis="cluster", redis_password="cluster-test-pw",
+                      env={"FAULTLINE_SYNC_INTERVAL": "1", "FAULTLINE_REDELIVER_AFTER": "3",
+                           "FAULTLINE_REDIS_SHARDS": str(SHARDS), "FAULTLINE_RATE_LIMIT_ENABLED": "false"}) as st:
+        yield st
 
 
 async def _send(session: aiohttp.ClientSession, stack: Stack, events: list[dict[str, Any]]) -> tuple[int, Any]:
