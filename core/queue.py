@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,29 +19,30 @@ class QueueFigures:
 
 
 async def queue_depth(redis: Redis, keys: Keys) -> int:
-    """Tasks queued or in flight, over every shard's stream (one call per shard, concurrently)."""
-    return sum(int(n) for n in await asyncio.gather(*(redis.xlen(s.stream) for s in keys.all_shards)))
+    """Tasks queued or in flight, over every shard's stream: one pipeline (a cluster client splits it by
+    node), so a probe costs one round trip and one connection per node whatever the shard count."""
+    pipe = redis.pipeline(transaction=False)
+    for k in keys.all_shards:
+        pipe.xlen(k.stream)
+    return sum(int(n) for n in await pipe.execute())
 
 
 async def queue_figures(redis: Redis, keys: Keys) -> QueueFigures:
-    """One small pipeline per shard (each shard is one slot), concurrently. A shard whose group does not
-    exist yet has nothing pending; any other error is raised."""
-
-    async def shard(k: Keys) -> tuple[int, int, int]:
-        pipe = redis.pipeline(transaction=False)
+    """Summed over the shards, in one pipeline (see queue_depth). A shard whose group does not exist yet
+    has nothing pending; any other error is raised."""
+    pipe = redis.pipeline(transaction=False)
+    for k in keys.all_shards:
         pipe.xlen(k.stream)
         pipe.xpending(k.stream, k.consumer_group)
         pipe.zcard(k.retries)
-        waiting, pending, retrying = await pipe.execute(raise_on_error=False)
-        if isinstance(waiting, Exception):
-            raise waiting
-        if isinstance(retrying, Exception):
-            raise retrying
-        return int(waiting), 0 if isinstance(pending, Exception) else _pending(pending), int(retrying)
-
-    parts, dead = await asyncio.gather(asyncio.gather(*(shard(k) for k in keys.all_shards)),
-                                       redis.llen(keys.dead_letters))  # type: ignore[arg-type]
-    return QueueFigures(sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts), int(dead))
+    pipe.llen(keys.dead_letters)
+    replies = await pipe.execute(raise_on_error=False)
+    for i, reply in enumerate(replies):
+        if isinstance(reply, Exception) and i % 3 != 1:
+            raise reply
+    *shards, dead = replies
+    return QueueFigures(sum(int(w) for w in shards[0::3]), sum(_pending(p) for p in shards[1::3]),
+                        sum(int(r) for r in shards[2::3]), int(dead))
 
 
 def _pending(reply: Any) -> int:
