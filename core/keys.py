@@ -53,7 +53,7 @@ class Keys:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Keys:
-        return cls(settings.key_prefix, settings.redis_shards)
+        return cls(settings.key_prefix, settings.key_shards)
 
     @property
     def tag(self) -> str:

@@ -28,10 +28,8 @@ hypothesis_settings.register_profile("ci", derandomize=True)
 hypothesis_settings.register_profile("explore", derandomize=False)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-# The suite runs on one Redis with one key shard (the single-server key names) unless told otherwise:
-# `FAULTLINE_REDIS_SHARDS=4 pytest tests/integration` runs it sharded. Set in the environment so the stacks'
-# child processes (faultline/stack.py passes FAULTLINE_* on) agree with the test's own Settings.
-os.environ.setdefault("FAULTLINE_REDIS_SHARDS", "1")
+# The suite runs on one Redis with one key shard (the single-server default) unless told otherwise:
+# `FAULTLINE_REDIS_SHARDS=4 pytest tests/...` runs it sharded; FAULTLINE_* variables reach the stacks' children.
 
 ARTIFACTS = Path(os.environ.get("FAULTLINE_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 

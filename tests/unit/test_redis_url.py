@@ -35,3 +35,10 @@ def test_incomplete_urls_are_refused_with_a_reason(url: str) -> None:
 def test_settings_refuse_an_unknown_scheme() -> None:
     with pytest.raises(ValidationError, match="redis_url"):
         Settings(redis_url="memcached://127.0.0.1:11211")
+
+
+def test_key_shards_default_by_kind() -> None:
+    assert Settings(redis_url="redis://127.0.0.1:6379/0").key_shards == 1
+    assert Settings(redis_url="redis+sentinel://h1:1/s").key_shards == 1
+    assert Settings(redis_url="redis+cluster://h1:7000").key_shards == 16
+    assert Settings(redis_url="redis+cluster://h1:7000", redis_shards=4).key_shards == 4
