@@ -17,7 +17,7 @@ from api import errors, openapi
 from api.ingest import Ingestor
 from api.ratelimit import rate_limiting
 from api.requestid import RequestIdMiddleware
-from api.routes import dlq, groups, ingest, jobs, projects, sentry
+from api.routes import alerts, dlq, groups, ingest, jobs, projects, sentry, triage
 from core import metrics
 from core.broker import ensure_consumer_group
 from core.redis import preload_scripts
@@ -64,10 +64,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
     openapi.install(app, settings)  # documents the plain-Starlette ingest routes too
     app.include_router(ingest.router)
     app.include_router(groups.router)
+    app.include_router(triage.router)
     app.include_router(jobs.router)
     app.include_router(dlq.router)
     app.include_router(projects.router)
     app.include_router(sentry.router)
+    app.include_router(alerts.router)
     # Inside the metrics middleware (a 429 is counted like any response), before routing (a refused request
     # costs one limiter call, nothing else). None when FAULTLINE_RATE_LIMIT_ENABLED=false: zero cost.
     limits = rate_limiting(app, settings)

@@ -100,7 +100,7 @@ class FaultlineBroker(RedisStreamBroker):
         self.redis = redis or make_redis(settings, pool_size=16 + 2 * keys.shards, timeout=5.0, retries=3)
         self.progress = Progress()  # published by the worker's heartbeat (core/heartbeat.py)
         self.reclaim_every = max(0.5, min(5.0, settings.redeliver_after / 3))
-        self._acks = {k.stream: _AckBatcher(self, k.stream) for k in keys.all_shards}
+        self._acks = {k.stream: _AckBatcher(self, k.stream) for k in keys.streams}
 
     async def _declare_consumer_group(self) -> None:
         await ensure_consumer_group(self.redis, self.keys)
@@ -128,7 +128,7 @@ class FaultlineBroker(RedisStreamBroker):
         # bounded: a reader waits while the receiver is behind instead of fetching without limit
         inbox: asyncio.Queue[tuple[str, bytes, bytes]] = asyncio.Queue(maxsize=self.count or 200)
         readers = [asyncio.create_task(self._read_shard(k.stream, inbox), name=f"reader {k.stream}")
-                   for k in self.keys.all_shards]
+                   for k in self.keys.streams]
         try:
             while True:
                 get = asyncio.ensure_future(inbox.get())
@@ -193,7 +193,7 @@ def _is_nogroup(exc: BaseException) -> bool:
 
 async def ensure_consumer_group(redis: Redis, keys: Keys) -> None:
     """Create every shard's stream and group at id 0, so nothing queued before any worker started is missed."""
-    for shard in keys.all_shards:
+    for shard in keys.streams:
         try:
             await redis.xgroup_create(shard.stream, shard.consumer_group, id="0", mkstream=True)
         except ResponseError as exc:

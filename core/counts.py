@@ -20,18 +20,41 @@ group (core/ratelimit/quota.py) is counted in the shard of each event that overf
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 
 from redis.asyncio import Redis
-from sqlalchemy import literal, select, union_all
+from sqlalchemy import Select, String, cast, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.db.models import AppliedBatch, ErrorGroup
+from core.db.models import AppliedBatch, ErrorGroup, GroupHour
 from core.keys import Keys
 from core.redis import as_str, load_script
 
 ATTEMPTS = 5
 PENDING = ":pending:"  # never a batch id (those are hex)
+HOUR_SEPARATOR = "@"  # pending-hash fields "<fp>@<project>@<hour>" are hour buckets (ingest.lua); "<fp>" counts
+
+
+HourKey = tuple[int, str, int]  # (project id, fingerprint, hour since the epoch)
+
+
+def split_deltas(raw: Mapping[bytes | str, bytes | str | int]) -> tuple[dict[str, int], dict[HourKey, int]]:
+    """A pending/flushing hash as ({fingerprint: delta}, {(project id, fingerprint, hour): delta})."""
+    groups: dict[str, int] = {}
+    hours: dict[HourKey, int] = {}
+    for field, value in raw.items():
+        name = as_str(field)
+        if HOUR_SEPARATOR in name:
+            fp, pid, hour = name.split(HOUR_SEPARATOR)
+            hours[(int(pid), fp, int(hour))] = int(value)
+        else:
+            groups[name] = int(value)
+    return groups, hours
+
+
+def hour_field(project_id: int, fingerprint: str, hour: int) -> str:
+    return f"{fingerprint}{HOUR_SEPARATOR}{project_id}{HOUR_SEPARATOR}{hour}"
 
 
 class CountReader:
@@ -44,19 +67,43 @@ class CountReader:
         fps = list(dict.fromkeys(fingerprints))
         if not fps:
             return {}
+        rows = select(literal("g").label("kind"), ErrorGroup.fingerprint.label("id"),
+                      ErrorGroup.count.label("n")).where(ErrorGroup.fingerprint.in_(fps))
+        return await self._exact(fps, rows)
+
+    async def hours(self, project_id: int, fingerprint: str, first_hour: int) -> dict[int, int]:
+        """hour -> exact events of one group in that hour (hours since the epoch, from `first_hour` to now);
+        hours without events are left out. The same recipe as `exact`, over the hour-bucket fields."""
+        now_hour = int(time.time() // 3600) + 1  # +1: another node's clock may be an hour ahead at :59:59
+        hours = range(first_hour, now_hour + 1)
+        fields = [hour_field(project_id, fingerprint, h) for h in hours]
+        rows = select(literal("g").label("kind"), cast(GroupHour.hour, String).label("id"),
+                      GroupHour.count.label("n")).where(
+            GroupHour.project_id == project_id, GroupHour.fingerprint == fingerprint, GroupHour.hour >= first_hour)
+        exact = await self._exact(fields, rows, every_field=True)
+        by_field = dict(zip(fields, hours, strict=True))
+        return {by_field[f]: n for f, n in exact.items() if n}
+
+    async def _exact(self, fields: list[str], db_rows: Select[str, str, int],
+                     every_field: bool = False) -> dict[str, int]:
+        """field -> DB value + Redis deltas not in the DB yet. `db_rows` selects (kind "g", id, n) with ids
+        named like `fields` (hour buckets: the hour number, mapped back here). `every_field`: fields without
+        a DB row count from 0 (hour buckets), else they are left out (groups)."""
         for _ in range(ATTEMPTS):
-            gen, redis_extra = await self._snapshot(fps)
-            db, applied = await self._db(fps, list(redis_extra))
+            gen, redis_extra = await self._snapshot(fields)
+            db, applied = await self._db(db_rows, list(redis_extra))
             now = await asyncio.gather(*(self.redis.get(k.sync_generation) for k in self.keys.all_shards))
             if tuple(as_str(g or b"0") for g in now) != gen:
                 continue
+            db = _by_field(fields, db)
             out = {}
-            for fp, count in db.items():
-                out[fp] = count + sum(vals.get(fp, 0) for bid, vals in redis_extra.items() if bid not in applied)
+            for f in fields:
+                if f in db or every_field:
+                    out[f] = db.get(f, 0) + sum(v.get(f, 0) for bid, v in redis_extra.items() if bid not in applied)
             return out
         # Syncs kept racing us (they are seconds apart, so this is rare): the DB alone is never double.
-        db, _ = await self._db(fps, [])
-        return db
+        db, _ = await self._db(db_rows, [])
+        return _by_field(fields, db)
 
     async def _snapshot(self, fps: list[str]) -> tuple[tuple[str, ...], dict[str, dict[str, int]]]:
         """-> generation per shard, {batch id (or PENDING + shard for a pending hash): {fp: delta}}"""
@@ -75,19 +122,24 @@ class CountReader:
                 i += 1 + n
         return tuple(gens), extra
 
-    async def _db(self, fps: list[str], batch_ids: list[str]) -> tuple[dict[str, int], set[str]]:
-        groups = select(literal("g").label("kind"), ErrorGroup.fingerprint.label("id"),
-                        ErrorGroup.count.label("n")).where(ErrorGroup.fingerprint.in_(fps))
-        stmt = groups
+    async def _db(self, rows: Select[str, str, int], batch_ids: list[str]) -> tuple[dict[str, int], set[str]]:
+        stmt = rows
         real = [b for b in batch_ids if not b.startswith(PENDING)]
         if real:
             ledger = select(literal("b").label("kind"), AppliedBatch.batch_id.label("id"),
                             literal(0).label("n")).where(AppliedBatch.batch_id.in_(real))
-            stmt = union_all(groups, ledger)  # type: ignore[assignment]
+            stmt = union_all(rows, ledger)  # type: ignore[assignment]
         async with self.engine.connect() as conn:
-            rows = list(await conn.execute(stmt))
-        db = {r.id: int(r.n or 0) for r in rows if r.kind == "g"}
-        return db, {r.id for r in rows if r.kind == "b"}
+            found = list(await conn.execute(stmt))
+        db = {r.id: int(r.n or 0) for r in found if r.kind == "g"}
+        return db, {r.id for r in found if r.kind == "b"}
+
+
+def _by_field(fields: list[str], db: dict[str, int]) -> dict[str, int]:
+    """DB ids as the Redis field names: group rows are named by fingerprint already; hour rows by their hour."""
+    if not fields or HOUR_SEPARATOR not in fields[0]:
+        return db
+    return {f: db[hour] for f in fields if (hour := f.rsplit(HOUR_SEPARATOR, 1)[1]) in db}
 
 
 def _deltas(fps: list[str], values: list[bytes | str]) -> dict[str, int]:

@@ -26,6 +26,7 @@ import orjson
 import socketio
 from redis.asyncio import Redis
 
+from core.alerts.signals import SignalWriter
 from core.backoff import Backoff
 from core.keys import Keys
 from core.pubsub import make_manager
@@ -117,7 +118,8 @@ class FeedCoalescer:
         self.take = load_script(redis, "feed_take")
         self.lease = load_script(redis, "feed_lease")
         self.meta: dict[str, dict[str, Any]] = {}
-        self.spikes = SpikeDetector()
+        self.spikes = SpikeDetector(warmup=settings.spike_warmup)
+        self.signals = SignalWriter(redis, self.keys)  # new_group / spike signals and threshold counts
         self.leader = False
         self.messages = 0  # emitted (per room), for logs and tests
 
@@ -151,6 +153,8 @@ class FeedCoalescer:
             return 0
         await self._load_meta([fp for fp, _, prev in moved if prev == 0 or fp not in self.meta])
         rooms: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        counted: list[tuple[int, str, int]] = []
+        signals: list[tuple[str, int, str, Any]] = []
         for fp, total, prev in moved:
             meta = self.meta.get(fp)
             if meta is None:  # counted before the feed existed: no summary to route it by
@@ -160,6 +164,11 @@ class FeedCoalescer:
             if meta.get("service"):
                 targets.append(service_room(meta["project_id"], meta["service"]))
             spike = self.spikes.observe(fp, delta, now)
+            counted.append((meta["project_id"], fp, delta))
+            if prev == 0:  # new to the live hash: new, or back after idle pruning (the evaluator tells apart)
+                signals.append(("new_group", meta["project_id"], fp, None))
+            if spike:
+                signals.append(("spike", meta["project_id"], fp, spike["rate"]))
             for room in targets:
                 bucket = rooms.setdefault(room, {"new": [], "counts": [], "spikes": []})
                 if prev == 0:
@@ -178,6 +187,7 @@ class FeedCoalescer:
                                         room=room)
             sent += 1 + bool(b["new"]) + bool(b["spikes"])
         self.messages += sent
+        await self.signals.publish(counted, signals)
         return sent
 
     async def _load_meta(self, fps: list[str]) -> None:

@@ -67,6 +67,12 @@ class Keys:
             return (replace(self, shard_tag=""),)
         return tuple(replace(self, shard_tag=t) for t in shard_tags(self.prefix, self.shards))
 
+    @cached_property
+    def streams(self) -> tuple[Keys, ...]:
+        """The shards whose task streams workers read: every shard, plus the global-tag stream when sharded
+        (tasks not tied to a group, e.g. alert deliveries, are enqueued beside their global keys)."""
+        return self.all_shards if self.shards == 1 else (*self.all_shards, self.root)
+
     def shard(self, index: int) -> Keys:
         return self.all_shards[index]
 
@@ -214,6 +220,16 @@ class Keys:
     def feed_lock(self) -> str:
         return f"{self.tag}:feed:lock"
 
+    # --- triage signals: a capped stream of group transitions (new_group, regression, spike, threshold) ---
+    # written by core/triage.py (regressions) and core/alerts/signals.py, read by workers/alerts.py
+    @property
+    def group_signals(self) -> str:
+        return f"{self.tag}:signals:groups"
+
+    # set once per signalled transition (group, transition time ms), so a re-sent signal is added once
+    def signal_sent(self, fingerprint: str, at_ms: int) -> str:
+        return f"{self.tag}:signals:sent:{fingerprint}:{at_ms}"
+
     # --- per-project limits (core/ratelimit/quota.py, ingest.lua) ---
     # project id -> "per_second|per_minute|new_groups_per_hour" overrides (empty = the setting's default);
     # mirrored from the DB table project_quotas
@@ -243,3 +259,37 @@ class Keys:
     @property
     def feed_index_built(self) -> str:
         return f"{self.tag}:feed:idx:built"
+
+    # --- alerts (core/alerts/, workers/alerts.py) ---
+    # the triage signals (group_signals, above) are read by the alert evaluator through this consumer group
+    alert_consumer_group: str = "alerts"
+
+    # (rule, group) -> set while the rule is cooling down for that group (SET NX PX by alert_enqueue.lua)
+    def alert_cooldown(self, rule_id: int | str, fingerprint: str) -> str:
+        return f"{self.tag}:alerts:cool:{rule_id}:{fingerprint}"
+
+    # project id -> the longest window (minutes) of its threshold rules: only these projects are counted
+    @property
+    def alert_windows(self) -> str:
+        return f"{self.tag}:alerts:windows"
+
+    # events per group in one minute of one project: "<prefix><project id>:<minute>" (HINCRBY by the feed)
+    @property
+    def alert_minutes_prefix(self) -> str:
+        return f"{self.tag}:alerts:m:"
+
+    # a delivery that reached its receiver (a redelivered task does not send it again)
+    def alert_sent(self, delivery_id: str) -> str:
+        return f"{self.tag}:alerts:sent:{delivery_id}"
+
+    # one threshold scan / retention run per interval across replicas (SET NX PX)
+    def alert_scan_lock(self, bucket: int) -> str:
+        return f"{self.tag}:lock:alert-scan:{bucket}"
+
+    def retention_lock(self, bucket: int) -> str:
+        return f"{self.tag}:lock:retention:{bucket}"
+
+    # time (s) up to which the per-group sample cap has looked at new samples (workers/retention.py)
+    @property
+    def retention_cap_since(self) -> str:
+        return f"{self.tag}:retention:cap-since"

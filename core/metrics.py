@@ -36,6 +36,9 @@ DEAD_LETTERS = Gauge("faultline_dead_letters", "Tasks in the dead-letter list", 
 JOBS = Counter("faultline_jobs_total", "Task outcomes", ["outcome"])
 EVENTS = Counter("faultline_events_total", "Ingested events by outcome", ["outcome"])
 SYNC_SECONDS = Histogram("faultline_sync_duration_seconds", "Count sync duration")
+# Transactions run again after the server rolled them back (reason: 1213, 1205 or "connection"): on Galera
+# the 1213s are the certification conflicts between writers on different nodes (core/db/rerun.py).
+DB_RERUNS = Counter("faultline_db_reruns_total", "Transactions run again after a rollback", ["op", "reason"])
 SYNCED_EVENTS = Counter("faultline_synced_events_total", "Event counts moved from Redis to the DB")
 # Under gunicorn's multiprocess mode the default process_* collector is not aggregated, so every process
 # reports its own RSS here (read once a second by watch_loop_lag) for the "memory per process" panel.

@@ -22,7 +22,7 @@ async def queue_depth(redis: Redis, keys: Keys) -> int:
     """Tasks queued or in flight, over every shard's stream: one pipeline (a cluster client splits it by
     node), so a probe costs one round trip and one connection per node whatever the shard count."""
     pipe = redis.pipeline(transaction=False)
-    for k in keys.all_shards:
+    for k in keys.streams:
         pipe.xlen(k.stream)
     return sum(int(n) for n in await pipe.execute())
 
@@ -31,7 +31,7 @@ async def queue_figures(redis: Redis, keys: Keys) -> QueueFigures:
     """Summed over the shards, in one pipeline (see queue_depth). A shard whose group does not exist yet
     has nothing pending; any other error is raised."""
     pipe = redis.pipeline(transaction=False)
-    for k in keys.all_shards:
+    for k in keys.streams:
         pipe.xlen(k.stream)
         pipe.xpending(k.stream, k.consumer_group)
         pipe.zcard(k.retries)

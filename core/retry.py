@@ -130,9 +130,11 @@ def _wire(message: TaskiqMessage, labels: dict[str, Any]) -> bytes:
                          "labels_types": None, "args": message.args, "kwargs": message.kwargs})
 
 
-async def pump_retries(redis: Redis, keys: Keys, batch: int = 200) -> int:
+async def pump_retries(redis: Redis, keys: Keys, batch: int = 200) -> tuple[int, float | None]:
+    """Move due retries onto the stream: (how many moved, seconds until the next one is due or None)."""
     script = load_script(redis, "retry_pump")
-    return int(await script(keys=[keys.retries, keys.stream], args=[batch]))
+    moved, next_in_ms = await script(keys=[keys.retries, keys.stream], args=[batch])
+    return int(moved), None if int(next_in_ms) < 0 else int(next_in_ms) / 1000
 
 
 class OutcomeMiddleware(TaskiqMiddleware):

@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     # None = embedded SQLite under .faultline/ (one box, no server); MariaDB/MySQL in production.
     database_url: str | None = None
     db_pool_size: int = 5
+    # A transaction the server rolled back for a conflict (1213 deadlock or Galera certification failure,
+    # 1205 lock wait) or whose connection died is run again at once, up to this many attempts in all
+    # (core/db/rerun.py), with backoff from 20 ms doubling to 1 s: two writers on hot rows collide again
+    # only if they land in the same few ms, so a few attempts clear nearly every conflict, and 8 bound the
+    # wait to ~3 s before the task goes to the slower transient-retry queue (core/retry.py).
+    db_rerun_attempts: int = Field(default=8, ge=1, le=50)
+    db_rerun_base_delay: float = Field(default=0.02, gt=0.0)
+    db_rerun_max_delay: float = Field(default=1.0, gt=0.0)
 
     admin_token: str | None = None
     dashboard_token: str | None = None
@@ -78,6 +86,9 @@ class Settings(BaseSettings):
     dashboard_projects: str = Field(default="", pattern=r"^[0-9,\s]*$")
     # Live feed: the coalescer emits at most once per interval per room (4/s), whatever the ingest rate.
     feed_interval: float = Field(default=0.25, gt=0.0, le=5.0)
+    # Spike detector (core/feed.py): a group is watched this long before it may spike (a brand-new group is
+    # "new", not a spike; 10 s lets its 60-s average form).
+    spike_warmup: float = Field(default=10.0, ge=0.0)
     # Bootstrap project key: `faultline up` creates the "default" project with it.
     ingest_key: str | None = None
 
@@ -149,6 +160,9 @@ class Settings(BaseSettings):
     # Counts reach the DB once per interval: 1 DB write per group per 30 s instead of 1 per event.
     sync_interval: float = 30.0
     samples_per_group: int = 5
+    # Hour buckets of the group page's chart are kept this long: two weeks show a weekly pattern and its
+    # repeat; one row per group per active hour, so the table stays ~336 rows per busy group.
+    hourly_retention_days: int = Field(default=14, ge=1, le=366)
 
     # Queue bounds: past the soft limit ingest sheds load with 503 + Retry-After; the hard limit
     # takes the node out of readiness.
@@ -212,6 +226,34 @@ class Settings(BaseSettings):
     # (s) while the queue holds messages. Healthy workers "fetch" at least once per second (an empty
     # XREADGROUP blocks 1 s), so 30 s means stuck, not busy, and stays under a kubelet's default 3x10 s.
     worker_stall_after: float = Field(default=30.0, gt=0.0)
+
+    # --- alerts (core/alerts/, workers/alerts.py) ---
+    # Webhook URLs are fetched by the workers, from inside your network: a rule pointing at 127.0.0.1,
+    # 169.254.169.254 (cloud metadata) or a private range would let whoever may create rules probe internal
+    # services. So such addresses are refused, when the rule is created and again at every connection (the
+    # address actually connected to is checked, no DNS rebinding). Allow them only when your receivers really
+    # are internal; tests turn it on because their receivers listen on loopback.
+    alert_allow_private_urls: bool = False
+    # One webhook attempt may take this long (connect + answer); then it counts as failed and is retried.
+    # 10 s: Slack and typical receivers answer in well under a second; a hung receiver holds a worker
+    # slot (of worker_concurrency) no longer than this.
+    alert_timeout: float = Field(default=10.0, gt=0.0, le=60.0)
+    # Default cooldown per (rule, group): after an alert, the same rule stays silent for that group this
+    # long, so a storm sends one alert, not thousands. 1 h: the team has been told; a rule may set its own.
+    alert_cooldown: float = Field(default=3600.0, ge=0.0)
+    # How often "N events in M minutes" rules are evaluated (by one worker per interval): an alert comes
+    # at most this late; the work per scan is M HMGETs per rule, over the groups that moved in the last minute.
+    alert_scan_interval: float = Field(default=10.0, gt=0.0)
+
+    # --- retention (workers/retention.py has the rest of its numbers) ---
+    # Samples (the stored events behind a group) older than this are deleted; groups and their counts stay.
+    # 30 days: enough to debug last month's incidents, and the samples table stays a bounded size.
+    sample_retention_days: float = Field(default=30.0, gt=0.0)
+    # Groups with no event for this long are deleted with their samples (and their Redis state). 90 days: a
+    # group that comes back after that is new again, as in Sentry's and Bugsink's defaults.
+    group_retention_days: float = Field(default=90.0, gt=0.0)
+    # Seconds between retention runs of the scheduler (one replica per run, by a Redis lock).
+    retention_interval: float = Field(default=300.0, gt=0.0)
 
     # --- listening beyond loopback (issue 10) ---
     # The address the API node listens on (`faultline api --host` exports it; the Docker image sets 0.0.0.0).

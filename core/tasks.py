@@ -36,3 +36,12 @@ def task_fingerprint(kwargs: object) -> str:
 def persist_message(events: list[dict[str, object]], task_id: str | None = None) -> bytes:
     head, tail = message_frame(task_id)
     return (head + ",".join(orjson.dumps(e).decode() for e in events) + tail).encode()
+
+
+DELIVER_ALERT = "faultline.deliver_alert"
+
+
+def alert_message(alert: dict[str, object]) -> bytes:
+    """A deliver_alert task (workers/alerts.py); its task id is the delivery id receivers see."""
+    return orjson.dumps({"task_id": alert["delivery_id"], "task_name": DELIVER_ALERT, "labels": {},
+                         "labels_types": None, "args": [], "kwargs": {"alert": alert}})

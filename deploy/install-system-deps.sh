@@ -11,12 +11,20 @@ declare -A need=(
   [chromium]=chromium
   [npm]=npm
   [prometheus]=prometheus
+  [rsync]=rsync  # Galera's state transfer to a joining node (`faultline up --db galera`, its tests)
+)
+# files that are not commands
+declare -A need_file=(
+  [/usr/lib/galera/libgalera_smm.so]=galera-4
 )
 missing=()
 for bin in "${!need[@]}"; do
   if ! command -v "$bin" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$bin" ]; then
     missing+=("${need[$bin]}")
   fi
+done
+for file in "${!need_file[@]}"; do
+  [ -e "$file" ] || missing+=("${need_file[$file]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)

@@ -1,4 +1,4 @@
-"""`faultline` command: up, rollout, api, worker, scheduler, migrate, project, worker-check, dlq."""
+"""`faultline` command: up, rollout, api, worker, scheduler, migrate, project, worker-check, dlq, alert."""
 
 from __future__ import annotations
 
@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nodes", type=int, default=3, help="API nodes behind nginx (each gunicorn + uvicorn)")
     up.add_argument("--port", type=int, default=8080, help="the port nginx listens on (127.0.0.1)")
     up.add_argument("--workers", type=int, default=2, help="worker processes consuming the task stream")
-    up.add_argument("--db", default="mariadb", help="sqlite | mariadb (a private server) | a SQLAlchemy URL")
+    up.add_argument("--db", default="mariadb", help="sqlite | mariadb (a private server) | galera (a private 3-node "
+                    "Galera cluster) | a SQLAlchemy URL (mysql+asyncmy://u:p@h1:3306,h2:3306/db fails over)")
     up.add_argument("--redis", default="single", choices=["single", "sentinel", "cluster"],
                     help="one redis-server; 1 primary + 2 replicas + 3 Sentinels; or a 6-node Redis Cluster")
     # On by default, as in production (the seed's tiers, per ingest key); off for load tests of the rest.
@@ -375,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="replay every dead letter")
     replay.set_defaults(func=cmd_dlq)
     dsub.add_parser("purge", help="delete every dead letter").set_defaults(func=cmd_dlq)
+    from faultline import alerts
+
+    alerts.add_parser(sub, _Parser)
     status = sub.add_parser("status", help="processes, ports, queue depth, dead letters, heartbeats")
     status.set_defaults(func=cmd_status)
     return parser

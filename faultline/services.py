@@ -165,6 +165,8 @@ class RedisServer(Supervised):
 class MariaDBServer(Supervised):
     data_dir: Path
     port: int = field(default_factory=free_port)
+    # InnoDB redo log: given to the install step too, which would otherwise write its 96 MB default first
+    log_file_size: str = "64M"
     proc: TCPExecutor | None = None
     backoff: Backoff = field(default_factory=Backoff)
     started_at: float = field(default_factory=time.monotonic)
@@ -175,26 +177,37 @@ class MariaDBServer(Supervised):
         return f"mysql+asyncmy://{auth}@127.0.0.1:{self.port}/{database}?charset=utf8mb4"
 
     def start(self) -> MariaDBServer:
-        mariadbd = require("mariadbd", "mariadb-server")
         datadir = self.data_dir / "data"
-        if not (datadir / "mysql").exists():
+        if self.needs_install():
             datadir.mkdir(parents=True, exist_ok=True)
             subprocess.run(
                 [require("mariadb-install-db", "mariadb-server"), "--no-defaults", f"--datadir={datadir}",
-                 "--auth-root-authentication-method=normal", "--skip-test-db", "--user=" + _user()],
+                 "--auth-root-authentication-method=normal", "--skip-test-db", "--user=" + self.os_user(),
+                 f"--innodb-log-file-size={self.log_file_size}"],
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        cmd = [mariadbd, "--no-defaults", f"--datadir={datadir}", f"--port={self.port}",
-               "--bind-address=127.0.0.1", f"--socket={self.data_dir / 'mysqld.sock'}", "--user=" + _user(),
-               f"--pid-file={self.data_dir / 'mysqld.pid'}", "--skip-log-bin", "--max-connections=500",
-               # what 500 connections and a 1,000-table cache need, within the hard limit: its default sizing asks
-               # for more and prints "Could not increase number of max_open_files" at every start
-               "--table-open-cache=1000",
-               f"--open-files-limit={min(16384, resource.getrlimit(resource.RLIMIT_NOFILE)[1])}",
-               "--innodb-buffer-pool-size=128M", "--innodb-log-file-size=64M",
-               f"--log-error={self.data_dir / 'error.log'}"]
-        self.proc = TCPExecutor(cmd, host="127.0.0.1", port=self.port, timeout=60)
+        self.proc = TCPExecutor(self.command(), host="127.0.0.1", port=self.port, timeout=60)
         self.proc.start()
         return self
+
+    def needs_install(self) -> bool:
+        """A fresh data directory: create the system tables first."""
+        return not (self.data_dir / "data" / "mysql").exists()
+
+    def os_user(self) -> str:
+        """The OS user mariadbd runs as: whoever runs us (Galera's nodes override it)."""
+        return _user()
+
+    def command(self) -> list[str]:
+        return [require("mariadbd", "mariadb-server"), "--no-defaults", f"--datadir={self.data_dir / 'data'}",
+                f"--port={self.port}", "--bind-address=127.0.0.1", f"--socket={self.data_dir / 'mysqld.sock'}",
+                "--user=" + self.os_user(), f"--pid-file={self.data_dir / 'mysqld.pid'}", "--skip-log-bin",
+                "--max-connections=500",
+                # what 500 connections and a 1,000-table cache need, within the hard limit: its default sizing
+                # asks for more and prints "Could not increase number of max_open_files" at every start
+                "--table-open-cache=1000",
+                f"--open-files-limit={min(16384, resource.getrlimit(resource.RLIMIT_NOFILE)[1])}",
+                "--innodb-buffer-pool-size=128M", f"--innodb-log-file-size={self.log_file_size}",
+                f"--log-error={self.data_dir / 'error.log'}"]
 
     def create_database(self, name: str, password: str | None = None) -> str:
         """The database, and with `password` a `faultline` user owning it (the URL children get)."""

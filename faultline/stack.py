@@ -21,6 +21,7 @@ from core import access
 from core.settings import Settings
 from faultline import promtargets, supervise
 from faultline.bootstrap import ensure_default_project
+from faultline.galera import GaleraCluster
 from faultline.procs import Child, Liveness, LogSink, stdout_sink
 from faultline.redis_topology import LocalRedisCluster, LocalRedisSentinel
 from faultline.services import MariaDBServer, NginxServer, RedisServer, Supervised, free_port, wait_http_ok
@@ -37,7 +38,7 @@ class StackConfig:
     port: int = 8080
     workers: int = 2
     schedulers: int = 1
-    db: str = "sqlite"  # sqlite | mariadb | a SQLAlchemy URL
+    db: str = "sqlite"  # sqlite | mariadb | galera (3 nodes, faultline/galera.py) | a SQLAlchemy URL
     node_workers: int = 1  # uvicorn processes per API node
     env: dict[str, str] = field(default_factory=dict)
     admin_token: str = ""
@@ -57,6 +58,7 @@ class Stack:
         self.redis: RedisServer | None = None  # the one server of `--redis single`
         self.redis_set: LocalRedisCluster | LocalRedisSentinel | None = None  # or a sentinel/cluster set
         self.mariadb: MariaDBServer | None = None
+        self.galera: GaleraCluster | None = None
         self.nginx: NginxServer | None = None
         self.database_url = ""
         self.nodes: list[Child] = []
@@ -109,6 +111,9 @@ class Stack:
         if db == "mariadb":
             self.mariadb = MariaDBServer(self.base / "mariadb").start()
             return self.mariadb.create_database("faultline", password=self.cfg.db_password or None)
+        if db == "galera":
+            self.galera = GaleraCluster(self.base / "galera", keep_data=True).start()
+            return self.galera.create_database("faultline", password=self.cfg.db_password or None)
         return db
 
     def settings(self) -> Settings:
@@ -163,6 +168,13 @@ class Stack:
     def wait_ready(self, port: int, timeout: float = 60.0) -> None:
         wait_http_ok(f"http://127.0.0.1:{port}/health/ready", timeout, cancel=self.cancel)
 
+    def servers(self) -> list[tuple[str, Supervised]]:
+        """The stores the supervisor restarts on their own port and data (nginx apart: it is re-rendered)."""
+        found: list[tuple[str, Supervised | None]] = [(name, server) for server, name in self.redis_members()]
+        found.append(("mariadb", self.mariadb))
+        found += [(f"galera-{node.name}", node) for node in (self.galera.nodes if self.galera else [])]
+        return [(name, server) for name, server in found if server is not None]
+
     def children(self) -> list[Child]:
         return [*self.nodes, *self.workers, *self.schedulers]
 
@@ -200,6 +212,8 @@ class Stack:
                 self.redis_set.stop()
             if self.mariadb:
                 self.mariadb.stop()
+            if self.galera:
+                self.galera.stop()
 
     @property
     def redis_url(self) -> str:

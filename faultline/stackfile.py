@@ -41,20 +41,18 @@ def write_private(path: Path, text: str) -> None:
 def describe(stack: Stack) -> dict[str, Any]:
     settings = stack.settings()
     procs: list[dict[str, Any]] = []
-    servers: list[tuple[str, str, Any]] = [(name, "redis", s) for s, name in stack.redis_members()]
-    servers += [("mariadb", "mariadb", stack.mariadb), ("nginx", "nginx", stack.nginx)]
-    for name, role, server in servers:
+    servers: list[tuple[str, Any]] = [*stack.servers(), ("nginx", stack.nginx)]
+    for name, server in servers:
         if server is not None and server.proc is not None and server.proc.process is not None:
-            procs.append({"name": name, "role": role, "pid": server.proc.process.pid,
-                          "port": getattr(server, "port", None), "restarts": server.restarts})
+            procs.append({"name": name, "role": name.split("-", 1)[0], "pid": server.proc.process.pid,
+                          "port": server.port, "restarts": server.restarts})
     for child in stack.children():
         role = child.name.rsplit("-", 1)[0]
         port = stack.node_ports.get(child.name) or stack.metrics_ports.get(child.name)
         procs.append({"name": child.name, "role": role, "pid": child.pid, "port": port,
                       "restarts": child.restarts})
     return {"up_pid": os.getpid(), "url": stack.nginx.url if stack.nginx else None,
-            "redis_url": stack.redis_url if stack.redis or stack.redis_set else None,
-            "database_url": stack.database_url,
+            "redis_url": stack.redis.url if stack.redis else None, "database_url": stack.database_url,
             "key_prefix": settings.key_prefix, "admin_token": stack.admin_token, "processes": procs,
             "workers": [c.name for c in stack.workers], "schedulers": [c.name for c in stack.schedulers]}
 

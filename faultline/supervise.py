@@ -44,8 +44,8 @@ def _server(server: Supervised, name: str, sink: LogSink) -> bool:
 def run_round(stack: Stack) -> list[str]:
     restarted: list[str] = []
     sink = stack.cfg.sink
-    for server, name in (*stack.redis_members(), (stack.mariadb, "mariadb")):
-        if server is not None and _server(server, name, sink):
+    for name, server in stack.servers():
+        if _server(server, name, sink):
             restarted.append(name)
     for child in stack.children():
         if child.check():

@@ -1,4 +1,5 @@
-"""Serves the pages a person opens in a browser: GET /dashboard (the live feed), GET /docs (Swagger UI), and
+"""Serves the pages a person opens in a browser: GET /dashboard (the live feed), GET /dashboard/groups/{fp} (one
+group: its stack traces, hourly chart, state), GET /docs (Swagger UI), and
 /dashboard/static/* (their JS and CSS, plus the Socket.IO client and Swagger UI that `make node` copies from
 the npm packages into realtime/static/vendor/).
 
@@ -70,6 +71,12 @@ def mount(app: FastAPI) -> None:
     @app.get("/dashboard", include_in_schema=False)
     async def dashboard() -> FileResponse:
         return FileResponse(STATIC / "dashboard.html", media_type="text/html",
+                            headers={**PAGE_HEADERS, "Content-Security-Policy": CSP})
+
+    @app.get("/dashboard/groups/{fingerprint}", include_in_schema=False)
+    async def group_page(fingerprint: str) -> FileResponse:
+        # the page reads the fingerprint from its own address; a bad one gets GET /errors/{fp}'s 4xx there
+        return FileResponse(STATIC / "group.html", media_type="text/html",
                             headers={**PAGE_HEADERS, "Content-Security-Policy": CSP})
 
     _replace_cdn_docs(app)

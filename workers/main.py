@@ -26,6 +26,8 @@ from core.redis import make_redis
 from core.retry import OutcomeMiddleware, RetryMiddleware, pump_retries
 from core.settings import Settings
 from workers import tasks
+from workers.alerts import Evaluator, scan_forever
+from workers.deliveries import Deliveries
 from workers.writer import AfterCommit, BatchWriter
 
 log = logging.getLogger("faultline.worker")
@@ -36,9 +38,11 @@ async def _pump_forever(settings: Settings, keys: Keys, redis: Redis, progress: 
     backoff = Backoff.for_loop("retry pump", log, settings)
     while True:
         try:
-            moved = 0
+            moved, next_due = 0, None
             for shard in keys.all_shards:  # one at a time: a background loop, no hurry
-                moved += await pump_retries(redis, shard)
+                n, due = await pump_retries(redis, shard)
+                moved += n
+                next_due = due if next_due is None or (due is not None and due < next_due) else next_due
             q = await queue_figures(redis, keys)
             metrics.QUEUE_DEPTH.set(q.waiting)
             metrics.RETRY_DEPTH.set(q.retrying)
@@ -49,7 +53,8 @@ async def _pump_forever(settings: Settings, keys: Keys, redis: Redis, progress: 
             await backoff.failed(exc)
             continue
         backoff.ok()
-        await asyncio.sleep(0.05 if moved else 0.2)
+        # wake when the next retry is due (not up to 0.2 s late): retry delays stay the ones core/retry.py chose
+        await asyncio.sleep(0.05 if moved else min(0.2, next_due if next_due is not None else 0.2))
 
 
 async def _start_broker(broker: FaultlineBroker, settings: Settings, finish: asyncio.Event) -> None:
@@ -86,7 +91,9 @@ async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | 
     progress = broker.progress
     writer = BatchWriter(settings, engine, redis, after_commit, progress=progress, keys=keys)
     broker.add_middlewares(RetryMiddleware(settings, redis, keys), OutcomeMiddleware(progress))
-    tasks.register(broker, writer)
+    deliveries = Deliveries(settings, engine, redis)
+    tasks.register(broker, writer, deliveries)
+    evaluator = Evaluator(settings, redis, engine, name)
     broker.is_worker_process = True
     # taskiq logs a traceback per failed task: thousands of lines in a DB outage. Failures are logged by
     # core/retry.py (per attempt for bad data, dead letters) and the writer (once per DB outage) instead.
@@ -108,6 +115,8 @@ async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | 
         asyncio.create_task(heartbeat.beat_forever(redis, keys, "worker", name, settings, progress), name="heartbeat"),
         asyncio.create_task(_pump_forever(settings, keys, redis, progress), name="retry pump"),
         asyncio.create_task(metrics.watch_loop_lag(), name="loop lag"),
+        asyncio.create_task(evaluator.run(), name="alert evaluator"),
+        asyncio.create_task(scan_forever(evaluator, settings), name="threshold scan"),
     ]
     receiver = Receiver(broker, max_async_tasks=settings.worker_concurrency, run_startup=False,
                         wait_tasks_timeout=settings.shutdown_timeout)
@@ -135,6 +144,7 @@ async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | 
         task.cancel()
     await asyncio.gather(*background, return_exceptions=True)
     await writer.stop()
+    await deliveries.close()
     with contextlib.suppress(Exception):
         await heartbeat.stop(redis, keys, "worker", name)
     with contextlib.suppress(Exception):

@@ -22,6 +22,7 @@ from core.db.engine import make_engine
 from core.keys import Keys
 from core.redis import as_str, make_redis
 from core.settings import Settings
+from workers import retention
 from workers.prune import prune_idle_groups, rebase_new_groups
 from workers.sync import housekeeping, prune_consumers, sync_counts
 
@@ -45,6 +46,8 @@ async def run_scheduler(settings: Settings, name: str) -> None:
     beat = asyncio.create_task(heartbeat.beat_forever(redis, keys, "scheduler", name, settings))
     lag = asyncio.create_task(metrics.watch_loop_lag())
     beat.add_done_callback(lambda _: stop.set())  # a beat that ended: leave so the supervisor restarts us
+    retain = asyncio.create_task(_retention_forever(redis, engine, keys, settings, name))
+    retain.add_done_callback(lambda _: stop.set())  # it only ends by giving up (Backoff): restart us
     backoff = Backoff.for_loop(f"scheduler {name} sync", log, settings)
     done_bucket = -1
     failed = False
@@ -70,7 +73,9 @@ async def run_scheduler(settings: Settings, name: str) -> None:
             await asyncio.wait_for(stop.wait(), timeout=max(0.01, wait))
         except TimeoutError:
             pass
-    failed = failed or (beat.done() and not beat.cancelled())
+    failed = failed or (beat.done() and not beat.cancelled()) or (retain.done() and not retain.cancelled())
+    retain.cancel()  # a chunk cut short rolls back: every chunk is its own transaction
+    await asyncio.gather(retain, return_exceptions=True)
     beat.cancel()
     lag.cancel()
     with contextlib.suppress(Exception):
@@ -82,6 +87,23 @@ async def run_scheduler(settings: Settings, name: str) -> None:
         raise SystemExit(1)
 
 
+async def _retention_forever(redis: Redis, engine: object, keys: Keys, settings: Settings, name: str) -> None:
+    """Retention (workers/retention.py) beside the sync, never delaying it: one replica per interval."""
+    backoff = Backoff.for_loop(f"scheduler {name} retention", log, settings)
+    every = settings.retention_interval
+    while True:
+        try:
+            secs, micros = await redis.time()
+            now = secs + micros / 1e6
+            bucket = int(now // every)
+            if await redis.set(keys.retention_lock(bucket), name, nx=True, px=int(every * 2000)):
+                await retention.run(engine, redis, keys, settings)  # type: ignore[arg-type]
+            backoff.ok()
+            await asyncio.sleep(max(0.05, (bucket + 1) * every - now))
+        except Exception as exc:
+            await backoff.failed(exc)
+
+
 async def _take_lock(redis: Redis, keys: Keys, bucket: int, name: str, interval: float) -> bool:
     """The bucket's lock: won now, or won by us earlier in this bucket before the sync failed (retry)."""
     lock = keys.sync_lock(bucket)
@@ -91,7 +113,7 @@ async def _take_lock(redis: Redis, keys: Keys, bucket: int, name: str, interval:
 
 
 async def _run_once(redis: object, engine: object, keys: Keys, settings: Settings, bucket: int, name: str) -> None:
-    added = await sync_counts(redis, engine, keys)  # type: ignore[arg-type]
+    added = await sync_counts(redis, engine, keys, settings)  # type: ignore[arg-type]
     try:  # bounded per-group memory (workers/prune.py); a failure here never undoes the sync
         pruned = 0
         for shard in keys.all_shards:
@@ -107,6 +129,6 @@ async def _run_once(redis: object, engine: object, keys: Keys, settings: Setting
     pipe.expire(runs, 3600)
     await pipe.execute()
     if bucket % HOUSEKEEPING_EVERY == 0:
-        await housekeeping(engine, settings.samples_per_group)  # type: ignore[arg-type]
+        await housekeeping(engine, settings.hourly_retention_days)  # type: ignore[arg-type]
         await prune_consumers(redis, keys)  # type: ignore[arg-type]
     log.debug("sync bucket %d by %s: %d events", bucket, name, added)

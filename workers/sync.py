@@ -16,28 +16,35 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Mapping
+from functools import partial
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import metrics
+from core.counts import split_deltas
 from core.db import repo
+from core.db.rerun import rerun_transaction
 from core.keys import Keys
 from core.redis import as_str, load_script
+from core.settings import Settings
 
 log = logging.getLogger("faultline.sync")
 
 
-async def sync_counts(redis: Redis, engine: AsyncEngine, keys: Keys) -> int:
-    """Apply every pending count batch of every shard; returns how many events were added to DB counts."""
+async def sync_counts(redis: Redis, engine: AsyncEngine, keys: Keys, settings: Settings | None = None) -> int:
+    """Apply every pending count batch of every shard; returns how many events were added to DB counts.
+    `settings`: the rerun policy of a transaction the server rolled back (core/db/rerun.py; its defaults
+    without them)."""
     start = time.perf_counter()
-    added = sum(await asyncio.gather(*(_sync_shard(redis, engine, shard) for shard in keys.all_shards)))
+    added = sum(await asyncio.gather(*(_sync_shard(redis, engine, shard, settings) for shard in keys.all_shards)))
     metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
     metrics.SYNCED_EVENTS.inc(added)
     return added
 
 
-async def _sync_shard(redis: Redis, engine: AsyncEngine, keys: Keys) -> int:
+async def _sync_shard(redis: Redis, engine: AsyncEngine, keys: Keys, settings: Settings | None) -> int:
     batch_id = uuid.uuid4().hex
     flush_start = load_script(redis, "flush_start")
     batches = await flush_start(
@@ -46,11 +53,10 @@ async def _sync_shard(redis: Redis, engine: AsyncEngine, keys: Keys) -> int:
     added = 0
     for raw_id in batches:
         bid = as_str(raw_id)
-        raw = await redis.hgetall(keys.flushing(bid))
-        deltas = {as_str(fp): int(n) for fp, n in raw.items()}
+        deltas, hours = split_deltas(await redis.hgetall(keys.flushing(bid)))  # type: ignore[misc]
         with metrics.timed(metrics.DB_SECONDS, "apply_counts"):
-            async with engine.begin() as conn:
-                applied = await repo.apply_count_batch(conn, bid, deltas)
+            applied = await rerun_transaction("apply_counts", partial(_apply, engine, bid, deltas, hours),
+                                              settings)
         pipe = redis.pipeline(transaction=False)
         pipe.delete(keys.flushing(bid))
         pipe.srem(keys.flushing_batches, bid)
@@ -64,11 +70,25 @@ async def _sync_shard(redis: Redis, engine: AsyncEngine, keys: Keys) -> int:
     return added
 
 
-async def housekeeping(engine: AsyncEngine, samples_per_group: int) -> None:
-    """Keep the samples table to the last few per group and the ledger to one week."""
+async def _apply(engine: AsyncEngine, batch_id: str, deltas: dict[str, int],
+                 hours: Mapping[tuple[int, str, int], int]) -> bool:
+    """The ledger row, the deltas and their hour buckets in ONE transaction: a rerun after a rollback
+    (conflict, lost node) finds either nothing of it (applies it) or, if the lost COMMIT had landed, the
+    ledger row (skips it)."""
     async with engine.begin() as conn:
-        await repo.prune_samples(conn, samples_per_group)
+        return await repo.apply_count_batch(conn, batch_id, deltas, hours)
+
+
+async def housekeeping(engine: AsyncEngine, hourly_days: int = 14) -> None:
+    """Keep the count ledger to one week and hour buckets to `hourly_days` (bounded chunks: no long lock on
+    MariaDB); samples and groups: workers/retention.py."""
+    async with engine.begin() as conn:
         await repo.prune_batches(conn, time.time() - 7 * 86_400)
+    oldest_hour = int(time.time() // 3600) - hourly_days * 24
+    while True:
+        async with engine.begin() as conn:
+            if await repo.prune_hours(conn, oldest_hour) < repo.PRUNE_CHUNK:
+                break
 
 
 async def prune_consumers(redis: Redis, keys: Keys, idle_ms: int = 3_600_000) -> int:

@@ -4,7 +4,9 @@ Each persist task hands its events to the writer and waits; the writer collects 
 `write_batch_delay` (50 ms) or `write_batch_size` (500) events, writes groups and samples in one
 transaction, and then wakes the tasks, which are acknowledged only after that commit. At ~1 ms per
 event-row upsert batched vs ~5 ms per single-row transaction, this is what lets 2 workers keep up with
-ingest. Counts are not written here (see workers/sync.py): everything here is idempotent.
+ingest. Counts are not written here (see workers/sync.py): everything here is idempotent. Group states
+are decided here too (workers/triage.py): reopening a resolved group is a compare-and-set in the batch's
+transaction, signalled after its commit.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core import metrics
 from core.backoff import Backoff
 from core.db import repo
+from core.db.rerun import rerun_transaction
 from core.dedup import RUNNING, SUCCEEDED, JobStates
 from core.events import Event
 from core.fingerprint import error_type
@@ -28,6 +31,7 @@ from core.heartbeat import Progress
 from core.keys import Keys
 from core.retry import RowsRejected
 from core.settings import Settings
+from workers.triage import Reopener
 
 log = logging.getLogger("faultline.writer")
 Item = tuple[Sequence[Event], asyncio.Future[None]]
@@ -43,6 +47,7 @@ class BatchWriter:
         self.redis = redis
         self.keys = keys or Keys.from_settings(settings)
         self.states = JobStates(redis, self.keys, settings)
+        self.reopener = Reopener(settings, engine, redis, self.keys)
         self.after_commit = after_commit
         self.progress = progress or Progress()
         # event_id -> attempt number of the task that carries it (core/retry.py counts; the record keeps it)
@@ -141,17 +146,11 @@ class BatchWriter:
             await self._isolate(events[mid:], rejected)
 
     async def _write_retrying_conflicts(self, events: Sequence[Event]) -> None:
-        """Two workers upserting the same hot groups can deadlock (MariaDB 1213) or time out on a row lock
-        (1205); InnoDB rolled the loser back, so running the same idempotent batch again at once is right,
-        and cheaper than failing every task in it into the retry queue."""
-        for attempt in range(3):
-            try:
-                await self.write(events)
-                return
-            except Exception as exc:
-                if attempt == 2 or not repo.is_lock_conflict(exc):
-                    raise
-                await asyncio.sleep(0.01 * (attempt + 1))
+        """Two workers upserting the same hot groups deadlock (1213), wait out a row lock (1205) or, on Galera,
+        lose the certification at COMMIT (1213); a node may die under the transaction. The server rolled
+        the batch back and it is idempotent, so running it again at once (core/db/rerun.py) beats failing
+        every task in it into the retry queue."""
+        await rerun_transaction("persist_batch", lambda: self.write(events), self.settings)
 
     async def write(self, events: Sequence[Event]) -> None:
         groups: dict[str, dict[str, Any]] = {}
@@ -181,6 +180,10 @@ class BatchWriter:
             async with self.engine.begin() as conn:
                 await repo.upsert_groups(conn, list(groups.values()))
                 await repo.insert_samples(conn, samples)
+                # group states: an event for a resolved group reopens it, in this same transaction
+                reopened = await self.reopener.in_transaction(
+                    conn, {fp: g["last_seen"] for fp, g in groups.items()})
+        await self.reopener.after_commit(reopened)
         self.progress.written += len(events)
         await self._set_state(ids, SUCCEEDED)
         if self.after_commit is not None:

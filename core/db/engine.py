@@ -9,6 +9,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from core.db.failover import failover_creator
 from core.settings import Settings
 
 
@@ -17,7 +18,8 @@ def is_mysql(engine: AsyncEngine) -> bool:
 
 
 def make_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
-    url = make_url(settings.resolved_database_url)
+    single, creator = failover_creator(settings.resolved_database_url)
+    url = make_url(single)
     if url.get_backend_name() == "sqlite":
         if url.database:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -50,8 +52,20 @@ def make_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
         "max_overflow": settings.db_pool_size,
         "pool_timeout": 10,
     }
+    if creator is not None:  # several hosts (a Galera cluster): core/db/failover.py
+        options["async_creator"] = creator
     options.update(overrides)
-    return create_async_engine(url, **options)
+    engine = create_async_engine(url, **options)
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _not_primary(ctx: Any) -> None:
+        # 1047: a Galera node cut off from the primary component refuses every query while `SELECT 1` (the
+        # pre-ping) still passes: call it a disconnect, so the pool drops its connections to that node
+        args = getattr(ctx.original_exception, "args", ())
+        if args and args[0] == 1047:
+            ctx.is_disconnect = True
+
+    return engine
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:

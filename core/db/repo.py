@@ -10,23 +10,36 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import Table, delete, func, select, tuple_
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.access import key_hash, key_hint
-from core.db.models import AppliedBatch, ErrorGroup, Project, ProjectKey, Sample
+from core.db.models import AppliedBatch, ErrorGroup, GroupHour, Project, ProjectKey, Sample
 
 _groups: Table = ErrorGroup.__table__  # type: ignore[assignment]
 _samples: Table = Sample.__table__  # type: ignore[assignment]
 _batches: Table = AppliedBatch.__table__  # type: ignore[assignment]
 _projects: Table = Project.__table__  # type: ignore[assignment]
 _keys: Table = ProjectKey.__table__  # type: ignore[assignment]
+_hours: Table = GroupHour.__table__  # type: ignore[assignment]
+PRUNE_CHUNK = 5000  # rows per DELETE of old hour buckets: a short lock each, not one long one
 
-# MySQL/MariaDB errors worth retrying as they are: 1205 lock wait timeout, 1213 deadlock,
-# 2002/2003/2006/2013 connection lost or refused.
-_TRANSIENT_MYSQL = {1205, 1213, 2002, 2003, 2006, 2013}
+# MySQL/MariaDB errors worth retrying as they are: 1205 lock wait timeout, 1213 deadlock (also Galera's
+# certification failure), 1047 a Galera node not in the primary component ("WSREP has not yet prepared node
+# for application use"), 2002/2003/2006/2013 connection lost or refused.
+_TRANSIENT_MYSQL = {1047, 1205, 1213, 2002, 2003, 2006, 2013}
+# Connection gone (2006/2013), or on a Galera node that left the primary component (1047), which
+# core/db/engine.py turns into a dropped connection so that the next one goes to another node.
+_LOST_CONNECTION = {1047, 2006, 2013}
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The server's (or driver's) numeric error code of a DB error, e.g. 1213; None if it has none."""
+    orig = getattr(exc, "orig", None)
+    code = orig.args[0] if orig is not None and getattr(orig, "args", None) else None
+    return code if isinstance(code, int) else None
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -34,23 +47,26 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
         return True
     if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
+        if exc.connection_invalidated or error_code(exc) in _TRANSIENT_MYSQL:
             return True
-        orig = exc.orig
-        code = orig.args[0] if orig is not None and orig.args else None
-        if isinstance(code, int) and code in _TRANSIENT_MYSQL:
-            return True
-        text = str(orig).lower()
+        text = str(exc.orig).lower()
         return any(s in text for s in ("database is locked", "can't connect", "lost connection",
                                        "connection refused", "gone away", "unable to open"))
     return False
 
 
 def is_lock_conflict(exc: BaseException) -> bool:
-    """MySQL/MariaDB deadlock (1213) or lock wait timeout (1205): the transaction was rolled back."""
-    orig = getattr(exc, "orig", None)
-    code = orig.args[0] if orig is not None and getattr(orig, "args", None) else None
-    return code in (1205, 1213)
+    """MySQL/MariaDB deadlock or Galera certification failure (1213), lock wait timeout (1205): the server
+    rolled the whole transaction back."""
+    return error_code(exc) in (1205, 1213)
+
+
+def is_lost_connection(exc: BaseException) -> bool:
+    """The connection died under the transaction (a DB node killed or restarted, a network cut): the pool
+    has dropped it, and a new connection may reach another node (core/db/failover.py)."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return error_code(exc) in _LOST_CONNECTION
 
 
 def _is_mysql(conn: AsyncConnection) -> bool:
@@ -106,10 +122,12 @@ async def insert_samples(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]
     await conn.execute(stmt)
 
 
-async def apply_count_batch(conn: AsyncConnection, batch_id: str, deltas: Mapping[str, int]) -> bool:
-    """Add one batch of count deltas, exactly once. Returns False if the ledger says it was applied.
+async def apply_count_batch(conn: AsyncConnection, batch_id: str, deltas: Mapping[str, int],
+                            hours: Mapping[tuple[int, str, int], int] | None = None) -> bool:
+    """Add one batch of count deltas (and its hour buckets), exactly once. Returns False if the ledger says
+    it was applied.
 
-    Must run inside the caller's transaction: the ledger row and the counts commit together.
+    Must run inside the caller's transaction: the ledger row, the counts and the buckets commit together.
     """
     try:
         async with conn.begin_nested():
@@ -117,6 +135,7 @@ async def apply_count_batch(conn: AsyncConnection, batch_id: str, deltas: Mappin
                 batch_id=batch_id, applied_at=time.time(), events=sum(deltas.values())))
     except IntegrityError:
         return False
+    await _add_hours(conn, hours or {})
     rows = [{"fingerprint": fp, "count": n} for fp, n in sorted(deltas.items()) if n]
     if not rows:
         return True
@@ -131,16 +150,30 @@ async def apply_count_batch(conn: AsyncConnection, batch_id: str, deltas: Mappin
     return True
 
 
-async def prune_samples(conn: AsyncConnection, keep: int) -> int:
-    """Keep the newest `keep` samples of each group (window function: MariaDB >= 10.2, SQLite >= 3.25)."""
-    ranked = select(
-        Sample.id, func.row_number().over(partition_by=Sample.fingerprint, order_by=Sample.id.desc()).label("rn")
-    ).subquery()
-    doomed = select(ranked.c.id).where(ranked.c.rn > keep)
-    # MySQL refuses a subquery on the table being deleted from unless it is materialised: wrap it once more.
-    doomed_ids = select(doomed.subquery().c.id)
-    result = await conn.execute(delete(_samples).where(_samples.c.id.in_(doomed_ids)))
-    return int(getattr(result, "rowcount", 0) or 0)
+async def _add_hours(conn: AsyncConnection, hours: Mapping[tuple[int, str, int], int]) -> None:
+    rows = [{"project_id": p, "fingerprint": fp, "hour": h, "count": n} for (p, fp, h), n in sorted(hours.items()) if n]
+    for chunk in chunks(rows, 1000):
+        if _is_mysql(conn):
+            m = mysql.insert(_hours).values(list(chunk))
+            stmt: Any = m.on_duplicate_key_update(count=_hours.c.count + m.inserted.count)
+        else:
+            s = sqlite.insert(_hours).values(list(chunk))
+            stmt = s.on_conflict_do_update(index_elements=[_hours.c.project_id, _hours.c.fingerprint, _hours.c.hour],
+                                           set_={"count": _hours.c.count + s.excluded.count})
+        await conn.execute(stmt)
+
+
+async def prune_hours(conn: AsyncConnection, before_hour: int) -> int:
+    """Delete up to PRUNE_CHUNK hour buckets older than `before_hour`; returns how many went."""
+    doomed = select(_hours.c.project_id, _hours.c.fingerprint, _hours.c.hour).where(
+        _hours.c.hour < before_hour).limit(PRUNE_CHUNK)
+    rows = list(await conn.execute(doomed))
+    if not rows:
+        return 0
+    keys = [tuple(r) for r in rows]
+    await conn.execute(delete(_hours).where(
+        tuple_(_hours.c.project_id, _hours.c.fingerprint, _hours.c.hour).in_(keys)))
+    return len(rows)
 
 
 async def prune_batches(conn: AsyncConnection, older_than: float) -> None:

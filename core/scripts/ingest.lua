@@ -1,6 +1,6 @@
 -- Accept a batch of events atomically: refuse if late, dedup by (project, event id), shed load, count, enqueue.
--- KEYS[1] task stream, KEYS[2] pending deltas (hash), KEYS[3] live totals (hash), KEYS[4] live-feed dirty set,
--- KEYS[5] live-feed group summaries (hash), KEYS[6] dedup meta (hash), KEYS[7] groups new to the live hash (set),
+-- KEYS[1] task stream, KEYS[2] pending deltas (hash: per group and per group-hour), KEYS[3] live totals (hash),
+-- KEYS[4] live-feed dirty set, KEYS[5] live-feed group summaries (hash), KEYS[6] dedup meta (hash), KEYS[7] groups new to the live hash (set),
 -- KEYS[8] quota overrides (hash), KEYS[9] quota GCRA state (hash), KEYS[10] dropped counters (hash)
 -- ARGV[1] dedup key prefix, ARGV[2] dedup TTL s, ARGV[3] dedup buckets per TTL, ARGV[4] queue soft limit,
 -- ARGV[5] message head, ARGV[6] message tail, ARGV[7] call token, ARGV[8] deadline in Redis ms (0 = none),
@@ -90,6 +90,7 @@ end
 local t = redis.call('TIME')
 local now_s = tonumber(t[1])
 local now_ms = now_s * 1000 + math.floor(tonumber(t[2]) / 1000)
+local hour = math.floor(now_s / 3600)
 
 -- ---- dedup lookup (before any write: a re-run must see only what earlier runs wrote) ----
 local token = tonumber(ARGV[7])
@@ -231,6 +232,9 @@ for i = 1, n do
       end
       dedup_put(d, tonumber(ARGV[base + 1]), ARGV[base + 2], token * 8 + QUEUED)
       redis.call('HINCRBY', KEYS[2], fp, 1)
+      -- the hour bucket of the group page's chart rides in the same hash, so the sync applies it with the
+      -- count, exactly once (field "<fp>@<project>@<hour>"; workers/sync.py tells the two kinds apart)
+      redis.call('HINCRBY', KEYS[2], fp .. '@' .. pid .. '@' .. hour, 1)
       local total = redis.call('HINCRBY', KEYS[3], fp, 1)
       result[i + 2] = total
       redis.call('SADD', KEYS[4], fp)

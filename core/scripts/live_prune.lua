@@ -5,21 +5,24 @@
 -- A group is idle when the coalescer last saw its total move more than ARGV[1] s ago (Redis clock) and it
 -- is not dirty (counted but not yet taken). A group the coalescer never saw gets its idle clock started.
 -- counts:pending is never touched: its deltas reach the DB through the sync job whatever happens here.
+-- A negative ARGV[1]: retention (workers/retention.py) deleted these groups from the DB; drop every one that
+-- is not dirty (a dirty one is being counted again, so recreated), whatever its idle clock.
 -- Returns {pruned, clocks started}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local force = tonumber(ARGV[1]) < 0
 local cutoff = now - tonumber(ARGV[1])
 local pruned, started = 0, 0
 for i = 3, #ARGV do
   local fp = ARGV[i]
   if redis.call('SISMEMBER', KEYS[5], fp) == 0 then
     local last = redis.call('HGET', KEYS[3], fp)
-    if not last then
+    if not last and not force then
       if redis.call('HEXISTS', KEYS[1], fp) == 1 then
         redis.call('HSET', KEYS[3], fp, now)
         started = started + 1
       end
-    elseif tonumber(last) < cutoff then
+    elseif force or tonumber(last) < cutoff then
       redis.call('HDEL', KEYS[1], fp)
       redis.call('HDEL', KEYS[2], fp)
       redis.call('HDEL', KEYS[3], fp)

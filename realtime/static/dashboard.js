@@ -3,6 +3,8 @@
 //   error:new   {room, t, groups: [{fingerprint, project_id, service, level, message, first_seen, count}]}
 //   error:count {room, t, counts: [{fingerprint, total, delta}]}     (absolute totals: max() merges)
 //   error:spike {room, t, spikes: [{fingerprint, total, rate, baseline}]}
+//   error:state {room, t, groups: [{fingerprint, state, regressed}]}  (core/triage.py: resolve, reopen)
+// Filters (state, level, service, text) apply to the rows at once and to the GET /errors reload.
 // Rows are created once per group and their cells updated in place (no innerHTML re-render: no flicker).
 "use strict";
 (function () {
@@ -16,45 +18,12 @@
   const perSecond = new Map(); // server second -> events in it
   let clockOffset = 0;  // server time - local time (s), so "12 s ago" is right on a skewed wall PC
   let socket = null;
-  const state = { connected: false, node: null, rooms: [], snapshots: 0, messages: 0 };
+  const state = { connected: false, node: null, rooms: [], projects: [], snapshots: 0, messages: 0 };
   window.faultline = { groups, state };  // read by the end-to-end test and handy in the console
 
-  // ---- token: from #token=... once (fragments never reach the server or its logs), stripped from the
-  // address bar at once, then kept in sessionStorage: this tab only, gone when the tab closes, never on disk.
-  // (localStorage would keep an admin token on disk for every script of this origin, forever.)
-  const TOKEN_KEY = "faultline.token";
-  try { localStorage.removeItem(TOKEN_KEY); } catch (e) { /* storage disabled */ }  // left by older versions
-  let memoryToken = null;  // when the browser refuses sessionStorage too
-  function saveToken(token) {
-    memoryToken = token;
-    try { sessionStorage.setItem(TOKEN_KEY, token); } catch (e) { /* memory only */ }
-  }
-  function forgetToken() {
-    memoryToken = null;
-    try { sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* memory only */ }
-  }
-  function takeToken() {
-    const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
-    if (m) {
-      saveToken(decodeURIComponent(m[1]));
-      history.replaceState(null, "", location.pathname + location.search);
-    }
-    try { return sessionStorage.getItem(TOKEN_KEY) || memoryToken; } catch (e) { return memoryToken; }
-  }
-
-  function askToken(message) {
-    const dlg = $("login");
-    $("login-error").hidden = !message;
-    $("login-error").textContent = message || "";
-    if (!dlg.open) dlg.showModal();
-  }
-
-  $("login-form").addEventListener("submit", () => {
-    saveToken($("login-token").value.trim());
-    $("login-token").value = "";
-    if (socket) socket.close();
-    connect();
-  });
+  // ---- token: realtime/static/token.js (sessionStorage, this tab only)
+  const { forget: forgetToken, take: takeToken } = window.faultlineToken;
+  const askToken = (message) => window.faultlineToken.ask(message, () => { if (socket) socket.close(); connect(); });
 
   // ---- state updates
   const now = () => Date.now() / 1000 + clockOffset;
@@ -63,12 +32,14 @@
     let s = groups.get(g.fingerprint);
     if (!s) {
       s = { fp: g.fingerprint, count: 0, first: null, last: null, history: [], freshUntil: 0, spikeUntil: 0,
-            message: "", service: "", level: "error", row: null, dirty: true };
+            message: "", service: "", level: "error", state: "unresolved", regressed: false, row: null,
+            dirty: true };
       groups.set(g.fingerprint, s);
     }
     if (g.message) s.message = g.message;
     if (g.service) s.service = g.service;
     if (g.level) s.level = g.level;
+    if (g.state) { s.state = g.state; s.regressed = !!g.regressed; }
     const first = toSeconds(g.first_seen), last = toSeconds(g.last_seen);
     if (first && (!s.first || first < s.first)) s.first = first;
     if (last && (!s.last || last > s.last)) s.last = last;
@@ -123,6 +94,35 @@
     schedule();
   }
 
+  function onState(msg) {
+    if (!msg || !Array.isArray(msg.groups)) return;
+    seen(msg.t);
+    for (const g of msg.groups) {
+      const s = groups.get(g.fingerprint);
+      if (s) { s.state = g.state; s.regressed = !!g.regressed; s.dirty = true; }
+    }
+    schedule();
+  }
+
+  // ---- filters: what the table shows (client side, at once) and what GET /errors is asked for
+  const filters = { state: "", level: "", service: "", q: "" };
+  function matches(s) {
+    if (filters.state === "regressed" ? !(s.state === "unresolved" && s.regressed)
+        : filters.state && s.state !== filters.state) return false;
+    if (filters.level && s.level !== filters.level) return false;
+    if (filters.service && s.service !== filters.service) return false;
+    return !filters.q || (s.message || "").toLowerCase().includes(filters.q.toLowerCase());
+  }
+  let reloadTimer = null;
+  $("filters").addEventListener("input", () => {
+    filters.state = $("f-state").value; filters.level = $("f-level").value;
+    filters.service = $("f-service").value.trim(); filters.q = $("f-q").value.trim();
+    schedule();
+    clearTimeout(reloadTimer);  // typing: one reload once the user pauses, not one per key
+    reloadTimer = setTimeout(() => { const t = takeToken(); if (t) state.projects.forEach((p) => loadRest(p, t)); }, 300);
+  });
+  $("filters").addEventListener("submit", (e) => e.preventDefault());
+
   // ---- connection: subscribe, then snapshot (live Redis view in the ack + the REST read API)
   function connect() {
     const token = takeToken();
@@ -150,6 +150,7 @@
     socket.on("error:new", onNew);
     socket.on("error:count", onCount);
     socket.on("error:spike", onSpike);
+    socket.on("error:state", onState);
   }
 
   // What the server's refusal means, in words a person acts on (its codes stay in the console).
@@ -163,7 +164,7 @@
 
   async function onSubscribed(ack, token) {
     if (!ack || !ack.ok) { setConn("bad", (ack && ack.error) || "subscribe failed"); return; }
-    state.node = ack.node; state.rooms = ack.rooms;
+    state.node = ack.node; state.rooms = ack.rooms; state.projects = ack.projects || [];
     for (const g of ack.snapshot || []) upsert(g);
     // The DB view adds groups whose live summary Redis no longer has; max() keeps the newer counts.
     await Promise.all((ack.projects || []).map((pid) => loadRest(pid, token)));
@@ -176,11 +177,13 @@
 
   async function loadRest(pid, token) {
     try {
-      const r = await fetch(`/errors?project_id=${pid}&sort=last_seen&limit=${MAX_ROWS}`,
-                            { headers: { Authorization: "Bearer " + token } });
+      const q = new URLSearchParams({ project_id: pid, sort: "last_seen", limit: MAX_ROWS });
+      for (const k of ["state", "level", "service", "q"]) if (filters[k]) q.set(k, filters[k]);
+      const r = await fetch(`/errors?${q}`, { headers: { Authorization: "Bearer " + token } });
       if (!r.ok) return;
       const body = await r.json();
       for (const g of body.items || []) upsert(g);
+      schedule();
     } catch (e) { /* the live snapshot already covers it; next reconnect retries */ }
   }
 
@@ -217,7 +220,8 @@
     const lvl = document.createElement("span");
     cell("lvl").appendChild(lvl);
     const msg = cell("msg");
-    const text = document.createElement("span"); text.className = "text";
+    const text = document.createElement("a"); text.className = "text";
+    text.href = "/dashboard/groups/" + encodeURIComponent(s.fp);  // the group page (token: sessionStorage)
     const badge = document.createElement("span");
     msg.append(text, badge);
     const svc = cell("svc"), count = document.createElement("span");
@@ -231,7 +235,7 @@
   function render() {
     pending = false;
     const t = now(), ms = Date.now();
-    const ordered = [...groups.values()].sort((a, b) => (b.last || 0) - (a.last || 0) || b.count - a.count)
+    const ordered = [...groups.values()].filter(matches).sort((a, b) => (b.last || 0) - (a.last || 0) || b.count - a.count)
       .slice(0, MAX_ROWS);
     const body = $("rows");
     let total = 0, prev = null;
@@ -244,8 +248,12 @@
       setText(r.text, s.message || s.fp.slice(0, 12));
       r.text.title = s.message;
       const fresh = s.freshUntil > ms, spiking = s.spikeUntil > ms;
-      setText(r.badge, spiking ? "spike" : fresh ? "new" : "");
-      r.badge.className = spiking ? "badge spike" : fresh ? "badge new" : "badge";
+      const regressed = s.state === "unresolved" && s.regressed;
+      const badge = spiking ? "spike" : regressed ? "regressed" : s.state !== "unresolved" ? s.state
+        : fresh ? "new" : "";
+      setText(r.badge, badge);
+      if (r.badge.className !== "badge " + badge) r.badge.className = "badge " + badge;
+      r.tr.classList.toggle("settled", s.state !== "unresolved");
       r.tr.classList.toggle("fresh", fresh);
       r.tr.classList.toggle("spiking", spiking);
       if (s.bump) {  // restart the count's colour pulse (own element: the row's "new" glow keeps running)
@@ -262,7 +270,8 @@
       prev = s;
     }
     while (prev && prev.row.tr.nextSibling) body.removeChild(body.lastChild);
-    $("empty").hidden = groups.size > 0;
+    $("empty").hidden = ordered.length > 0;
+    if (groups.size > 0 && !ordered.length) setText($("empty"), "No group matches these filters.");
     setText($("stat-groups"), fmt.format(groups.size));
     setText($("stat-events"), fmt.format(total));
     const cur = Math.floor(t) - 1;  // the last complete second

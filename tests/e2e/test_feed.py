@@ -1,7 +1,8 @@
 """Live feed on the real stack: 3 API nodes (gunicorn + uvicorn), nginx, redis-server, workers, scheduler.
 
 One stack for the module (starting one costs ~10 s on this 2-core box). Issue 4's points 1-3 and bad input;
-point 4 (SIGTERM of the client's node) kills a node, so it has its own stack in test_feed_drain.py.
+point 4 (SIGTERM of the client's node) kills a node, so it has its own stack in test_feed_drain.py. The
+triage pages (group page, resolve, regressed) share this stack: they are the same dashboard.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from core.redis import make_redis
 from faultline.stack import Stack, StackConfig
 from tests.browser import chromium
 from tests.conftest import ARTIFACTS
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 DASHBOARD_TOKEN = "dashboard-token-0123456789"
@@ -335,3 +337,101 @@ async def test_dashboard_says_in_plain_words_when_the_token_is_wrong(stack: Stac
         assert "not accepted" in text and "invalid_token" not in text and "auth {" not in text, text
         assert await page.locator("#empty").inner_text() != "No errors yet — waiting for events."  # not known
         await page.screenshot(path=str(ARTIFACTS / "dashboard-wrong-token.png"))
+
+
+def sentry_event(tag: str) -> dict[str, Any]:
+    """A Sentry-shaped event: an exception with frames, some in the app, some in a library."""
+    frames = [
+        {"filename": "gunicorn/workers/sync.py", "function": "handle_request", "lineno": 135, "in_app": False},
+        {"filename": "app/views/checkout.py", "function": "submit_order", "lineno": 88, "in_app": True},
+        {"filename": "app/services/cart.py", "function": "total_price", "lineno": 41, "in_app": True},
+        {"filename": "decimal.py", "function": "__add__", "lineno": 1203, "in_app": False},
+    ]
+    return {"event_id": uuid.uuid4().hex, "platform": "python", "level": "error", "release": "shop@2.4.1",
+            "environment": "production", "server_name": "web-3", "tags": {"region": "eu-west-1", "tag": tag},
+            "exception": {"values": [{"type": "TypeError", "value": f"unsupported operand type(s) for +: "
+                                      f"'Decimal' and 'NoneType' ({tag})", "stacktrace": {"frames": frames}}]}}
+
+
+async def test_group_page_resolve_then_an_event_shows_regressed_within_a_second(stack: Stack) -> None:
+    """Triage in the browser: open the dashboard, click a group, see its stack trace (in-app frames marked)
+    and hourly chart, resolve it, send an event for it: the row says "regressed" within a second.
+    Screenshots: test-artifacts/triage-table.png, triage-group.png, triage-regressed.png."""
+    tag = uuid.uuid4().hex[:8]
+    async with httpx.AsyncClient(base_url=stack.url, timeout=10) as http:
+        ingest = {"X-Faultline-Key": stack.ingest_key}
+        admin = {"Authorization": f"Bearer {stack.admin_token}"}
+        for i, (svc, level, msg) in enumerate([("payments", "warning", "card declined by issuer"),
+                                               ("search", "error", "ConnectionError: opensearch timed out"),
+                                               ("mailer", "info", "SMTP 451 greylisted, will retry")]):
+            for _ in range(i + 2):  # other rows for the table
+                r = await http.post("/errors/log", headers=ingest, json={"message": msg, "service": svc,
+                                                                          "level": level})
+                assert r.status_code == 202
+        for _ in range(3):
+            r = await http.post(f"/api/1/store/?sentry_key={stack.ingest_key}", json=sentry_event(tag))
+            assert r.status_code == 200, r.text
+        fp = ""
+
+        async def stored() -> bool:
+            nonlocal fp
+            items = (await http.get("/errors", headers=admin, params={"q": tag})).json()["items"]
+            fp = items[0]["fingerprint"] if items and items[0]["count"] == 3 else ""
+            return bool(fp)
+
+        await wait_for(stored, 15, "the worker to store the Sentry group")
+
+        async with chromium() as browser:
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            console: list[str] = []
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            await page.goto(f"{stack.url}/dashboard#token={stack.admin_token}")
+            await page.wait_for_selector("#conn.live", timeout=15_000)
+            row = page.locator(f'tr[data-fp="{fp}"]')
+            await row.wait_for(timeout=5000)
+            await page.screenshot(path=str(ARTIFACTS / "triage-table.png"))
+
+            # the group page, by clicking the row's message: stack trace with in-app frames, hourly chart
+            await row.locator("a.text").click()
+            await page.wait_for_url(f"**/dashboard/groups/{fp}")
+            await page.locator(".frame.in-app").first.wait_for(timeout=5000)
+            sample = page.locator(".sample").first  # the newest of the 3 samples
+            assert await sample.locator(".frame").count() == 4 and await sample.locator(".frame.in-app").count() == 2
+            frames = await page.locator(".frames").first.inner_text()
+            assert frames.index("total_price") < frames.index("submit_order")  # most recent call first
+            assert "app/services/cart.py:41" in frames
+            assert "TypeError: unsupported operand" in await page.locator(".exception h3").first.inner_text()
+            await page.locator("#hourly rect.bar").first.wait_for(timeout=5000)  # this hour's bar
+            for cell, text in (("#g-count", "3"), ("#g-release", "shop@2.4.1"), ("#g-env", "production")):
+                await page.locator(cell, has_text=text).wait_for(timeout=5000)
+            assert "region: eu-west-1" in await page.locator(".tags").first.inner_text()
+            await page.wait_for_selector("#conn.live", timeout=10_000)
+            await page.screenshot(path=str(ARTIFACTS / "triage-group.png"), full_page=True)
+
+            # live: one more event moves the count and the bar without a reload
+            r = await http.post(f"/api/1/store/?sentry_key={stack.ingest_key}", json=sentry_event(tag))
+            assert r.status_code == 200
+            await page.locator("#g-count", has_text="4").wait_for(timeout=3000)
+
+            # resolve from the page (admin token), back to the table: the row says resolved
+            await page.click("#resolve")
+            await page.locator("#g-state", has_text="resolved").wait_for(timeout=5000)
+            assert (await http.get(f"/errors/{fp}", headers=admin)).json()["state"] == "resolved"
+            await page.go_back()
+            await page.wait_for_selector("#conn.live", timeout=15_000)
+            await page.locator(f'tr[data-fp="{fp}"] .badge.resolved').wait_for(timeout=5000)
+
+            # an event for the resolved group: the row shows "regressed" within a second
+            await asyncio.sleep(0.3)  # the resolve's time is in the past for the event that follows
+            r = await http.post(f"/api/1/store/?sentry_key={stack.ingest_key}", json=sentry_event(tag))
+            assert r.status_code == 200
+            sent = time.monotonic()
+            await page.locator(f'tr[data-fp="{fp}"] .badge.regressed').wait_for(timeout=5000)
+            shown = time.monotonic() - sent
+            print(f"\nregressed on the dashboard {shown * 1000:.0f} ms after the event was accepted")
+            assert shown < 1.0
+            await asyncio.sleep(0.3)
+            await page.screenshot(path=str(ARTIFACTS / "triage-regressed.png"))
+            g = (await http.get(f"/errors/{fp}", headers=admin)).json()
+            assert (g["state"], g["regressed"], g["count"]) == ("unresolved", True, 5)
+            assert not [c for c in console if c.startswith("error")], console

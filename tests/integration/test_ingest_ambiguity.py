@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from core.counts import split_deltas
 from core.dedup import JobStates
 from core.keys import Keys
 from core.redis import make_redis
@@ -28,7 +29,7 @@ async def counted(settings: Settings) -> tuple[int, int]:
     keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
     try:
-        pending = sum(int(v) for v in (await redis.hgetall(keys.pending_counts)).values())  # type: ignore[misc]
+        pending = sum(split_deltas(await redis.hgetall(keys.pending_counts))[0].values())  # type: ignore[misc]
         queued = sum(len(orjson.loads(f[b"data"])["kwargs"]["events"]) for _, f in await redis.xrange(keys.stream))
         return pending, queued
     finally:

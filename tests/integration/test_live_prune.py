@@ -22,7 +22,8 @@ async def fields(settings: Settings) -> dict[str, dict[str, int]]:
     try:
         for name in ("live_counts", "feed_emitted", "feed_last_seen", "feed_groups", "pending_counts"):
             raw = await redis.hgetall(getattr(keys, name))  # type: ignore[misc]
-            out[name] = {k.decode(): (0 if name == "feed_groups" else int(float(v))) for k, v in raw.items()}
+            out[name] = {k.decode(): (0 if name == "feed_groups" else int(float(v))) for k, v in raw.items()
+                         if b"@" not in k}  # the pending hash's hour buckets are not per-group structures
     finally:
         await redis.aclose()
     return out

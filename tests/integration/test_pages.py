@@ -26,7 +26,7 @@ def assert_locked_down(csp: dict[str, set[str]]) -> None:
     assert csp["frame-ancestors"] == {"'none'"} and csp["base-uri"] == {"'none'"}
 
 
-@pytest.mark.parametrize("path", ["/dashboard", "/docs"])
+@pytest.mark.parametrize("path", ["/dashboard", "/docs", "/dashboard/groups/" + "ab" * 32])
 async def test_pages_load_only_own_files_under_a_strict_csp(
         make_settings: Callable[..., Settings], client_factory: Any, path: str) -> None:
     async with client_factory(make_settings()) as c:
@@ -44,11 +44,11 @@ async def test_pages_load_only_own_files_under_a_strict_csp(
 async def test_static_copies_of_the_pages_carry_the_csp_too(
         make_settings: Callable[..., Settings], client_factory: Any) -> None:
     async with client_factory(make_settings()) as c:
-        for name in ("dashboard.html", "docs.html", "dashboard.js"):
+        for name in ("dashboard.html", "docs.html", "dashboard.js", "group.html", "group.js", "token.js"):
             r = await c.get(f"/dashboard/static/{name}")
             assert r.status_code == 200
             assert_locked_down(csp_of(r.headers))
-    for page in ("dashboard.html", "docs.html"):  # and inside the file, for a copy served from elsewhere
+    for page in ("dashboard.html", "docs.html", "group.html"):  # and inside the file, for a copy served from elsewhere
         meta = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', (STATIC / page).read_text())
         assert meta and "script-src 'self';" in meta[1] and "default-src 'none'" in meta[1], page
 
@@ -63,11 +63,19 @@ async def test_cdn_pages_are_gone_and_the_schema_stays(
 
 
 def test_dashboard_keeps_no_token_on_disk() -> None:
-    js = (STATIC / "dashboard.js").read_text()
-    code = "\n".join(line.split("//")[0] for line in js.splitlines())  # comments may mention it
-    assert "localStorage.setItem" not in code and "localStorage.getItem" not in code
-    assert "sessionStorage.setItem" in code
-    assert "history.replaceState" in code  # the #token= fragment leaves the address bar
+    def code(name: str) -> str:
+        js = (STATIC / name).read_text()
+        return "\n".join(line.split("//")[0] for line in js.splitlines())  # comments may mention it
+
+    token = code("token.js")  # the one place the dashboard pages keep their token
+    assert "localStorage.setItem" not in token and "localStorage.getItem" not in token
+    assert "sessionStorage.setItem" in token
+    assert "history.replaceState" in token  # the #token= fragment leaves the address bar
+    for page, script in (("dashboard.html", "dashboard.js"), ("group.html", "group.js")):
+        assert "localStorage" not in code(script) and "sessionStorage" not in code(script)
+        assert "faultlineToken" in code(script)
+        html = (STATIC / page).read_text()
+        assert html.index("/token.js") < html.index(f"/{script}")
 
 
 async def test_the_bare_url_leads_to_the_dashboard(make_settings: Callable[..., Settings], client_factory: Any) -> None:

@@ -113,9 +113,9 @@ class Load:
 
 
 @asynccontextmanager
-async def load(settings: Settings, senders: int = 3) -> AsyncIterator[Load]:
+async def load(settings: Settings, senders: int = 3, kind: type[Load] = Load) -> AsyncIterator[Load]:
     async with api_client(settings) as client:
-        lo = Load(client)
+        lo = kind(client)
         lo.tasks = [asyncio.create_task(lo.sender()) for _ in range(senders)]
         try:
             yield lo

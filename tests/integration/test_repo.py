@@ -16,6 +16,7 @@ from core.db.models import ErrorGroup, Sample
 from core.keys import Keys
 from core.redis import make_redis
 from core.settings import Settings
+from workers import retention
 from workers.sync import prune_consumers, sync_counts
 
 
@@ -73,12 +74,14 @@ async def test_sync_survives_a_crash_between_rename_and_commit(settings: Setting
 
 async def test_prune_keeps_the_newest_samples_of_each_group(settings: Settings) -> None:
     engine = make_engine(settings)
+    redis = make_redis(settings, timeout=5)
     rows = [{"event_id": f"{g}{i:031d}", "fingerprint": g * 64, "received_at": time.time() + i, "payload": "{}"}
             for g in "ef" for i in range(8)]
     async with engine.begin() as conn:
         await repo.insert_samples(conn, rows)
         await repo.insert_samples(conn, rows)  # redelivery: ignored
-        await repo.prune_samples(conn, keep=3)
+    assert await retention.cap_samples(engine, redis, Keys.from_settings(settings), keep=3) == 10
+    await redis.aclose()
     async with engine.connect() as conn:
         kept = (await conn.execute(select(Sample.fingerprint, func.count()).group_by(Sample.fingerprint))).all()
         ids = set((await conn.execute(select(Sample.event_id))).scalars())
