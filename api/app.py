@@ -20,6 +20,7 @@ from api.requestid import RequestIdMiddleware
 from api.routes import alerts, dlq, groups, ingest, jobs, projects, sentry, triage
 from core import metrics
 from core.broker import ensure_consumer_group
+from core.db.migrate import SchemaTooOld, require_current_schema
 from core.redis import preload_scripts
 from core.runtime import Runtime
 from core.settings import Settings
@@ -35,6 +36,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = app.state.runtime = runtime or Runtime.open(settings)
+        try:  # an older schema: refuse with one clear log line rather than serve 500s on missing columns
+            await require_current_schema(rt.engine, log)
+        except SchemaTooOld:
+            await rt.close()
+            raise
         if on_runtime is not None:
             on_runtime(rt)
         app.state.ingestor = Ingestor(rt)
@@ -84,9 +90,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
     ).instrument(app)
     app.add_middleware(RequestIdMiddleware)  # outermost of ours: every answer carries and logs the id
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics_endpoint(_: Request) -> Response:
-        body, ctype = metrics.render()
-        return Response(body, media_type=ctype)
+    if settings.metrics_port is None:  # else the gunicorn master serves them on that side port only
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics_endpoint(_: Request) -> Response:
+            body, ctype = metrics.render()
+            return Response(body, media_type=ctype)
 
     return app

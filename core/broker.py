@@ -162,7 +162,7 @@ class FaultlineBroker(RedisStreamBroker):
                 backoff.ok()
                 self.progress.mark_fetch(len(got))
             except Exception as exc:
-                self.progress.errors += 1
+                self.progress.mark_attempt()
                 if _is_nogroup(exc):
                     with contextlib.suppress(Exception):  # if Redis is still failing, the next round retries
                         await self._declare_consumer_group()

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 from redis.asyncio import Redis
 
+from core import liveness
 from core.backoff import Backoff
 from core.keys import Keys
 from core.redis import replace_hash
@@ -34,6 +35,7 @@ class Progress:
     started: float = field(default_factory=time.time)
     last_fetch: float = 0.0  # last successful read of the stream (an empty read counts: it reached Redis)
     last_done: float = 0.0  # last task finished, whatever its outcome
+    last_attempt: float = 0.0  # last fetch that failed (Redis down): the loop still turns, it is not stuck
     fetched: int = 0
     written: int = 0  # events committed to the DB
     errors: int = 0  # loop errors and failed tasks
@@ -42,6 +44,10 @@ class Progress:
     def mark_fetch(self, n: int) -> None:
         self.last_fetch = time.time()
         self.fetched += n
+
+    def mark_attempt(self) -> None:
+        self.last_attempt = time.time()
+        self.errors += 1
 
     def mark_done(self, failed: bool = False) -> None:
         self.last_done = time.time()
@@ -57,22 +63,32 @@ def default_name() -> str:
     return os.environ.get("FAULTLINE_NODE_NAME") or socket.gethostname()
 
 
+def fields(progress: Progress | None = None) -> dict[str, float | int]:
+    out: dict[str, float | int] = {"pid": os.getpid(), "beat": round(time.time(), 3)}
+    if progress is not None:
+        out.update({k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(progress).items()})
+    return out
+
+
 async def beat_once(redis: Redis, keys: Keys, role: str, name: str, progress: Progress | None = None) -> None:
     key = keys.heartbeat(role, name)
-    fields = {"pid": os.getpid(), "beat": round(time.time(), 3)}
-    if progress is not None:
-        fields.update({k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(progress).items()})
     # written aside with its expiry and renamed over (also over a pre-progress plain-string key of an older
     # version): the key never exists without its expiry
-    await replace_hash(redis, key, fields, ttl=TTL)
+    await replace_hash(redis, key, fields(progress), ttl=TTL)
 
 
 async def beat_forever(redis: Redis, keys: Keys, role: str, name: str, settings: Settings,
                        progress: Progress | None = None, interval: float = INTERVAL) -> None:
-    # Redis down: the key expires and the probe reports it, which is right; the beat resumes by itself.
+    # Redis down: the key expires and `worker-check` (without --local) reports it, which is right for an
+    # operator; the liveness file goes on; the beat resumes by itself.
     backoff = Backoff.for_loop(f"{role} {name} heartbeat", log, settings)
     backoff.give_up_after = None  # the consumer loops decide when to give up, not the beat
     while True:
+        if settings.liveness_dir is not None:  # first, and whatever Redis does: the kubelet reads this one
+            try:
+                liveness.write(settings.liveness_dir, role, name, fields(progress))
+            except OSError as exc:
+                log.warning("%s %s: cannot write the liveness file: %s", role, name, exc)
         try:
             await beat_once(redis, keys, role, name, progress)
         except Exception as exc:

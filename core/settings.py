@@ -164,8 +164,9 @@ class Settings(BaseSettings):
     # repeat; one row per group per active hour, so the table stays ~336 rows per busy group.
     hourly_retention_days: int = Field(default=14, ge=1, le=366)
 
-    # Queue bounds: past the soft limit ingest sheds load with 503 + Retry-After; the hard limit
-    # takes the node out of readiness.
+    # Queue bounds: past the soft limit ingest sheds load with 503 + Retry-After. The hard limit is reported
+    # by readiness (not required): the queue is the same for every node, and taking every node out of
+    # rotation at once would turn a deep queue into an outage of the read API and the live feed as well.
     queue_soft_limit: int = 200_000
     queue_hard_limit: int = 1_000_000
 
@@ -192,6 +193,11 @@ class Settings(BaseSettings):
     # shutdown_timeout (25 s, below Kubernetes' default 30 s grace period).
     drain_delay: float = 5.0
     shutdown_timeout: float = 25.0
+    # Idle HTTP keep-alive of an API node (gunicorn/uvicorn), in seconds. It must be LONGER than the idle
+    # timeout of every proxy that keeps upstream connections to the node: a proxy that reuses a connection
+    # the node has just closed gets a reset and answers 502. ingress-nginx keeps them 60 s
+    # (upstream-keepalive-timeout), AWS ALB 60 s, our nginx 60 s (deploy/nginx/nginx.conf.tmpl): 75 s.
+    keepalive_timeout: float = Field(default=75.0, ge=1.0, le=3600.0)
     # Liveness fails above this resident set size (MB) so the orchestrator restarts a leaking process;
     # keep it below the container's memory limit (deploy/k8s: 512 Mi) so we restart before the OOM killer.
     memory_limit_mb: int = 450
@@ -226,6 +232,10 @@ class Settings(BaseSettings):
     # (s) while the queue holds messages. Healthy workers "fetch" at least once per second (an empty
     # XREADGROUP blocks 1 s), so 30 s means stuck, not busy, and stays under a kubelet's default 3x10 s.
     worker_stall_after: float = Field(default=30.0, gt=0.0)
+    # Workers and schedulers also write their heartbeat to a file here (`<dir>/<role>-<name>.json`), read by
+    # `faultline worker-check --local`: a liveness check that needs no Redis, so a Redis outage never
+    # restarts them (their loops ride it out with backoff). Unset: no file (the Redis heartbeat only).
+    liveness_dir: Path | None = None
 
     # --- alerts (core/alerts/, workers/alerts.py) ---
     # Webhook URLs are fetched by the workers, from inside your network: a rule pointing at 127.0.0.1,

@@ -170,13 +170,43 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_migrate(_: argparse.Namespace) -> int:
+def cmd_migrate(args: argparse.Namespace) -> int:
     from core.db.migrate import migrate
 
     _logging()
+    if args.check:
+        return _check_schema(args.wait)
     asyncio.run(migrate(get_settings()))
     print("schema is up to date")
     return 0
+
+
+def _check_schema(wait: float) -> int:
+    """`migrate --check`: exit 0 when the database is at this release's revision (or newer), else 1 with the
+    reason; with --wait, poll until it is (the initContainer of a pod waiting for the migration Job)."""
+    import time
+
+    from core.db.engine import make_engine
+    from core.db.migrate import schema_state
+
+    async def once() -> tuple[bool, str]:
+        engine = make_engine(get_settings())
+        try:
+            state = await schema_state(engine)
+        except Exception as exc:
+            return False, f"database unreachable: {type(exc).__name__}: {exc}"
+        finally:
+            await engine.dispose()
+        return not state.behind, state.describe()
+
+    deadline = time.monotonic() + wait
+    ok, why = asyncio.run(once())
+    while not ok and time.monotonic() < deadline:
+        print(f"waiting: {why}", file=sys.stderr, flush=True)
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        ok, why = asyncio.run(once())
+    print(why, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def cmd_project(args: argparse.Namespace) -> int:
@@ -248,6 +278,8 @@ def cmd_worker_check(args: argparse.Namespace) -> int:
     from core.redis import make_redis
     from faultline.stackfile import cli_settings, stack_members
 
+    if args.local:  # inside the pod: its own environment, no stack to look up
+        return _check_liveness_file(args, get_settings())
     settings = cli_settings()
     keys = Keys.from_settings(settings)
     # No --name: the workers of the stack running here (their names change with rollouts), else this
@@ -278,6 +310,20 @@ def cmd_worker_check(args: argparse.Namespace) -> int:
 
     ok, why = asyncio.run(check())
     print(why)
+    return 0 if ok else 1
+
+
+def _check_liveness_file(args: argparse.Namespace, settings: Any) -> int:
+    """The kubelet's probe: this process's own liveness file, no Redis (core/liveness.py)."""
+    from core import heartbeat, liveness
+
+    if settings.liveness_dir is None:
+        print("FAULTLINE_LIVENESS_DIR is not set: no liveness file to check", file=sys.stderr)
+        return 1
+    name = args.name or heartbeat.default_name()
+    ok, why = liveness.verdict(liveness.read(settings.liveness_dir, args.role, name), args.role,
+                               settings.worker_stall_after)
+    print(f"{name}: {why}")
     return 0 if ok else 1
 
 
@@ -330,7 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--name", default=None, help="its name in heartbeats and logs (default: "
                        "FAULTLINE_NODE_NAME, else the host name)")
         p.set_defaults(func=func)
-    sub.add_parser("migrate", help="create or upgrade the schema").set_defaults(func=cmd_migrate)
+    mig = sub.add_parser("migrate", help="create or upgrade the schema")
+    mig.add_argument("--check", action="store_true", help="change nothing: exit 1 unless the database is at "
+                     "this release's schema revision (or newer)")
+    mig.add_argument("--wait", type=float, default=0.0, help="with --check: keep checking for up to this many "
+                     "seconds (a pod's initContainer waiting for the migration Job)")
+    mig.set_defaults(func=cmd_migrate)
     project = sub.add_parser("project", help="manage projects and their ingest keys (of the running stack)")
     psub = project.add_subparsers(dest="action", required=True, parser_class=_Parser)
     create = psub.add_parser("create", help="create a project and print its ingest key (shown once)")
@@ -361,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--role", choices=["worker", "scheduler"], default="worker", help="which kind of process")
     check.add_argument("--name", default=None, help="one process by name (the exec probe); default: every "
                        "process of that role in the running stack")
+    check.add_argument("--local", action="store_true", help="check this process's liveness file "
+                       "(FAULTLINE_LIVENESS_DIR) instead of Redis: the Kubernetes probe, which a Redis outage "
+                       "must not fail")
     check.set_defaults(func=cmd_worker_check)
     dlq = sub.add_parser("dlq", help="dead letters: tasks that failed for good (of the running stack)")
     dsub = dlq.add_subparsers(dest="action", required=True, parser_class=_Parser)

@@ -6,10 +6,15 @@ import logging
 import os
 from typing import Any
 
+from core import metrics
+from core.settings import get_settings
+
 worker_class = "faultline.uvicorn_worker.Worker"
 # Above FAULTLINE_SHUTDOWN_TIMEOUT so the app's own drain sequence always finishes first.
 graceful_timeout = int(float(os.environ.get("FAULTLINE_SHUTDOWN_TIMEOUT", "25"))) + 3
-keepalive = 5
+# Longer than any proxy's idle upstream keep-alive (core/settings.py keepalive_timeout says why); the uvicorn
+# worker takes it from here as its timeout_keep_alive.
+keepalive = int(get_settings().keepalive_timeout)
 accesslog = None
 errorlog = "-"
 control_socket_disable = True
@@ -38,6 +43,13 @@ def on_starting(server: Any) -> None:
         for name in os.listdir(path):
             if name.endswith(".db"):
                 os.unlink(os.path.join(path, name))
+
+
+def when_ready(server: Any) -> None:
+    """With FAULTLINE_METRICS_PORT set, the master serves /metrics of all its workers on that side port (the
+    app then leaves /metrics off its HTTP port, which an Ingress routes: metrics never go public)."""
+    settings = get_settings()
+    metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
 
 
 def child_exit(server: Any, worker: Any) -> None:

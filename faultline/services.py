@@ -257,6 +257,11 @@ class NginxServer(Supervised):
     port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
     max_body_bytes: int = 1_048_576
+    # Tried only when every upstream above failed for a request (nginx `backup`): lets a test choose which
+    # node a request reaches first.
+    backups: list[int] = field(default_factory=list)
+    # How long nginx waits for a node's answer before it gives up on it (and retries on the next one).
+    read_timeout: str = "30s"
     proc: TCPExecutor | None = None
     backoff: Backoff = field(default_factory=Backoff)
     started_at: float = field(default_factory=time.monotonic)
@@ -281,10 +286,12 @@ class NginxServer(Supervised):
 
     def render(self) -> Path:
         template = (REPO / "deploy" / "nginx" / "nginx.conf.tmpl").read_text()
-        servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;" for p in self.upstreams)
+        servers = "\n".join([f"        server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;" for p in self.upstreams]
+                            + [f"        server 127.0.0.1:{p} backup;" for p in self.backups])
         temp = self.temp_root()
         for name, value in {"prefix": str(self.prefix), "temp": str(temp), "servers": servers, "host": self.host,
-                            "port": str(self.port), "max_body_bytes": str(self.max_body_bytes)}.items():
+                            "port": str(self.port), "max_body_bytes": str(self.max_body_bytes),
+                            "read_timeout": self.read_timeout}.items():
             template = template.replace("{{" + name + "}}", value)
         self.prefix.mkdir(parents=True, exist_ok=True)
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):

@@ -90,8 +90,9 @@ class DrainingServer(Server):
 
 
 class Worker(UvicornWorker):
+    # timeout_keep_alive comes from gunicorn's `keepalive` (gunicorn_conf: FAULTLINE_KEEPALIVE_TIMEOUT)
     CONFIG_KWARGS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "lifespan": "on",
-                                     "access_log": False, "timeout_keep_alive": 5}
+                                     "access_log": False}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

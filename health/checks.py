@@ -60,7 +60,7 @@ def memory(rt: Runtime) -> Check:
     return {"status": "up" if rss_mb < limit else "down", "rss_mb": round(rss_mb, 1), "limit_mb": limit}
 
 
-# --- readiness: can this node take ingest now ----------------------------------------------------
+# --- readiness: the drain decides; the shared dependencies below are reported, not required -----
 async def redis(rt: Runtime) -> Check:
     async def ping() -> Check:
         await rt.redis.ping()

@@ -2,9 +2,11 @@
 
 - /health/live: this process only (event loop responsive, memory under FAULTLINE_MEMORY_LIMIT_MB). Never a
   dependency check: a Redis outage must not make Kubernetes restart every pod at once.
-- /health/ready: can this node take ingest now: Redis reachable, not draining, queue below its hard limit.
-  The DB, the disk and the queue figures are reported too but do not decide: a slow DB fills the queue,
-  ingest sheds with 503 past the soft limit, and taking every node out would turn that into an outage.
+- /health/ready: can THIS node serve now: not draining, its event loop responsive. Nothing shared decides
+  it: Redis, the queue, the DB and the disk are the same for every node, so a check on them would take every
+  node out of rotation at once (the ingress then answers 503 to everything, live feed and read API
+  included). They are reported, not required; shared trouble is shed by the app itself (ingest answers a
+  fast 503 + Retry-After when Redis is down or the queue is past its soft limit).
 - /health: both, for people (200 only when both pass).
 
 Who sees what: every caller gets the status of each check ({"status": "up"|"down"}); the figures, error
@@ -28,7 +30,7 @@ from health.checks import Check
 
 router = APIRouter(tags=["health"])
 LIVE_REQUIRED = {"event_loop", "memory"}
-READY_REQUIRED = {"redis", "drain", "queue"}
+READY_REQUIRED = {"drain", "event_loop"}
 log = logging.getLogger("faultline.health")
 _last_down: dict[str, bool] = {}  # check name -> was down at the last probe (log changes, not every probe)
 
@@ -80,8 +82,10 @@ async def live_checks(rt: Runtime) -> dict[str, Check]:
 
 async def ready_checks(rt: Runtime) -> dict[str, Check]:
     drain = checks.drain(rt)  # read first: 503 from the very first instant of a drain
-    redis, queue, database = await asyncio.gather(checks.redis(rt), checks.queue(rt), checks.database(rt))
-    return {"redis": redis, "drain": drain, "queue": queue, "database": database, "disk": checks.disk(rt)}
+    loop, redis, queue, database = await asyncio.gather(checks.event_loop(rt), checks.redis(rt), checks.queue(rt),
+                                                        checks.database(rt))
+    return {"drain": drain, "event_loop": loop, "redis": redis, "queue": queue, "database": database,
+            "disk": checks.disk(rt)}
 
 
 @router.get("/health/live")
@@ -98,4 +102,5 @@ async def ready(request: Request) -> Response:
 async def health(request: Request) -> Response:
     rt = _runtime(request)
     details = {**await live_checks(rt), **await ready_checks(rt)}
-    return _respond(request, details, LIVE_REQUIRED | READY_REQUIRED)
+    # for people: every dependency counts here (a monitor wants to see Redis down), unlike the probes
+    return _respond(request, details, LIVE_REQUIRED | READY_REQUIRED | {"redis", "queue"})

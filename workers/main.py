@@ -20,6 +20,7 @@ from core import heartbeat, metrics
 from core.backoff import Backoff
 from core.broker import FaultlineBroker
 from core.db.engine import make_engine
+from core.db.migrate import SchemaTooOld, require_current_schema
 from core.keys import Keys
 from core.queue import queue_figures
 from core.redis import make_redis
@@ -65,6 +66,7 @@ async def _start_broker(broker: FaultlineBroker, settings: Settings, finish: asy
         try:
             await broker.startup()
         except Exception as exc:
+            broker.progress.mark_attempt()  # waiting for Redis, not stuck (core/liveness.py)
             await backoff.failed(exc)
             continue
         backoff.ok()
@@ -87,6 +89,12 @@ async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | 
     keys = Keys.from_settings(settings)
     redis = make_redis(settings, pool_size=64 + 2 * keys.shards, timeout=5.0, retries=3)
     engine = make_engine(settings)
+    try:  # writing events into an older schema would fail every batch: refuse to start instead
+        await require_current_schema(engine, log)
+    except SchemaTooOld:
+        await engine.dispose()
+        await redis.aclose()
+        raise SystemExit(1) from None
     broker = FaultlineBroker(settings, consumer_name=name, keys=keys)
     progress = broker.progress
     writer = BatchWriter(settings, engine, redis, after_commit, progress=progress, keys=keys)
@@ -105,14 +113,19 @@ async def run_worker(settings: Settings, name: str, after_commit: AfterCommit | 
         loop.add_signal_handler(sig, finish.set)
 
     metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
+    # before the broker start: a worker waiting for Redis is alive (core/liveness.py), not stuck
+    beat = asyncio.create_task(heartbeat.beat_forever(redis, keys, "worker", name, settings, progress),
+                               name="heartbeat")
     await _start_broker(broker, settings, finish)
     if finish.is_set():  # SIGTERM while Redis was still unreachable
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
         await redis.aclose()
         await engine.dispose()
         return
     writer.start()
     background = [
-        asyncio.create_task(heartbeat.beat_forever(redis, keys, "worker", name, settings, progress), name="heartbeat"),
+        beat,
         asyncio.create_task(_pump_forever(settings, keys, redis, progress), name="retry pump"),
         asyncio.create_task(metrics.watch_loop_lag(), name="loop lag"),
         asyncio.create_task(evaluator.run(), name="alert evaluator"),

@@ -71,7 +71,7 @@ async def _sync_shard(redis: Redis, engine: AsyncEngine, keys: Keys, settings: S
 
 
 async def _apply(engine: AsyncEngine, batch_id: str, deltas: dict[str, int],
-                 hours: Mapping[tuple[int, str, int], int]) -> bool:
+                 hours: Mapping[tuple[int, str, int], int] | None = None) -> bool:
     """The ledger row, the deltas and their hour buckets in ONE transaction: a rerun after a rollback
     (conflict, lost node) finds either nothing of it (applies it) or, if the lost COMMIT had landed, the
     ledger row (skips it)."""

@@ -18,11 +18,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
+from core.keys import Keys
 from faultline.services import NginxServer, free_port
 from faultline.stack import Stack, StackConfig
 from tests.browser import chromium
 from tests.conftest import ARTIFACTS
+from tests.e2e.blackhole import BlackHole
 
 pytestmark = pytest.mark.e2e
 
@@ -315,3 +318,54 @@ async def test_docs_and_dashboard_render_offline_under_their_csp(stack: Stack) -
         assert await other_tab.evaluate("sessionStorage.getItem('faultline.token')") is None
     assert not foreign, foreign
     assert not [c for c in console if c.startswith("error") or "Content Security Policy" in c], console
+
+
+# --- retries of POSTs by the edge count once --------------------------------------------------------------
+# nginx retries an ingest POST on the next node after a timeout (proxy_next_upstream ... non_idempotent; the
+# same setting ingress-nginx gets from deploy/k8s/components/edge-retries). The hard case, replayed for real:
+# the first node takes the request and counts it, but its answer never comes back before proxy_read_timeout.
+# A black hole (tests/e2e/blackhole.py) forwards to the real node, then sits on nginx's connection; the real
+# node is nginx's `backup`, so each request reaches it twice. With a client event id and without one (the
+# app derives it from X-Edge-Request-ID, which nginx sets from its own $request_id, never the client's).
+RETRY_READ_TIMEOUT = 2
+
+
+@pytest.fixture(scope="module")
+def retry_edge(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NginxServer, BlackHole]]:
+    node = stack.node_ports[stack.nodes[0].name]
+    hole = BlackHole(node, hold=RETRY_READ_TIMEOUT * 5).start()
+    nginx = NginxServer(tmp_path_factory.mktemp("edge-retry"), [hole.port], backups=[node],
+                        read_timeout=f"{RETRY_READ_TIMEOUT}s").start()
+    try:
+        yield nginx, hole
+    finally:
+        nginx.stop()
+        hole.close()
+
+
+@pytest.mark.parametrize("client_event_id", [True, False], ids=["client-event-id", "no-event-id"])
+def test_a_post_replayed_after_an_upstream_timeout_counts_once(
+        stack: Stack, retry_edge: tuple[NginxServer, BlackHole], client_event_id: bool) -> None:
+    nginx, hole = retry_edge
+    keys = Keys(stack.settings().key_prefix)
+    event: dict[str, object] = {"message": "replayed by the edge", "fingerprint": f"edge-retry-{uuid.uuid4().hex}"}
+    if client_event_id:
+        event["event_id"] = uuid.uuid4().hex
+    already = len(hole.seen)
+    # a client may not pick the edge id: it would decide which of its events count
+    answer = httpx.post(f"{nginx.url}/errors/log", json=event, timeout=RETRY_READ_TIMEOUT * 5,
+                        headers={"X-Faultline-Key": stack.ingest_key, "X-Edge-Request-ID": "chosenbytheclient"})
+    assert answer.status_code == 202, answer.text
+    [(first_headers, first_body)] = hole.seen[already:]  # the first delivery: counted, its answer lost
+    assert first_body.get("status") == "queued" and not first_body.get("duplicate"), first_body
+    edge_id = first_headers["x-edge-request-id"]
+    assert edge_id != "chosenbytheclient" and edge_id.isalnum()
+    replay = answer.json()  # what the real node answered to nginx's re-send of the same request
+    assert replay["duplicate"] is True, replay  # accepted, not counted again
+    assert replay["event_id"] == first_body["event_id"] == event.get("event_id", first_body["event_id"])
+    # the group's count, in Redis until a scheduler syncs it (none runs here): one for two deliveries
+    store = redis.Redis.from_url(stack.settings().redis_url)
+    try:
+        assert int(store.hget(keys.pending_counts, replay["fingerprint"]) or 0) == 1  # type: ignore[arg-type]
+    finally:
+        store.close()

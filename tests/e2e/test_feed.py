@@ -8,6 +8,7 @@ triage pages (group page, resolve, regressed) share this stack: they are the sam
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import time
 import uuid
@@ -415,7 +416,7 @@ async def test_group_page_resolve_then_an_event_shows_regressed_within_a_second(
 
             # resolve from the page (admin token), back to the table: the row says resolved
             await page.click("#resolve")
-            await page.locator("#g-state", has_text="resolved").wait_for(timeout=5000)
+            await page.locator("#g-state", has_text=re.compile(r"^\s*resolved\s*$")).wait_for(timeout=5000)
             assert (await http.get(f"/errors/{fp}", headers=admin)).json()["state"] == "resolved"
             await page.go_back()
             await page.wait_for_selector("#conn.live", timeout=15_000)

@@ -1,7 +1,8 @@
 """Probes on the real local stack (2 API nodes behind nginx, Redis, SQLite, no workers so the queue only
-grows): terminus bodies, backpressure (soft limit: 503 + Retry-After on ingest, readiness stays up; hard
-limit: readiness down), liveness that ignores a Redis outage, and readiness 503 from the first instant of
-a drain while the node still serves.
+grows): terminus bodies; readiness that reflects the node only (drain, event loop), never what every node
+shares: past the queue's soft AND hard limits, and with Redis stopped, every node stays ready while ingest
+sheds with a fast 503 + Retry-After; liveness ignores a Redis outage; a drain makes that one node unready
+from its first instant, while it still serves, and no other.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def test_bodies_have_the_terminus_shape(stack: tuple[Stack, list[str]]) -> None:
     assert live["details"]["event_loop"]["lag_ms"] >= 0
     status, ready = node_get(port, "/health/ready", token=s.admin_token)
     assert status == 200 and ready["error"] == {}
-    assert set(ready["details"]) == {"redis", "drain", "queue", "database", "disk"}
+    assert set(ready["details"]) == {"drain", "event_loop", "redis", "queue", "database", "disk"}
     queue = ready["details"]["queue"]
     assert {"waiting", "pending", "retrying", "dead", "backpressure"} <= set(queue)
     assert ready["details"]["database"]["status"] == "up"
@@ -77,7 +78,7 @@ def test_bodies_have_the_terminus_shape(stack: tuple[Stack, list[str]]) -> None:
 StackLog = tuple[Stack, list[str]]
 
 
-def test_soft_limit_sheds_ingest_but_keeps_readiness_hard_limit_drops_it(stack: StackLog) -> None:
+def test_queue_limits_shed_ingest_and_keep_every_node_ready(stack: StackLog) -> None:
     s, _ = stack
     r = _redis(s)
     keys = Keys.from_settings(s.settings())
@@ -97,24 +98,40 @@ def test_soft_limit_sheds_ingest_but_keeps_readiness_hard_limit_drops_it(stack: 
         r.xadd(keys.stream, {"data": b"{}"})  # stand-in backlog (no worker reads it)
     for port in _ports(s):
         status, ready = node_get(port, "/health/ready", token=s.admin_token)
-        assert status == 503 and ready["error"]["queue"]["waiting"] == HARD, ready
+        # reported (not required): the queue is the same for every node, taking them all out is an outage
+        assert status == 200 and ready["error"]["queue"]["waiting"] == HARD, ready
+        assert ready["error"]["queue"]["required"] is False
         assert node_get(port, "/health/live")[0] == 200
+    code, headers, body = _ingest(s.url, s.ingest_key)
+    assert code == 503 and headers.get("Retry-After") and body["error"] == "backpressure"
     r.xtrim(keys.stream, maxlen=0)
     assert all(node_get(port, "/health/ready")[0] == 200 for port in _ports(s))
     r.close()
 
 
-def test_liveness_stays_up_while_redis_is_down(stack: tuple[Stack, list[str]]) -> None:
+def test_redis_down_every_node_stays_ready_and_ingest_sheds_fast(stack: tuple[Stack, list[str]]) -> None:
     s, _ = stack
     assert s.redis is not None
-    port = _ports(s)[0]
     s.redis.stop()
     try:
-        status, ready = node_get(port, "/health/ready")
-        assert status == 503 and ready["error"]["redis"]["status"] == "down", ready
-        status, live = node_get(port, "/health/live")
-        assert status == 200, live  # a Redis outage must not restart every pod
-        assert node_get(port, "/health")[0] == 503
+        for port in _ports(s):
+            status, ready = node_get(port, "/health/ready", token=s.admin_token)
+            # a Redis blip must not empty every endpoint at once (the read API and the feed go on)
+            assert status == 200 and ready["error"]["redis"]["status"] == "down", ready
+            assert ready["error"]["redis"]["required"] is False
+            status, live = node_get(port, "/health/live")
+            assert status == 200, live  # nor restart every pod
+            assert node_get(port, "/health")[0] == 503  # the page for people shows the outage
+            sent = time.monotonic()
+            code, headers, body = _ingest(f"http://127.0.0.1:{port}", s.ingest_key)
+            took = time.monotonic() - sent
+            report(f"\nRedis down: ingest on node :{port} answered {code} in {took * 1000:.0f} ms")
+            assert code == 503 and int(headers["Retry-After"]) >= 1, body  # shed by the app: not counted
+            assert set(body) >= {"error", "message"}
+            # "fast": inside the ingest budget plus the request's own overhead, far below a client's timeout
+            assert took < s.settings().ingest_budget + 2
+        code, headers, _ = _ingest(s.url, s.ingest_key)  # through the edge: the app's 503, not nginx's
+        assert code == 503 and headers.get("Retry-After")
     finally:
         s.redis.start()
     deadline = time.monotonic() + 20
@@ -129,13 +146,17 @@ def test_readiness_503_from_the_first_instant_of_drain_while_still_serving(stack
     port = s.node_ports[node.name]
     status, body = node_get(port, "/health/ready")
     assert status == 200, body
+    others = [p for p in _ports(s) if p != port]
+    assert others
     sent = time.monotonic()
     node.signal(signal.SIGTERM)
     probes: list[tuple[float, int | None, dict[str, object]]] = []
+    others_seen: list[int | None] = []
     served_while_draining = 0
     while node.alive() and time.monotonic() - sent < 30:
         status, body = node_get(port, "/health/ready", timeout=1, token=s.admin_token)
         probes.append((time.monotonic() - sent, status, body))
+        others_seen += [node_get(p, "/health/ready", timeout=1)[0] for p in others]
         if status == 503 and _ingest(f"http://127.0.0.1:{port}", s.ingest_key)[0] == 202:
             served_while_draining += 1
         time.sleep(0.02)
@@ -146,6 +167,7 @@ def test_readiness_503_from_the_first_instant_of_drain_while_still_serving(stack
     first_503 = next(i for i, p in enumerate(answered) if p[1] == 503)
     assert all(p[1] == 200 for p in answered[:first_503])  # before SIGTERM reached the worker
     assert all(p[1] == 503 for p in answered[first_503:]), "readiness came back during a drain"
+    assert others_seen and set(others_seen) == {200}, "another node's readiness changed with this drain"
     drain = answered[first_503][2]["details"]["drain"]  # type: ignore[index]
     report(f"\nfirst 503 {answered[first_503][0]:.3f}s after kill, drain age then {drain['since_s']}s; "
           f"{served_while_draining} ingest requests served while draining; exit {code} after {took:.2f}s")

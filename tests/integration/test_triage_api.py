@@ -30,13 +30,15 @@ async def post(c: Any, fingerprint: str, n: int = 1, **fields: Any) -> str:
     return str(r.json()["results"][0]["fingerprint"])
 
 
-async def signals(settings: Settings) -> list[dict[str, str]]:
+async def signals(settings: Settings, kind: str = "regression") -> list[dict[str, str]]:
+    """The triage stream's entries of one kind (the feed also writes new_group/spike entries for alerting)."""
     redis = make_redis(settings, timeout=5)
     try:
         entries = await redis.xrange(Keys.from_settings(settings).group_signals)
     finally:
         await redis.aclose()
-    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+    decoded = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+    return [entry for entry in decoded if entry["kind"] == kind]
 
 
 async def write_twice_at_once(settings: Settings) -> None:
@@ -142,7 +144,7 @@ async def test_states_need_admin_and_a_resolved_group_regresses_once(settings: S
         async with engine.begin() as conn:
             await conn.execute(insert(GroupHour), [{"project_id": 1, "fingerprint": a, "hour": now_hour - 24 * d,
                                                     "count": 1} for d in (15, 20, 30)])
-        await housekeeping(engine, settings.samples_per_group, hourly_days=14)
+        await housekeeping(engine, hourly_days=14)
         async with engine.connect() as conn:
             kept = sorted((await conn.execute(select(GroupHour.hour).where(GroupHour.fingerprint == a))).scalars())
         await engine.dispose()

@@ -14,7 +14,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
-OVERLAYS = {"base": K8S / "base", "production": K8S / "overlays" / "production"}
+OVERLAYS = {"base": K8S / "base", "production": K8S / "overlays" / "production",
+            "edge-retries": K8S / "overlays" / "edge-retries"}
 
 
 def kustomize_command() -> list[str]:

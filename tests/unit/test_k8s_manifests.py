@@ -7,19 +7,29 @@ kubelet uses); these tests read both and fail when they drift apart.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from core import liveness
 from core.ratelimit.proxies import parse_cidrs
 from core.settings import Settings
 from faultline import gunicorn_conf
 from faultline.asgi import create
 from faultline.cli import build_parser
-from health import checks
-from tests.unit.k8s_render import REPO, by_kind, pod_specs, render
+from faultline.uvicorn_worker import Worker
+from health import checks, probes
+from realtime.server import RealtimeServer
+from tests.unit.k8s_render import OVERLAYS, REPO, by_kind, pod_specs, render
+
+# Objects of custom resources: validated against their vendored CRDs (tests/unit/test_k8s_scaling.py).
+CUSTOM_KINDS = {"ScaledObject", "PodMonitor"}
+# ingress-nginx's upstream-keepalive-timeout default (controller ConfigMap): idle upstream connections live 60 s.
+INGRESS_NGINX_UPSTREAM_KEEPALIVE = 60
+NGINX_TEMPLATE = REPO / "deploy" / "nginx" / "nginx.conf.tmpl"
 
 K8S_VERSION = "1.32.0"  # the kubectl here embeds kustomize v5.5 (kubectl 1.32)
 
@@ -55,21 +65,48 @@ def _mib(quantity: str) -> float:
     return float(quantity) / 1_048_576
 
 
-@pytest.mark.parametrize("overlay", ["base", "production"])
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_every_rendered_object_validates_against_the_schema(overlay: str) -> None:
     objects = render(overlay)
     kinds = {d["kind"] for d in objects}
     assert {"Deployment", "Service", "Ingress", "ConfigMap", "HorizontalPodAutoscaler",
-            "PodDisruptionBudget", "Job", "NetworkPolicy", "ServiceAccount"} <= kinds
+            "PodDisruptionBudget", "Job", "NetworkPolicy", "ServiceAccount"} | CUSTOM_KINDS <= kinds
     for obj in objects:
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)  # raises on any unknown/invalid field
+        if obj["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)  # raises on any unknown/invalid field
 
 
 def test_production_overlay_sets_namespace_and_pinned_image(docs: list[dict[str, Any]]) -> None:
     namespaced = [d for d in docs if d["kind"] != "Namespace"]
     assert {d["metadata"].get("namespace") for d in namespaced} == {"faultline"}
-    images = {c["image"] for spec in pod_specs(docs).values() for c in spec["containers"]}
-    assert images == {"registry.example.com/faultline/faultline:0.1.0"}
+    images = {c["image"] for spec in pod_specs(docs).values()
+              for c in spec["containers"] + spec.get("initContainers", [])}
+    [image] = images
+    name, digest = image.split("@sha256:")
+    assert name == "registry.example.com/faultline/faultline" and len(digest) == 64 and int(digest, 16) >= 0
+
+
+def release_id(image: str) -> str:
+    """What names a release's migration Job: 12 hex of the digest, else the tag with dots as dashes."""
+    if "@sha256:" in image:
+        return image.split("@sha256:")[1][:12]
+    return image.rsplit(":", 1)[1].replace(".", "-")
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_the_migration_job_is_named_after_the_release(overlay: str) -> None:
+    """A new release is a new Job (kubectl apply creates it), never an edit of a finished Job's immutable
+    pod template; and every Deployment's pods wait for that Job's schema before they start."""
+    docs = render(overlay)
+    [job] = by_kind(docs, "Job").values()
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert job["metadata"]["name"] == f"faultline-migrate-{release_id(container['image'])}"
+    for name, deployment in by_kind(docs, "Deployment").items():
+        [wait] = deployment["spec"]["template"]["spec"]["initContainers"]
+        args = build_parser().parse_args(wait["command"][1:])
+        assert args.func.__name__ == "cmd_migrate" and args.check, name
+        assert 0 < args.wait <= job["spec"]["activeDeadlineSeconds"], name  # waits as long as the Job may run
+        assert wait["image"] == container["image"], name  # the same release's migrations define "head"
 
 
 def test_config_map_is_valid_app_settings(config: dict[str, str], settings: Settings) -> None:
@@ -130,14 +167,25 @@ def test_memory_limit_is_below_the_container_limit(docs: list[dict[str, Any]], s
 
 
 @pytest.mark.parametrize("workload,role", [("faultline-worker", "worker"), ("faultline-scheduler", "scheduler")])
-def test_background_processes_use_the_heartbeat_exec_probe(docs: list[dict[str, Any]], settings: Settings,
+def test_background_processes_use_the_local_liveness_probe(docs: list[dict[str, Any]], settings: Settings,
                                                            workload: str, role: str) -> None:
+    """The probe reads the process's own liveness file (no Redis: an outage must not restart them all), in
+    a writable emptyDir, and gives it longer than the file's own staleness limits before a restart."""
     container = _container(docs, workload)
     assert build_parser().parse_args(container["command"][1:]).func.__name__ == f"cmd_{role}"
     for kind in ("startupProbe", "livenessProbe"):
         command = container[kind]["exec"]["command"]
         args = build_parser().parse_args(command[1:])
         assert command[0] == "faultline" and args.func.__name__ == "cmd_worker_check" and args.role == role
+        assert args.local, f"{workload} {kind} asks Redis"
+        probe = container[kind]
+        assert probe["periodSeconds"] * probe["failureThreshold"] > max(liveness.STALE_AFTER,
+                                                                        settings.worker_stall_after)
+    assert settings.liveness_dir is not None
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_specs(docs)[workload]["volumes"]}
+    mount = next(p for p in mounts if settings.liveness_dir.is_relative_to(p))
+    assert "emptyDir" in volumes[mounts[mount]]
     names = {e["name"]: e for e in container.get("env", [])}
     assert names["FAULTLINE_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     # a worker finishes its running tasks within shutdown_timeout before it exits
@@ -160,17 +208,82 @@ def test_every_container_command_is_a_faultline_command(docs: list[dict[str, Any
     assert seen == {"cmd_api", "cmd_worker", "cmd_scheduler", "cmd_migrate"}
 
 
-def test_ingress_carries_websockets_and_the_body_limit(docs: list[dict[str, Any]], settings: Settings) -> None:
-    [ingress] = by_kind(docs, "Ingress").values()
-    notes = ingress["metadata"]["annotations"]
-    assert ingress["spec"]["ingressClassName"] == "nginx"
-    # Socket.IO feeds sit idle for minutes: ingress-nginx's default 60 s would cut them.
-    assert int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
-    assert int(notes["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 3600
-    assert _mib(notes["nginx.ingress.kubernetes.io/proxy-body-size"].replace("m", "Mi")) * 1_048_576 == \
-        settings.max_body_bytes
-    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-    assert backend["name"] in by_kind(docs, "Service")
+NGINX = "nginx.ingress.kubernetes.io/"
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_ingresses_long_feed_short_api_and_no_retry_that_counts_twice(overlay: str) -> None:
+    docs = render(overlay)
+    ingresses = by_kind(docs, "Ingress")
+    live = ingresses["faultline-live"]["metadata"]["annotations"]
+    api = ingresses["faultline-api"]["metadata"]["annotations"]
+    paths = {name: [p["path"] for r in i["spec"]["rules"] for p in r["http"]["paths"]] for name, i in ingresses.items()}
+    assert paths == {"faultline-live": ["/socket.io/"], "faultline-api": ["/"]}
+    # Socket.IO feeds sit idle for minutes (ingress-nginx's default 60 s would cut them); never replayed.
+    assert int(live[NGINX + "proxy-read-timeout"]) >= 3600 and int(live[NGINX + "proxy-send-timeout"]) >= 3600
+    assert live[NGINX + "proxy-next-upstream"] == "off"
+    # ingest/API: a stuck pod is given up on quickly
+    assert int(api[NGINX + "proxy-read-timeout"]) <= 60 and int(api[NGINX + "proxy-connect-timeout"]) <= 5
+    retries = api[NGINX + "proxy-next-upstream"].split()
+    # re-sending a POST that reached a pod is safe only where the controller sets X-Edge-Request-ID
+    assert ("non_idempotent" in retries) == (overlay == "edge-retries")
+    assert {frozenset(i["spec"]["rules"][0]["host"] for i in ingresses.values())} == \
+        {frozenset(t for i in ingresses.values() for tls in i["spec"]["tls"] for t in tls["hosts"])}
+
+
+def test_ingress_body_limit_and_backends(docs: list[dict[str, Any]], settings: Settings) -> None:
+    services = by_kind(docs, "Service")
+    for name, ingress in by_kind(docs, "Ingress").items():
+        notes = ingress["metadata"]["annotations"]
+        assert ingress["spec"]["ingressClassName"] == "nginx"
+        assert _mib(notes[NGINX + "proxy-body-size"].replace("m", "Mi")) * 1_048_576 == settings.max_body_bytes
+        backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+        service_ports = {p["name"]: p["targetPort"] for p in services[backend["name"]]["spec"]["ports"]}
+        assert service_ports == {"http": "http"}, name  # the metrics side port is routed by nothing
+        assert notes.get("cert-manager.io/cluster-issuer"), name  # TLS issued for the host (production)
+
+
+def test_ingress_timeouts_outlast_what_the_app_takes(docs: list[dict[str, Any]], settings: Settings) -> None:
+    ingresses = by_kind(docs, "Ingress")
+    api = ingresses["faultline-api"]["metadata"]["annotations"]
+    live = ingresses["faultline-live"]["metadata"]["annotations"]
+    # ingest answers within its Redis budget (or a fast 503): the edge never gives up on a working pod first
+    assert int(api[NGINX + "proxy-read-timeout"]) > settings.ingest_budget
+    # a retry must still fit after a refused connection
+    assert int(api[NGINX + "proxy-next-upstream-timeout"]) > int(api[NGINX + "proxy-connect-timeout"])
+    # an idle feed only carries Socket.IO's pings: the edge must wait longer than a ping round
+    eio = RealtimeServer(settings).sio.eio
+    assert int(live[NGINX + "proxy-read-timeout"]) > eio.ping_interval + eio.ping_timeout
+
+
+def test_keep_alive_outlives_every_proxy_in_front(settings: Settings) -> None:
+    """A proxy must close an idle upstream connection before the node does, or it reuses a closed one (502)."""
+    assert settings.keepalive_timeout > INGRESS_NGINX_UPSTREAM_KEEPALIVE
+    local = re.search(r"upstream faultline_api \{.*?keepalive_timeout (\d+)s;", NGINX_TEMPLATE.read_text(), re.S)
+    assert local and int(local.group(1)) < Settings().keepalive_timeout
+    assert gunicorn_conf.keepalive == int(Settings().keepalive_timeout)
+    assert "timeout_keep_alive" not in Worker.CONFIG_KWARGS  # uvicorn takes gunicorn's keepalive
+
+
+def test_metrics_on_the_side_port_only(docs: list[dict[str, Any]], settings: Settings) -> None:
+    assert settings.metrics_port and settings.metrics_host == "0.0.0.0"
+    for name, spec in pod_specs(docs).items():
+        if name.startswith("faultline-migrate"):
+            continue
+        [container] = spec["containers"]
+        assert {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"] == settings.metrics_port, name
+    app, plain = create(settings), create(settings.model_copy(update={"metrics_port": None}))
+    # /metrics is a route of the app itself (not of an included router): on the routed HTTP port only
+    # without a side port
+    assert [r for r in plain.routes if getattr(r, "path", "") == "/metrics"]
+    assert not [r for r in app.routes if getattr(r, "path", "") == "/metrics"]
+    [monitor] = by_kind(docs, "PodMonitor").values()
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+
+
+def test_readiness_requires_nothing_shared() -> None:
+    """Every pod sees the same Redis, queue, DB and disk: requiring them would empty every endpoint at once."""
+    assert probes.READY_REQUIRED == {"drain", "event_loop"}
 
 
 def test_selectors_point_at_real_pods(docs: list[dict[str, Any]]) -> None:
@@ -186,7 +299,10 @@ def test_selectors_point_at_real_pods(docs: list[dict[str, Any]]) -> None:
         assert len(matches(pdb["spec"]["selector"]["matchLabels"])) == 1
     [hpa] = by_kind(docs, "HorizontalPodAutoscaler").values()
     assert hpa["spec"]["scaleTargetRef"]["name"] == "faultline-api"
-    assert hpa["spec"]["minReplicas"] >= deployments["faultline-api"]["spec"]["replicas"]
+    [scaled] = by_kind(docs, "ScaledObject").values()
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "faultline-worker"
+    for autoscaled in ("faultline-api", "faultline-worker"):  # a replicas: would reset the autoscaler each apply
+        assert "replicas" not in deployments[autoscaled]["spec"], autoscaled
 
 
 def test_migration_job_runs_faultline_migrate(docs: list[dict[str, Any]]) -> None:
@@ -199,7 +315,7 @@ def test_migration_job_runs_faultline_migrate(docs: list[dict[str, Any]]) -> Non
 SECRET_EXAMPLE = REPO / "deploy" / "k8s" / "secret.example.yaml"
 
 
-@pytest.mark.parametrize("overlay", ["base", "production"])
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_no_overlay_applies_a_secret(overlay: str) -> None:
     """`kubectl apply -k` must never overwrite the real Secret with a template's empty values."""
     assert not by_kind(render(overlay), "Secret")

@@ -27,6 +27,12 @@ def _containers(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], d
             for c in spec["containers"] + spec.get("initContainers", [])]
 
 
+def _long_running(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """The containers that export metrics: every Deployment's main container."""
+    return [(name, d["spec"]["template"]["spec"], c) for name, d in by_kind(docs, "Deployment").items()
+            for c in d["spec"]["template"]["spec"]["containers"]]
+
+
 def test_pods_run_as_non_root_with_default_seccomp(docs: list[dict[str, Any]]) -> None:
     for name, spec in pod_specs(docs).items():
         ctx = spec["securityContext"]
@@ -51,8 +57,9 @@ def test_read_only_root_has_writable_tmp_and_metrics_dir(docs: list[dict[str, An
         mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         assert "emptyDir" in volumes[mounts["/tmp"]], name
-        if name != "faultline-migrate":  # the only process that exports no metrics
-            assert "emptyDir" in volumes[mounts[prom]], name
+    for name, spec, c in _long_running(docs):  # the migration Job and the schema wait export no metrics
+        mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+        assert "emptyDir" in {v["name"]: v for v in spec["volumes"]}[mounts[prom]], name
 
 
 def test_every_container_has_requests_and_limits(docs: list[dict[str, Any]]) -> None:
@@ -82,7 +89,10 @@ def test_namespace_enforces_restricted_pod_security(docs: list[dict[str, Any]]) 
 
 
 def test_every_pod_has_a_network_policy(docs: list[dict[str, Any]]) -> None:
-    selected = [p["spec"]["podSelector"]["matchLabels"] for p in by_kind(docs, "NetworkPolicy").values()]
+    policies = by_kind(docs, "NetworkPolicy").values()
+    # default deny, in and out, for every pod of the namespace; the others open what each component needs
+    assert [p["spec"]["policyTypes"] for p in policies if p["spec"]["podSelector"] == {}] == [["Ingress", "Egress"]]
+    selected = [p["spec"]["podSelector"]["matchLabels"] for p in policies if p["spec"]["podSelector"]]
     for name, d in [(n, d) for n, d in by_kind(docs, "Deployment").items()] + list(by_kind(docs, "Job").items()):
         labels = d["spec"]["template"]["metadata"]["labels"]
         assert any(sel.items() <= labels.items() for sel in selected), name
