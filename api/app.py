@@ -22,6 +22,7 @@ from core import metrics
 from core.broker import ensure_consumer_group
 from core.db.migrate import SchemaTooOld, require_current_schema
 from core.drain import Drain
+from core.redis import preload_scripts
 from core.runtime import Runtime
 from core.settings import Settings
 
@@ -48,6 +49,7 @@ def create_app(settings: Settings, on_start: Callable[[Runtime, Drain], None] | 
             limits.start(rt)
         try:
             await ensure_consumer_group(rt.redis, rt.keys)
+            await preload_scripts(rt.redis)
             await rt.load_projects()
         except Exception as exc:  # Redis down at start: serve 503s until it is back, do not crash-loop
             log.warning("startup: %s", exc)
@@ -56,7 +58,7 @@ def create_app(settings: Settings, on_start: Callable[[Runtime, Drain], None] | 
         except Exception as exc:  # keep_mirrored copies them once Redis and the DB answer
             log.warning("startup: quotas not copied to Redis: %s", exc)
         rt.spawn(rt.watch(), "watch")
-        rt.spawn(metrics.watch_queue_depth(rt.redis, rt.keys.stream), "queue-depth")
+        rt.spawn(metrics.watch_queue_depth(rt.redis, rt.keys), "queue-depth")
         rt.spawn(metrics.watch_loop_lag(), "loop-lag")
         rt.spawn(projects.keep_mirrored(rt), "quota-mirror")  # Redis lost the quotas? copy them again
         yield

@@ -7,6 +7,12 @@ refuses to count after the deadline, and an unanswered call (timeout or lost con
 re-run once with the SAME token and event ids; the re-run finds what the lost run wrote and reports those
 events as accepted. Only when the re-run gets no answer either does the request get a 503, after both
 deadlines have passed in Redis, so nothing sent later can count (see `_call`). All within ingest_budget.
+
+Key shards (core/keys.py): an event goes to the shard of its fingerprint, and the script runs once per shard
+(each call single-slot, as Redis Cluster requires); the shards of one flush are called concurrently. A
+request whose events span shards is counted all-or-none per shard: if one shard's call fails the request
+gets its 503 while the other shards' events stay counted, so a client resending with the same event ids
+(the SDKs do; nginx's retry keeps the edge id, from which missing ids are derived) has each counted once.
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ class _Pending:
     args: list[bytes | str | int]  # PER_EVENT (5) per event
     events: int
     future: asyncio.Future[tuple[list[int], list[int]]]  # (totals, outcomes) per event
+    positions: list[int]  # where these events are in the request
 
 
 class RedisClock:
@@ -117,28 +124,33 @@ class Ingestor:
         self.runtime = runtime
         self.keys = runtime.keys
         self.script = load_script(runtime.redis, "ingest")
-        self.clock = RedisClock()
-        self._pending: list[_Pending] = []
+        shards = self.keys.shards
+        self.clocks = [RedisClock() for _ in range(shards)]  # shards may sit on nodes with their own clocks
+        self._pending: dict[int, list[_Pending]] = {}
         # Redis writes the replies of one event-loop turn after running every command of that turn: many
         # scripts in flight at once delay each reply by all of their run times, past REPLY_MARGIN. A few
-        # per process keep that delay ~ nodes x one bounded call; requests meanwhile coalesce into the next.
-        self._in_flight = asyncio.Semaphore(CALLS_IN_FLIGHT)
+        # per process and shard keep that delay ~ nodes x one bounded call (a shard's calls carry only its
+        # share of the events); requests meanwhile coalesce into the next.
+        self._in_flight = [asyncio.Semaphore(CALLS_IN_FLIGHT) for _ in range(shards)]
         self._calls: set[asyncio.Task[None]] = set()  # strong references: the loop only keeps weak ones
-        # What every script call sends unchanged (ingest.lua's KEYS and its constant ARGV), built once
-        s, k = runtime.settings, self.keys
-        self._script_keys = [k.stream, k.pending_counts, k.live_counts, k.feed_dirty, k.feed_groups, k.dedup_meta,
-                             k.live_new, k.quota_conf, k.quota_state, k.dropped]
-        self._constants: list[bytes | str | int] = [k.dedup_prefix, s.dedup_ttl, s.dedup_buckets, s.queue_soft_limit]
+        # What every script call of a shard sends unchanged (ingest.lua's KEYS and constant ARGV), built once
+        s = runtime.settings
+        self._script_keys = [k.ingest_keys() for k in self.keys.all_shards]
+        # the soft limit is the whole queue's: each shard's stream takes its share
+        self._constants: list[list[bytes | str | int]] = [
+            [k.dedup_prefix, s.dedup_ttl, s.dedup_buckets, -(-s.queue_soft_limit // k.shards)]
+            for k in self.keys.all_shards]
         # per-project quota and new-group cap (core/ratelimit/quota.py); per-project keys = prefix + id
-        self._limits: list[bytes | str | int] = [s.project_quota_per_second, s.project_quota_per_minute,
-                                                 s.project_new_groups_per_hour, 1 if s.rate_limit_enabled else 0,
-                                                 k.new_groups(""), k.feed_index("")]
+        self._limits: list[list[bytes | str | int]] = [
+            [s.project_quota_per_second, s.project_quota_per_minute, s.project_new_groups_per_hour,
+             1 if s.rate_limit_enabled else 0, k.new_groups(""), k.feed_index(""), k.shards]
+            for k in self.keys.all_shards]
 
     async def ingest(self, project_id: int, items: list[LogErrorIn], edge_id: str | None = None) -> list[Accepted]:
         """`edge_id`: the load balancer's id of this request, the same when it retries the request on
         another node; events without an event_id get one derived from it, so a retry counts nothing twice."""
         now = time.time()
-        args: list[bytes | str | int] = []
+        by_shard: dict[int, tuple[list[bytes | str | int], list[int]]] = {}
         out: list[Accepted] = []
         for index, item in enumerate(items):
             if index and index % 100 == 0:
@@ -151,17 +163,29 @@ class Ingestor:
                 event["stack"] = item.stack
             if item.context is not None:
                 event["context"] = item.context
+            args, positions = by_shard.setdefault(self.keys.shard_of(fp), ([], []))
             args += dedup_id(project_id, event_id).args()
             args.append(fp)
             args.append(orjson.dumps(event))
             args.append(project_id)  # the script's quota and new-group cap are per project
+            positions.append(index)
             out.append(Accepted(event_id, fp, False, False))
         loop = asyncio.get_running_loop()
-        pending = _Pending(args, len(items), loop.create_future())
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append(pending)
-        totals, outcomes = await pending.future
+        parts = []
+        for shard, (args, positions) in by_shard.items():
+            pending = _Pending(args, len(positions), loop.create_future(), positions)
+            if not self._pending:
+                loop.call_soon(self._flush)
+            self._pending.setdefault(shard, []).append(pending)
+            parts.append(pending)
+        totals, outcomes = [0] * len(out), [0] * len(out)
+        # every shard's answer is awaited (none is left unretrieved) before a failure is raised
+        results = await asyncio.gather(*(p.future for p in parts), return_exceptions=True)
+        for p, result in zip(parts, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            for pos, total, outcome in zip(p.positions, *result, strict=True):
+                totals[pos], outcomes[pos] = total, outcome
         for acc, total, outcome in zip(out, totals, outcomes, strict=True):
             acc.first_seen = total == 1
             if outcome < 0:  # over the project's quota: dropped, counted per project by the script
@@ -181,27 +205,29 @@ class Ingestor:
         return out
 
     def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.ensure_future(self._run(batch, time.monotonic()))
-        self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
+        batches, self._pending = self._pending, {}
+        start = time.monotonic()
+        for shard, batch in batches.items():  # the shards' calls run concurrently
+            task = asyncio.ensure_future(self._run(shard, batch, start))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
 
-    async def _run(self, batch: list[_Pending], start: float) -> None:
+    async def _run(self, shard: int, batch: list[_Pending], start: float) -> None:
         cap = self.runtime.settings.ingest_call_max_events
         chunk: list[_Pending] = []
         size = 0
         for p in batch:
             if chunk and size + p.events > cap:
-                await self._settle(chunk, start)
+                await self._settle(shard, chunk, start)
                 chunk, size = [], 0
             chunk.append(p)
             size += p.events
         if chunk:
-            await self._settle(chunk, start)
+            await self._settle(shard, chunk, start)
 
-    async def _settle(self, chunk: list[_Pending], start: float) -> None:
+    async def _settle(self, shard: int, chunk: list[_Pending], start: float) -> None:
         try:
-            result = await self._call(chunk, start)
+            result = await self._call(shard, chunk, start)
         except BaseException as exc:
             for p in chunk:
                 if not p.future.done():
@@ -222,18 +248,19 @@ class Ingestor:
                                      result[total + offset:total + offset + p.events]))
             offset += p.events
 
-    async def _attempt(self, keys: list[str], fixed: list[bytes | str | int], events: list[bytes | str | int],
-                       began: float, wait: float) -> list[Any]:
-        if self.clock.offset is None:
+    async def _attempt(self, shard: int, keys: list[str], fixed: list[bytes | str | int],
+                       events: list[bytes | str | int], began: float, wait: float) -> list[Any]:
+        clock = self.clocks[shard]
+        if clock.offset is None:
             secs, micros = await self.runtime.redis.time()
-            self.clock.observe(secs * 1000 + micros / 1000, time.time())
-        offset = self.clock.offset or 0.0
+            clock.observe(secs * 1000 + micros / 1000, time.time())
+        offset = clock.offset or 0.0
         deadline = max(1, int((began + wait - REPLY_MARGIN) * 1000 + offset))  # 0 = "none" to the script
-        async with self._in_flight:
+        async with self._in_flight[shard]:
             with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
                 return await self.script(keys=keys, args=[*fixed, deadline, *events])  # type: ignore[no-any-return]
 
-    async def _call(self, chunk: list[_Pending], start: float) -> list[int]:
+    async def _call(self, shard: int, chunk: list[_Pending], start: float) -> list[int]:
         """One script call, re-run once with the same token if its answer is lost.
 
         Why a 503 after this is "not counted": run i may only count before its deadline D_i, and we stop
@@ -244,8 +271,8 @@ class Ingestor:
         budget = self.runtime.settings.ingest_budget
         head, tail = message_frame()
         token = secrets.randbelow((1 << TOKEN_BITS) - 1) + 1
-        fixed: list[bytes | str | int] = [*self._constants, head, tail, token]
-        events: list[bytes | str | int] = [*self._limits, *(a for p in chunk for a in p.args)]
+        fixed: list[bytes | str | int] = [*self._constants[shard], head, tail, token]
+        events: list[bytes | str | int] = [*self._limits[shard], *(a for p in chunk for a in p.args)]
         error: BaseException = StoreUnavailable("event store unavailable")
         for attempt in range(2):
             remaining = start + budget - time.monotonic()
@@ -259,8 +286,8 @@ class Ingestor:
                 # counts nothing new but still tells whether the first run counted (it answers "mine")
                 wait = max(RERUN_MIN, remaining) - GRACE
             began = time.time()  # the deadline is counted from here, like the wait
-            # the limits' arguments follow the deadline (ingest.lua ARGV[9..14])
-            run = asyncio.ensure_future(self._attempt(self._script_keys, fixed, events, began, wait))
+            # the limits' arguments follow the deadline (ingest.lua ARGV[9..15])
+            run = asyncio.ensure_future(self._attempt(shard, self._script_keys[shard], fixed, events, began, wait))
             await asyncio.wait({run}, timeout=wait)
             if not run.done():
                 # A starved event loop (busy machine) wakes up with the reply in its socket AND the timer
@@ -274,11 +301,12 @@ class Ingestor:
                 run.cancel()
                 await asyncio.gather(run, return_exceptions=True)
                 error = TimeoutError(f"no reply within {wait + GRACE:.2f}s")
-            elif isinstance(run.exception(), RedisError | OSError):
+            elif isinstance(run.exception(), RedisError | OSError | RuntimeError):
+                # RuntimeError: redis-py's cluster client writing to a transport a failover just closed
                 error = run.exception()  # type: ignore[assignment]
             else:
                 result = run.result()
-                self.clock.observe(float(result[1]), time.time())
+                self.clocks[shard].observe(float(result[1]), time.time())
                 if int(result[0]) != LATE:
                     return [int(x) for x in result]
                 error = StoreUnavailable("event store too slow (call refused after its deadline)")

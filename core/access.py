@@ -12,6 +12,7 @@ from typing import Literal
 
 from redis.asyncio import Redis
 
+from core.redis import replace_hash
 from core.settings import Settings
 
 
@@ -69,8 +70,4 @@ def key_hint(key: str) -> str:
 
 async def publish_keys(redis: Redis, projects_hash: str, by_hash: dict[str, int]) -> None:
     """Make the Redis copy (key hash -> project id) exactly the DB's, atomically: revoked keys leave it."""
-    pipe = redis.pipeline(transaction=True)
-    pipe.delete(projects_hash)
-    if by_hash:
-        pipe.hset(projects_hash, mapping={h: str(pid) for h, pid in by_hash.items()})
-    await pipe.execute()
+    await replace_hash(redis, projects_hash, {h: str(pid) for h, pid in by_hash.items()})

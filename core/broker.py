@@ -5,7 +5,12 @@ On top of taskiq-redis's RedisStreamBroker:
   even when no new message arrives (the stock broker only reclaims after a fetch that returned something);
 - ack = XACK + XDEL, batched: acknowledged entries leave the stream, so XLEN is the queue depth and the
   stream never grows with history;
-- RetryMiddleware (core/retry.py): exponential backoff with jitter, then the dead-letter list.
+- RetryMiddleware (core/retry.py): exponential backoff with jitter, then the dead-letter list;
+- one stream per key shard (core/keys.py): one reader loop per shard (its own blocking XREADGROUP and its
+  own reclaim), all feeding the one receiver. A cluster client refuses one XREADGROUP over several slots,
+  and a loop per shard keeps a failover of one primary from stalling the others.
+- the client comes from core/redis.py (single server, Sentinel or Cluster); taskiq-redis's own pool is
+  never used (its `kick` is not either: ingest enqueues from its Lua script).
 """
 
 from __future__ import annotations
@@ -26,17 +31,18 @@ from taskiq_redis import RedisStreamBroker
 from core.backoff import Backoff, retryable
 from core.heartbeat import Progress
 from core.keys import Keys
-from core.redis import background_retry
+from core.redis import make_redis
 from core.settings import Settings
 
 log = logging.getLogger("faultline.broker")
 
 
 class _AckBatcher:
-    """Collects acks for ~2 ms and sends them as one XACK + XDEL pipeline."""
+    """Collects acks of one shard's stream for ~2 ms and sends them as one XACK + XDEL pipeline."""
 
-    def __init__(self, broker: FaultlineBroker) -> None:
+    def __init__(self, broker: FaultlineBroker, stream: str) -> None:
         self.broker = broker
+        self.stream = stream
         self.ids: list[str] = []
         self.done: asyncio.Future[None] | None = None
 
@@ -57,11 +63,10 @@ class _AckBatcher:
         deadline = time.monotonic() + self.broker.settings.redeliver_after
         while True:
             try:
-                async with Redis(connection_pool=self.broker.connection_pool) as conn:
-                    pipe = conn.pipeline(transaction=False)
-                    pipe.xack(self.broker.queue_name, self.broker.consumer_group_name, *ids)
-                    pipe.xdel(self.broker.queue_name, *ids)
-                    await pipe.execute()
+                pipe = self.broker.redis.pipeline(transaction=False)
+                pipe.xack(self.stream, self.broker.consumer_group_name, *ids)
+                pipe.xdel(self.stream, *ids)
+                await pipe.execute()
                 backoff.ok()
                 done.set_result(None)
                 return
@@ -75,86 +80,110 @@ class _AckBatcher:
 
 
 class FaultlineBroker(RedisStreamBroker):
-    def __init__(self, settings: Settings, consumer_name: str | None = None) -> None:
-        keys = Keys(settings.key_prefix)
+    def __init__(self, settings: Settings, consumer_name: str | None = None, keys: Keys | None = None,
+                 redis: Redis | None = None) -> None:
+        keys = keys or Keys.from_settings(settings)
         super().__init__(
-            settings.redis_url,
-            queue_name=keys.stream,
+            "redis://127.0.0.1",  # taskiq-redis's pool stays unused (and unconnected): see self.redis
+            queue_name=keys.shard(0).stream,
             consumer_group_name=keys.consumer_group,
             consumer_name=consumer_name or f"{settings.node_name}-{uuid.uuid4().hex[:6]}",
             consumer_id="0",  # also deliver what the API queued before the group existed
             xread_block=1000,
             xread_count=200,
             idle_timeout=int(settings.redeliver_after * 1000),
-            max_connection_pool_size=64,
-            socket_timeout=10,
-            socket_connect_timeout=5,
-            retry=background_retry(),  # a blip on XACK or XREADGROUP is retried inside redis-py
         )
         self.settings = settings
         self.keys = keys
+        # socket timeout above the 1 s block of XREADGROUP; a blip on XACK or XREADGROUP is retried inside
+        # redis-py; one blocked connection per shard plus acks and reclaims
+        self.redis = redis or make_redis(settings, pool_size=16 + 2 * keys.shards, timeout=5.0, retries=3)
         self.progress = Progress()  # published by the worker's heartbeat (core/heartbeat.py)
-        self._next_reclaim = 0.0
         self.reclaim_every = max(0.5, min(5.0, settings.redeliver_after / 3))
-        self._acks = _AckBatcher(self)
+        self._acks = {k.stream: _AckBatcher(self, k.stream) for k in keys.streams}
 
     async def _declare_consumer_group(self) -> None:
-        await ensure_consumer_group(Redis(connection_pool=self.connection_pool), self.keys)
+        await ensure_consumer_group(self.redis, self.keys)
+
+    async def shutdown(self) -> None:
+        await super().shutdown()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
 
     def _ack_generator(self, id: Any, queue_name: Any) -> Callable[[], Awaitable[None]]:
         msg_id = id.decode() if isinstance(id, bytes) else id
+        batcher = self._acks[queue_name]
 
         async def _ack() -> None:
-            await self._acks.ack(msg_id)
+            await batcher.ack(msg_id)
 
         return _ack
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
-        """Reclaim + XREADGROUP forever. A Redis error (restart, failover's UNBLOCKED/READONLY/MOVED, a blip)
-        waits with backoff and goes on; NOGROUP (a restart that lost the data) recreates the group. Only an
-        error waiting cannot fix (or an outage past loop_give_up_after) ends the generator, which ends the
-        receiver, which ends the worker process non-zero (workers/main.py): never alive-but-idle."""
-        backoff = Backoff.for_loop(f"stream listener {self.consumer_name}", log, self.settings)
-        async with Redis(connection_pool=self.connection_pool) as conn:
-            while True:
-                for msg_id, msg in await self._fetch(conn, backoff):
-                    yield AckableMessage(data=msg[b"data"], ack=self._ack_generator(msg_id, self.queue_name))
-
-    async def _fetch(self, conn: Redis, backoff: Backoff) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """One reclaim (when due) and one blocking read; on error, what was reclaimed so far after a backoff."""
-        got: list[tuple[bytes, dict[bytes, bytes]]] = []
+        """One reader per shard (reclaim + XREADGROUP forever) into one queue. A Redis error (restart,
+        failover's UNBLOCKED/READONLY/MOVED, a blip) waits with backoff and goes on; NOGROUP (a restart that
+        lost the data) recreates the group. Only an error waiting cannot fix (or an outage past
+        loop_give_up_after) ends a reader, which ends this generator, which ends the receiver, which ends
+        the worker process non-zero (workers/main.py): never alive-but-idle."""
+        # bounded: a reader waits while the receiver is behind instead of fetching without limit
+        inbox: asyncio.Queue[tuple[str, bytes, bytes]] = asyncio.Queue(maxsize=self.count or 200)
+        readers = [asyncio.create_task(self._read_shard(k.stream, inbox), name=f"reader {k.stream}")
+                   for k in self.keys.streams]
         try:
-            if time.monotonic() >= self._next_reclaim:
-                self._next_reclaim = time.monotonic() + self.reclaim_every
-                got += await self._reclaim(conn)
-            fetched: Any = await conn.xreadgroup(
-                self.consumer_group_name, self.consumer_name, {self.queue_name: ">"},
-                block=self.block, count=self.count,
-            )
-        except Exception as exc:
-            self.progress.mark_attempt()
-            if _is_nogroup(exc):
-                with contextlib.suppress(Exception):  # if Redis is still failing, the next round retries
-                    await self._declare_consumer_group()
-                    log.warning("consumer group %s was missing (Redis lost its data?): recreated",
-                                self.consumer_group_name)
-            await backoff.failed(exc)
-            return got
-        backoff.ok()
-        for _stream, messages in fetched or []:
-            got += [(mid, msg) for mid, msg in messages if msg]
-        self.progress.mark_fetch(len(got))
-        return got
+            while True:
+                get = asyncio.ensure_future(inbox.get())
+                done, _ = await asyncio.wait([get, *readers], return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    ended = next(t for t in readers if t.done())
+                    raise RuntimeError(f"{ended.get_name()} ended") from (None if ended.cancelled()
+                                                                           else ended.exception())
+                stream, msg_id, data = get.result()
+                yield AckableMessage(data=data, ack=self._ack_generator(msg_id, stream))
+        finally:
+            for t in readers:
+                t.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
 
-    async def _reclaim(self, conn: Redis) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    async def _read_shard(self, stream: str, inbox: asyncio.Queue[tuple[str, bytes, bytes]]) -> None:
+        backoff = Backoff.for_loop(f"stream listener {self.consumer_name} {stream}", log, self.settings)
+        next_reclaim = 0.0
+        while True:
+            got: list[tuple[bytes, dict[bytes, bytes]]] = []
+            try:
+                if time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + self.reclaim_every
+                    got += await self._reclaim(stream)
+                fetched: Any = await self.redis.xreadgroup(
+                    self.consumer_group_name, self.consumer_name, {stream: ">"}, block=self.block, count=self.count,
+                )
+                for _stream, messages in fetched or []:
+                    got += [(mid, msg) for mid, msg in messages if msg]
+                backoff.ok()
+                self.progress.mark_fetch(len(got))
+            except Exception as exc:
+                self.progress.mark_attempt()
+                if _is_nogroup(exc):
+                    with contextlib.suppress(Exception):  # if Redis is still failing, the next round retries
+                        await self._declare_consumer_group()
+                        log.warning("consumer group %s of %s was missing (Redis lost its data?): recreated",
+                                    self.consumer_group_name, stream)
+                for mid, msg in got:  # what was reclaimed before the error still goes out
+                    await inbox.put((stream, mid, msg[b"data"]))
+                await backoff.failed(exc)
+                continue
+            for mid, msg in got:
+                await inbox.put((stream, mid, msg[b"data"]))
+
+    async def _reclaim(self, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """Claim messages idle longer than redeliver_after (their consumer died or hung)."""
-        reply = await conn.xautoclaim(
-            self.queue_name, self.consumer_group_name, self.consumer_name,
+        reply = await self.redis.xautoclaim(
+            stream, self.consumer_group_name, self.consumer_name,
             min_idle_time=self.idle_timeout, start_id="0-0", count=self.unacknowledged_batch_size,
         )
         claimed = [(mid, msg) for mid, msg in reply[1] if msg]
         if claimed:
-            log.warning("reclaimed %d messages from dead or stuck consumers", len(claimed))
+            log.warning("reclaimed %d messages of %s from dead or stuck consumers", len(claimed), stream)
         return claimed
 
 
@@ -163,9 +192,10 @@ def _is_nogroup(exc: BaseException) -> bool:
 
 
 async def ensure_consumer_group(redis: Redis, keys: Keys) -> None:
-    """Create the stream and its group at id 0, so nothing queued before any worker started is missed."""
-    try:
-        await redis.xgroup_create(keys.stream, keys.consumer_group, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+    """Create every shard's stream and group at id 0, so nothing queued before any worker started is missed."""
+    for shard in keys.streams:
+        try:
+            await redis.xgroup_create(shard.stream, shard.consumer_group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise

@@ -11,10 +11,15 @@ Redis blindly can count a batch twice. The recipe, exact whatever the sync does 
    in the DB as a new batch that step 1 did not see as one: start again (syncs are seconds apart).
 
 count = DB count + pending + every flushing batch the ledger does not hold yet.
+
+With several key shards (core/keys.py) every shard is snapshotted (concurrently, each atomic) and every
+shard's generation checked: a group's counts normally live in its own shard, but its project's overflow
+group (core/ratelimit/quota.py) is counted in the shard of each event that overflowed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 
@@ -27,6 +32,7 @@ from core.keys import Keys
 from core.redis import as_str, load_script
 
 ATTEMPTS = 5
+PENDING = ":pending:"  # never a batch id (those are hex)
 HOUR_SEPARATOR = "@"  # pending-hash fields "<fp>@<project>@<hour>" are hour buckets (ingest.lua); "<fp>" counts
 
 
@@ -86,7 +92,8 @@ class CountReader:
         for _ in range(ATTEMPTS):
             gen, redis_extra = await self._snapshot(fields)
             db, applied = await self._db(db_rows, list(redis_extra))
-            if as_str(await self.redis.get(self.keys.sync_generation) or b"0") != gen:
+            now = await asyncio.gather(*(self.redis.get(k.sync_generation) for k in self.keys.all_shards))
+            if tuple(as_str(g or b"0") for g in now) != gen:
                 continue
             db = _by_field(fields, db)
             out = {}
@@ -98,22 +105,26 @@ class CountReader:
         db, _ = await self._db(db_rows, [])
         return _by_field(fields, db)
 
-    async def _snapshot(self, fps: list[str]) -> tuple[str, dict[str, dict[str, int]]]:
-        """-> generation, {batch id (or "" for the pending hash): {fp: delta}}"""
-        keys = [self.keys.pending_counts, self.keys.flushing_batches, self.keys.sync_generation]
-        raw = await self.script(keys=keys, args=fps)
+    async def _snapshot(self, fps: list[str]) -> tuple[tuple[str, ...], dict[str, dict[str, int]]]:
+        """-> generation per shard, {batch id (or PENDING + shard for a pending hash): {fp: delta}}"""
+        replies = await asyncio.gather(*(
+            self.script(keys=[k.pending_counts, k.flushing_batches, k.sync_generation], args=fps)
+            for k in self.keys.all_shards))
         n = len(fps)
-        gen = as_str(raw[0])
-        extra: dict[str, dict[str, int]] = {"": _deltas(fps, raw[1:1 + n])}
-        i = 1 + n
-        while i < len(raw):
-            extra[as_str(raw[i])] = _deltas(fps, raw[i + 1:i + 1 + n])
-            i += 1 + n
-        return gen, extra
+        gens = []
+        extra: dict[str, dict[str, int]] = {}
+        for shard, raw in enumerate(replies):
+            gens.append(as_str(raw[0]))
+            extra[f"{PENDING}{shard}"] = _deltas(fps, raw[1:1 + n])
+            i = 1 + n
+            while i < len(raw):
+                extra[as_str(raw[i])] = _deltas(fps, raw[i + 1:i + 1 + n])
+                i += 1 + n
+        return tuple(gens), extra
 
     async def _db(self, rows: Select[str, str, int], batch_ids: list[str]) -> tuple[dict[str, int], set[str]]:
         stmt = rows
-        real = [b for b in batch_ids if b]
+        real = [b for b in batch_ids if not b.startswith(PENDING)]
         if real:
             ledger = select(literal("b").label("kind"), AppliedBatch.batch_id.label("id"),
                             literal(0).label("n")).where(AppliedBatch.batch_id.in_(real))

@@ -6,6 +6,9 @@ small hash, so ids of different projects never collide and an entry costs ~15-20
 
     {fl}:dd:<bucket>:<shard>   field = 6-byte digest, value = token * 8 + state
 
+(`{fl}` = the hash tag of the key shard of the event's fingerprint, core/keys.py: an event's dedup entry
+lives beside its group's counts, so ingest stays one single-slot script call per key shard.)
+
 - Time buckets of ceil(ttl / DEDUP_BUCKETS) s of Redis time (one clock for every node). An id is looked up
   in the current bucket and the DEDUP_BUCKETS before it, so it is remembered for at least `dedup_ttl` s and
   at most one bucket more; whole buckets expire. Ten buckets keep memory flat within ~10 % of the id part.
@@ -21,6 +24,7 @@ small hash, so ids of different projects never collide and an entry costs ~15-20
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -72,23 +76,34 @@ class JobStates:
             self._script = load_script(self.redis, "dedup_state")
         return self._script
 
-    def _args(self, mode: str, code: int, ids: Iterable[DedupId]) -> list[int | bytes | str]:
+    def _args(self, mode: str, code: int, ids: Iterable[DedupId], shard: int) -> list[int | bytes | str]:
         s = self.settings
-        args: list[int | bytes | str] = [self.keys.dedup_prefix, s.dedup_ttl, s.dedup_buckets, mode, code]
+        args: list[int | bytes | str] = [self.keys.shard(shard).dedup_prefix, s.dedup_ttl, s.dedup_buckets, mode,
+                                         code]
         for i in ids:
             args += i.args()
         return args
 
-    async def set(self, events: Iterable[tuple[int, str]], code: int) -> int:
-        ids = [dedup_id(p, e) for p, e in events]
-        if not ids:
-            return 0
-        return int(await self.script(keys=[self.keys.dedup_meta], args=self._args("set", code, ids)))
+    async def set(self, events: Iterable[tuple[int, str, str]], code: int) -> int:
+        """Set the state of (project, event id, fingerprint)s: one call per key shard, concurrently."""
+        by_shard: dict[int, list[DedupId]] = {}
+        for p, e, fp in events:
+            by_shard.setdefault(self.keys.shard_of(fp), []).append(dedup_id(p, e))
+        calls = [self.script(keys=[self.keys.shard(i).dedup_meta], args=self._args("set", code, ids, i))
+                 for i, ids in by_shard.items()]
+        return sum(int(n) for n in await asyncio.gather(*calls))
 
     async def get(self, events: list[tuple[int, str]]) -> list[int | None]:
-        """State code per (project, event id), None when not remembered."""
+        """State code per (project, event id), None when not remembered. The fingerprint is not known
+        here (GET /jobs/{id} has the id only): every key shard is asked, concurrently."""
         if not events:
             return []
-        raw = await self.script(keys=[self.keys.dedup_meta],
-                                args=self._args("get", 0, [dedup_id(p, e) for p, e in events]))
-        return [None if v is None else int(v) % 8 for v in raw]
+        ids = [dedup_id(p, e) for p, e in events]
+        replies = await asyncio.gather(*(self.script(keys=[k.dedup_meta], args=self._args("get", 0, ids, i))
+                                         for i, k in enumerate(self.keys.all_shards)))
+        found: list[int | None] = [None] * len(ids)
+        for raw in replies:
+            for n, v in enumerate(raw):
+                if v is not None and found[n] is None:
+                    found[n] = int(v) % 8
+        return found

@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from core.alerts.signals import SignalWriter
 from core.backoff import Backoff
 from core.keys import Keys
-from core.pubsub import ResilientRedisManager
+from core.pubsub import make_manager
 from core.redis import as_str, load_script
 from core.settings import Settings
 
@@ -104,12 +104,12 @@ class SpikeDetector:
 
 class FeedCoalescer:
     def __init__(self, settings: Settings, redis: Redis, name: str,
-                 manager: socketio.AsyncRedisManager | None = None) -> None:
-        self.keys = Keys(settings.key_prefix)
+                 manager: socketio.AsyncRedisManager | None = None, keys: Keys | None = None) -> None:
+        self.keys = keys or Keys.from_settings(settings)
         self.redis = redis
         self.name = name
         self.interval = settings.feed_interval
-        self.manager = manager or ResilientRedisManager(settings, self.keys.socketio_channel, write_only=True)
+        self.manager = manager or make_manager(settings, self.keys.socketio_channel, write_only=True)
         # Every error is retried: the live feed is best effort, and the API process it runs in must go on
         # serving ingest whatever happens here. One warning per outage, one "recovered" line after it.
         self.backoff = Backoff.for_loop(f"feed coalescer {name}", log, settings)
@@ -143,12 +143,12 @@ class FeedCoalescer:
                 await self.lease(keys=[self.keys.feed_lock], args=[self.name, LEASE_MS, "release"])
 
     async def tick(self) -> int:
-        """One take + emit; returns the number of messages emitted."""
-        k = self.keys
-        out = await self.take(keys=[k.feed_dirty, k.live_counts, k.feed_emitted, k.feed_last_seen],
-                              args=[TAKE_MAX])
-        now = float(out[0])
-        moved = [(as_str(out[i]), int(out[i + 1]), int(out[i + 2])) for i in range(1, len(out), 3)]
+        """One take per key shard (concurrently) + emit; returns the number of messages emitted."""
+        outs = await asyncio.gather(*(
+            self.take(keys=[k.feed_dirty, k.live_counts, k.feed_emitted, k.feed_last_seen], args=[TAKE_MAX])
+            for k in self.keys.all_shards))
+        now = max(float(out[0]) for out in outs)
+        moved = [(as_str(out[i]), int(out[i + 1]), int(out[i + 2])) for out in outs for i in range(1, len(out), 3)]
         if not moved:
             return 0
         await self._load_meta([fp for fp, _, prev in moved if prev == 0 or fp not in self.meta])
@@ -195,8 +195,15 @@ class FeedCoalescer:
             return
         if len(self.meta) > META_CACHE_MAX:
             self.meta.clear()
-        raws = await self.redis.hmget(self.keys.feed_groups, fps)  # type: ignore[misc]
-        for fp, raw in zip(fps, raws, strict=True):
-            meta = decode_summary(raw)
-            if meta is not None:
-                self.meta[fp] = meta
+        by_shard: dict[int, list[str]] = {}
+        for fp in fps:
+            by_shard.setdefault(self.keys.shard_of(fp), []).append(fp)
+        shards = list(by_shard.items())
+        replies = await asyncio.gather(*(self.redis.hmget(self.keys.shard(i).feed_groups, part)  # type: ignore[misc]
+                                         for i, part in shards))
+        for (_, part), raws in zip(shards, replies, strict=True):
+            for fp, raw in zip(part, raws, strict=True):
+                meta = decode_summary(raw)
+                if meta is not None:
+                    self.meta[fp] = meta
+

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from core import liveness
 from core.backoff import Backoff
 from core.keys import Keys
+from core.redis import replace_hash
 from core.settings import Settings
 
 log = logging.getLogger("faultline.heartbeat")
@@ -65,11 +66,9 @@ def fields(progress: Progress | None = None) -> dict[str, float | int]:
 
 async def beat_once(redis: Redis, keys: Keys, role: str, name: str, progress: Progress | None = None) -> None:
     key = keys.heartbeat(role, name)
-    pipe = redis.pipeline(transaction=True)  # MULTI: the key never exists without its expiry
-    pipe.delete(key)  # a pre-progress plain-string key of an older version would make HSET fail
-    pipe.hset(key, mapping=fields(progress))  # type: ignore[arg-type]
-    pipe.expire(key, TTL)
-    await pipe.execute()
+    # written aside with its expiry and renamed over (also over a pre-progress plain-string key of an older
+    # version): the key never exists without its expiry
+    await replace_hash(redis, key, fields(progress), ttl=TTL)
 
 
 async def beat_forever(redis: Redis, keys: Keys, role: str, name: str, settings: Settings,

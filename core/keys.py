@@ -1,21 +1,96 @@
 """Every Redis key, stream and channel name Faultline uses, in one place.
 
-All keys of one stack share the `{prefix}` hash tag, so the multi-key Lua scripts also run on Redis Cluster
-(every key lands in the same slot).
+Keys are split into `shards` logical shards chosen from the fingerprint (`shard_of`), each with its own hash
+tag, so a Redis Cluster spreads the ingest load over its primaries while every script call stays in one slot:
+per shard live the task stream and its group, pending/live counts, feed state, retries, quota shares and the
+dedup hashes of the events whose fingerprint falls in it. Low-traffic keys (projects, dead letters, locks,
+heartbeats, limiter windows) keep the global `{prefix}` tag. With one shard, shard 0 IS the global tag: the
+key names are exactly those of a single-Redis stack.
+
+Build one `Keys` per process (`Keys.from_settings`) and pass it: the shard tags are computed once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, replace
+from functools import cache, cached_property
+from typing import TYPE_CHECKING
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+
+@cache
+def shard_tags(prefix: str, shards: int) -> tuple[str, ...]:
+    """One tag suffix per shard whose slot lies near the middle of the shard's equal slice of the 16,384
+    slots (within 1/8 of a slice).
+
+    `redis-cli --cluster create` (and managed clusters) give each primary a contiguous, equal range of slots,
+    so slots spaced evenly put an equal number of shards (+-1) on every primary; a plain hash would cluster
+    by chance. Deterministic: every process of a stack finds the same tags. Expected tries per shard:
+    4 x `shards` (CRC16 is fast: 256 shards take milliseconds)."""
+    if shards == 1:
+        return ("",)
+    width = REDIS_CLUSTER_HASH_SLOTS / shards
+    tags = []
+    for i in range(shards):
+        middle, near = (i + 0.5) * width, max(0.5, width / 8)
+        n = 0
+        while abs(key_slot(f"{prefix}:{i}.{n}".encode()) + 0.5 - middle) > near:
+            n += 1
+        tags.append(f"{i}.{n}")
+    return tuple(tags)
 
 
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "fl"
+    shards: int = 1
+    shard_tag: str = ""  # "" = the global tag {prefix}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Keys:
+        return cls(settings.key_prefix, settings.key_shards)
 
     @property
     def tag(self) -> str:
-        return "{" + self.prefix + "}"
+        return "{" + self.prefix + (":" + self.shard_tag if self.shard_tag else "") + "}"
+
+    # --- shards ---
+    @cached_property
+    def all_shards(self) -> tuple[Keys, ...]:
+        """The keys of every shard, in shard order (with one shard: this very object's names)."""
+        if self.shards == 1:
+            return (replace(self, shard_tag=""),)
+        return tuple(replace(self, shard_tag=t) for t in shard_tags(self.prefix, self.shards))
+
+    @cached_property
+    def streams(self) -> tuple[Keys, ...]:
+        """The shards whose task streams workers read: every shard, plus the global-tag stream when sharded
+        (tasks not tied to a group, e.g. alert deliveries, are enqueued beside their global keys)."""
+        return self.all_shards if self.shards == 1 else (*self.all_shards, self.root)
+
+    def shard(self, index: int) -> Keys:
+        return self.all_shards[index]
+
+    def shard_of(self, fingerprint: str) -> int:
+        """The shard of a group: CRC32 of its fingerprint (every process agrees, any fingerprint spelling)."""
+        return zlib.crc32(fingerprint.encode()) % self.shards if self.shards > 1 else 0
+
+    def for_fingerprint(self, fingerprint: str) -> Keys:
+        return self.all_shards[self.shard_of(fingerprint)]
+
+    @property
+    def is_global(self) -> bool:
+        return not self.shard_tag
+
+    @property
+    def root(self) -> Keys:
+        """The global-tag keys (projects, dead letters, locks...) of the same stack."""
+        return replace(self, shard_tag="") if self.shard_tag else self
 
     # task stream read by the workers through the consumer group below
     @property
@@ -23,6 +98,11 @@ class Keys:
         return f"{self.tag}:tasks"
 
     consumer_group: str = "workers"
+
+    def ingest_keys(self) -> list[str]:
+        """KEYS of core/scripts/ingest.lua, in its order (one shard: one slot)."""
+        return [self.stream, self.pending_counts, self.live_counts, self.feed_dirty, self.feed_groups,
+                self.dedup_meta, self.live_new, self.quota_conf, self.quota_state, self.dropped]
 
     # --- dedup + job state of events (core/dedup.py, ingest.lua, dedup_state.lua) ---
     # time-bucketed, sharded hashes "<prefix><bucket>:<shard>" of 6-byte digests of (project, event id)
@@ -103,6 +183,11 @@ class Keys:
         return f"{self.tag}:hb:{role}:*"
 
     def ratelimit(self, tier: str, client: str) -> str:
+        """One client's window of one tier. Sharded stacks tag each client apart (every tier of one client
+        in one slot: the limiter's one call per request stays single-slot), so limiter traffic spreads over
+        a cluster instead of loading the global slot."""
+        if self.shards > 1:
+            return "{" + f"{self.prefix}:rl:{client}" + "}" + f":{tier}"
         return f"{self.tag}:rl:{tier}:{client}"
 
     @property

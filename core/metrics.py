@@ -25,6 +25,9 @@ from prometheus_client import (
 )
 from redis.asyncio import Redis
 
+from core.keys import Keys
+from core.queue import queue_depth
+
 log = logging.getLogger("faultline.metrics")
 _FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -102,12 +105,13 @@ async def watch_loop_lag(interval: float = 0.25) -> None:
         gauge.set(max(0.0, loop.time() - start - interval))
 
 
-async def watch_queue_depth(redis: Redis, stream: str, every: float = 1.0) -> None:
-    """Runs forever: this node's copy of the queue depth for /metrics (the workers publish theirs too, so a
-    scrape of either kind of process shows it); a Redis error leaves the last figure until the next tick."""
+async def watch_queue_depth(redis: Redis, keys: Keys, every: float = 1.0) -> None:
+    """Runs forever: this node's copy of the queue depth (summed over the key shards) for /metrics (the
+    workers publish theirs too, so a scrape of either kind of process shows it); a Redis error leaves the
+    last figure until the next tick."""
     while True:
         try:
-            QUEUE_DEPTH.set(int(await redis.xlen(stream)))
+            QUEUE_DEPTH.set(await queue_depth(redis, keys))
         except Exception as exc:
             log.debug("queue depth: %s", exc)
         await asyncio.sleep(every)

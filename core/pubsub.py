@@ -7,6 +7,12 @@ The stock AsyncRedisManager (5.x) has two weak spots in an outage:
 Here the listener uses core/backoff.py (cap: loop_backoff_max, one warning + one "recovered" line per
 outage) and a failed publish raises, so the feed coalescer backs off and logs like every other loop.
 Connections get a connect timeout and a health check, so a half-dead socket is noticed.
+
+Redis Cluster: python-socketio has no cluster manager (its issue #1172), so `ClusterRedisManager` below
+rides on redis-py's cluster client with sharded pub/sub (SPUBLISH/SSUBSCRIBE): the channel lives on the
+primary of its slot only, instead of every message crossing the whole cluster bus. After a failover the
+listener's connection breaks, and the same backoff loop subscribes again on the slot's new primary.
+Sentinel URLs are handled by the stock manager (`redis+sentinel://`). `make_manager` picks the class.
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import socketio
 
 from core.backoff import Backoff
+from core.redis import make_redis, parse_url
 from core.settings import Settings
 
 log = logging.getLogger("faultline.pubsub")
@@ -30,8 +38,13 @@ class ResilientRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                                    "health_check_interval": 10}
         if write_only:  # a publish to a frozen Redis fails in 2 s instead of stalling the coalescer; not for
             options["socket_timeout"] = 2.0  # the listener, whose idle blocking read would time out too
-        super().__init__(settings.redis_url, channel=channel, write_only=write_only, logger=log,
-                         redis_options=options)
+        url, target = settings.redis_url, parse_url(settings.redis_url)
+        if target.kind == "sentinel":  # python-socketio spells it .../db/service, and the Sentinels' password
+            hosts = ",".join(f"{h}:{p}" for h, p in target.hosts)  # goes in sentinel_kwargs
+            auth = f":{quote(target.password, safe='')}@" if target.password else ""
+            url = f"redis+sentinel://{auth}{hosts}/{target.db}/{target.service}"
+            options["sentinel_kwargs"] = {"password": target.sentinel_password, "socket_connect_timeout": 2.0}
+        super().__init__(url, channel=channel, write_only=write_only, logger=log, redis_options=options)
         self.settings = settings
 
     async def _close(self) -> None:
@@ -47,17 +60,24 @@ class ResilientRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             try:
                 if not self.connected:
                     self._redis_connect()
-                return await self.redis.publish(self.channel, self.json.dumps(data))  # type: ignore[attr-defined]
+                return await self._send(self.json.dumps(data))
             except Exception:
                 await self._close()
                 if last:
                     raise
         return None
 
-    async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
+    async def _send(self, payload: str) -> Any:
+        return await self.redis.publish(self.channel, payload)  # type: ignore[attr-defined]
+
+    def _listener_backoff(self) -> Backoff:
         backoff = Backoff.for_loop(f"socket.io listener {self.channel}", log, self.settings)
         backoff.give_up_after = None  # the API node keeps serving ingest; the feed comes back with Redis
         backoff.is_retryable = lambda exc: True
+        return backoff
+
+    async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
+        backoff = self._listener_backoff()
         while True:
             try:
                 self._redis_connect()
@@ -68,3 +88,43 @@ class ResilientRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             except Exception as exc:
                 await self._close()
                 await backoff.failed(exc)
+
+
+class ClusterRedisManager(ResilientRedisManager):
+    """Socket.IO's manager over Redis Cluster: sharded pub/sub on the channel's slot (see module doc)."""
+
+    def _redis_connect(self) -> None:
+        client: Any = make_redis(self.settings, pool_size=4, timeout=2.0 if self.write_only else 30.0)
+        self.redis, self.pubsub, self.connected = client, client.pubsub(), True
+
+    async def _send(self, payload: str) -> Any:
+        return await self.redis.spublish(self.channel, payload)  # type: ignore[attr-defined]
+
+    async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
+        backoff = self._listener_backoff()
+        while True:
+            try:
+                self._redis_connect()
+                await self.pubsub.ssubscribe(self.channel)  # type: ignore[attr-defined]
+                backoff.ok()
+                while True:
+                    message = await self.pubsub.get_sharded_message(  # type: ignore[attr-defined]
+                        ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None:
+                        yield message
+            except Exception as exc:
+                await self._close()
+                await backoff.failed(exc)
+
+    async def _listen(self) -> AsyncIterator[Any]:
+        channel = self.channel.encode()
+        async for message in self._redis_listen_with_retries():
+            if message.get("channel") == channel and message.get("type") == "smessage" and "data" in message:
+                yield message["data"]
+
+
+def make_manager(settings: Settings, channel: str, write_only: bool = False) -> ResilientRedisManager:
+    """The Socket.IO client manager for FAULTLINE_REDIS_URL's kind of Redis."""
+    kind = parse_url(settings.redis_url).kind
+    cls = ClusterRedisManager if kind == "cluster" else ResilientRedisManager
+    return cls(settings, channel, write_only=write_only)

@@ -1,14 +1,34 @@
-"""Redis client factory and the Lua scripts every process shares."""
+"""Redis client factory and the Lua scripts every process shares.
+
+`FAULTLINE_REDIS_URL` picks the client:
+- `redis://`, `rediss://`, `unix://`: one server (a blocking pool, see `make_redis`);
+- `redis+sentinel://[:password@]h1:p1,h2:p2/service[/db]`: the primary that the Sentinels name; its pool asks
+  them again whenever it opens a connection, so a failover is followed on the next reconnect;
+- `redis+cluster://[:password@]h1:p1,h2:p2`: Redis Cluster (seed nodes; the client learns the slot map and
+  follows MOVED/ASK). Every script's keys share one slot (core/keys.py shards them).
+Every module gets its client here (or through core/runtime.py), never from its own `from_url`.
+"""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.client import Redis as SyncRedis
+from redis.cluster import ClusterNode as SyncNode
+from redis.cluster import RedisCluster as SyncCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, TimeoutError
+from redis.sentinel import Sentinel as SyncSentinel
 
 from core.settings import Settings
 
@@ -27,9 +47,25 @@ def make_redis(settings: Settings, *, pool_size: int | None = None, timeout: flo
     """
     t = settings.redis_timeout if timeout is None else timeout
     retry = background_retry(retries) if retries > 0 else Retry(NoBackoff(), 0)
+    size = pool_size or settings.redis_pool_size
+    target = parse_url(settings.redis_url)
+    common: dict[str, Any] = {"socket_timeout": t, "socket_connect_timeout": t, "retry": retry,
+                              "password": target.password, "username": target.username}
+    if target.kind == "cluster":
+        # No blocking pool in the cluster client: past max_connections a call raises MaxConnectionsError.
+        # The pool is per node and sized like the single server's; the ingest path bounds its own calls in
+        # flight (api/ingest.py), so the per-node bound is only met by a runaway burst.
+        cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],
+                               max_connections=size, health_check_interval=30, **common)
+        return cast(Redis, cluster)  # speaks every command Faultline uses on one slot at a time
+    if target.kind == "sentinel":
+        sentinel = Sentinel(target.hosts, sentinel_kwargs={"socket_timeout": t, "socket_connect_timeout": t,
+                                                           "password": target.sentinel_password},
+                            **common)
+        return sentinel.master_for(target.service, db=target.db, max_connections=size, health_check_interval=30)
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
-        max_connections=pool_size or settings.redis_pool_size,
+        max_connections=size,
         timeout=t,
         socket_timeout=t,
         socket_connect_timeout=t,
@@ -37,6 +73,78 @@ def make_redis(settings: Settings, *, pool_size: int | None = None, timeout: flo
         retry=retry,  # with a pool given, redis-py takes the retry policy from the pool's connections
     )
     return Redis(connection_pool=pool)
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    kind: str  # "single", "sentinel" or "cluster"
+    hosts: list[tuple[str, int]]
+    service: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_password: str | None = None
+
+
+def parse_url(url: str) -> RedisTarget:
+    """The parts of a FAULTLINE_REDIS_URL; a single-server URL is left to redis-py (kind "single")."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis+sentinel", "redis+cluster"):
+        return RedisTarget("single", [])
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    hosts = []
+    for item in hostlist.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{parts.scheme} URL: bad host:port {item!r}")
+        hosts.append((host.strip("[]"), int(port)))
+    secret = unquote(password) or None
+    if parts.scheme == "redis+cluster":
+        return RedisTarget("cluster", hosts, username=unquote(user) or None, password=secret)
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError("redis+sentinel URL needs the service name: redis+sentinel://h1:p1,h2:p2/service")
+    db = int(path[1]) if len(path) > 1 else 0
+    # one password for the data nodes and the Sentinels (`faultline up --redis sentinel` sets both alike)
+    return RedisTarget("sentinel", hosts, path[0], db, unquote(user) or None, secret, secret)
+
+
+def make_sync_redis(url: str, timeout: float = 5.0) -> SyncRedis:
+    """A blocking client for the CLI's and the tools' few calls, from the same URL kinds."""
+    target = parse_url(url)
+    if target.kind == "cluster":
+        return cast(SyncRedis, SyncCluster(startup_nodes=[SyncNode(h, p) for h, p in target.hosts],
+                                            password=target.password, username=target.username,
+                                            socket_timeout=timeout, socket_connect_timeout=timeout))
+    if target.kind == "sentinel":
+        sentinel = SyncSentinel(target.hosts, sentinel_kwargs={"password": target.sentinel_password,
+                                                               "socket_timeout": timeout},
+                                password=target.password, username=target.username, socket_timeout=timeout)
+        return sentinel.master_for(target.service, db=target.db)
+    return SyncRedis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+async def replace_hash(redis: Redis, key: str, mapping: Mapping[str, str | int | float],
+                       ttl: int | None = None) -> None:
+    """Make `key` exactly `mapping` (with its TTL), atomically for readers: written aside, then RENAMEd over.
+
+    Not MULTI: redis-py 8.1's async cluster client fails a transaction on a slot its first connection does
+    not serve ("Future attached to a different loop"). The side key shares the key's hash tag (same slot)."""
+    if not mapping:
+        await redis.delete(key)
+        return
+    side = f"{key}:new:{uuid.uuid4().hex[:8]}"
+    pipe = redis.pipeline(transaction=False)
+    pipe.hset(side, mapping=dict(mapping))  # type: ignore[arg-type]
+    if ttl is not None:
+        pipe.expire(side, ttl)
+    await pipe.execute()
+    await redis.rename(side, key)  # a cluster pipeline refuses RENAME
+
+
+def is_cluster(redis: object) -> bool:
+    return isinstance(redis, RedisCluster)
 
 
 def background_retry(retries: int = 3) -> Retry:
@@ -47,6 +155,16 @@ def background_retry(retries: int = 3) -> Retry:
 def as_str(value: bytes | str) -> str:
     """Redis replies are bytes (decode_responses is off: payloads stay bytes end to end)."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+async def preload_scripts(redis: Redis) -> None:
+    """SCRIPT LOAD every script (on a cluster: on every primary), so the first calls after start-up do not
+    each pay a NOSCRIPT round trip. A primary promoted later has none: the first EVALSHA there answers
+    NOSCRIPT and redis-py's Script loads it and calls again (a NOSCRIPT call ran nothing, so this is safe
+    for ingest too)."""
+    for entry in resources.files("core.scripts").iterdir():
+        if entry.name.endswith(".lua"):
+            await redis.script_load(entry.read_text())
 
 
 def load_script(redis: Redis, name: str) -> AsyncScript:

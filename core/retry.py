@@ -25,7 +25,7 @@ from core.heartbeat import Progress
 from core.keys import Keys
 from core.redis import load_script
 from core.settings import Settings
-from core.tasks import ATTEMPT_LABEL
+from core.tasks import ATTEMPT_LABEL, task_fingerprint
 
 log = logging.getLogger("faultline.retry")
 TRANSIENT_LABEL = "transient_attempt"
@@ -55,10 +55,10 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
 
 
 class RetryMiddleware(TaskiqMiddleware):
-    def __init__(self, settings: Settings, redis: Redis) -> None:
+    def __init__(self, settings: Settings, redis: Redis, keys: Keys | None = None) -> None:
         super().__init__()
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
+        self.keys = keys or Keys.from_settings(settings)
         self.redis = redis
         self._schedule = load_script(redis, "retry_schedule")
         self._states = JobStates(redis, self.keys, settings)
@@ -70,7 +70,7 @@ class RetryMiddleware(TaskiqMiddleware):
             events = [e for e in message.kwargs.get("events", []) if isinstance(e, dict)
                       and e.get("event_id") in refused]
             message = message.model_copy(update={"kwargs": {**message.kwargs, "events": events}})
-        event_ids = [(e.get("project_id"), e.get("event_id"))
+        event_ids = [(e.get("project_id"), e.get("event_id"), e.get("fingerprint"))
                      for e in message.kwargs.get("events", []) if isinstance(e, dict)]
         error = f"{type(exception).__name__}: {exception}"[:500]
         if is_transient(exception):
@@ -101,7 +101,9 @@ class RetryMiddleware(TaskiqMiddleware):
 
     async def _park(self, message: TaskiqMessage, labels: dict[str, Any], delay: float, state: str,
                     attempt: int, error: str, event_ids: list[Any]) -> None:
-        await self._schedule(keys=[self.keys.retries], args=[int(delay * 1000), _wire(message, labels)])
+        # back onto the stream of the shard it came from (every event of a task shares its shard)
+        shard = self.keys.for_fingerprint(task_fingerprint(message.kwargs))
+        await self._schedule(keys=[shard.retries], args=[int(delay * 1000), _wire(message, labels)])
         pipe = self.redis.pipeline(transaction=False)
         self._status(pipe, message.task_id, event_ids, state, attempt, error, next_delay=delay)
         await pipe.execute()
@@ -115,12 +117,12 @@ class RetryMiddleware(TaskiqMiddleware):
         value = orjson.dumps(record)
         ttl = max(self.settings.dedup_ttl, 86_400)
         pipe.set(self.keys.job(task_id), value, ex=ttl)
-        for project_id, event_id in _pairs(event_ids):  # details; the state code is in core/dedup.py
+        for project_id, event_id, _ in _pairs(event_ids):  # details; the state code is in core/dedup.py
             pipe.set(self.keys.event_detail(project_id, event_id), value, ex=self.settings.dedup_ttl)
 
 
-def _pairs(event_ids: list[Any]) -> list[tuple[int, str]]:
-    return [(p, e) for p, e in event_ids if isinstance(p, int) and isinstance(e, str)]
+def _pairs(event_ids: list[Any]) -> list[tuple[int, str, str]]:
+    return [(p, e, f) for p, e, f in event_ids if isinstance(p, int) and isinstance(e, str) and isinstance(f, str)]
 
 
 def _wire(message: TaskiqMessage, labels: dict[str, Any]) -> bytes:

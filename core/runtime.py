@@ -36,7 +36,7 @@ class Runtime:
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
-        return cls(settings, make_redis(settings), make_engine(settings), Keys(settings.key_prefix))
+        return cls(settings, make_redis(settings), make_engine(settings), Keys.from_settings(settings))
 
     async def close(self) -> None:
         """Stop the background tasks, then close the pools they use."""

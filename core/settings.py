@@ -56,7 +56,18 @@ class Settings(BaseSettings):
                        "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "info"
 
     # Redis holds counters, dedup keys, the task stream and pub/sub: one URL for all of them.
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # redis://host:port/db (one server), redis+sentinel://h1:p1,h2:p2/service[/db] (the primary Sentinel
+    # names), redis+cluster://h1:p1,h2:p2 (Redis Cluster; seed nodes). core/redis.py picks the client.
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0",
+                           pattern=r"^(redis|rediss|redis\+sentinel|redis\+cluster|unix)://")
+    # Logical shards of the per-group keys (core/keys.py): each has its own hash tag, task stream and sync.
+    # Unset: 16 on Redis Cluster, 1 on one server or Sentinel (see `key_shards`). 16: a cluster of up to 16
+    # primaries gets work on each (a shard never splits), an even share on 2, 4, 8 or 16 of them, and 6/5/5
+    # on 3; each shard costs every worker one blocked reader and the scheduler/feed one call per round.
+    # 1 = the key names of a single-Redis stack: on one server shards buy nothing and cost CPU (make bench,
+    # same session: +50 % API and worker CPU per event at 16; docs/scaling.md). Changing it on a stack that
+    # holds counts strands their pending deltas in the old shards: drain and sync first.
+    redis_shards: int | None = Field(default=None, ge=1, le=256)
     # 0.5 s: a healthy Redis answers in < 1 ms; past this we answer 503 rather than hang a client.
     redis_timeout: float = 0.5
     # Per-process pool; requests beyond it wait for a connection instead of failing with 500.
@@ -266,6 +277,12 @@ class Settings(BaseSettings):
     # The address the API node listens on (`faultline api --host` exports it; the Docker image sets 0.0.0.0).
     # Only used to refuse development secrets on a listener other machines can reach, in any mode.
     bind_host: str = "127.0.0.1"
+
+    @property
+    def key_shards(self) -> int:
+        if self.redis_shards is not None:
+            return self.redis_shards
+        return 16 if self.redis_url.startswith("redis+cluster://") else 1
 
     @property
     def resolved_database_url(self) -> str:

@@ -24,6 +24,15 @@ def message_frame(task_id: str | None = None) -> tuple[str, str]:
     return head, "]}}"
 
 
+def task_fingerprint(kwargs: object) -> str:
+    """The fingerprint of a task's first event ("" if none): every event of one task shares its key shard
+    (ingest enqueues per shard), so it names the stream a retry or a replay goes back to."""
+    events = kwargs.get("events") if isinstance(kwargs, dict) else None
+    first = events[0] if isinstance(events, list) and events else None
+    fp = first.get("fingerprint") if isinstance(first, dict) else None
+    return fp if isinstance(fp, str) else ""
+
+
 def persist_message(events: list[dict[str, object]], task_id: str | None = None) -> bytes:
     head, tail = message_frame(task_id)
     return (head + ",".join(orjson.dumps(e).decode() for e in events) + tail).encode()

@@ -32,7 +32,7 @@ async def publish(settings: Settings) -> None:
         await engine.dispose()
     redis = make_redis(settings, timeout=5)
     try:
-        await access.publish_keys(redis, Keys(settings.key_prefix).projects, by_hash)
+        await access.publish_keys(redis, Keys.from_settings(settings).projects, by_hash)
     finally:
         await redis.aclose()
 

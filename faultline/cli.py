@@ -69,7 +69,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     db_pw = creds.get("FAULTLINE_DB_PASSWORD") or secrets.token_urlsafe(24)
     stack = Stack(StackConfig(base_dir=data.resolve(), nodes=args.nodes, port=args.port, workers=args.workers,
                               db=args.db, admin_token=admin, ingest_key=key, redis_password=redis_pw,
-                              db_password=db_pw,
+                              db_password=db_pw, redis=args.redis,
                               env={"FAULTLINE_RATE_LIMIT_ENABLED": "false"} if args.no_rate_limit else {}))
     signals = Signals(stack.cancel.set)
     signals.install()
@@ -248,7 +248,7 @@ def cmd_project_quota(args: argparse.Namespace) -> int:
             await engine.dispose()
         redis = make_redis(settings, timeout=5)
         try:
-            await q.mirror_one(redis, Keys(settings.key_prefix), pid, quota)
+            await q.mirror_one(redis, Keys.from_settings(settings), pid, quota)
         except Exception as exc:
             print(f"warning: Redis not reachable ({exc}); API nodes copy quotas within a minute", file=sys.stderr)
         finally:
@@ -274,13 +274,14 @@ def cmd_worker_check(args: argparse.Namespace) -> int:
     holds messages (alive but not consuming). An empty queue is never a stall."""
     from core import heartbeat
     from core.keys import Keys
+    from core.queue import queue_depth
     from core.redis import make_redis
     from faultline.stackfile import cli_settings, stack_members
 
     if args.local:  # inside the pod: its own environment, no stack to look up
         return _check_liveness_file(args, get_settings())
     settings = cli_settings()
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     # No --name: the workers of the stack running here (their names change with rollouts), else this
     # host's name (the Kubernetes exec probe runs inside the pod).
     names = [args.name] if args.name else stack_members(args.role) or [settings.node_name]
@@ -291,7 +292,7 @@ def cmd_worker_check(args: argparse.Namespace) -> int:
             return False, "no heartbeat"
         if args.role != "worker":
             return True, "alive"
-        queued = int(await redis.xlen(keys.stream))
+        queued = await queue_depth(redis, keys)
         idle = heartbeat.stalled(beat, queued, settings.worker_stall_after)
         if idle is not None:
             return False, f"stalled: nothing fetched for {idle:.0f}s while {queued} messages wait"
@@ -355,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--workers", type=int, default=2, help="worker processes consuming the task stream")
     up.add_argument("--db", default="mariadb", help="sqlite | mariadb (a private server) | galera (a private 3-node "
                     "Galera cluster) | a SQLAlchemy URL (mysql+asyncmy://u:p@h1:3306,h2:3306/db fails over)")
+    up.add_argument("--redis", default="single", choices=["single", "sentinel", "cluster"],
+                    help="one redis-server; 1 primary + 2 replicas + 3 Sentinels; or a 6-node Redis Cluster")
     # On by default, as in production (the seed's tiers, per ingest key); off for load tests of the rest.
     up.add_argument("--no-rate-limit", action="store_true",
                     help="turn off abuse tiers, project quotas and the group cap (FAULTLINE_RATE_LIMIT_ENABLED=false)")

@@ -17,6 +17,7 @@ from core.db import repo
 from core.db.engine import make_engine
 from core.db.migrate import migrate
 from core.keys import Keys
+from core.queue import queue_figures
 from core.redis import as_str, make_redis
 from core.sentry.auth import dsn_for
 from core.settings import Settings, check_project_key
@@ -105,7 +106,7 @@ async def _with_redis(body: Callable[[Redis, Keys, Settings], Awaitable[int]]) -
     settings = cli_settings()
     redis = make_redis(settings, timeout=5)
     try:
-        return await body(redis, Keys(settings.key_prefix), settings)
+        return await body(redis, Keys.from_settings(settings), settings)
     finally:
         await redis.aclose()
 
@@ -152,12 +153,9 @@ def run_status(_: argparse.Namespace) -> int:
             print(f"{'process':<14}{'pid':>8}{'port':>8}{'restarts':>10}")
             for p in info["processes"]:
                 print(f"{p['name']:<14}{p['pid'] or '-':>8}{p['port'] or '-':>8}{p['restarts']:>10}")
-        pipe = redis.pipeline(transaction=False)
-        pipe.xlen(keys.stream)
-        pipe.llen(keys.dead_letters)
-        pipe.zcard(keys.retries)
-        depth, dead, retrying = await pipe.execute()
-        print(f"queue   : {depth} in the stream, {retrying} waiting to retry, {dead} dead letters")
+        q = await queue_figures(redis, keys)
+        print(f"queue   : {q.waiting} in the stream ({keys.shards} shards), {q.retrying} waiting to retry, "
+              f"{q.dead} dead letters")
         now = time.time()
         for role in ("worker", "scheduler"):
             async for raw in redis.scan_iter(match=keys.heartbeat_pattern(role), count=200):

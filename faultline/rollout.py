@@ -25,6 +25,7 @@ import psutil
 import redis
 
 from core.keys import Keys
+from core.redis import make_sync_redis
 from faultline.procs import Child
 from faultline.stack import Cancelled, Stack
 
@@ -57,9 +58,8 @@ def _stop_timeout(stack: Stack) -> float:
 
 
 def _wait_heartbeat(stack: Stack, role: str, name: str, timeout: float = 120.0) -> None:
-    assert stack.redis is not None
-    client = redis.Redis.from_url(stack.redis.url, socket_timeout=2)
-    key = Keys(stack.settings().key_prefix).heartbeat(role, name)
+    client = make_sync_redis(stack.redis_url, timeout=2)
+    key = Keys.from_settings(stack.settings()).heartbeat(role, name)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:

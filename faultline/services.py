@@ -104,6 +104,7 @@ class RedisServer(Supervised):
     port: int = field(default_factory=free_port)
     appendonly: bool = True
     password: str | None = None  # requirepass; None for the test fixtures' throwaway servers
+    extra_args: list[str] = field(default_factory=list)  # cluster / replica options (faultline/redis_topology.py)
     proc: TCPExecutor | None = None
     backoff: Backoff = field(default_factory=Backoff)
     started_at: float = field(default_factory=time.monotonic)
@@ -121,13 +122,13 @@ class RedisServer(Supervised):
                # AOF, fsync once a second: an accepted event survives a Redis restart (at most 1 s at risk
                # on a machine crash), at ~5% of throughput (shared/notes/performance-floor.md).
                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
-               "--maxclients", "10000", "--logfile", str(self.data_dir / "redis.log")]
+               "--maxclients", "10000", "--logfile", str(self.data_dir / "redis.log"), *self.extra_args]
         if self.password:
             # In a 0600 config file, not on the command line, where `ps` would show it to every user.
             conf = self.data_dir / "auth.conf"
             fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
-                f.write(f"requirepass {self.password}\n")
+                f.write(f"requirepass {self.password}\nmasterauth {self.password}\n")  # replicas log in too
             cmd.insert(1, str(conf))
         self.proc = TCPExecutor(cmd, host="127.0.0.1", port=self.port, timeout=20)
         self.proc.start()

@@ -24,6 +24,7 @@ from faultline.bootstrap import ensure_default_project
 from faultline.galera import GaleraCluster
 from faultline.liveness import Liveness, heartbeat_fresh, http_ok
 from faultline.procs import Child, LogSink, stdout_sink
+from faultline.redis_topology import LocalRedisCluster, LocalRedisSentinel
 from faultline.services import MariaDBServer, NginxServer, RedisServer, Supervised, free_port, wait_http_ok
 
 
@@ -48,13 +49,15 @@ class StackConfig:
     # credentials.env); empty = no password (the test fixtures' default).
     redis_password: str = ""
     db_password: str = ""
+    redis: str = "single"  # single | sentinel | cluster (faultline/redis_topology.py)
 
 
 class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.cfg = config
         self.base = config.base_dir
-        self.redis: RedisServer | None = None
+        self.redis: RedisServer | None = None  # the one server of `--redis single`
+        self.redis_set: LocalRedisCluster | LocalRedisSentinel | None = None  # or a sentinel/cluster set
         self.mariadb: MariaDBServer | None = None
         self.galera: GaleraCluster | None = None
         self.nginx: NginxServer | None = None
@@ -75,7 +78,13 @@ class Stack:
     # --- start / stop -------------------------------------------------------------------------------
     def start(self) -> Stack:
         self.base.mkdir(parents=True, exist_ok=True)
-        self.redis = RedisServer(self.base / "redis", password=self.cfg.redis_password or None).start()
+        password = self.cfg.redis_password or None
+        if self.cfg.redis == "cluster":
+            self.redis_set = LocalRedisCluster(self.base / "redis-cluster", password).start()
+        elif self.cfg.redis == "sentinel":
+            self.redis_set = LocalRedisSentinel(self.base / "redis-sentinel", password).start()
+        else:
+            self.redis = RedisServer(self.base / "redis", password=password).start()
         self.database_url = self._database()
         settings = self.settings()
         asyncio.run(ensure_default_project(settings, self.ingest_key))
@@ -112,11 +121,14 @@ class Stack:
         return Settings.from_env_map({k: v for k, v in self.env().items() if k != "FAULTLINE_NODE_NAME"})
 
     def env(self, **extra: str) -> dict[str, str]:
-        assert self.redis is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith("FAULTLINE_")}
-        env.update({"FAULTLINE_REDIS_URL": self.redis.url, "FAULTLINE_DATABASE_URL": self.database_url,
-                    "FAULTLINE_ADMIN_TOKEN": self.admin_token, "FAULTLINE_INGEST_KEY": self.ingest_key,
-                    "PYTHONUNBUFFERED": "1"})
+        env.update({
+            "FAULTLINE_REDIS_URL": self.redis_url,
+            "FAULTLINE_DATABASE_URL": self.database_url,
+            "FAULTLINE_ADMIN_TOKEN": self.admin_token,
+            "FAULTLINE_INGEST_KEY": self.ingest_key,
+            "PYTHONUNBUFFERED": "1",
+        })
         env.update({k: v for k, v in os.environ.items() if k.startswith("FAULTLINE_") and k not in env})
         env.update(self.cfg.env)
         env.update(extra)
@@ -163,7 +175,8 @@ class Stack:
 
     def servers(self) -> list[tuple[str, Supervised]]:
         """The stores the supervisor restarts on their own port and data (nginx apart: it is re-rendered)."""
-        found: list[tuple[str, Supervised | None]] = [("redis", self.redis), ("mariadb", self.mariadb)]
+        found: list[tuple[str, Supervised | None]] = [(name, server) for server, name in self.redis_members()]
+        found.append(("mariadb", self.mariadb))
         found += [(f"galera-{node.name}", node) for node in (self.galera.nodes if self.galera else [])]
         return [(name, server) for name, server in found if server is not None]
 
@@ -203,6 +216,19 @@ class Stack:
 
     def stop(self) -> None:
         supervise.stop_all(self)  # everything, within shutdown_timeout + a small margin
+
+    @property
+    def redis_url(self) -> str:
+        if self.redis_set is not None:
+            return self.redis_set.url
+        assert self.redis is not None
+        return self.redis.url
+
+    def redis_members(self) -> list[tuple[Supervised, str]]:
+        """The Redis processes the supervisor watches, with their log names."""
+        if self.redis_set is not None:
+            return self.redis_set.members()
+        return [(self.redis, "redis")] if self.redis is not None else []
 
     def raise_if_cancelled(self) -> None:
         if self.cancel.is_set():

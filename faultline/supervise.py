@@ -101,7 +101,8 @@ def stop_all(stack: Stack) -> None:
         children = [*stack.retiring, *stack.children()]
         for child in children:
             child.terminate()
-        deadline = time.monotonic() + (stack.settings().shutdown_timeout + 2 if stack.redis else 5)
+        has_redis = stack.redis is not None or stack.redis_set is not None
+        deadline = time.monotonic() + (stack.settings().shutdown_timeout + 2 if has_redis else 5)
         for child in children:
             if child.proc is not None:
                 try:
@@ -110,6 +111,8 @@ def stop_all(stack: Stack) -> None:
                     child.kill_group()
         if stack.redis:
             stack.redis.stop()
+        if stack.redis_set:
+            stack.redis_set.stop()
         if stack.mariadb:
             stack.mariadb.stop()
         if stack.galera:

@@ -16,6 +16,7 @@ import psutil
 from sqlalchemy import text
 
 from core.drain import Drain
+from core.queue import queue_figures
 from core.runtime import Runtime
 from core.settings import DATA_DIR
 
@@ -81,19 +82,11 @@ async def queue(rt: Runtime) -> Check:
     retrying (delayed retries), dead (dead letters), and the backpressure flag ingest acts on."""
 
     async def figures() -> Check:
-        k = rt.keys
-        pipe = rt.redis.pipeline(transaction=False)
-        pipe.xlen(k.stream)
-        pipe.xpending(k.stream, k.consumer_group)
-        pipe.zcard(k.retries)
-        pipe.llen(k.dead_letters)
-        waiting, pending, retrying, dead = await pipe.execute(raise_on_error=False)
-        if isinstance(waiting, Exception):
-            raise waiting
-        pending_n = 0 if isinstance(pending, Exception) else int(pending.get("pending", 0))  # no group yet
+        q = await queue_figures(rt.redis, rt.keys)  # summed over the key shards
+        waiting = q.waiting
         s = rt.settings
-        return {"status": "up" if waiting < s.queue_hard_limit else "down", "waiting": int(waiting),
-                "pending": pending_n, "retrying": int(retrying), "dead": int(dead),
+        return {"status": "up" if waiting < s.queue_hard_limit else "down", "waiting": waiting,
+                "pending": q.pending, "retrying": q.retrying, "dead": q.dead,
                 "backpressure": waiting >= s.queue_soft_limit, "soft_limit": s.queue_soft_limit,
                 "hard_limit": s.queue_hard_limit}
 

@@ -72,7 +72,7 @@ def run_envelope_wrk(target: Any, bodies: Path, seconds: float, connections: int
     settings = target.settings()
     client = redis.Redis.from_url(settings.redis_url)
     # the Redis copy of the projects maps the key's hash (never the key) to the project id
-    project = int(client.hget(Keys(settings.key_prefix).projects, key_hash(target.ingest_key)))  # type: ignore[arg-type]
+    project = int(client.hget(Keys.from_settings(settings).projects, key_hash(target.ingest_key)))  # type: ignore[arg-type]
     client.close()
     binary = shutil.which("wrk")
     if not binary:

@@ -141,7 +141,7 @@ def _ready(port: int) -> bool:
 def scheduler_kill(f: Fault) -> None:
     """SIGKILL the scheduler while a count batch is in flight (renamed aside, not yet cleaned up)."""
     times = f.repeat or 3
-    keys = Keys(f.stack.settings().key_prefix)
+    keys = Keys.from_settings(f.stack.settings())
     client = chaos_stack.redis_client(f.stack)
     # generous: a restarted scheduler may take tens of seconds to import and start on a loaded machine
     timeout = 10 * f.stack.settings().sync_interval + 60

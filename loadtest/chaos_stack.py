@@ -91,7 +91,7 @@ class QueueMonitor:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        keys = Keys(self.stack.settings().key_prefix)
+        keys = Keys.from_settings(self.stack.settings())
         client = redis_client(self.stack)
         while not self._stop.wait(self.every):
             try:
@@ -114,7 +114,7 @@ def wait_settled(stack: Stack, timeout: float) -> tuple[bool, float, dict[str, A
     """Until every task is written and every count synced (stream, retries, pending and flushing counts
     all empty); then one more sync interval so a sync in flight has committed.
     Returns (settled, seconds, the last state seen: what was still not empty)."""
-    keys = Keys(stack.settings().key_prefix)
+    keys = Keys.from_settings(stack.settings())
     start = time.monotonic()
     state: dict[str, Any] = {}
     client = redis_client(stack, timeout=2.0)
@@ -157,7 +157,7 @@ def db_rows(stack: Stack) -> tuple[dict[str, int], int, set[str]]:
 def dead_letter_records(stack: Stack) -> list[bytes]:
     client = redis_client(stack, timeout=2.0)
     try:
-        raw = client.lrange(Keys(stack.settings().key_prefix).dead_letters, 0, -1)
+        raw = client.lrange(Keys.from_settings(stack.settings()).dead_letters, 0, -1)
         return [r if isinstance(r, bytes) else str(r).encode() for r in raw]
     finally:
         client.close()

@@ -152,7 +152,7 @@ def fit(points: list[tuple[int, int]]) -> tuple[float, float]:
 
 async def soak(stack: Stack, args: argparse.Namespace, csv_path: Path) -> dict[str, Any]:
     settings = stack.settings()
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
     sender = Sender(stack.url, stack.ingest_key, args)
     start = time.monotonic()

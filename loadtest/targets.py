@@ -114,7 +114,7 @@ def start_baseline(base: Path, sink: LogSink, nodes: int = 3) -> Baseline:
 def wait_drained(stack: Stack, timeout: float = 120.0) -> float:
     """Wait until the workers have acknowledged every task; returns the seconds it took."""
     settings = stack.settings()
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     client = redis_sync.Redis.from_url(settings.redis_url)
     start = time.monotonic()
     try:
@@ -130,7 +130,7 @@ def wait_drained(stack: Stack, timeout: float = 120.0) -> float:
 def queue_depth(stack: Stack) -> int:
     client = redis_sync.Redis.from_url(stack.settings().redis_url)
     try:
-        return int(client.xlen(Keys(stack.settings().key_prefix).stream))
+        return int(client.xlen(Keys.from_settings(stack.settings()).stream))
     finally:
         client.close()
 

@@ -7,6 +7,7 @@ refuses the whole subscription, so a client never ends up half subscribed withou
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -69,10 +70,20 @@ async def snapshot(redis: Redis, keys: Keys, rooms: list[str]) -> list[dict[str,
     Reads only the groups of the projects asked for: each project's feed index (a set of its fingerprints,
     written by ingest.lua on first sighting), then those summaries - never every group of every project.
     Sent with the subscribe answer; the client merges it with GET /errors and keeps the larger total, so
-    a reconnecting client ends with no group missing whatever it missed while away.
+    a reconnecting client ends with no group missing whatever it missed while away. Every key shard holds
+    its own groups' feed state: they are read concurrently and merged.
     """
     wanted_projects = {int(r.split(":")[1]) for r in rooms if r.startswith("project:")}
     wanted_services = {(int(r.split(":")[1]), r.split(":", 2)[2]) for r in rooms if r.startswith("service:")}
+    parts = await asyncio.gather(*(_shard_snapshot(redis, shard, wanted_projects, wanted_services)
+                                   for shard in keys.all_shards))
+    groups = [g for part in parts for g in part]
+    groups.sort(key=lambda g: g["last_seen"] or 0.0, reverse=True)
+    return groups[:SNAPSHOT_MAX]
+
+
+async def _shard_snapshot(redis: Redis, keys: Keys, wanted_projects: set[int],
+                          wanted_services: set[tuple[int, str]]) -> list[dict[str, Any]]:
     groups: list[dict[str, Any]] = []
     for pid in sorted(wanted_projects | {p for p, _ in wanted_services}):
         fps = list(await redis.smembers(keys.feed_index(pid)))  # type: ignore[misc]
@@ -91,13 +102,16 @@ async def snapshot(redis: Redis, keys: Keys, rooms: list[str]) -> list[dict[str,
     for g, total, seen in zip(groups, totals, last, strict=True):
         g["count"] = int(total or 0)
         g["last_seen"] = float(seen) if seen else g.get("first_seen")
-    groups.sort(key=lambda g: g["last_seen"] or 0.0, reverse=True)
-    return groups[:SNAPSHOT_MAX]
+    return groups
 
 
 async def build_index(redis: Redis, keys: Keys, step: int = 1000) -> int:
     """Once per Redis (an upgrade): index the summaries written before the per-project indexes existed.
     HSCAN in bounded steps; SADD is idempotent, so two nodes doing it at once is harmless."""
+    return sum([await _build_shard_index(redis, shard, step) for shard in keys.all_shards])
+
+
+async def _build_shard_index(redis: Redis, keys: Keys, step: int) -> int:
     if await redis.exists(keys.feed_index_built):
         return 0
     added, cursor = 0, 0

@@ -31,7 +31,7 @@ from core import access
 from core.drain import Drain
 from core.feed import FeedCoalescer
 from core.keys import Keys
-from core.pubsub import ResilientRedisManager
+from core.pubsub import ResilientRedisManager, make_manager
 from core.runtime import Runtime
 from core.settings import Settings
 from realtime import rooms
@@ -53,13 +53,13 @@ class RealtimeServer:
         without it, the socket peer."""
         self.settings = settings
         self.limits = SocketLimits(settings, resolve_ip)
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys.from_settings(settings)
         self.redis: Redis = redis  # type: ignore[assignment]  # set by attach() when the process starts
         self.coalescer: FeedCoalescer | None = None
         self._stop_feed = asyncio.Event()
         self._feed_task: asyncio.Task[None] | None = None
         # Resilient: after a Redis restart the listener is back within loop_backoff_max (core/pubsub.py).
-        manager = ResilientRedisManager(settings, self.keys.socketio_channel)
+        manager = make_manager(settings, self.keys.socketio_channel)
         # cors "*": auth is a token the page sends explicitly, never a cookie, so another origin cannot
         # ride on a user's session; and nginx forwards Host without the port, which breaks the same-origin
         # check for any non-80 port. 64 KB messages: clients only send small subscription requests.
@@ -82,7 +82,8 @@ class RealtimeServer:
             self.sio.manager_initialized = True
             self.sio.manager.initialize()
         name = f"{self.settings.node_name}:{os.getpid()}"
-        self.coalescer = FeedCoalescer(self.settings, rt.redis, name)
+        self.keys = rt.keys
+        self.coalescer = FeedCoalescer(self.settings, rt.redis, name, keys=rt.keys)
         self._feed_task = asyncio.create_task(self.coalescer.run(self._stop_feed), name="feed-coalescer")
         rt.spawn(self._build_index(), "feed-index")
         drain.on_reconnect(self.drain)

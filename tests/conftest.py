@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +29,9 @@ from faultline.stack import Stack, StackConfig
 hypothesis_settings.register_profile("ci", derandomize=True)
 hypothesis_settings.register_profile("explore", derandomize=False)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# The suite runs on one Redis with one key shard (the single-server default) unless told otherwise:
+# `FAULTLINE_REDIS_SHARDS=4 pytest tests/...` runs it sharded; FAULTLINE_* variables reach the stacks' children.
 
 ARTIFACTS = Path(os.environ.get("FAULTLINE_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 
@@ -104,3 +108,20 @@ def stack_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Ca
     for stack in stacks:
         stack.stop()
     log.close()
+
+
+@contextlib.contextmanager
+def logged_stack(base_dir: Path, log_name: str, keep: list[str] | None = None, **config: Any) -> Iterator[Stack]:
+    """A started stack whose prefixed logs go to test-artifacts/<log_name>.log (and to `keep`, if given);
+    stopped on exit (for module-scoped stacks shared by several tests)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    sink = FileSink(ARTIFACTS / f"{log_name}.log", keep=keep)
+    try:
+        stack = Stack(StackConfig(base_dir=base_dir, port=0, sink=sink, **config))
+        try:
+            stack.start()
+            yield stack
+        finally:
+            stack.stop()
+    finally:
+        sink.close()

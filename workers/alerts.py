@@ -80,7 +80,7 @@ class RuleCache:
 class Evaluator:
     def __init__(self, settings: Settings, redis: Redis, engine: AsyncEngine, name: str) -> None:
         self.settings, self.redis, self.engine, self.name = settings, redis, engine, name
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys.from_settings(settings)
         self.rules = RuleCache(engine, redis, self.keys)
         self.enqueue = load_script(redis, "alert_enqueue")
         self.enqueued = 0

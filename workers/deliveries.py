@@ -30,7 +30,7 @@ class DeliveryFailed(Exception):
 class Deliveries:
     def __init__(self, settings: Settings, engine: AsyncEngine, redis: Redis) -> None:
         self.settings, self.engine, self.redis = settings, engine, redis
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys.from_settings(settings)
         self.sender = Sender(settings.alert_timeout, settings.alert_allow_private_urls)
 
     async def run(self, alert: dict[str, Any], attempt: int) -> str:

@@ -38,9 +38,11 @@ class Lifecycle:
         self.settings, self.role, self.name = settings, role, name
         self.handle_signals = handle_signals
         self.stop = stop or asyncio.Event()
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys.from_settings(settings)
         # calls fail within 5 s rather than hang; 3 retries ride out a reconnect
-        self.redis: Redis = make_redis(settings, pool_size=pool_size, timeout=5.0, retries=3)
+        # a worker reads and a sync runs every key shard concurrently: a connection or two each (the cluster
+        # client has no blocking pool)
+        self.redis: Redis = make_redis(settings, pool_size=pool_size + 2 * self.keys.shards, timeout=5.0, retries=3)
         self.engine: AsyncEngine = make_engine(settings)
         self.background: list[asyncio.Task[None]] = []
         self.heartbeat: asyncio.Task[None] | None = None

@@ -36,11 +36,16 @@ async def _pump_forever(settings: Settings, keys: Keys, redis: Redis, progress: 
     backoff = Backoff.for_loop("retry pump", log, settings)
     while True:
         try:
-            moved, next_due = await pump_retries(redis, keys)
-            metrics.QUEUE_DEPTH.set(await redis.xlen(keys.stream))
-            metrics.RETRY_DEPTH.set(await redis.zcard(keys.retries))
-            metrics.DEAD_LETTERS.set(await redis.llen(keys.dead_letters))  # type: ignore[misc]
-            metrics.QUEUE_AGE.set(await _oldest_age(redis, keys))
+            moved, next_due = 0, None
+            for shard in keys.all_shards:  # one at a time: a background loop, no hurry
+                n, due = await pump_retries(redis, shard)
+                moved += n
+                next_due = due if next_due is None or (due is not None and due < next_due) else next_due
+            q = await queue_figures(redis, keys)
+            metrics.QUEUE_DEPTH.set(q.waiting)
+            metrics.RETRY_DEPTH.set(q.retrying)
+            metrics.DEAD_LETTERS.set(q.dead)
+            metrics.QUEUE_AGE.set(max([await _oldest_age(redis, s) for s in keys.all_shards]))
         except Exception as exc:
             progress.errors += 1
             await backoff.failed(exc)
@@ -66,7 +71,7 @@ async def _start_broker(broker: FaultlineBroker, settings: Settings, finish: asy
 
 
 async def _oldest_age(redis: Redis, keys: Keys) -> float:
-    """Seconds since the oldest unacked task was enqueued (stream ids are Redis-clock milliseconds)."""
+    """Seconds since the oldest unacked task of one shard was enqueued (stream ids: Redis-clock ms)."""
     first: Any = await redis.xrange(keys.stream, count=1)
     if not first:
         return 0.0
@@ -94,10 +99,10 @@ async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
         await require_current_schema(life.engine, log)
     except SchemaTooOld:
         return True
-    broker = FaultlineBroker(settings, consumer_name=name)
+    broker = FaultlineBroker(settings, consumer_name=name, keys=keys)
     progress = broker.progress
-    writer = BatchWriter(settings, life.engine, redis, progress=progress)
-    broker.add_middlewares(RetryMiddleware(settings, redis), OutcomeMiddleware(progress))
+    writer = BatchWriter(settings, life.engine, redis, progress=progress, keys=keys)
+    broker.add_middlewares(RetryMiddleware(settings, redis, keys), OutcomeMiddleware(progress))
     deliveries = Deliveries(settings, life.engine, redis)
     tasks.register(broker, writer, deliveries)
     evaluator = Evaluator(settings, redis, life.engine, name)
@@ -116,7 +121,7 @@ async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
     background = [beat, life.spawn(_pump_forever(settings, keys, redis, progress), "retry pump"), *alerting]
     receiver = Receiver(broker, max_async_tasks=settings.worker_concurrency, run_startup=False,
                         wait_tasks_timeout=settings.shutdown_timeout)
-    log.info("worker %s consuming %s", name, keys.stream)
+    log.info("worker %s consuming %s (%d shards)", name, keys.stream, keys.shards)
     listener = asyncio.create_task(receiver.listen(finish), name="receiver")
     finishing = asyncio.create_task(finish.wait())
     watched = [listener, *background, *writer.tasks()]

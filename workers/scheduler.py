@@ -103,8 +103,10 @@ async def _run_once(redis: Redis, engine: AsyncEngine, keys: Keys, settings: Set
                     name: str) -> None:
     added = await sync_counts(redis, engine, keys, settings)
     try:  # bounded per-group memory (workers/prune.py); a failure here never undoes the sync
-        await rebase_new_groups(redis, engine, keys)
-        pruned = await prune_idle_groups(redis, keys, settings)
+        pruned = 0
+        for shard in keys.all_shards:
+            await rebase_new_groups(redis, engine, shard)
+            pruned += await prune_idle_groups(redis, shard, settings)
         if pruned:
             log.info("pruned %d idle groups from the live hashes", pruned)
     except Exception as exc:

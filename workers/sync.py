@@ -5,10 +5,14 @@ renames that hash aside under a new batch id (atomic: ingest goes on counting in
 the deltas in ONE transaction together with a ledger row for the batch id. A crash before the commit leaves
 the batch in Redis and the next sync applies it; a crash after the commit but before the clean-up makes the
 next sync find the ledger row and skip it. So every event is counted once, whoever crashes when.
+
+Each key shard (core/keys.py) has its own pending hash and batches; a sync runs the same recipe on every
+shard, concurrently (batch ids are unique, so one ledger serves them all).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -30,9 +34,17 @@ log = logging.getLogger("faultline.sync")
 
 
 async def sync_counts(redis: Redis, engine: AsyncEngine, keys: Keys, settings: Settings | None = None) -> int:
-    """Apply every pending count batch; returns how many events were added to DB counts. `settings`: the
-    rerun policy of a transaction the server rolled back (core/db/rerun.py; its defaults without them)."""
+    """Apply every pending count batch of every shard; returns how many events were added to DB counts.
+    `settings`: the rerun policy of a transaction the server rolled back (core/db/rerun.py; its defaults
+    without them)."""
     start = time.perf_counter()
+    added = sum(await asyncio.gather(*(_sync_shard(redis, engine, shard, settings) for shard in keys.all_shards)))
+    metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
+    metrics.SYNCED_EVENTS.inc(added)
+    return added
+
+
+async def _sync_shard(redis: Redis, engine: AsyncEngine, keys: Keys, settings: Settings | None) -> int:
     batch_id = uuid.uuid4().hex
     flush_start = load_script(redis, "flush_start")
     batches = await flush_start(
@@ -55,8 +67,6 @@ async def sync_counts(redis: Redis, engine: AsyncEngine, keys: Keys, settings: S
             log.info("count batch %s: %d events over %d groups", bid, n, len(deltas))
         else:
             log.warning("count batch %s was already applied; skipped", bid)
-    metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
-    metrics.SYNCED_EVENTS.inc(added)
     return added
 
 
@@ -84,12 +94,13 @@ async def housekeeping(engine: AsyncEngine, hourly_days: int = 14) -> None:
 async def prune_consumers(redis: Redis, keys: Keys, idle_ms: int = 3_600_000) -> int:
     """Forget stream consumers (one per worker process ever started) idle for an hour with nothing pending."""
     removed = 0
-    try:
-        consumers = await redis.xinfo_consumers(keys.stream, keys.consumer_group)
-    except Exception:
-        return 0
-    for c in consumers:
-        if int(c.get("pending", 0)) == 0 and int(c.get("idle", 0)) > idle_ms:
-            await redis.xgroup_delconsumer(keys.stream, keys.consumer_group, c["name"])
-            removed += 1
+    for shard in keys.all_shards:
+        try:
+            consumers = await redis.xinfo_consumers(shard.stream, shard.consumer_group)
+        except Exception:
+            continue
+        for c in consumers:
+            if int(c.get("pending", 0)) == 0 and int(c.get("idle", 0)) > idle_ms:
+                await redis.xgroup_delconsumer(shard.stream, shard.consumer_group, c["name"])
+                removed += 1
     return removed

@@ -39,11 +39,11 @@ Item = tuple[Sequence[Event], asyncio.Future[None]]
 
 class BatchWriter:
     def __init__(self, settings: Settings, engine: AsyncEngine, redis: Redis,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, keys: Keys | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.redis = redis
-        self.keys = Keys(settings.key_prefix)
+        self.keys = keys or Keys.from_settings(settings)
         self.states = JobStates(redis, self.keys, settings)
         self.reopener = Reopener(settings, engine, redis, self.keys)
         self.progress = progress or Progress()
@@ -171,7 +171,7 @@ class BatchWriter:
              "payload": ev.to_json().decode()}
             for fp, evs in per_group.items() for ev in evs[-keep:]
         ]
-        ids = [(ev.project_id, ev.event_id) for ev in events]
+        ids = [(ev.project_id, ev.event_id, ev.fingerprint) for ev in events]
         await self._set_state(ids, RUNNING)
         with metrics.timed(metrics.DB_SECONDS, "persist_batch"):
             async with self.engine.begin() as conn:
@@ -184,10 +184,10 @@ class BatchWriter:
         self.progress.written += len(events)
         await self._set_state(ids, SUCCEEDED)
 
-    async def _set_state(self, events: list[tuple[int, str]], code: int) -> None:
+    async def _set_state(self, events: list[tuple[int, str, str]], code: int) -> None:
         try:
             if code == SUCCEEDED:  # a retried success keeps the attempt count core/retry.py kept
-                retried = [(p, e, n) for p, e in events if (n := self.attempts.get(e, 1)) > 1]
+                retried = [(p, e, n) for p, e, _ in events if (n := self.attempts.get(e, 1)) > 1]
                 if retried:
                     pipe = self.redis.pipeline(transaction=False)
                     for p, e, n in retried:

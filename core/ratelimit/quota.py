@@ -11,10 +11,19 @@ a batch of 100 events costs 100 from the quota and an event is either counted or
   counted into the project's overflow group (fingerprint below), not dropped.
 The DB (table project_quotas) is the truth; Redis holds a copy (`Keys.quota_conf`) that the script reads;
 API nodes copy it at start-up, and again when they see (once a minute) that Redis lost it.
+
+Key shards (core/keys.py): the script runs per shard and may touch that shard's slot only, so every shard
+has its own copy of the overrides and its own GCRA state and new-group log, and admits `ceil(limit /
+shards)` of each limit. Accuracy: a project spread over many groups gets its whole quota (within +shards
+events of rounding); a project whose traffic sits in few groups gets only the share of the shards those
+groups fall in (one hot group: 1/shards of the quota) - the price of one atomic single-slot call per event
+and no cross-shard round trip on the hot path. Set FAULTLINE_REDIS_SHARDS=1 where quotas must be exact per
+project (one Redis server or Sentinel carries the load anyway; shards pay off on a cluster only).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import asdict, dataclass
@@ -26,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.db.models import ProjectQuota
 from core.keys import Keys
-from core.redis import as_str
+from core.redis import as_str, replace_hash
 from core.settings import Settings
 
 _quotas: Table = ProjectQuota.__table__  # type: ignore[assignment]
@@ -79,22 +88,25 @@ async def save_quota(conn: AsyncConnection, project_id: int, quota: Quota) -> No
 
 
 async def mirror(redis: Redis, keys: Keys, quotas: dict[int, Quota]) -> None:
-    """Make the Redis copy equal to `quotas` in one transaction (never a moment without overrides)."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.quota_conf)
-        pipe.hset(keys.quota_conf, mapping={MIRRORED: "1", **{str(pid): q.encode() for pid, q in quotas.items()}})
-        await pipe.execute()
+    """Make every shard's Redis copy equal to `quotas`, each in one transaction (never a moment without
+    overrides)."""
+    mapping = {MIRRORED: "1", **{str(pid): q.encode() for pid, q in quotas.items()}}
+    for shard in keys.all_shards:
+        await replace_hash(redis, shard.quota_conf, mapping)
 
 
 async def is_mirrored(redis: Redis, keys: Keys) -> bool:
-    return bool(await redis.hexists(keys.quota_conf, MIRRORED))  # type: ignore[misc]
+    """Every shard's copy is there (a failed-over or restarted node may have lost its part)."""
+    found = await asyncio.gather(*(redis.hexists(s.quota_conf, MIRRORED) for s in keys.all_shards))  # type: ignore[misc]
+    return all(found)
 
 
 async def mirror_one(redis: Redis, keys: Keys, project_id: int, quota: Quota) -> None:
-    if quota == Quota():
-        await redis.hdel(keys.quota_conf, str(project_id))  # type: ignore[misc]
-    else:
-        await redis.hset(keys.quota_conf, str(project_id), quota.encode())  # type: ignore[misc]
+    for shard in keys.all_shards:
+        if quota == Quota():
+            await redis.hdel(shard.quota_conf, str(project_id))  # type: ignore[misc]
+        else:
+            await redis.hset(shard.quota_conf, str(project_id), quota.encode())  # type: ignore[misc]
 
 
 async def dropped_counts(redis: Redis, keys: Keys, project_ids: list[int]) -> dict[int, dict[str, int]]:
@@ -102,9 +114,10 @@ async def dropped_counts(redis: Redis, keys: Keys, project_ids: list[int]) -> di
     if not project_ids:
         return {}
     fields = [f"{pid}:{reason}" for pid in project_ids for reason in REASONS]
-    values: list[Any] = await redis.hmget(keys.dropped, fields)  # type: ignore[misc]
+    replies: list[list[Any]] = await asyncio.gather(*(redis.hmget(s.dropped, fields)  # type: ignore[misc]
+                                                      for s in keys.all_shards))
     out: dict[int, dict[str, int]] = {pid: {} for pid in project_ids}
-    for field, value in zip(fields, values, strict=True):
+    for n, field in enumerate(fields):
         pid, reason = field.split(":")
-        out[int(pid)][reason] = int(as_str(value)) if value is not None else 0
+        out[int(pid)][reason] = sum(int(as_str(values[n])) for values in replies if values[n] is not None)
     return out

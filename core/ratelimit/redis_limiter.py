@@ -41,17 +41,17 @@ class RedisLimiter:
         # Tier tuples come from the policy and live as long as the process: cache by identity.
         found = self._prepared.get(id(tiers))
         if found is None or found[0] is not tiers:
-            prefixes = [self.keys.ratelimit(t.key, "") for t in tiers]
+            names = [t.key for t in tiers]
             args = [v for t in tiers for v in (t.limit, t.window_ms)]
-            found = self._prepared[id(tiers)] = (tuple(tiers), prefixes, args)
+            found = self._prepared[id(tiers)] = (tuple(tiers), names, args)
         return found
 
     async def hit(self, client: str, tiers: Sequence[Tier]) -> Decision:
-        frozen, prefixes, args = self._prepare(tiers)
+        frozen, names, args = self._prepare(tiers)
         member = f"{self._token}{next(self._serial):x}"
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
-        self._pending.append(([p + client for p in prefixes], [member, *args], future))
+        self._pending.append(([self.keys.ratelimit(n, client) for n in names], [member, *args], future))
         if len(self._pending) == 1:
             loop.call_soon(self._flush)
         allowed, index, remaining, wait_us, now_us = await future
@@ -93,7 +93,9 @@ class RedisLimiter:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for i in todo:
                     keys, args, _ = batch[i]
-                    pipe.evalsha(self.script.sha, len(keys), *keys, *args)
+                    # execute_command: a cluster pipeline refuses pipe.evalsha, and sends this one to the
+                    # node of its keys' slot
+                    pipe.execute_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
                 for i, result in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
                     results[i] = result
             # Redis restarted or flushed its scripts: load it and redo only those calls (nothing was logged)

@@ -6,7 +6,8 @@
 -- ARGV[5] message head, ARGV[6] message tail, ARGV[7] call token, ARGV[8] deadline in Redis ms (0 = none),
 -- ARGV[9..11] default per-second quota, per-minute quota, new groups per hour (0 = no limit), ARGV[12] limits
 -- on (1) / off (0), ARGV[13] new-groups key prefix, ARGV[14] feed index key prefix (per-project keys = prefix
--- .. project id: same {hash tag}, same slot),
+-- .. project id: same {hash tag}, same slot), ARGV[15] key shards (the limits above are the project's
+-- whole; each shard's script admits its share, see core/ratelimit/quota.py),
 -- then per event: dedup seed, dedup digest, fingerprint, event JSON, project id (core/dedup.py).
 -- Returns {status, redis_ms, r1..rn, o1..on}:
 --   status 0 = done; r = live total after this event (1 = first sighting), 0 = duplicate of another call's
@@ -21,7 +22,7 @@
 -- every 250 ms; on a first sighting a small group summary is stored once (HSETNX) for its error:new, and the
 -- fingerprint is noted in KEYS[7] so the scheduler rebases its live total on the DB's (workers/prune.py).
 -- Per-project quota and new-group cap: see the [limits] section and core/ratelimit/quota.py.
-local FIXED_ARGS, PER_EVENT = 14, 5
+local FIXED_ARGS, PER_EVENT = 15, 5
 -- ids per shard hash: 64 stays under hash-max-listpack-entries (128 by default) with Poisson headroom;
 -- at least 256 shards, so a bucket after a quiet spell still holds ~16,000 ids in listpacks (an empty
 -- shard costs nothing; 256 x 11 small hashes are ~0.3 MB when every one is in use)
@@ -126,6 +127,11 @@ end
 
 -- ==== [limits] per-project event quota + new-group cap (core/ratelimit/quota.py says why) =============
 local limits_on = ARGV[12] == '1'
+local shares = tonumber(ARGV[15])
+local function share(limit)  -- this shard's part of a project-wide limit (0 = no limit stays 0)
+  if limit == 0 or shares == 1 then return limit end
+  return math.ceil(limit / shares)
+end
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])  -- µs, from the TIME read above
 local projects = {}  -- project id -> {ps, pm, cap, s, m, pruned}: read once per call, state written at the end
 local function project(pid)
@@ -139,6 +145,7 @@ local function project(pid)
     if b and b ~= '' then p.pm = tonumber(b) end
     if c and c ~= '' then p.cap = tonumber(c) end
   end
+  p.ps, p.pm, p.cap = share(p.ps), share(p.pm), share(p.cap)
   local st = redis.call('HMGET', KEYS[9], pid .. ':s', pid .. ':m')
   p.s, p.m = tonumber(st[1]) or 0, tonumber(st[2]) or 0
   projects[pid] = p

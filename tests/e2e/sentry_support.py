@@ -24,7 +24,7 @@ def project_of(stack: Stack, key: str) -> int:
     settings = stack.settings()
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        return int(client.hget(Keys(settings.key_prefix).projects, key_hash(key)))  # type: ignore[arg-type]
+        return int(client.hget(Keys.from_settings(settings).projects, key_hash(key)))  # type: ignore[arg-type]
     finally:
         client.close()
 
@@ -45,7 +45,7 @@ def add_project(stack: Stack, name: str) -> tuple[int, str]:
 
     pid = asyncio.run(create())
     client = redis.Redis.from_url(settings.redis_url)
-    client.hset(Keys(settings.key_prefix).projects, key_hash(key), str(pid))  # hashes only
+    client.hset(Keys.from_settings(settings).projects, key_hash(key), str(pid))  # hashes only
     client.close()
     return pid, key
 

@@ -20,9 +20,8 @@ from sqlalchemy import text
 
 from core.db.engine import make_engine
 from core.keys import Keys
-from faultline.procs import FileSink
-from faultline.stack import Stack, StackConfig
-from tests.conftest import ARTIFACTS
+from faultline.stack import Stack
+from tests.conftest import logged_stack
 from tests.e2e.steady_load import SteadyLoad
 
 
@@ -30,7 +29,7 @@ def wait_settled(stack: Stack, timeout: float = 90.0) -> None:
     """Until every accepted event is written and every count synced: stream empty, nothing pending or
     waiting for a retry, no unsynced count deltas."""
     settings = stack.settings()
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     client = redis.Redis.from_url(settings.redis_url)
     deadline = time.monotonic() + timeout
     state: list[object] = []
@@ -94,19 +93,10 @@ def check_exactly_once(stack: Stack, load: SteadyLoad) -> str:
 def module_stack(base: Path, log_name: str, **config: Any) -> Iterator[tuple[Stack, list[str]]]:
     """A whole stack shared by one test module (tests/conftest.py's stack_factory is per test). Log lines
     go to test-artifacts/<log_name>.log and are also kept in the returned list for assertions."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
-    sink = FileSink(ARTIFACTS / f"{log_name}.log", keep=lines)
-    try:
-        env = {**BASE_ENV, **config.pop("env", {})}
-        stack = Stack(StackConfig(base_dir=base, port=0, sink=sink, env=env, **config))
-        try:
-            stack.start()
-            yield stack, lines
-        finally:
-            stack.stop()
-    finally:
-        sink.close()
+    env = {**BASE_ENV, **config.pop("env", {})}
+    with logged_stack(base, log_name, keep=lines, env=env, **config) as stack:
+        yield stack, lines
 
 
 # Short drain and fast redelivery keep the e2e runtime modest; every sample kept so the DB can be checked

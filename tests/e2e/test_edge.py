@@ -334,7 +334,7 @@ def retry_edge(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def test_a_post_replayed_after_an_upstream_timeout_counts_once(
         stack: Stack, retry_edge: tuple[NginxServer, BlackHole], client_event_id: bool) -> None:
     nginx, hole = retry_edge
-    keys = Keys(stack.settings().key_prefix)
+    keys = Keys.from_settings(stack.settings())
     event: dict[str, object] = {"message": "replayed by the edge", "fingerprint": f"edge-retry-{uuid.uuid4().hex}"}
     if client_event_id:
         event["event_id"] = uuid.uuid4().hex

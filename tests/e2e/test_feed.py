@@ -127,7 +127,7 @@ def node_url(stack: Stack, name: str) -> str:
 async def live_totals(stack: Stack) -> dict[str, int]:
     redis = make_redis(stack.settings(), timeout=5)
     try:
-        raw = await redis.hgetall(Keys(stack.settings().key_prefix).live_counts)  # type: ignore[misc]
+        raw = await redis.hgetall(Keys.from_settings(stack.settings()).live_counts)  # type: ignore[misc]
         return {k.decode(): int(v) for k, v in raw.items()}
     finally:
         await redis.aclose()

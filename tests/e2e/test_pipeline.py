@@ -20,6 +20,7 @@ from core.keys import Keys
 from core.redis import make_redis
 from faultline.procs import FileSink
 from faultline.stack import Stack
+from tests.conftest import logged_stack
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -27,19 +28,10 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from faultline.stack import StackConfig
-    from tests.conftest import ARTIFACTS
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = sink = FileSink(ARTIFACTS / "e2e_pipeline.log")
-
-    st = Stack(StackConfig(base_dir=tmp_path_factory.mktemp("pipeline"), port=0, db="mariadb", sink=sink,
-                           env={"FAULTLINE_SYNC_INTERVAL": "1", "FAULTLINE_REDELIVER_AFTER": "3",
-                                "FAULTLINE_RATE_LIMIT_ENABLED": "false"}))
-    st.start()
-    yield st
-    st.stop()
-    log.close()
+    with logged_stack(tmp_path_factory.mktemp("pipeline"), "e2e_pipeline", db="mariadb",
+                      env={"FAULTLINE_SYNC_INTERVAL": "1", "FAULTLINE_REDELIVER_AFTER": "3",
+                           "FAULTLINE_RATE_LIMIT_ENABLED": "false"}) as st:
+        yield st
 
 
 async def post(session: aiohttp.ClientSession, url: str, key: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -115,7 +107,7 @@ async def test_ten_thousand_events_with_a_worker_sigkilled_counted_exactly(stack
     assert sum(accepted.values()) == total
 
     settings = stack.settings()
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
 
     async def drained() -> bool:

@@ -81,7 +81,7 @@ StackLog = tuple[Stack, list[str]]
 def test_queue_limits_shed_ingest_and_keep_every_node_ready(stack: StackLog) -> None:
     s, _ = stack
     r = _redis(s)
-    keys = Keys(s.settings().key_prefix)
+    keys = Keys.from_settings(s.settings())
     answers = [_ingest(s.url, s.ingest_key) for _ in range(SOFT + 5)]
     codes = [a[0] for a in answers]
     assert codes[:SOFT] == [202] * SOFT, codes  # no worker runs: each accepted event stays queued

@@ -113,7 +113,7 @@ async def test_burst_over_three_nodes_admits_exactly_the_limit(edge: tuple[Stack
     assert codes.count(200) == BURST_LIMIT and codes.count(429) == 200 - BURST_LIMIT, codes
     # the nodes behind nginx all took part (least_conn spreads a burst)
     async with redis_of(stack) as redis:
-        key = Keys(stack.settings().key_prefix).ratelimit("short@GET/errors", "ip:127.0.0.11")
+        key = Keys.from_settings(stack.settings()).ratelimit("short@GET/errors", "ip:127.0.0.11")
         assert await redis.zcard(key) == BURST_LIMIT
 
 
@@ -135,7 +135,7 @@ async def test_three_windows_never_hold_more_than_the_limit(edge: tuple[Stack, l
     # (key, client IP): the key's window from this address only
     client = "k:" + hashlib.blake2b(stack.ingest_key.encode(), digest_size=10).hexdigest() + "|ip:127.0.0.1"
     async with redis_of(stack) as redis:
-        raw = await redis.zrange(Keys(stack.settings().key_prefix).ratelimit("long", client), 0, -1,
+        raw = await redis.zrange(Keys.from_settings(stack.settings()).ratelimit("long", client), 0, -1,
                                  withscores=True)
     times = [t for t in admitted_times(raw) if t >= began - 0.01]
     # every admitted request is in the log, no 429 is (an admitted one may still meet a 503 from ingest
@@ -168,7 +168,7 @@ async def test_retrying_client_is_admitted_when_its_oldest_request_leaves(
             await asyncio.sleep(0.02)
     assert admitted_after is not None and len(refusals) > 10
     async with redis_of(stack) as redis:
-        raw = await redis.zrange(Keys(stack.settings().key_prefix).ratelimit("long", "ip:127.0.0.12"), 0, -1,
+        raw = await redis.zrange(Keys.from_settings(stack.settings()).ratelimit("long", "ip:127.0.0.12"), 0, -1,
                                  withscores=True)
     times = admitted_times(raw)
     assert len(times) == SHORT_LIMIT + 1
@@ -185,7 +185,7 @@ async def test_retrying_client_is_admitted_when_its_oldest_request_leaves(
 async def test_clients_are_independent_and_spoofed_headers_change_nothing(
         edge: tuple[Stack, list[str]]) -> None:
     stack, _ = edge
-    keys = Keys(stack.settings().key_prefix)
+    keys = Keys.from_settings(stack.settings())
     victim_key = keys.ratelimit("short", "ip:127.0.0.13")
     async with client_from(stack, "127.0.0.13") as victim, client_from(stack, "127.0.0.14") as other:
         codes = [(await victim.post("/errors/log", json={})).status_code for _ in range(SHORT_LIMIT + 1)]

@@ -50,7 +50,7 @@ def test_dead_letters_list_show_replay_purge(stack_factory: Callable[..., Stack]
                                                    "FAULTLINE_SYNC_INTERVAL": "1",
                                                    "FAULTLINE_SAMPLES_PER_GROUP": "1000"})
     settings = stack.settings()
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     r = redis.Redis.from_url(settings.redis_url)
     admin = {"Authorization": f"Bearer {stack.admin_token}"}
     service = f"dlq-{uuid.uuid4().hex[:6]}"

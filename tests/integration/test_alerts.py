@@ -102,7 +102,7 @@ async def test_one_signed_alert_per_rule_and_group_retries_and_dead_letters(
                                          "first_seen": time.time() - 86_400, "last_seen": time.time() - 86_400}])
     await engine.dispose()
     redis = make_redis(settings, timeout=5)
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     spawn("worker-a", ["worker"], settings)
 
     async with api_client(settings) as c:

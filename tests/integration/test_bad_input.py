@@ -61,7 +61,7 @@ async def test_bad_input_is_a_clear_4xx(settings: Settings, name: str, path: str
         assert r.json()["error"] == code and r.json()["message"]
         # nothing already accepted is lost, and the bad request queued nothing
         redis = make_redis(settings, timeout=5)
-        counts = await redis.hgetall(Keys(settings.key_prefix).pending_counts)
+        counts = await redis.hgetall(Keys.from_settings(settings).pending_counts)
         await redis.aclose()
         assert sum(split_deltas(counts)[0].values()) == 1
 

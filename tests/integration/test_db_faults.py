@@ -44,7 +44,7 @@ async def test_refused_rows_are_dead_lettered_with_the_db_reason_and_batch_mates
     settings = make_settings(database_url=mariadb_url, retry_base_delay=0.1, retry_max_delay=0.3,
                              retry_max_attempts=3, write_batch_delay=0.3)
     await prepare(settings)
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
     too_long = event(service="s" * 300)  # VARCHAR(128) in strict mode: 1406 Data too long
     bad_id = event(message="m" * 70_000)  # over TEXT's 65,535 bytes: 1406 on another column
@@ -95,7 +95,7 @@ async def test_mariadb_down_under_load_never_dead_letters_and_all_is_stored_afte
         worker = spawn("worker-1", ["worker"], settings)
         scheduler = spawn("scheduler-1", ["scheduler"], settings)
         redis = make_redis(settings, timeout=5)
-        keys = Keys(settings.key_prefix)
+        keys = Keys.from_settings(settings)
 
         async def beating() -> bool:
             return bool(await redis.exists(keys.heartbeat("worker", "worker-1")))

@@ -19,7 +19,7 @@ OTHER_KEY = "other-project-key-0123456789"
 
 async def dedup_footprint(settings: Settings) -> tuple[int, int, set[str]]:
     """(bytes, ids, encodings) of every dedup bucket hash, measured by Redis itself."""
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
     total = ids = 0
     encodings: set[str] = set()

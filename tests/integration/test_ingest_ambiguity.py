@@ -26,7 +26,7 @@ async def counted(settings: Settings) -> tuple[int, int]:
     """(sum of pending counts, events in queued tasks): what Redis has counted and enqueued."""
     import orjson
 
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
     try:
         pending = sum(split_deltas(await redis.hgetall(keys.pending_counts))[0].values())  # type: ignore[misc]
@@ -172,7 +172,7 @@ async def test_frozen_redis_answers_503_within_1s_and_counts_none_of_them(make_s
         assert max(t for _, t, _ in answers) < 1.0, answers
         await asyncio.sleep(0.5)  # Redis now runs whatever reached its socket while it was frozen
         assert await counted(settings) == (3, 3)  # only the warm-up batch
-        states = JobStates(make_redis(settings, timeout=5), Keys(settings.key_prefix), settings)
+        states = JobStates(make_redis(settings, timeout=5), Keys.from_settings(settings), settings)
         assert await states.get([(1, eid) for _, _, eid in answers]) == [None] * len(answers)
         after = await c.post("/errors/log", json=event(5))
         assert after.status_code == 202

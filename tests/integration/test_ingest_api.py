@@ -23,7 +23,7 @@ async def drain_queue(settings: Settings) -> int:
     from core.events import Event
     from core.tasks import PERSIST_EVENTS
 
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
     engine = make_engine(settings)
     writer = BatchWriter(settings, engine, redis)

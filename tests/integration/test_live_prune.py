@@ -16,7 +16,7 @@ from workers.prune import prune_idle_groups, rebase_new_groups
 
 async def fields(settings: Settings) -> dict[str, dict[str, int]]:
     """Field -> value (ints) of each per-group structure, by name."""
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
     out: dict[str, dict[str, int]] = {}
     try:
@@ -39,7 +39,7 @@ async def test_idle_groups_are_pruned_db_keeps_them_and_totals_stay_exact(make_s
     settings = make_settings(live_group_idle=1.0)
     await prepare(settings)
     redis = make_redis(settings, timeout=5)
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     feed = FeedCoalescer(settings, redis, "test-feed")
     async with api_client(settings) as c:
         a = await post(c, "busy", 5)
@@ -81,7 +81,7 @@ async def test_pruning_is_done_in_bounded_steps(make_settings: Any) -> None:
     settings = make_settings(live_group_idle=1.0, live_prune_step=100)
     await prepare(settings)
     redis = make_redis(settings, timeout=5)
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     async with api_client(settings) as c:
         for start in (0, 600):  # 1,200 > hash-max-listpack-entries: a hashtable, scanned in steps
             r = await c.post("/errors/batch", json={"events": [{"message": "E", "fingerprint": f"g{i}"}

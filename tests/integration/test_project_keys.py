@@ -72,7 +72,7 @@ async def test_ingest_key_is_always_a_key_of_default(make_settings: Any) -> None
     await publish(settings)
 
     redis = make_redis(settings, timeout=5)
-    stored = {k.decode(): int(v) for k, v in (await redis.hgetall(Keys(settings.key_prefix).projects)).items()}
+    stored = {k.decode(): int(v) for k, v in (await redis.hgetall(Keys.from_settings(settings).projects)).items()}
     await redis.aclose()
     assert stored == {sha(key_a): pid, sha(key_b): pid, sha("key-of-another-project-zzzz"): other}
     dump = await dump_db(settings)
@@ -86,7 +86,7 @@ async def test_ingest_key_is_always_a_key_of_default(make_settings: Any) -> None
         r = await c.post("/errors/log", json={"message": "hello"}, headers={"X-Faultline-Key": sha(key_a)})
         assert r.status_code == 401  # the hash itself is not a key
         redis_fields = await c._transport.app.state.runtime.redis.hkeys(  # type: ignore[attr-defined]
-            Keys(settings.key_prefix).projects)
+            Keys.from_settings(settings).projects)
     assert key_a.encode() not in redis_fields and key_b.encode() not in redis_fields
 
 

@@ -71,7 +71,7 @@ async def project_entry(c: httpx.AsyncClient, pid: int) -> dict[str, Any]:
 
 async def live_total(settings: Settings) -> int:
     async with make_redis(settings) as redis:
-        return sum(int(v) for v in (await redis.hgetall(Keys(settings.key_prefix).live_counts)).values())
+        return sum(int(v) for v in (await redis.hgetall(Keys.from_settings(settings).live_counts)).values())
 
 
 async def test_a_batch_counts_per_event_and_over_quota_events_are_429_and_counted_as_dropped(
@@ -193,7 +193,7 @@ async def test_new_groups_over_the_cap_are_counted_exactly_into_one_overflow_gro
         assert entry["overflow"] == {"events": 16, "fingerprint": ofp}
         assert entry["dropped"]["total"] == 0
     async with make_redis(settings) as redis:
-        keys = Keys(settings.key_prefix)
+        keys = Keys.from_settings(settings)
         live = {k.decode(): int(v) for k, v in (await redis.hgetall(keys.live_counts)).items()}
         queued = [Event.model_validate(e) for _, f in await redis.xrange(keys.stream)
                   for e in orjson.loads(f[b"data"])["kwargs"]["events"]]
@@ -243,7 +243,7 @@ async def test_cli_sets_the_quota_in_the_db_and_redis_and_nodes_copy_it_back(
     assert shown["per_minute"] == 7 and shown["new_groups_per_hour"] == 2 and shown["id"] == pid
     shown = await asyncio.to_thread(cli, "test", "--per-second", "3")  # the others are kept
     assert (shown["per_second"], shown["per_minute"], shown["new_groups_per_hour"]) == (3, 7, 2)
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     async with make_redis(settings) as redis:
         assert (await redis.hget(keys.quota_conf, str(pid))) == b"3|7|2"
         await redis.delete(keys.quota_conf)  # Redis lost its copy: a node start copies it back

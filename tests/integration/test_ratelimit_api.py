@@ -58,7 +58,7 @@ async def limited(make_settings: Callable[..., Settings]) -> Callable[..., Setti
 async def test_headers_429_body_and_a_refused_request_is_not_ingested(
         limited: Callable[..., Settings]) -> None:
     settings = limited()
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings)
     async with client(settings) as c:
         for left in (2, 1, 0):
@@ -123,7 +123,7 @@ async def test_a_public_key_hammered_elsewhere_by_another_ip_never_blocks_the_ow
             r = await owner.post("/errors/log", json=EVENT, headers=key)
             assert r.status_code == 202 and r.headers["x-ratelimit-remaining"] == str(left), r.text
     redis = make_redis(settings)
-    names = [k.decode() async for k in redis.scan_iter(match=Keys(settings.key_prefix).ratelimit("*", "*"))]
+    names = [k.decode() async for k in redis.scan_iter(match=Keys.from_settings(settings).ratelimit("*", "*"))]
     await redis.aclose()
     assert names and not any("nope" in n or KEY in n for n in names)
     assert {n.rsplit("|", 1)[-1] for n in names if "|" in n} == {"ip:203.0.113.66", "ip:198.51.100.7"}
@@ -171,7 +171,7 @@ async def test_memory_backend_limits_without_redis_keys(limited: Callable[..., S
     async with client(settings) as c:
         codes = [(await c.get("/errors")).status_code for _ in range(4)]
         assert codes == [200, 200, 200, 429]
-    assert [k async for k in redis.scan_iter(match=Keys(settings.key_prefix).ratelimit("*", "*"))] == []
+    assert [k async for k in redis.scan_iter(match=Keys.from_settings(settings).ratelimit("*", "*"))] == []
     await redis.aclose()
 
 

@@ -21,7 +21,7 @@ from faultline.services import free_port
 def limiter_pair(make_settings: Callable[..., Any]) -> Any:
     """Two limiters with separate clients: two API processes sharing one Redis."""
     settings = make_settings()
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     clients = [make_redis(settings, timeout=5), make_redis(settings, timeout=5)]
     return [RedisLimiter(c, keys) for c in clients], keys, clients[0]
 
@@ -84,7 +84,7 @@ async def test_clients_do_not_share_windows(limiter_pair: Any) -> None:
 async def test_unreachable_redis_raises_limiter_unavailable(make_settings: Callable[..., Any]) -> None:
     settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     redis = make_redis(settings)
-    lim = RedisLimiter(redis, Keys(settings.key_prefix))
+    lim = RedisLimiter(redis, Keys.from_settings(settings))
     with pytest.raises(LimiterUnavailable):
         await lim.hit("c", (Tier("short", 1, 1000),))
     await redis.aclose()

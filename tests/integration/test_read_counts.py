@@ -26,7 +26,7 @@ def settings(make_settings: Any, db_url: str) -> Settings:
 
 async def write_groups(settings: Settings) -> None:
     """What a worker does (group rows + samples), WITHOUT the count sync."""
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
     engine = make_engine(settings)
     writer = BatchWriter(settings, engine, redis)
@@ -65,7 +65,7 @@ async def test_counts_exact_before_and_after_sync(settings: Settings) -> None:
         await send(c, {"alpha": 2})
         redis = make_redis(settings, timeout=5)
         engine = make_engine(settings)
-        await sync_counts(redis, engine, Keys(settings.key_prefix))
+        await sync_counts(redis, engine, Keys.from_settings(settings))
         expected["alpha"] += 2
         assert await read_counts(c) == expected  # after the sync: the DB holds it, nothing doubled
         await send(c, {"beta": 4})
@@ -79,7 +79,7 @@ async def test_counts_exact_while_syncs_race_reads(settings: Settings) -> None:
     """Syncs run back to back while events arrive and readers read: no read ever shows more than was
     accepted, nor less than was accepted before the read began."""
     await prepare(settings)
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
     engine = make_engine(settings)
     accepted = 0

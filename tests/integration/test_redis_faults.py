@@ -127,7 +127,7 @@ async def load(settings: Settings, senders: int = 3, kind: type[Load] = Load) ->
 async def wait_all_stored(settings: Settings, ids: set[str], timeout: float) -> None:
     """Queue and retries empty, every id a stored sample, and the synced counts equal to len(ids)."""
     redis = make_redis(settings, timeout=5)
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     engine = make_engine(settings)
 
     async def done() -> bool:
@@ -159,7 +159,7 @@ def worker_check(settings: Settings, name: str) -> subprocess.CompletedProcess[s
 async def beat_of(settings: Settings, name: str) -> dict[str, float] | None:
     redis = make_redis(settings, timeout=2)
     try:
-        return await heartbeat.read(redis, Keys(settings.key_prefix), "worker", name)
+        return await heartbeat.read(redis, Keys.from_settings(settings), "worker", name)
     except Exception:
         return None
     finally:
@@ -189,7 +189,7 @@ async def test_redis_sigkill_under_load_loses_nothing_and_same_workers_resume(
     procs = await start_processes(settings, spawn)
     pids = {p.name: p.pid for p in procs}
     feed: list[bytes] = []
-    listener = ResilientRedisManager(settings, Keys(settings.key_prefix).socketio_channel)
+    listener = ResilientRedisManager(settings, Keys.from_settings(settings).socketio_channel)
 
     async def listen() -> None:
         async for data in listener._listen():
@@ -291,7 +291,7 @@ async def test_worker_check_fails_for_a_stuck_worker_with_work_waiting(make_sett
 
     await wait_for(passes, 20, "worker-check to pass once the worker fetches again", every=0.5)
     redis = make_redis(settings, timeout=5)
-    assert await redis.xlen(Keys(settings.key_prefix).stream) == 0
+    assert await redis.xlen(Keys.from_settings(settings).stream) == 0
 
     async def reported() -> bool:  # the heartbeat carries the progress within one beat (2 s)
         beat = await beat_of(settings, "worker-s")
@@ -306,7 +306,7 @@ async def test_lost_stream_and_group_are_recreated_and_consumed(make_settings: A
     The worker recreates the group (at id 0: everything queued since is delivered) and goes on."""
     settings = make_settings()
     await prepare(settings)
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     spawn("worker-n", ["worker"], settings)
 
     async def beating() -> bool:
@@ -334,7 +334,7 @@ async def test_a_worker_whose_listener_cannot_recover_exits_non_zero(make_settin
     process must then exit non-zero for its supervisor, not stay up consuming nothing."""
     settings = make_settings()
     await prepare(settings)
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     worker = spawn("worker-x", ["worker"], settings)
 
     async def beating() -> bool:

@@ -52,7 +52,7 @@ async def test_count_batch_applies_once_and_placeholder_is_filled(settings: Sett
 
 
 async def test_sync_survives_a_crash_between_rename_and_commit(settings: Settings) -> None:
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
     engine = make_engine(settings)
     # a sync that crashed after moving the pending hash aside: the batch is left in the flushing set
@@ -80,7 +80,7 @@ async def test_prune_keeps_the_newest_samples_of_each_group(settings: Settings) 
     async with engine.begin() as conn:
         await repo.insert_samples(conn, rows)
         await repo.insert_samples(conn, rows)  # redelivery: ignored
-    assert await retention.cap_samples(engine, redis, Keys(settings.key_prefix), keep=3) == 10
+    assert await retention.cap_samples(engine, redis, Keys.from_settings(settings), keep=3) == 10
     await redis.aclose()
     async with engine.connect() as conn:
         kept = (await conn.execute(select(Sample.fingerprint, func.count()).group_by(Sample.fingerprint))).all()
@@ -92,7 +92,7 @@ async def test_prune_keeps_the_newest_samples_of_each_group(settings: Settings) 
 
 async def test_idle_consumers_are_forgotten(make_settings: Any) -> None:
     settings = make_settings()
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
     await redis.xgroup_create(keys.stream, keys.consumer_group, id="0", mkstream=True)
     await redis.xgroup_createconsumer(keys.stream, keys.consumer_group, "gone")

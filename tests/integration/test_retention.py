@@ -40,7 +40,7 @@ async def test_200k_old_samples_pruned_in_chunks_while_ingest_runs(make_settings
                                          "last_seen": now - 60} for fp in groups])
         await repo.apply_count_batch(conn, "seed", {fp: 5000 + i for i, fp in enumerate(groups)})
     redis = make_redis(settings, timeout=5)
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     # Hold the retention lock of the coming intervals, as another scheduler replica would: the scheduler
     # starts (and its start-up CPU passes) without pruning until the test lets it.
     secs, _ = await redis.time()
@@ -119,7 +119,7 @@ async def test_200k_old_samples_pruned_in_chunks_while_ingest_runs(make_settings
 async def test_idle_groups_leave_db_and_redis_and_the_cap_is_kept(make_settings: Any) -> None:
     settings = make_settings(group_retention_days=10.0, sample_retention_days=5.0, samples_per_group=3)
     pid = await prepare(settings)
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
     async with api_client(settings) as c:  # both groups live in Redis (counts, feed summary, index)
         for fp in ("idle", "busy"):

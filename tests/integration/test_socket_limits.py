@@ -131,7 +131,7 @@ class SpyRedis(Redis):
 
 
 async def test_subscribe_reads_only_the_groups_of_its_projects(settings: Settings) -> None:
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     async with node(settings) as (url, _):
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             mine = [{"message": f"mine {i}", "fingerprint": f"m{i}", "service": "web" if i % 2 else "db"}

@@ -34,7 +34,7 @@ async def signals(settings: Settings, kind: str = "regression") -> list[dict[str
     """The triage stream's entries of one kind (the feed also writes new_group/spike entries for alerting)."""
     redis = make_redis(settings, timeout=5)
     try:
-        entries = await redis.xrange(Keys(settings.key_prefix).group_signals)
+        entries = await redis.xrange(Keys.from_settings(settings).group_signals)
     finally:
         await redis.aclose()
     decoded = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
@@ -51,7 +51,7 @@ async def write_twice_at_once(settings: Settings) -> None:
     from core.events import Event
     from workers.writer import BatchWriter
 
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
     engines = [make_engine(settings), make_engine(settings)]
     events = [Event.model_validate(e) for _, f in await redis.xrange(keys.stream)
@@ -129,7 +129,7 @@ async def test_states_need_admin_and_a_resolved_group_regresses_once(settings: S
             assert sum(n for _, n in g["hourly"]["counts"]) == g["count"] == 5
             engine = make_engine(settings)
             redis = make_redis(settings, timeout=5)
-            await sync_counts(redis, engine, Keys(settings.key_prefix))
+            await sync_counts(redis, engine, Keys.from_settings(settings))
             await redis.aclose()
             await engine.dispose()
 

@@ -62,7 +62,7 @@ async def test_sigkill_mid_batch_is_redelivered_without_traffic(make_settings: A
     lock = sqlite3.connect(db_file, timeout=5)
     lock.execute("BEGIN EXCLUSIVE")
     redis = make_redis(settings, timeout=5)
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     a = spawn("worker-a", ["worker"], settings)
 
     async def fetched() -> bool:
@@ -103,7 +103,7 @@ async def test_sigkill_mid_batch_is_redelivered_without_traffic(make_settings: A
 async def test_poison_task_goes_to_dead_letters_with_growing_backoff(make_settings: Any, spawn: Any) -> None:
     settings = make_settings(retry_base_delay=0.4, retry_max_attempts=4)
     await prepare(settings)
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
     task_id = uuid.uuid4().hex
     await redis.xadd(keys.stream, {"data": persist_message([{"bogus": True}], task_id=task_id)})
@@ -147,7 +147,7 @@ async def test_two_schedulers_sync_each_interval_once(make_settings: Any, spawn:
     spawn("scheduler-1", ["scheduler"], settings)
     spawn("scheduler-2", ["scheduler"], settings)
     redis = make_redis(settings, timeout=5)
-    keys = Keys(settings.key_prefix)
+    keys = Keys.from_settings(settings)
 
     async def both_running() -> bool:
         return bool(await redis.exists(keys.heartbeat("scheduler", "scheduler-1"))
@@ -181,7 +181,7 @@ async def test_db_outage_ingest_keeps_accepting_and_workers_catch_up(
         await ingest(settings, 100)
 
         redis = make_redis(settings, timeout=5)
-        keys = Keys(settings.key_prefix)
+        keys = Keys.from_settings(settings)
 
         async def stored(n: int) -> Callable[[], Awaitable[bool]]:
             async def check() -> bool:

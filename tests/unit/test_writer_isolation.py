@@ -95,9 +95,9 @@ async def test_the_job_record_keeps_the_attempt_number(attempt: int) -> None:
 
     class States:
         def __init__(self) -> None:
-            self.calls: list[tuple[list[tuple[int, str]], int]] = []
+            self.calls: list[tuple[list[tuple[int, str, str]], int]] = []
 
-        async def set(self, events: list[tuple[int, str]], code: int) -> int:
+        async def set(self, events: list[tuple[int, str, str]], code: int) -> int:
             self.calls.append((list(events), code))
             return len(events)
 
@@ -107,8 +107,8 @@ async def test_the_job_record_keeps_the_attempt_number(attempt: int) -> None:
     w.states = states  # type: ignore[assignment]
     e = ev(7)
     w.attempts[e.event_id] = attempt
-    await w._set_state([(e.project_id, e.event_id)], SUCCEEDED)
-    assert states.calls == [([(e.project_id, e.event_id)], SUCCEEDED)]
+    await w._set_state([(e.project_id, e.event_id, e.fingerprint)], SUCCEEDED)
+    assert states.calls == [([(e.project_id, e.event_id, e.fingerprint)], SUCCEEDED)]
     if attempt == 1:
         assert redis.values == []
     else:
