@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import redis
 
 from core.heartbeat import INTERVAL
+from core.redis import make_sync_redis
 
 Ping = Callable[[], bool | None]
 # A beat older than this is a miss: 5 beats lost, well past a loop that is merely busy (a beat is one small
@@ -38,7 +39,7 @@ def http_ok(url: str, timeout: float = 2.0) -> Ping:
 
 def heartbeat_fresh(redis_url: str, key: str, stale_after: float = STALE_AFTER) -> Ping:
     """The heartbeat hash at `key` (core/heartbeat.py: field "beat", unix seconds) is fresh."""
-    client = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    client = make_sync_redis(redis_url, timeout=1.0)  # any FAULTLINE_REDIS_URL scheme (single, Sentinel, Cluster)
 
     def ping() -> bool | None:
         try:

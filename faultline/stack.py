@@ -160,7 +160,7 @@ class Stack:
         port = self.metrics_ports[name] = free_port()
         child = self._child(name, args, FAULTLINE_METRICS_PORT=str(port))
         s = self.settings()
-        child.liveness = Liveness(heartbeat_fresh(s.redis_url, Keys(s.key_prefix).heartbeat(args[0], name)))
+        child.liveness = Liveness(heartbeat_fresh(s.redis_url, Keys.from_settings(s).heartbeat(args[0], name)))
         return child
 
     def start_worker(self) -> Child:

@@ -20,6 +20,7 @@ from core.backoff import Backoff
 from core.broker import FaultlineBroker
 from core.db.migrate import SchemaTooOld, require_current_schema
 from core.keys import Keys
+from core.queue import queue_figures
 from core.retry import OutcomeMiddleware, RetryMiddleware, pump_retries
 from core.settings import Settings
 from workers import tasks

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from core.db.engine import make_engine
 from core.keys import Keys
 from faultline.stack import Stack
-from tests.conftest import logged_stack
+from tests.conftest import ARTIFACTS, logged_stack
 from tests.e2e.steady_load import SteadyLoad
 
 

@@ -18,7 +18,6 @@ from core.db.engine import make_engine
 from core.db.models import ErrorGroup
 from core.keys import Keys
 from core.redis import make_redis
-from faultline.procs import FileSink
 from faultline.stack import Stack
 from tests.conftest import logged_stack
 from tests.waiting import wait_for
