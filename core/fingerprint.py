@@ -88,8 +88,13 @@ def _normalize_word(word: str) -> str:
     return _NUM.sub("<num>", word)
 
 
+# Quoted values replaced at most: each adds 5 non-space characters, so past this many the words are beyond
+# MAX_WORD_SCAN and never read. The same result, for a fifth of the work on a message of 8,191 quote marks.
+_MAX_QUOTED = MAX_WORD_SCAN // len("<str>") + 1
+
+
 def normalize_message(message: str) -> str:
-    text = _QUOTED.sub("<str>", message[:MAX_MESSAGE_SCAN].strip())
+    text = _QUOTED.sub("<str>", message[:MAX_MESSAGE_SCAN].strip(), count=_MAX_QUOTED)
     words: list[str] = []
     size = scanned = 0
     for word in text.split():

@@ -1,3 +1,5 @@
+from typing import Any
+
 from core.fingerprint import (
     client_fingerprint,
     default_fingerprint,
@@ -58,3 +60,13 @@ def test_error_type_and_frames_from_python_and_js_stacks() -> None:
     assert stack_frames(PY_STACK.format(a=1, b=2)) == ["app/views.py:handler", "app/db.py:get_user"]
     js = "TypeError: x\n    at getUser (src/db.js:42:7)\n    at src/app.js:3:1"
     assert stack_frames(js) == ["src/db.js:getUser", "src/app.js:?"]
+
+
+def test_quoted_values_past_the_scanned_words_are_not_replaced_and_nothing_changes(monkeypatch: Any) -> None:
+    """Replacing only the quoted values that can reach the scanned words gives what replacing all of them gives."""
+    import core.fingerprint as fp
+
+    messages = ["'" * 8191, "'a' " * 2500 + "KeyError 42", '"x"' * 3000 + " tail 0xff", "q 'v' " * 1500]
+    capped = [normalize_message(m) for m in messages]
+    monkeypatch.setattr(fp, "_MAX_QUOTED", 0)  # re.sub count=0: every one
+    assert capped == [normalize_message(m) for m in messages]
