@@ -41,7 +41,7 @@ class Deliveries:
             rule = await rule_store.get(conn, int(alert["rule_id"]))
         if rule is None:
             return "rule removed"
-        body = payload.body(alert, rule, await group_info(self.engine, alert.get("fingerprint")))
+        body = payload.body(alert, rule, await group_info(self.engine, alert.get("fingerprint"), self.redis, self.keys))
         result = await self.sender.post(rule.url, rule.secret, body, alert["delivery_id"])
         last = attempt >= self.settings.retry_max_attempts
         outcome = "delivered" if result.ok else "dead" if last else "retrying"

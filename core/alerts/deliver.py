@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,6 +23,7 @@ from core.alerts import payload
 from core.alerts.signing import DELIVERY_HEADER, sign
 from core.alerts.urls import SafeResolver, UnsafeUrl, check_url
 from core.db.models import AlertDelivery, ErrorGroup
+from core.keys import Keys
 
 log = logging.getLogger("faultline.alerts")
 _deliveries: Table = AlertDelivery.__table__  # type: ignore[assignment]
@@ -90,13 +94,24 @@ async def record(engine: AsyncEngine, alert: dict[str, Any], rule_id: int, attem
         log.warning("delivery %s attempt %d not recorded: %s", alert["delivery_id"], attempt_no, exc)
 
 
-async def group_info(engine: AsyncEngine, fingerprint: str | None) -> dict[str, Any] | None:
+async def group_info(engine: AsyncEngine, fingerprint: str | None, redis: Redis | None = None,
+                     keys: Keys | None = None) -> dict[str, Any] | None:
+    """The group as the DB has it; for a group so new that no worker has stored it yet (a new-group alert often
+    goes out first), the summary ingest keeps for the live feed (message, service, level, first seen)."""
     if not fingerprint:
         return None
     async with engine.connect() as conn:
         row = (await conn.execute(select(*[getattr(ErrorGroup, f) for f in GROUP_FIELDS])
                                   .where(ErrorGroup.fingerprint == fingerprint))).first()
-    return None if row is None else dict(zip(GROUP_FIELDS, row, strict=True))
+    if row is not None:
+        return dict(zip(GROUP_FIELDS, row, strict=True))
+    if redis is None or keys is None:
+        return None
+    try:
+        live = orjson.loads(await redis.hget(keys.for_fingerprint(fingerprint).feed_groups, fingerprint) or b"null")
+    except (orjson.JSONDecodeError, RedisError):
+        return None
+    return {f: live.get(f) for f in GROUP_FIELDS if f in live} if isinstance(live, dict) else None
 
 
 async def send_test(engine: AsyncEngine, rule: Any, sender: Sender) -> tuple[dict[str, Any], Attempt]:
