@@ -23,6 +23,7 @@ from collections.abc import Callable
 from redis import exceptions as redis_errors
 
 from core.db.repo import is_transient
+from core.redis import transport_glitch
 from core.settings import Settings
 
 
@@ -44,6 +45,8 @@ def retryable(exc: BaseException) -> bool:
     if isinstance(exc, redis_errors.ResponseError):
         return str(exc).split(" ", 1)[0].upper() in _TRANSIENT_REPLIES
     if isinstance(exc, redis_errors.RedisError):  # ClusterError, ChildDeadlockedError...: transport trouble
+        return True
+    if transport_glitch(exc):  # redis-py writing to a connection a failover closed
         return True
     return isinstance(exc, OSError | TimeoutError | ConnectionError) or is_transient(exc)
 

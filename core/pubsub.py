@@ -105,6 +105,10 @@ class ClusterRedisManager(ResilientRedisManager):
         while True:
             try:
                 self._redis_connect()
+                # a new cluster client learns the slot map on its first command; SSUBSCRIBE looks the
+                # channel's node up in that map without asking, so it failed with SlotNotCoveredError on
+                # every attempt (the cross-node feed never arrived): load the map first
+                await self.redis.initialize()  # type: ignore[attr-defined]
                 await self.pubsub.ssubscribe(self.channel)  # type: ignore[attr-defined]
                 backoff.ok()
                 while True:

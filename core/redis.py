@@ -143,6 +143,18 @@ async def replace_hash(redis: Redis, key: str, mapping: Mapping[str, str | int |
     await redis.rename(side, key)  # a cluster pipeline refuses RENAME
 
 
+def transport_glitch(exc: BaseException | None) -> bool:
+    """An AttributeError/RuntimeError raised inside redis-py's own connection code: redis-py 8.1's async
+    clients (cluster mostly) writing to a transport that a failover just closed ("'NoneType' object has no
+    attribute 'writelines'"). A dependency failure like a ConnectionError, not a bug of ours."""
+    if not isinstance(exc, AttributeError | RuntimeError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "/redis/" in tb.tb_frame.f_code.co_filename
+
+
 def is_cluster(redis: object) -> bool:
     return isinstance(redis, RedisCluster)
 
