@@ -32,7 +32,7 @@ from core.dedup import TOKEN_BITS, dedup_id
 from core.events import LogErrorIn, new_event_id
 from core.fingerprint import client_fingerprint, default_fingerprint
 from core.ratelimit.quota import overflow_fingerprint
-from core.redis import load_script, transport_glitch
+from core.redis import ReplicatedScript, follow_primary, load_script, transport_glitch
 from core.runtime import Runtime
 from core.tasks import message_frame
 
@@ -124,7 +124,9 @@ class Ingestor:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.keys = runtime.keys
-        self.script = load_script(runtime.redis, "ingest")
+        s = runtime.settings
+        # Sentinel: answered once a replica holds the call's writes (WAIT); else the plain EVALSHA
+        self.script = ReplicatedScript(load_script(runtime.redis, "ingest"), s.wait_replicas, s.redis_wait_timeout)
         shards = self.keys.shards
         self.clocks = [RedisClock() for _ in range(shards)]  # shards may sit on nodes with their own clocks
         self._pending: dict[int, list[_Pending]] = {}
@@ -135,7 +137,6 @@ class Ingestor:
         self._in_flight = [asyncio.Semaphore(CALLS_IN_FLIGHT) for _ in range(shards)]
         self._calls: set[asyncio.Task[None]] = set()  # strong references: the loop only keeps weak ones
         # What every script call of a shard sends unchanged (ingest.lua's KEYS and constant ARGV), built once
-        s = runtime.settings
         self._script_keys = [k.ingest_keys() for k in self.keys.all_shards]
         # the soft limit is the whole queue's: each shard's stream takes its share
         self._constants: list[list[bytes | str | int]] = [
@@ -329,5 +330,6 @@ class Ingestor:
             if attempt >= 2 and not (refused and start + budget - time.monotonic() > RERUN_MIN + REFAIL_PAUSE):
                 break
             if refused:
+                await follow_primary(self.runtime.redis)  # Sentinel: a failover moved the primary?
                 await asyncio.sleep(REFAIL_PAUSE)
         raise StoreUnavailable(f"event store unavailable: {error}") from error

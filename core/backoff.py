@@ -32,8 +32,9 @@ class GaveUp(RuntimeError):
 
 
 # Replies a Redis server gives while it is restarting, loading, failing over or out of memory: all pass.
+# NOREPLICAS: a Sentinel primary (min-replicas-to-write) left without replicas by a failover.
 _TRANSIENT_REPLIES = ("LOADING", "READONLY", "UNBLOCKED", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN",
-                      "MASTERDOWN", "NOGROUP", "NOSCRIPT", "OOM", "BUSY")
+                      "MASTERDOWN", "NOGROUP", "NOSCRIPT", "OOM", "BUSY", "NOREPLICAS")
 
 
 def retryable(exc: BaseException) -> bool:
@@ -43,7 +44,10 @@ def retryable(exc: BaseException) -> bool:
     if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | redis_errors.BusyLoadingError):
         return True
     if isinstance(exc, redis_errors.ResponseError):
-        return str(exc).split(" ", 1)[0].upper() in _TRANSIENT_REPLIES
+        reply = str(exc)
+        if reply.startswith("Command # "):  # redis-py's pipeline wrapping: "... of pipeline caused error: <reply>"
+            reply = reply.rpartition("caused error: ")[2]
+        return reply.split(" ", 1)[0].upper() in _TRANSIENT_REPLIES
     if isinstance(exc, redis_errors.RedisError):  # ClusterError, ChildDeadlockedError...: transport trouble
         return True
     if transport_glitch(exc):  # redis-py writing to a connection a failover closed

@@ -21,13 +21,13 @@ from urllib.parse import unquote, urlsplit
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.client import Redis as SyncRedis
 from redis.cluster import ClusterNode as SyncNode
 from redis.cluster import RedisCluster as SyncCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError, TimeoutError
 from redis.sentinel import Sentinel as SyncSentinel
 
 from core.settings import Settings
@@ -62,7 +62,8 @@ def make_redis(settings: Settings, *, pool_size: int | None = None, timeout: flo
         sentinel = Sentinel(target.hosts, sentinel_kwargs={"socket_timeout": t, "socket_connect_timeout": t,
                                                            "password": target.sentinel_password},
                             **common)
-        return sentinel.master_for(target.service, db=target.db, max_connections=size, health_check_interval=30)
+        return sentinel.master_for(target.service, db=target.db, max_connections=size, health_check_interval=30,
+                                   connection_class=FencedSentinelConnection)
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=size,
@@ -73,6 +74,29 @@ def make_redis(settings: Settings, *, pool_size: int | None = None, timeout: flo
         retry=retry,  # with a pool given, redis-py takes the retry policy from the pool's connections
     )
     return Redis(connection_pool=pool)
+
+
+class FencedSentinelConnection(SentinelManagedConnection):
+    """A connection to the Sentinel-named primary that leaves a primary refusing writes for want of replicas.
+
+    After a SENTINEL FAILOVER the old primary stays a primary until the Sentinels demote it (~10 s in Redis
+    7.0), refusing writes meanwhile (NOREPLICAS: min-replicas-to-write). redis-py reconnects only on READONLY,
+    so every pooled connection (API, workers, scheduler) would keep hitting it: on NOREPLICAS ask the
+    Sentinels, and if the primary moved, drop this connection (the pool drops its idle ones) so the next
+    call connects to the new primary."""
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            if str(exc).startswith("NOREPLICAS") and self.connection_pool.is_master:
+                try:
+                    moved = await self.connection_pool.get_master_address() != (self.host, self.port)
+                except RedisError:
+                    moved = False
+                if moved:
+                    await self.disconnect()
+            raise
 
 
 @dataclass(frozen=True)
@@ -183,3 +207,54 @@ def load_script(redis: Redis, name: str) -> AsyncScript:
     """A script called by SHA (EVALSHA), reloaded transparently after a Redis restart."""
     source = resources.files("core.scripts").joinpath(f"{name}.lua").read_text()
     return redis.register_script(source)  # type: ignore[return-value]
+
+
+class NotReplicated(RedisError):
+    """WAIT saw fewer replicas holding a call's writes than required: treat the call as unanswered."""
+
+
+class ReplicatedScript:
+    """A script call answered only once `replicas` replicas hold its writes: EVALSHA then WAIT, pipelined on
+    ONE connection (WAIT counts the replicas that reached that connection's last write). Sentinel's
+    fencing against a failover that drops acknowledged writes (docs/scaling.md); with replicas=0 it is the
+    plain script call, unchanged."""
+
+    def __init__(self, script: AsyncScript, replicas: int, timeout: float) -> None:
+        self.script, self.replicas, self.timeout_ms = script, replicas, max(1, int(timeout * 1000))
+
+    @property
+    def sha(self) -> str:
+        return str(self.script.sha)
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        if not self.replicas:
+            return await self.script(keys=keys, args=args)
+        redis = self.script.registered_client
+        for _ in range(2):
+            pipe = redis.pipeline(transaction=False)
+            pipe.execute_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
+            result, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(result, NoScriptError):  # a promoted replica has no scripts; NOSCRIPT ran nothing
+                self.script.sha = await redis.script_load(self.script.script)
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            if isinstance(acked, BaseException):
+                raise acked
+            if int(acked) < self.replicas:
+                raise NotReplicated(f"{acked} of {self.replicas} replicas confirmed within {self.timeout_ms} ms")
+            return result
+        raise NoScriptError("script not loaded after SCRIPT LOAD")
+
+
+async def follow_primary(redis: Redis) -> None:
+    """Sentinel: ask the Sentinels for the primary now; if it moved, the pool drops its idle connections
+    to the old one (new ones go to the new primary). A demoted-but-not-yet-told primary keeps our pooled
+    connections for ~10 s otherwise (it refuses writes meanwhile: NOREPLICAS). No-op on other clients."""
+    pool = getattr(redis, "connection_pool", None)
+    if isinstance(pool, SentinelConnectionPool):
+        try:
+            await pool.get_master_address()
+        except RedisError:
+            pass  # no Sentinel answers: the next call's error says so

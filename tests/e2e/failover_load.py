@@ -19,8 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from sqlalchemy import select
 
+from core.db.engine import make_engine
+from core.db.models import ErrorGroup
 from core.fingerprint import client_fingerprint
+from faultline.stack import Stack
+from tests.waiting import wait_for
 
 
 @dataclass
@@ -99,3 +104,32 @@ class FailoverLoad:
         return (f"{len(self.attempts)} requests, {len(self.accepted)} events accepted, {len(errs)} non-202"
                 f" {dict(Counter(a.status for a in errs))} (sent->answered relative to the fault: {when}"
                 f"{' (first and last 6)' if len(errs) > 12 else ''})")
+
+
+async def db_counts(stack: Stack, fps: list[str]) -> dict[str, int]:
+    engine = make_engine(stack.settings())
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(select(ErrorGroup.fingerprint, ErrorGroup.count)
+                                      .where(ErrorGroup.fingerprint.in_(fps)))
+            return {r[0]: int(r[1]) for r in rows}
+    finally:
+        await engine.dispose()
+
+
+async def settled_counts(stack: Stack, load: FailoverLoad, timeout: float = 60) -> Counter[str]:
+    """Wait until the DB counts every accepted event (each id once: lost 0, nothing doubled) and return
+    those counts; on failure, say which groups differ."""
+    expected = load.expected()
+
+    async def db_exact() -> bool:
+        return await db_counts(stack, list(expected)) == dict(expected)
+    try:
+        await wait_for(db_exact, timeout, "DB counts equal to every accepted event")
+    except AssertionError:
+        got = await db_counts(stack, list(expected))
+        short = {fp: (n, got.get(fp, 0)) for fp, n in expected.items() if got.get(fp, 0) != n}
+        lost = sum(max(0, n - got.get(fp, 0)) for fp, n in expected.items())
+        raise AssertionError(f"{lost} accepted events not counted; (accepted, DB) differ for {len(short)} "
+                             f"groups: {list(short.items())[:5]}") from None
+    return expected

@@ -27,7 +27,7 @@ from core.redis import make_redis
 from faultline.redis_topology import LocalRedisCluster, _client, _wait, kill
 from faultline.stack import Stack
 from tests.conftest import logged_stack
-from tests.e2e.failover_load import FailoverLoad
+from tests.e2e.failover_load import FailoverLoad, settled_counts
 from tests.e2e.test_feed import FeedClient
 from tests.waiting import wait_for
 
@@ -133,21 +133,6 @@ PASSWORD = "cluster-test-pw"
 LOAD_SECONDS, FAULT_AT = 20, 5  # the issue's 20 s of load at 100 events/s; the fault 5 s in
 
 
-async def _settled_counts(stack: Stack, load: FailoverLoad) -> Counter[str]:
-    """Wait until the DB counts every accepted event (each id once), and return those counts."""
-    expected = load.expected()
-
-    async def db_exact() -> bool:
-        return await _db_counts(stack, list(expected)) == dict(expected)
-    try:
-        await wait_for(db_exact, 60, "DB counts equal to every accepted event")
-    except AssertionError:
-        got = await _db_counts(stack, list(expected))
-        short = {fp: (n, got.get(fp, 0)) for fp, n in expected.items() if got.get(fp, 0) != n}
-        raise AssertionError(f"accepted vs DB differ for {len(short)} groups: {list(short.items())[:5]}") from None
-    return expected
-
-
 async def test_planned_cluster_failover_under_load_loses_nothing_and_answers_no_5xx(stack: Stack) -> None:
     cluster = stack.redis_set
     assert isinstance(cluster, LocalRedisCluster)
@@ -170,7 +155,7 @@ async def test_planned_cluster_failover_under_load_loses_nothing_and_answers_no_
     print(load.summary(marks["fault"]))
     assert not load.errors(), load.summary(marks["fault"])
     assert len(load.accepted) >= 0.8 * 100 * LOAD_SECONDS  # the load did run at ~100 events/s
-    await _settled_counts(stack, load)
+    await settled_counts(stack, load)
 
 
 def _owner(cluster: LocalRedisCluster, slot: int) -> int:
@@ -234,7 +219,7 @@ async def test_killed_primary_loses_nothing_and_everything_recovers(stack: Stack
         await asyncio.gather(load.run_for(LOAD_SECONDS), fault())
         fault_at = marks["fault"]
         print(load.summary(fault_at))
-        expected = await _settled_counts(stack, load)  # lost 0
+        expected = await settled_counts(stack, load)  # lost 0
 
         # 5xx only in the first 4 s (by the time each failed request was SENT, from the kill; its answer
         # comes up to the ingest budget later): the issue's bound as it states it
