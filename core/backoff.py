@@ -46,7 +46,7 @@ def retryable(exc: BaseException) -> bool:
     if isinstance(exc, redis_errors.ResponseError):
         reply = str(exc)
         if reply.startswith("Command # "):  # redis-py's pipeline wrapping: "... of pipeline caused error: <reply>"
-            reply = reply.rpartition("caused error: ")[2]
+            reply = reply.rpartition("caused error: ")[2].lstrip("('\"")  # the reply, or the repr of its args
         return reply.split(" ", 1)[0].upper() in _TRANSIENT_REPLIES
     if isinstance(exc, redis_errors.RedisError):  # ClusterError, ChildDeadlockedError...: transport trouble
         return True

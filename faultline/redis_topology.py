@@ -189,7 +189,11 @@ class LocalRedisSentinel:
                 *((s, f"sentinel-{i + 1}") for i, s in enumerate(self.watchers))]
 
     def start(self) -> LocalRedisSentinel:
-        fence = ["--min-replicas-to-write", str(self.min_replicas_to_write), "--min-replicas-max-lag", "2"]
+        fence = ["--min-replicas-to-write", str(self.min_replicas_to_write), "--min-replicas-max-lag", "2",
+                 # a replica re-pointed by a failover full-syncs from the new primary at once: Redis 7.0's
+                 # default waits 5 s for more replicas first, and the new primary, short of replicas,
+                 # refuses writes (min-replicas-to-write) all that time (measured: NOREPLICAS 1.2-5.6 s)
+                 "--repl-diskless-sync-delay", "0"]
         primary = RedisServer(self.base / "redis-1", password=self.password, extra_args=fence).start()
         self.data.append(primary)
         for i in range(self.replicas):

@@ -51,6 +51,7 @@ def test_delays_grow_until_the_cap() -> None:
     rx.ResponseError("NOREPLICAS Not enough good replicas to write."),
     # redis-py's wrapping of a pipeline command's error reply
     rx.ResponseError("Command # 1 (HSET k:new:ef a 1) of pipeline caused error: NOREPLICAS Not enough good replicas"),
+    rx.ResponseError("Command # 1 (HSET k a 1) of pipeline caused error: ('NOREPLICAS Not enough good replicas',)"),
 ])
 def test_dependency_errors_are_retried(exc: BaseException) -> None:
     assert retryable(exc)
