@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from redis.crc import key_slot
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core.db.engine import make_engine
 from core.db.models import ErrorGroup
@@ -30,6 +30,7 @@ from tests.conftest import logged_stack
 from tests.e2e.failover_load import FailoverLoad, settled_counts
 from tests.e2e.test_feed import FeedClient
 from tests.waiting import wait_for
+from workers.retention import drop_groups
 
 pytestmark = pytest.mark.e2e
 SHARDS = 16
@@ -257,3 +258,57 @@ async def test_killed_primary_loses_nothing_and_everything_recovers(stack: Stack
         await redis.aclose()
         cluster.node(victim).start()  # back as a replica: the cluster whole again for what follows
         _wait(cluster._formed, "the cluster whole again", timeout=60)
+
+
+async def test_triage_and_retention_follow_each_groups_shard(stack: Stack) -> None:
+    """Groups spread over the 16 shards: "ignored until 4 more events" reopens on the live total of the
+    group's own shard (the worker reads it before the sync has moved the DB count), and retention's drop of
+    idle groups clears each group's live/feed state in its own shard."""
+    settings = stack.settings()
+    keys = Keys.from_settings(settings)
+    tag = uuid.uuid4().hex[:8]
+    names = [f"triage-{tag}-{i}" for i in range(12)]
+    fps = [client_fingerprint(1, n) for n in names]
+    assert len({keys.shard_of(fp) for fp in fps}) >= 6  # several shards, on every primary
+    admin = {"Authorization": f"Bearer {stack.admin_token}"}
+    async with aiohttp.ClientSession() as s:
+        await _deliver(s, stack, [{"message": "t", "fingerprint": n} for n in names for _ in range(3)], Counter())
+
+        async def counted(n: int) -> bool:
+            return await _db_counts(stack, fps) == {fp: n for fp in fps}
+        await wait_for(lambda: counted(3), 30, "3 events per group in the DB")
+        for fp in fps:
+            async with s.patch(f"{stack.url}/errors/{fp}", headers=admin,
+                               json={"state": "ignored", "ignore_until_count": 4}) as r:
+                assert r.status == 200, await r.text()
+        # the 4 more events in one request: the worker sees them before any sync moves the DB count
+        await _deliver(s, stack, [{"message": "t", "fingerprint": n} for n in names for _ in range(4)], Counter())
+
+        async def reopened() -> bool:
+            states = []
+            for fp in fps:
+                async with s.get(f"{stack.url}/errors/{fp}", headers=admin) as r:
+                    states.append((await r.json())["state"])
+            return states == ["unresolved"] * len(fps)
+        await wait_for(reopened, 30, "every group reopened on its 4th event after the ignore")
+        await wait_for(lambda: counted(7), 30, "7 events per group in the DB")
+
+    redis = make_redis(settings, timeout=5)
+    engine = make_engine(settings)
+    try:
+        async def live_state() -> list[bool]:
+            out = []
+            for fp in fps:
+                k = keys.for_fingerprint(fp)
+                out.append(bool(await redis.hexists(k.live_counts, fp)) or bool(await redis.hexists(k.feed_groups, fp))
+                           or bool(await redis.sismember(k.feed_index(1), fp)))  # type: ignore[misc]
+            return out
+        assert all(await live_state())  # in their shards now: the drop below has something to remove
+        async with engine.begin() as conn:  # only these groups idle: retention's cutoff picks them alone
+            await conn.execute(update(ErrorGroup).where(ErrorGroup.fingerprint.in_(fps)).values(last_seen=1.0))
+        assert await drop_groups(engine, redis, keys, cutoff=2.0) == len(fps)
+        assert await _db_counts(stack, fps) == {}
+        assert not any(await live_state()), "live/feed state left in the groups' shards"
+    finally:
+        await redis.aclose()
+        await engine.dispose()
