@@ -134,7 +134,10 @@ class Ingestor:
         # scripts in flight at once delay each reply by all of their run times, past REPLY_MARGIN. A few
         # per process and shard keep that delay ~ nodes x one bounded call (a shard's calls carry only its
         # share of the events); requests meanwhile coalesce into the next.
-        self._in_flight = [asyncio.Semaphore(CALLS_IN_FLIGHT) for _ in range(shards)]
+        # With WAIT (Sentinel fencing) a call also waits for a replica's acknowledgement, Redis idle for it
+        # meanwhile: twice the calls in flight keep the same script work queued (loadtest/wait_cost.py).
+        in_flight = CALLS_IN_FLIGHT * (2 if s.wait_replicas else 1)
+        self._in_flight = [asyncio.Semaphore(in_flight) for _ in range(shards)]
         self._calls: set[asyncio.Task[None]] = set()  # strong references: the loop only keeps weak ones
         # What every script call of a shard sends unchanged (ingest.lua's KEYS and constant ARGV), built once
         self._script_keys = [k.ingest_keys() for k in self.keys.all_shards]
