@@ -32,8 +32,9 @@ from core.dedup import TOKEN_BITS, dedup_id
 from core.events import LogErrorIn, new_event_id
 from core.fingerprint import client_fingerprint, default_fingerprint
 from core.ratelimit.quota import overflow_fingerprint
-from core.redis import ReplicatedScript, follow_primary, load_script, transport_glitch
+from core.redis import ReplicatedScript, load_script, transport_glitch
 from core.runtime import Runtime
+from core.sentinel import follow_primary
 from core.tasks import message_frame
 
 SHED, LATE = -1, -2  # script statuses (ingest.lua)

@@ -21,15 +21,16 @@ from urllib.parse import unquote, urlsplit
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.client import Redis as SyncRedis
 from redis.cluster import ClusterNode as SyncNode
 from redis.cluster import RedisCluster as SyncCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError, TimeoutError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, TimeoutError
 from redis.sentinel import Sentinel as SyncSentinel
 
+from core.sentinel import FencedSentinelConnection, FencedSentinelPool
 from core.settings import Settings
 
 
@@ -75,53 +76,6 @@ def make_redis(settings: Settings, *, pool_size: int | None = None, timeout: flo
         retry=retry,  # with a pool given, redis-py takes the retry policy from the pool's connections
     )
     return Redis(connection_pool=pool)
-
-
-class FencedSentinelConnection(SentinelManagedConnection):
-    """A connection to the Sentinel-named primary that leaves a primary refusing writes for want of replicas.
-
-    After a SENTINEL FAILOVER the old primary stays a primary until the Sentinels demote it (~10 s in Redis
-    7.0), refusing writes meanwhile (NOREPLICAS: min-replicas-to-write). redis-py reconnects only on READONLY,
-    so every pooled connection (API, workers, scheduler) would keep hitting it: on NOREPLICAS ask the
-    Sentinels, and if the primary moved, drop this connection (the pool drops its idle ones) so the next
-    call connects to the new primary."""
-
-    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().read_response(*args, **kwargs)
-        except ResponseError as exc:
-            if str(exc).startswith("NOREPLICAS") and self.connection_pool.is_master:
-                try:
-                    moved = await self.connection_pool.get_master_address() != (self.host, self.port)
-                except RedisError:
-                    moved = False
-                if moved:
-                    await self.disconnect()
-            raise
-
-
-class FencedSentinelPool(SentinelConnectionPool):
-    """Connects to the primary as `SENTINEL GET-MASTER-ADDR-BY-NAME` names it: during a failover that is the
-    promoted replica as soon as the Sentinels saw it promoted, while redis-py's `SENTINEL MASTERS` lookup
-    keeps naming the old primary until +switch-master, 5 s later here (measured: NOREPLICAS on the old
-    primary from 1.2 s to 6.4 s after SENTINEL FAILOVER). Falls back to redis-py's lookup if none answers."""
-
-    async def get_master_address(self) -> Any:
-        address = None
-        for sentinel in self.sentinel_manager.sentinels:
-            try:
-                reply = await sentinel.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", self.service_name)
-            except (ConnectionError, TimeoutError):
-                continue
-            if reply:
-                address = (as_str(reply[0]), int(reply[1]))
-                break
-        if address is None:
-            return await super().get_master_address()
-        if self.master_address != address:
-            self.master_address = address
-            await self.disconnect(inuse_connections=False)  # idle connections to the old one go
-        return address
 
 
 @dataclass(frozen=True)
@@ -271,15 +225,3 @@ class ReplicatedScript:
                 raise NotReplicated(f"{acked} of {self.replicas} replicas confirmed within {self.timeout_ms} ms")
             return result
         raise NoScriptError("script not loaded after SCRIPT LOAD")
-
-
-async def follow_primary(redis: Redis) -> None:
-    """Sentinel: ask the Sentinels for the primary now; if it moved, the pool drops its idle connections
-    to the old one (new ones go to the new primary). A demoted-but-not-yet-told primary keeps our pooled
-    connections for ~10 s otherwise (it refuses writes meanwhile: NOREPLICAS). No-op on other clients."""
-    pool = getattr(redis, "connection_pool", None)
-    if isinstance(pool, SentinelConnectionPool):
-        try:
-            await pool.get_master_address()
-        except RedisError:
-            pass  # no Sentinel answers: the next call's error says so
