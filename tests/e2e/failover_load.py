@@ -134,20 +134,3 @@ async def settled_counts(stack: Stack, load: FailoverLoad, timeout: float = 60) 
                              f"groups: {list(short.items())[:5]}") from None
     return expected
 
-
-async def counted_at_least(stack: Stack, load: FailoverLoad, timeout: float = 60) -> dict[str, int]:
-    """Wait until every accepted event is counted (lost 0); return the DB counts, which may exceed the
-    accepted ones (an event counted twice), for the caller to report."""
-    expected = load.expected()
-
-    async def none_lost() -> bool:
-        got = await db_counts(stack, list(expected))
-        return all(got.get(fp, 0) >= n for fp, n in expected.items())
-    try:
-        await wait_for(none_lost, timeout, "every accepted event counted")
-    except AssertionError:
-        got = await db_counts(stack, list(expected))
-        lost = sum(max(0, n - got.get(fp, 0)) for fp, n in expected.items())
-        raise AssertionError(f"{lost} accepted events not counted") from None
-    await asyncio.sleep(2)  # a sync still running adds what it carries
-    return await db_counts(stack, list(expected))
