@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -30,6 +31,7 @@ from core.redis import make_redis, parse_url
 from core.settings import Settings
 
 log = logging.getLogger("faultline.pubsub")
+OWNER_CHECK = 2.0  # s between checks that the cluster listener is subscribed where the channel lives
 
 
 class ResilientRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
@@ -111,14 +113,29 @@ class ClusterRedisManager(ResilientRedisManager):
                 await self.redis.initialize()  # type: ignore[attr-defined]
                 await self.pubsub.ssubscribe(self.channel)  # type: ignore[attr-defined]
                 backoff.ok()
+                checked = time.monotonic()
                 while True:
                     message = await self.pubsub.get_sharded_message(  # type: ignore[attr-defined]
                         ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
                         yield message
+                    if time.monotonic() - checked > OWNER_CHECK:
+                        checked = time.monotonic()
+                        await self._check_owner()
             except Exception as exc:
                 await self._close()
                 await backoff.failed(exc)
+
+    async def _check_owner(self) -> None:
+        """Still subscribed on the primary that serves the channel's slot? After that node was SIGKILLed,
+        redis-py's per-node pub/sub raised nothing and returned no message: the feed from the other nodes
+        stopped for good (seen in tests/e2e/test_redis_cluster.py). Refresh the slot map (every OWNER_CHECK)
+        and subscribe again where the channel lives now."""
+        client: Any = self.redis
+        await client.initialize()
+        owner = client.get_node_from_key(self.channel).name
+        if set(self.pubsub.node_pubsub_mapping) != {owner}:  # type: ignore[attr-defined]
+            raise ConnectionError(f"channel {self.channel} moved to {owner}: subscribing there")
 
     async def _listen(self) -> AsyncIterator[Any]:
         channel = self.channel.encode()
