@@ -17,6 +17,7 @@ Sentinel URLs are handled by the stock manager (`redis+sentinel://`). `make_mana
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -115,8 +116,10 @@ class ClusterRedisManager(ResilientRedisManager):
                 backoff.ok()
                 checked = time.monotonic()
                 while True:
-                    message = await self.pubsub.get_sharded_message(  # type: ignore[attr-defined]
-                        ignore_subscribe_messages=True, timeout=1.0)
+                    # bounded: with its node dead, redis-py's per-node pub/sub may retry its connection
+                    # inside this call for as long as the client's 30 s timeout: that is an error here
+                    message = await asyncio.wait_for(self.pubsub.get_sharded_message(  # type: ignore[attr-defined]
+                        ignore_subscribe_messages=True, timeout=1.0), OWNER_CHECK + 1.0)
                     if message is not None:
                         yield message
                     if time.monotonic() - checked > OWNER_CHECK:
@@ -127,10 +130,10 @@ class ClusterRedisManager(ResilientRedisManager):
                 await backoff.failed(exc)
 
     async def _check_owner(self) -> None:
-        """Still subscribed on the primary that serves the channel's slot? After that node was SIGKILLed,
-        redis-py's per-node pub/sub raised nothing and returned no message: the feed from the other nodes
-        stopped for good (seen in tests/e2e/test_redis_cluster.py). Refresh the slot map (every OWNER_CHECK)
-        and subscribe again where the channel lives now."""
+        """Still subscribed on the primary that serves the channel's slot? After that node was SIGKILLed the
+        listener raised nothing and delivered nothing again: the feed from the other nodes stopped for good
+        (seen in tests/e2e/test_redis_cluster.py). Refresh the slot map (every OWNER_CHECK) and subscribe
+        again where the channel lives now."""
         client: Any = self.redis
         await client.initialize()
         owner = client.get_node_from_key(self.channel).name
