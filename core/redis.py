@@ -27,7 +27,7 @@ from redis.client import Redis as SyncRedis
 from redis.cluster import ClusterNode as SyncNode
 from redis.cluster import RedisCluster as SyncCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError, NoScriptError, RedisError, TimeoutError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, SlotNotCoveredError, TimeoutError
 from redis.sentinel import Sentinel as SyncSentinel
 
 from core.sentinel import FencedSentinelConnection, FencedSentinelPool
@@ -147,9 +147,12 @@ async def replace_hash(redis: Redis, key: str, mapping: Mapping[str, str | int |
 
 
 def transport_glitch(exc: BaseException | None) -> bool:
-    """An AttributeError/RuntimeError raised inside redis-py's own connection code: redis-py 8.1's async
-    clients (cluster mostly) writing to a transport that a failover just closed ("'NoneType' object has no
-    attribute 'writelines'"). A dependency failure like a ConnectionError, not a bug of ours."""
+    """A failover's errors that redis-py does not raise as RedisError: SlotNotCoveredError (a dead primary's
+    slots until its replica takes over: it ended worker loops as "not a dependency error"), and an
+    AttributeError/RuntimeError from redis-py's own connection code (8.1's async clients writing to a
+    transport a failover just closed: "'NoneType' object has no attribute 'writelines'")."""
+    if isinstance(exc, SlotNotCoveredError):
+        return True
     if not isinstance(exc, AttributeError | RuntimeError):
         return False
     tb = exc.__traceback__

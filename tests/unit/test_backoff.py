@@ -52,6 +52,7 @@ def test_delays_grow_until_the_cap() -> None:
     # redis-py's wrapping of a pipeline command's error reply
     rx.ResponseError("Command # 1 (HSET k:new:ef a 1) of pipeline caused error: NOREPLICAS Not enough good replicas"),
     rx.ResponseError("Command # 1 (HSET k a 1) of pipeline caused error: ('NOREPLICAS Not enough good replicas',)"),
+    rx.SlotNotCoveredError('Slot "3238" is not covered by the cluster.'),  # a dead primary, before failover
 ])
 def test_dependency_errors_are_retried(exc: BaseException) -> None:
     assert retryable(exc)
