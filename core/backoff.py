@@ -43,6 +43,8 @@ def retryable(exc: BaseException) -> bool:
         return False
     if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | redis_errors.BusyLoadingError):
         return True
+    if isinstance(exc, redis_errors.ClusterError):  # "The cluster is down" (CLUSTERDOWN, as redis-py words it)
+        return True
     if isinstance(exc, redis_errors.ResponseError):
         reply = str(exc)
         if reply.startswith("Command # "):  # redis-py's pipeline wrapping: "... of pipeline caused error: <reply>"

@@ -135,7 +135,7 @@ class ClusterRedisManager(ResilientRedisManager):
         (seen in tests/e2e/test_redis_cluster.py). Refresh the slot map (every OWNER_CHECK) and subscribe
         again where the channel lives now."""
         client: Any = self.redis
-        await client.initialize()
+        await asyncio.wait_for(client.initialize(), OWNER_CHECK + 1.0)  # its connects have the 30 s timeout
         owner = client.get_node_from_key(self.channel).name
         if set(self.pubsub.node_pubsub_mapping) != {owner}:  # type: ignore[attr-defined]
             raise ConnectionError(f"channel {self.channel} moved to {owner}: subscribing there")

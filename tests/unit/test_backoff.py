@@ -53,6 +53,7 @@ def test_delays_grow_until_the_cap() -> None:
     rx.ResponseError("Command # 1 (HSET k:new:ef a 1) of pipeline caused error: NOREPLICAS Not enough good replicas"),
     rx.ResponseError("Command # 1 (HSET k a 1) of pipeline caused error: ('NOREPLICAS Not enough good replicas',)"),
     rx.SlotNotCoveredError('Slot "3238" is not covered by the cluster.'),  # a dead primary, before failover
+    rx.ClusterDownError("The cluster is down"),  # redis-py's wording of CLUSTERDOWN: it ended a worker
 ])
 def test_dependency_errors_are_retried(exc: BaseException) -> None:
     assert retryable(exc)
