@@ -26,6 +26,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from taskiq import AckableMessage
+from taskiq.serializers.orjson_serializer import ORJSONSerializer
 from taskiq_redis import RedisStreamBroker
 
 from core.backoff import Backoff, retryable
@@ -95,6 +96,9 @@ class FaultlineBroker(RedisStreamBroker):
         )
         self.settings = settings
         self.keys = keys
+        # Every message is orjson's output (core/tasks.py, core/retry.py): orjson reads it back at ~1/5 of
+        # the stdlib json's CPU, which py-spy showed at ~10 % of a busy worker.
+        self.serializer = ORJSONSerializer()
         # socket timeout above the 1 s block of XREADGROUP; a blip on XACK or XREADGROUP is retried inside
         # redis-py; one blocked connection per shard plus acks and reclaims
         self.redis = redis or make_redis(settings, pool_size=16 + 2 * keys.shards, timeout=5.0, retries=3)

@@ -101,3 +101,22 @@ async def test_idle_consumers_are_forgotten(make_settings: Any) -> None:
     assert await prune_consumers(redis, keys, idle_ms=10) == 1
     assert await redis.xinfo_consumers(keys.stream, keys.consumer_group) == []
     await redis.aclose()
+
+
+async def test_written_values_round_trip_whatever_their_characters(settings: Settings) -> None:
+    """The writer's statements are SQL text filled by the driver (core/db/bulk.py): quotes, percent signs,
+    backslashes and non-ASCII text must arrive exactly as sent, in a batch of many rows as in a batch of one."""
+    engine = make_engine(settings)
+    odd = "it's 100% \\ \"quoted\" %s %(x)s -- é 漢 🚀"
+    rows = [{"event_id": f"{i:032d}", "fingerprint": "9" * 64, "received_at": 10.0 + i,
+             "payload": f'{{"message": "{odd} {i}"}}'} for i in range(3)]
+    async with engine.begin() as conn:
+        await repo.upsert_groups(conn, [group("9" * 64, 10.0, odd), group("8" * 64, 11.0, odd[:1])])
+        await repo.insert_samples(conn, rows[:1])
+        await repo.insert_samples(conn, rows)
+    async with engine.connect() as conn:
+        messages = dict((await conn.execute(select(ErrorGroup.fingerprint, ErrorGroup.message))).all())
+        payloads = dict((await conn.execute(select(Sample.event_id, Sample.payload))).all())
+    await engine.dispose()
+    assert messages == {"9" * 64: odd, "8" * 64: odd[:1]}
+    assert payloads == {r["event_id"]: r["payload"] for r in rows}
