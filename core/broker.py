@@ -36,6 +36,7 @@ from core.redis import make_redis
 from core.settings import Settings
 
 log = logging.getLogger("faultline.broker")
+READ_LINGER = 0.01  # s between a short read and the next one (see _read_shard)
 
 
 class _AckBatcher:
@@ -178,6 +179,11 @@ class FaultlineBroker(RedisStreamBroker):
                 continue
             for mid, msg in got:
                 await inbox.put((stream, mid, msg[b"data"]))
+            if 0 < len(got) < (self.count or 200):
+                # A read that found only a few messages: wait a moment before the next, so reads come back
+                # with dozens of messages instead of one or two (each XREADGROUP costs ~60 µs of client CPU
+                # whatever it carries). Invisible in latency: the batch writer collects for 50 ms anyway.
+                await asyncio.sleep(READ_LINGER)
 
     async def _reclaim(self, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """Claim messages idle longer than redeliver_after (their consumer died or hung)."""

@@ -12,6 +12,7 @@ transaction, signalled after its commit.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -165,11 +166,15 @@ class BatchWriter:
                 g["first_seen"] = min(g["first_seen"], ev.received_at)
                 g["last_seen"] = max(g["last_seen"], ev.received_at)
             per_group.setdefault(ev.fingerprint, []).append(ev)
+        # Only the samples that can be kept: a group keeps its `keep` newest (workers/retention.py trims
+        # the rest), so older events of a group in this batch are never written. Newest by received_at:
+        # a batch mixes tasks of several API nodes and stream shards, not in time order.
         keep = self.settings.samples_per_group
         samples = [
             {"event_id": ev.event_id, "fingerprint": fp, "received_at": ev.received_at,
              "payload": ev.to_json().decode()}
-            for fp, evs in per_group.items() for ev in evs[-keep:]
+            for fp, evs in per_group.items()
+            for ev in (evs if len(evs) <= keep else heapq.nlargest(keep, evs, key=_received))
         ]
         ids = [(ev.project_id, ev.event_id, ev.fingerprint) for ev in events]
         hashed = self.states.by_shard(ids)  # hashed once for both state changes
@@ -201,6 +206,10 @@ class BatchWriter:
                 await self.states.set(hashed, code)
         except Exception as exc:  # job state is informational; never fail a write for it
             log.debug("job state update failed: %s", exc)
+
+
+def _received(ev: Event) -> float:
+    return ev.received_at
 
 
 def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
