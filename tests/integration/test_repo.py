@@ -120,3 +120,22 @@ async def test_written_values_round_trip_whatever_their_characters(settings: Set
     await engine.dispose()
     assert messages == {"9" * 64: odd, "8" * 64: odd[:1]}
     assert payloads == {r["event_id"]: r["payload"] for r in rows}
+
+
+async def test_the_cap_trims_a_hot_group_in_full_in_one_run(settings: Settings) -> None:
+    """A hot group gathers thousands of samples between two runs of the cap: one run leaves it at `keep`
+    (it used to delete one chunk of 1,000 per group and run, so the table grew for as long as ingest did)."""
+    engine = make_engine(settings)
+    redis = make_redis(settings, timeout=5)
+    now = time.time()
+    n = retention.CHUNK * 2 + 500
+    rows = [{"event_id": f"{i:032d}", "fingerprint": "7" * 64, "received_at": now - n + i, "payload": "{}"}
+            for i in range(n)]
+    async with engine.begin() as conn:
+        await repo.insert_samples(conn, rows)
+    assert await retention.cap_samples(engine, redis, Keys.from_settings(settings), keep=5) == n - 5
+    await redis.aclose()
+    async with engine.connect() as conn:
+        ids = set((await conn.execute(select(Sample.event_id))).scalars())
+    await engine.dispose()
+    assert ids == {f"{i:032d}" for i in range(n - 5, n)}  # the newest five
