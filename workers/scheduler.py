@@ -44,7 +44,7 @@ async def run_scheduler(settings: Settings, name: str, *, handle_signals: bool =
                               keys.retention_lock, lambda: retention.run(engine, redis, keys, settings)),
                        "retention"),
             # the per-group sample cap more often than the rest of retention: between two runs a hot group
-            # gathers samples by the thousand, and a samples table past the DB's buffer pool slows every write
+            # gathers samples by the thousand (each batch writes up to samples_per_group of them)
             life.spawn(_every(redis, keys, settings, name, "sample cap", settings.sample_cap_interval,
                               keys.sample_cap_lock,
                               lambda: retention.cap_samples(engine, redis, keys, settings.samples_per_group)),
