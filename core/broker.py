@@ -106,6 +106,15 @@ class FaultlineBroker(RedisStreamBroker):
         self.progress = Progress()  # published by the worker's heartbeat (core/heartbeat.py)
         self.reclaim_every = max(0.5, min(5.0, settings.redeliver_after / 3))
         self._acks = {k.stream: _AckBatcher(self, k.stream) for k in keys.streams}
+        self._readers: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def stop_reading(self) -> None:
+        """SIGTERM: the shard readers stop now (a reclaim or read in flight included), so a stopping worker
+        takes no more messages, whatever the receiver is doing; listen() then ends cleanly."""
+        self._stopping = True
+        for t in self._readers:
+            t.cancel()
 
     async def _declare_consumer_group(self) -> None:
         await ensure_consumer_group(self.redis, self.keys)
@@ -132,14 +141,16 @@ class FaultlineBroker(RedisStreamBroker):
         the worker process non-zero (workers/main.py): never alive-but-idle."""
         # bounded: a reader waits while the receiver is behind instead of fetching without limit
         inbox: asyncio.Queue[tuple[str, bytes, bytes]] = asyncio.Queue(maxsize=self.count or 200)
-        readers = [asyncio.create_task(self._read_shard(k.stream, inbox), name=f"reader {k.stream}")
-                   for k in self.keys.streams]
+        readers = self._readers = [asyncio.create_task(self._read_shard(k.stream, inbox), name=f"reader {k.stream}")
+                                   for k in self.keys.streams]
         try:
             while True:
                 get = asyncio.ensure_future(inbox.get())
                 done, _ = await asyncio.wait([get, *readers], return_when=asyncio.FIRST_COMPLETED)
                 if get not in done:
                     get.cancel()
+                    if self._stopping:
+                        return
                     ended = next(t for t in readers if t.done())
                     raise RuntimeError(f"{ended.get_name()} ended") from (None if ended.cancelled()
                                                                            else ended.exception())
