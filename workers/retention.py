@@ -112,6 +112,7 @@ async def _trim_group(engine: AsyncEngine, fp: str, keep: int, budget: int) -> i
     gets thousands between two runs: trimming only one CHUNK per run let the table grow without bound)."""
     done = 0
     while done < budget:
+        began = time.monotonic()
         async with engine.begin() as conn:
             ids: list[Any] = list((await conn.execute(
                 select(_samples.c.id).where(_samples.c.fingerprint == fp)
@@ -122,7 +123,7 @@ async def _trim_group(engine: AsyncEngine, fp: str, keep: int, budget: int) -> i
         done += len(ids)
         if len(ids) < CHUNK:
             break
-        await asyncio.sleep(PAUSE)
+        await _yield_db(began)
     return done
 
 
