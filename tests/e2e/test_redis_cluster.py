@@ -78,9 +78,11 @@ async def _db_counts(stack: Stack, fps: list[str]) -> dict[str, int]:
 
 
 async def test_counts_exact_duplicates_free_queue_drained_load_even(stack: Stack) -> None:
+    # Fixed names and seed: the same 200 fingerprints every run, so the load-spread check below is about the
+    # shard and slot placement (6/5/5 shards on 3 primaries), not about which random names a run drew
+    # (random names put a primary 10-30 % off even now and then: the check failed 1 run in 9).
     rng = random.Random(12)
-    tag = uuid.uuid4().hex[:8]
-    names = [f"cluster-{tag}-{i}" for i in range(200)]
+    names = [f"cluster-spread-{i}" for i in range(200)]
     events: list[dict[str, Any]] = []
     for i in range(4_500):
         events.append({"message": f"boom {i}", "fingerprint": rng.choice(names), "event_id": uuid.uuid4().hex})
