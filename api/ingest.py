@@ -27,12 +27,13 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
+from api.scriptbatch import ScriptBatcher
 from core import metrics
 from core.dedup import TOKEN_BITS, dedup_id
 from core.events import LogErrorIn, new_event_id
 from core.fingerprint import client_fingerprint, default_fingerprint
 from core.ratelimit.quota import overflow_fingerprint
-from core.redis import load_script
+from core.redis import is_cluster, load_script
 from core.runtime import Runtime
 from core.tasks import message_frame
 
@@ -125,6 +126,10 @@ class Ingestor:
         self.keys = runtime.keys
         self.script = load_script(runtime.redis, "ingest")
         shards = self.keys.shards
+        # Several shards on one server: the calls of a loop turn go out as one pipeline (api/scriptbatch.py);
+        # on a cluster they stay concurrent calls, one per node's shard.
+        self._batcher = ScriptBatcher(runtime.redis, self.script) \
+            if shards > 1 and not is_cluster(runtime.redis) else None
         self.clocks = [RedisClock() for _ in range(shards)]  # shards may sit on nodes with their own clocks
         self._pending: dict[int, list[_Pending]] = {}
         # Redis writes the replies of one event-loop turn after running every command of that turn: many
@@ -164,7 +169,7 @@ class Ingestor:
             if item.context is not None:
                 event["context"] = item.context
             args, positions = by_shard.setdefault(self.keys.shard_of(fp), ([], []))
-            args += dedup_id(project_id, event_id).args()
+            args += dedup_id(project_id, event_id)  # seed, digest
             args.append(fp)
             args.append(orjson.dumps(event))
             args.append(project_id)  # the script's quota and new-group cap are per project
@@ -258,6 +263,8 @@ class Ingestor:
         deadline = max(1, int((began + wait - REPLY_MARGIN) * 1000 + offset))  # 0 = "none" to the script
         async with self._in_flight[shard]:
             with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
+                if self._batcher is not None:
+                    return await self._batcher(keys, [*fixed, deadline, *events])  # type: ignore[no-any-return]
                 return await self.script(keys=keys, args=[*fixed, deadline, *events])  # type: ignore[no-any-return]
 
     async def _call(self, shard: int, chunk: list[_Pending], start: float) -> list[int]:
