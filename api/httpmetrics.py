@@ -36,9 +36,18 @@ ASGIApp = Callable[..., Any]
 
 
 def handler_of(scope: Scope) -> str | None:
-    """The template of the route the router picked (it leaves it in scope["route"]), else None."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
+    """The full template of the route the router picked, else None (no route matched).
+
+    FastAPI leaves the route it picked inside an included router in scope["fastapi"] (its whole template,
+    router prefixes included; plain Starlette routes such as the ingest ones are found only there), and
+    Starlette's router the one it picked in scope["route"] (the app's own routes and mounts).
+    tests/unit/test_http_metrics.py pins both on the installed versions."""
+    context = (scope.get("fastapi") or {}).get("effective_route_context")
+    path = getattr(getattr(context, "starlette_route", None), "path_format", None) \
+        or getattr(context, "path_format", None)
+    if isinstance(path, str):
+        return path
+    path = getattr(scope.get("route"), "path", None)
     return path if isinstance(path, str) else None
 
 
