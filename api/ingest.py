@@ -32,7 +32,9 @@ from core import metrics
 from core.dedup import TOKEN_BITS, dedup_id
 from core.events import LogErrorIn, new_event_id
 from core.fingerprint import client_fingerprint, default_fingerprint
+from core.ratelimit.limiter import Decision
 from core.ratelimit.quota import overflow_fingerprint
+from core.ratelimit.redis_limiter import FoldedHit
 from core.redis import is_cluster, load_script
 from core.runtime import Runtime
 from core.tasks import message_frame
@@ -68,6 +70,14 @@ class QueueFull(Exception):
         self.depth = depth
 
 
+class RateLimited(Exception):
+    """The request rate limiter, folded into the ingest call, refused the request: nothing was counted."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__("rate limited")
+        self.decision = decision
+
+
 class StoreUnavailable(RedisError):
     """No answer from Redis within the budget; nothing of the request was counted (api/errors.py: 503)."""
 
@@ -88,6 +98,7 @@ class _Pending:
     events: int
     future: asyncio.Future[tuple[list[int], list[int]]]  # (totals, outcomes) per event
     positions: list[int]  # where these events are in the request
+    limit: FoldedHit | None = None  # the request's rate-limiter check, decided in the same call
 
 
 class RedisClock:
@@ -151,9 +162,12 @@ class Ingestor:
              1 if s.rate_limit_enabled else 0, k.new_groups(""), k.feed_index(""), k.shards]
             for k in self.keys.all_shards]
 
-    async def ingest(self, project_id: int, items: list[LogErrorIn], edge_id: str | None = None) -> list[Accepted]:
+    async def ingest(self, project_id: int, items: list[LogErrorIn], edge_id: str | None = None,
+                     limit: FoldedHit | None = None) -> list[Accepted]:
         """`edge_id`: the load balancer's id of this request, the same when it retries the request on
-        another node; events without an event_id get one derived from it, so a retry counts nothing twice."""
+        another node; events without an event_id get one derived from it, so a retry counts nothing twice.
+        `limit`: the request's rate-limiter check (one key shard only, api/ratelimit.py), decided in the same
+        script call before anything is counted; RateLimited when it refuses."""
         now = time.time()
         by_shard: dict[int, tuple[list[bytes | str | int], list[int]]] = {}
         out: list[Accepted] = []
@@ -177,8 +191,10 @@ class Ingestor:
             out.append(Accepted(event_id, fp, False, False))
         loop = asyncio.get_running_loop()
         parts = []
+        if limit is not None and len(by_shard) != 1:
+            raise ValueError("a folded limiter check needs the request on one key shard")
         for shard, (args, positions) in by_shard.items():
-            pending = _Pending(args, len(positions), loop.create_future(), positions)
+            pending = _Pending(args, len(positions), loop.create_future(), positions, limit)
             if not self._pending:
                 loop.call_soon(self._flush)
             self._pending.setdefault(shard, []).append(pending)
@@ -191,6 +207,8 @@ class Ingestor:
                 raise result
             for pos, total, outcome in zip(p.positions, *result, strict=True):
                 totals[pos], outcomes[pos] = total, outcome
+        if limit is not None and limit.decision is not None and not limit.decision.allowed:
+            raise RateLimited(limit.decision)
         for acc, total, outcome in zip(out, totals, outcomes, strict=True):
             acc.first_seen = total == 1
             if outcome < 0:  # over the project's quota: dropped, counted per project by the script
@@ -235,6 +253,8 @@ class Ingestor:
             result = await self._call(shard, chunk, start)
         except BaseException as exc:
             for p in chunk:
+                if p.limit is not None and isinstance(exc, StoreUnavailable):
+                    p.limit.failed = True  # the limiter's breaker learns that Redis did not answer
                 if not p.future.done():
                     p.future.set_exception(exc)
             if not isinstance(exc, Exception):
@@ -246,8 +266,12 @@ class Ingestor:
                 if not p.future.done():
                     p.future.set_exception(QueueFull(int(result[2])))
             return
-        offset, total = 2, sum(p.events for p in chunk)  # {status, redis ms, totals..., outcomes...}
+        offset, total = 2, sum(p.events for p in chunk)  # {status, redis ms, totals..., outcomes..., limits...}
+        decided = 2 + 2 * total
         for p in chunk:
+            if p.limit is not None:  # 5 figures per carried limiter check, in chunk order
+                p.limit.decide(result[decided:decided + 5])
+                decided += 5
             if not p.future.done():  # a request whose client went away still had its events counted
                 p.future.set_result((result[offset:offset + p.events],
                                      result[total + offset:total + offset + p.events]))
@@ -279,7 +303,16 @@ class Ingestor:
         head, tail = message_frame()
         token = secrets.randbelow((1 << TOKEN_BITS) - 1) + 1
         fixed: list[bytes | str | int] = [*self._constants[shard], head, tail, token]
-        events: list[bytes | str | int] = [*self._limits[shard], *(a for p in chunk for a in p.args)]
+        # the limiter checks carried by the chunk's requests (ingest.lua ARGV[16..]): each names its events
+        checks: list[bytes | str | int] = []
+        first = 1
+        for p in chunk:
+            if p.limit is not None:
+                p.limit.sent = True
+                checks += [p.limit.member, first, p.events, *p.limit.tier_args]
+            first += p.events
+        events: list[bytes | str | int] = [*self._limits[shard], len(checks), *checks,
+                                           *(a for p in chunk for a in p.args)]
         error: BaseException = StoreUnavailable("event store unavailable")
         for attempt in range(2):
             remaining = start + budget - time.monotonic()
@@ -293,7 +326,7 @@ class Ingestor:
                 # counts nothing new but still tells whether the first run counted (it answers "mine")
                 wait = max(RERUN_MIN, remaining) - GRACE
             began = time.time()  # the deadline is counted from here, like the wait
-            # the limits' arguments follow the deadline (ingest.lua ARGV[9..15])
+            # the limits' and the limiter's arguments follow the deadline (ingest.lua ARGV[9..])
             run = asyncio.ensure_future(self._attempt(shard, self._script_keys[shard], fixed, events, began, wait))
             await asyncio.wait({run}, timeout=wait)
             if not run.done():
