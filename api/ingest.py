@@ -261,8 +261,6 @@ class Ingestor:
             result = await self._call(shard, chunk, start)
         except BaseException as exc:
             for p in chunk:
-                if p.limit is not None and isinstance(exc, StoreUnavailable):
-                    p.limit.failed = True  # the limiter's breaker learns that Redis did not answer
                 if not p.future.done():
                     p.future.set_exception(exc)
             if not isinstance(exc, Exception):

@@ -218,10 +218,10 @@ class RateLimitMiddleware:
             if replaced:
                 return  # the route's own answer, replaced by the limiter's refusal
             if message["type"] == "http.response.start":
+                # An ingest call that failed (late, shed, unanswered) answers its own 503 and opens no breaker:
+                # its budget already bounds the wait, and one late call must not refuse the node's next 250 ms.
                 decision = hit.decision
-                if hit.failed:  # Redis did not answer the ingest call: open the breaker as a failed check would
-                    guard.failed(LimiterUnavailable("no answer to the ingest call"))
-                elif decision is None and not hit.sent:
+                if decision is None and not hit.sent:
                     # answered before its ingest call (a 4xx): the limiter's own call decides, as unfolded
                     decision = await self._decide(scope, tiers)
                     if await self._refused(scope, send, decision):

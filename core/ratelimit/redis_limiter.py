@@ -38,7 +38,6 @@ class FoldedHit:
     tier_args: list[str | int]  # tier count, then (window key, limit, window ms) per tier
     decision: Decision | None = None  # set by the ingest call that carried it
     sent: bool = False  # an ingest call carrying it was sent (its answer may be lost)
-    failed: bool = False  # that call got no answer from Redis
 
     def decide(self, values: list[int]) -> Decision:
         allowed, index, remaining, wait_us, now_us = (int(v) for v in values)
