@@ -140,7 +140,7 @@ class Ingestor:
         shards = self.keys.shards
         # Several shards on one server: the calls of a loop turn go out as one pipeline (api/scriptbatch.py);
         # on a cluster they stay concurrent calls, one per node's shard.
-        self._batcher = ScriptBatcher(runtime.redis, self.script) \
+        self._batcher = ScriptBatcher(runtime.redis, lambda: self.script) \
             if shards > 1 and not is_cluster(runtime.redis) else None
         self.clocks = [RedisClock() for _ in range(shards)]  # shards may sit on nodes with their own clocks
         self._pending: dict[int, list[_Pending]] = {}

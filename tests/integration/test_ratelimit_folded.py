@@ -13,6 +13,7 @@ from tests.integration.conftest import api_client, prepare
 from tests.integration.test_ingest_ambiguity import LoseReplies, counted
 
 LIMITS = "short:3/5s,long:1000/h"
+# folded with one key shard only (api/ratelimit.py), whatever FAULTLINE_REDIS_SHARDS the suite runs with
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def own_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 async def test_one_call_per_request_for_limiter_and_ingest(make_settings: Any, own_calls: list[str]) -> None:
-    settings = make_settings(rate_limit_enabled=True, rate_limits=LIMITS)
+    settings = make_settings(rate_limit_enabled=True, rate_limits=LIMITS, redis_shards=1)
     await prepare(settings)
     async with api_client(settings) as c:
         ingestor = c._transport.app.state.ingestor  # type: ignore[attr-defined]
@@ -56,7 +57,7 @@ async def test_requests_answered_before_ingest_use_the_window_as_before(make_set
                                                                         own_calls: list[str]) -> None:
     """A bad body is refused (422) before any ingest call: the limiter's own call logs it, and once the
     window is full the 429 replaces the route's answer, whatever the body."""
-    settings = make_settings(rate_limit_enabled=True, rate_limits=LIMITS)
+    settings = make_settings(rate_limit_enabled=True, rate_limits=LIMITS, redis_shards=1)
     await prepare(settings)
     async with api_client(settings) as c:
         bad = [await c.post("/errors/log", json={"message": "E", "stacktrace": "x"}) for _ in range(2)]
@@ -74,7 +75,7 @@ async def test_requests_answered_before_ingest_use_the_window_as_before(make_set
 async def test_rerun_of_a_lost_reply_logs_the_request_once(make_settings: Any, own_calls: list[str]) -> None:
     """The call ran (window logged, event counted), its reply was lost, the re-run with the same token finds
     the request's entry and answers it admitted without logging it again."""
-    settings = make_settings(rate_limit_enabled=True, rate_limits=LIMITS)
+    settings = make_settings(rate_limit_enabled=True, rate_limits=LIMITS, redis_shards=1)
     await prepare(settings)
     keys = Keys.from_settings(settings)
     async with api_client(settings) as c:
