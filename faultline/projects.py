@@ -164,10 +164,12 @@ def run_status(_: argparse.Namespace) -> int:
                 if beat is None:
                     print(f"beat    : {role} {name}: expired")
                     continue
-                last = max(beat.get("last_fetch", 0.0), beat.get("last_done", 0.0), beat.get("started", 0.0))
+                if "started" not in beat:  # a beat without progress counters (the scheduler's): when it beat
+                    print(f"beat    : {role} {name}: alive, last beat {now - beat['beat']:.1f}s ago")
+                    continue
+                last = max(beat.get("last_fetch", 0.0), beat.get("last_done", 0.0), beat["started"])
                 progress = f", fetched {int(beat.get('fetched', 0))}, written {int(beat.get('written', 0))}"
-                print(f"beat    : {role} {name}: last progress {now - last:.1f}s ago"
-                      f"{progress if role == 'worker' else ''}")
+                print(f"beat    : {role} {name}: last progress {now - last:.1f}s ago{progress}")
         return 0
 
     return asyncio.run(_with_redis(body))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -154,6 +155,10 @@ def test_cli_commands_act_on_this_stack(up: Up) -> None:
     redis_port = next(p["port"] for p in stackinfo["processes"] if p["name"] == "redis")
     assert redis_port != 6379 and str(redis_port) in status.stdout
     assert "queue" in status.stdout and "worker-" in status.stdout, status.stdout
+    beats = [line for line in status.stdout.splitlines() if line.startswith("beat")]
+    assert any("scheduler" in line for line in beats) and any("worker" in line for line in beats), beats
+    ages = [float(re.search(r"([\d.]+)s ago", line).group(1)) for line in beats]  # type: ignore[union-attr]
+    assert all(age < 60 for age in ages), beats  # each process beat or progressed lately (not since 1970)
 
     checked = up.cli("worker-check")  # no --name: this stack's workers
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -112,7 +112,10 @@ async def reruns(ports: dict[str, int], reason: str) -> int:
     total = 0.0
     async with httpx.AsyncClient(timeout=5) as client:
         for port in ports.values():
-            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            try:
+                text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            except httpx.TransportError:  # not serving its metrics yet (a loaded machine starts slowly)
+                continue
             total += sum(float(v) for v in re.findall(
                 rf'^faultline_db_reruns_total{{[^}}]*reason="{reason}"[^}}]*}} (\S+)$', text, re.M))
     return int(total)
@@ -167,6 +170,8 @@ async def test_a_killed_node_writes_resume_within_10s_and_counts_stay_exact(syst
             return beat is not None and beat["written"] > before["written"] and beat["beat"] > killed_at
 
         await wait_for(worker1_writes_again, 15, "worker-1 writing through another node")
-    await wait_all_stored(settings, system.accepted, 30)  # counts exact, each stored once, 0 dead letters
+    # counts exact, each stored once, 0 dead letters (60 s, not 30: redelivery of the in-flight batches
+    # and reconnects through the other nodes ran past 30 s once on this 2-core machine at load 12)
+    await wait_all_stored(settings, system.accepted, 60)
     print(f"galera node kill: writes resumed {resumed:.2f}s after the kill; {len(system.accepted)} events exact; "
           f"reruns after a lost connection: {await reruns(system.ports, 'connection')}")

