@@ -86,11 +86,18 @@ class JobStates:
             args += i.args()
         return args
 
-    async def set(self, events: Iterable[tuple[int, str, str]], code: int) -> int:
-        """Set the state of (project, event id, fingerprint)s: one call per key shard, concurrently."""
-        by_shard: dict[int, list[DedupId]] = {}
+    def by_shard(self, events: Iterable[tuple[int, str, str]]) -> dict[int, list[DedupId]]:
+        """The dedup ids of (project, event id, fingerprint)s by key shard: a caller that sets several states
+        of the same events (the batch writer: running, then succeeded) hashes each id once."""
+        out: dict[int, list[DedupId]] = {}
         for p, e, fp in events:
-            by_shard.setdefault(self.keys.shard_of(fp), []).append(dedup_id(p, e))
+            out.setdefault(self.keys.shard_of(fp), []).append(dedup_id(p, e))
+        return out
+
+    async def set(self, events: Iterable[tuple[int, str, str]] | dict[int, list[DedupId]], code: int) -> int:
+        """Set the state of (project, event id, fingerprint)s, or of ids from by_shard(): one call per key
+        shard, concurrently."""
+        by_shard = events if isinstance(events, dict) else self.by_shard(events)
         calls = [self.script(keys=[self.keys.shard(i).dedup_meta], args=self._args("set", code, ids, i))
                  for i, ids in by_shard.items()]
         return sum(int(n) for n in await asyncio.gather(*calls))

@@ -289,6 +289,9 @@ class Keys:
     def retention_lock(self, bucket: int) -> str:
         return f"{self.tag}:lock:retention:{bucket}"
 
+    def sample_cap_lock(self, bucket: int) -> str:
+        return f"{self.tag}:lock:sample-cap:{bucket}"
+
     # time (s) up to which the per-group sample cap has looked at new samples (workers/retention.py)
     @property
     def retention_cap_since(self) -> str:

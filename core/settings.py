@@ -272,6 +272,10 @@ class Settings(BaseSettings):
     group_retention_days: float = Field(default=90.0, gt=0.0)
     # Seconds between retention runs of the scheduler (one replica per run, by a Redis lock).
     retention_interval: float = Field(default=300.0, gt=0.0)
+    # Seconds between runs of the per-group sample cap alone (trims each group to its samples_per_group
+    # newest). 30 s: at 1,000 events/s the samples table then holds ~30,000 rows beyond the cap at most,
+    # where once per retention_interval let a hot group's excess reach ~300,000 rows between two runs.
+    sample_cap_interval: float = Field(default=30.0, gt=0.0)
 
     # --- listening beyond loopback ---
     # The address the API node listens on (`faultline api --host` exports it; the Docker image sets 0.0.0.0).

@@ -34,6 +34,10 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # `FAULTLINE_REDIS_SHARDS=4 pytest tests/...` runs it sharded; FAULTLINE_* variables reach the stacks' children.
 
 ARTIFACTS = Path(os.environ.get("FAULTLINE_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+# Test stacks drain 1 s, not the default 5 s: the default waits for a load balancer's readiness probes to
+# notice; a test stack's nginx is reloaded by the stack itself, and every stopped stack would wait 4 s more.
+# The drain tests set their own (tests/e2e/test_drain.py, test_probes.py).
+TEST_DRAIN_DELAY = "1"
 
 
 @pytest.fixture(scope="session")
@@ -75,8 +79,10 @@ def make_settings(redis_server: RedisServer, sqlite_url: str) -> Callable[..., S
     def make(**overrides: Any) -> Settings:
         # Rate limiting off unless a test asks for it: tests send thousands of requests with one key, and
         # the default tiers (10/s per client) would refuse them (tests/*/test_ratelimit* turn it on).
+        # Drain delay 1 s (TEST_DRAIN_DELAY) unless a test asks for another.
         values: dict[str, Any] = {"redis_url": redis_server.url, "database_url": sqlite_url, "key_prefix": prefix,
-                                  "admin_token": "test-admin-token", "rate_limit_enabled": False}
+                                  "admin_token": "test-admin-token", "rate_limit_enabled": False,
+                                  "drain_delay": float(TEST_DRAIN_DELAY)}
         values.update(overrides)
         return Settings(**values)
 
@@ -97,7 +103,8 @@ def stack_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Ca
         kwargs.setdefault("port", 0)
         kwargs.setdefault("db", "sqlite")
         # Rate limiting off unless the test sets FAULTLINE_RATE_LIMIT_ENABLED in env (see make_settings).
-        kwargs["env"] = {"FAULTLINE_RATE_LIMIT_ENABLED": "false", **kwargs.get("env", {})}
+        kwargs["env"] = {"FAULTLINE_RATE_LIMIT_ENABLED": "false", "FAULTLINE_DRAIN_DELAY": TEST_DRAIN_DELAY,
+                         **kwargs.get("env", {})}
         cfg = StackConfig(base_dir=tmp_path / f"stack{len(stacks)}", sink=sink, **kwargs)
         stack = Stack(cfg)
         stacks.append(stack)
@@ -116,6 +123,7 @@ def logged_stack(base_dir: Path, log_name: str, keep: list[str] | None = None, *
     stopped on exit (for module-scoped stacks shared by several tests)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     sink = FileSink(ARTIFACTS / f"{log_name}.log", keep=keep)
+    config["env"] = {"FAULTLINE_DRAIN_DELAY": TEST_DRAIN_DELAY, **config.get("env", {})}
     try:
         stack = Stack(StackConfig(base_dir=base_dir, port=0, sink=sink, **config))
         try:

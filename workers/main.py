@@ -133,6 +133,7 @@ async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
         log.error("worker %s: %s ended by itself (%r): exiting non-zero so the supervisor restarts it",
                   name, task.get_name(), err)
     finish.set()  # stops the prefetcher if the receiver is still running
+    broker.stop_reading()  # and the shard readers at once: no reclaim or read after SIGTERM
     if not broken:
         log.info("worker %s: stopping, finishing running tasks", name)
     try:

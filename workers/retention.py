@@ -3,7 +3,8 @@
 The numbers: samples older than FAULTLINE_SAMPLE_RETENTION_DAYS (30) and groups idle longer than
 FAULTLINE_GROUP_RETENTION_DAYS (90) go; a group keeps its newest FAULTLINE_SAMPLES_PER_GROUP (5) samples;
 alert delivery attempts are kept DELIVERY_RETENTION_DAYS. The scheduler runs this every
-FAULTLINE_RETENTION_INTERVAL (300 s), one replica per run (Redis lock).
+FAULTLINE_RETENTION_INTERVAL (300 s), one replica per run (Redis lock); the per-group cap (cap_samples) also
+every FAULTLINE_SAMPLE_CAP_INTERVAL (30 s), trimming each group to its newest samples in full.
 
 How: rows are chosen by time through an index (samples.received_at, error_groups.last_seen,
 alert_deliveries.created_at), oldest first, CHUNK at a time, and deleted by primary key in a transaction of
@@ -96,17 +97,33 @@ async def cap_samples(engine: AsyncEngine, redis: Redis, keys: Keys, keep: int) 
                 select(_samples.c.fingerprint).where(_samples.c.fingerprint.in_(fps[i:i + CAP_GROUPS]))
                 .group_by(_samples.c.fingerprint).having(func.count() > keep))).scalars())
         for fp in over:
-            async with engine.begin() as conn:
-                ids: list[Any] = list((await conn.execute(
-                    select(_samples.c.id).where(_samples.c.fingerprint == fp)
-                    .order_by(_samples.c.received_at.desc(), _samples.c.id.desc()).offset(keep).limit(CHUNK))
-                ).scalars())
-                await conn.execute(delete(_samples).where(_samples.c.id.in_(ids)))
-            done += len(ids)
+            done += await _trim_group(engine, fp, keep, RUN_MAX - done)
+            if done >= RUN_MAX:
+                break
         if done >= RUN_MAX:
             return done  # the cursor stays: the next run looks at these groups again
     if len(fps) < CAP_SCAN:
         await redis.set(keys.retention_cap_since, start)
+    return done
+
+
+async def _trim_group(engine: AsyncEngine, fp: str, keep: int, budget: int) -> int:
+    """Delete a group's samples beyond its `keep` newest, CHUNK per transaction, all of them (a hot group
+    gets thousands between two runs: trimming only one CHUNK per run let the table grow without bound)."""
+    done = 0
+    while done < budget:
+        began = time.monotonic()
+        async with engine.begin() as conn:
+            ids: list[Any] = list((await conn.execute(
+                select(_samples.c.id).where(_samples.c.fingerprint == fp)
+                .order_by(_samples.c.received_at.desc(), _samples.c.id.desc()).offset(keep).limit(CHUNK))
+            ).scalars())
+            if ids:
+                await conn.execute(delete(_samples).where(_samples.c.id.in_(ids)))
+        done += len(ids)
+        if len(ids) < CHUNK:
+            break
+        await _yield_db(began)
     return done
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,10 +38,22 @@ async def run_scheduler(settings: Settings, name: str, *, handle_signals: bool =
     async with Lifecycle(settings, "scheduler", name, pool_size=8, handle_signals=handle_signals,
                          stop=stop) as life:
         life.beat()
-        retain = life.spawn(_retention_forever(life.redis, life.engine, life.keys, settings, name), "retention")
-        retain.add_done_callback(lambda _: life.stop.set())  # it only ends by giving up (Backoff): restart us
+        redis, engine, keys = life.redis, life.engine, life.keys
+        loops = [
+            life.spawn(_every(redis, keys, settings, name, "retention", settings.retention_interval,
+                              keys.retention_lock, lambda: retention.run(engine, redis, keys, settings)),
+                       "retention"),
+            # the per-group sample cap more often than the rest of retention: between two runs a hot group
+            # gathers samples by the thousand (each batch writes up to samples_per_group of them)
+            life.spawn(_every(redis, keys, settings, name, "sample cap", settings.sample_cap_interval,
+                              keys.sample_cap_lock,
+                              lambda: retention.cap_samples(engine, redis, keys, settings.samples_per_group)),
+                       "sample cap"),
+        ]
+        for loop in loops:  # they only end by giving up (Backoff): restart us
+            loop.add_done_callback(lambda _: life.stop.set())
         failed = await _sync_every_interval(life, settings, name)
-        failed = failed or life.failed or (retain.done() and not retain.cancelled())
+        failed = failed or life.failed or any(t.done() and not t.cancelled() for t in loops)
     if failed:
         raise SystemExit(1)
 
@@ -74,17 +88,17 @@ async def _sync_every_interval(life: Lifecycle, settings: Settings, name: str) -
     return False
 
 
-async def _retention_forever(redis: Redis, engine: AsyncEngine, keys: Keys, settings: Settings, name: str) -> None:
-    """Retention (workers/retention.py) beside the sync, never delaying it: one replica per interval."""
-    backoff = Backoff.for_loop(f"scheduler {name} retention", log, settings)
-    every = settings.retention_interval
+async def _every(redis: Redis, keys: Keys, settings: Settings, name: str, what: str, every: float,
+                 lock: Callable[[int], str], job: Callable[[], Awaitable[Any]]) -> None:
+    """`job` beside the sync, never delaying it: one replica per interval of Redis time (SET NX PX)."""
+    backoff = Backoff.for_loop(f"scheduler {name} {what}", log, settings)
     while True:
         try:
             secs, micros = await redis.time()
             now = secs + micros / 1e6
             bucket = int(now // every)
-            if await redis.set(keys.retention_lock(bucket), name, nx=True, px=int(every * 2000)):
-                await retention.run(engine, redis, keys, settings)
+            if await redis.set(lock(bucket), name, nx=True, px=int(every * 2000)):
+                await job()
             backoff.ok()
             await asyncio.sleep(max(0.05, (bucket + 1) * every - now))
         except Exception as exc:

@@ -12,6 +12,7 @@ transaction, signalled after its commit.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +25,7 @@ from core import metrics
 from core.backoff import Backoff
 from core.db import repo
 from core.db.rerun import rerun_transaction
-from core.dedup import RUNNING, SUCCEEDED, JobStates
+from core.dedup import RUNNING, SUCCEEDED, DedupId, JobStates
 from core.events import Event
 from core.fingerprint import error_type
 from core.heartbeat import Progress
@@ -165,14 +166,19 @@ class BatchWriter:
                 g["first_seen"] = min(g["first_seen"], ev.received_at)
                 g["last_seen"] = max(g["last_seen"], ev.received_at)
             per_group.setdefault(ev.fingerprint, []).append(ev)
+        # Only the samples that can be kept: a group keeps its `keep` newest (workers/retention.py trims
+        # the rest), so older events of a group in this batch are never written. Newest by received_at:
+        # a batch mixes tasks of several API nodes and stream shards, not in time order.
         keep = self.settings.samples_per_group
         samples = [
             {"event_id": ev.event_id, "fingerprint": fp, "received_at": ev.received_at,
              "payload": ev.to_json().decode()}
-            for fp, evs in per_group.items() for ev in evs[-keep:]
+            for fp, evs in per_group.items()
+            for ev in (evs if len(evs) <= keep else heapq.nlargest(keep, evs, key=_received))
         ]
         ids = [(ev.project_id, ev.event_id, ev.fingerprint) for ev in events]
-        await self._set_state(ids, RUNNING)
+        hashed = self.states.by_shard(ids)  # hashed once for both state changes
+        await self._set_state(ids, hashed, RUNNING)
         with metrics.timed(metrics.DB_SECONDS, "persist_batch"):
             async with self.engine.begin() as conn:
                 await repo.upsert_groups(conn, list(groups.values()))
@@ -182,9 +188,10 @@ class BatchWriter:
                     conn, {fp: g["last_seen"] for fp, g in groups.items()})
         await self.reopener.after_commit(reopened)
         self.progress.written += len(events)
-        await self._set_state(ids, SUCCEEDED)
+        await self._set_state(ids, hashed, SUCCEEDED)
 
-    async def _set_state(self, events: list[tuple[int, str, str]], code: int) -> None:
+    async def _set_state(self, events: list[tuple[int, str, str]], hashed: dict[int, list[DedupId]],
+                         code: int) -> None:
         try:
             if code == SUCCEEDED:  # a retried success keeps the attempt count core/retry.py kept
                 retried = [(p, e, n) for p, e, _ in events if (n := self.attempts.get(e, 1)) > 1]
@@ -196,9 +203,13 @@ class BatchWriter:
                                  ex=self.settings.dedup_ttl)
                     await pipe.execute()
             with metrics.timed(metrics.REDIS_SECONDS, "job_state"):
-                await self.states.set(events, code)
+                await self.states.set(hashed, code)
         except Exception as exc:  # job state is informational; never fail a write for it
             log.debug("job state update failed: %s", exc)
+
+
+def _received(ev: Event) -> float:
+    return ev.received_at
 
 
 def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:

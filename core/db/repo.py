@@ -1,7 +1,8 @@
 """Idempotent writes. Every function here can run twice with the same input and change nothing more.
 
 Rows are sorted by primary key before each multi-row upsert so concurrent writers take row locks in the
-same order (no deadlock between two workers touching the same groups).
+same order (no deadlock between two workers touching the same groups). The batch writer's group and sample
+writes are prepared SQL text (core/db/bulk.py, re-exported here).
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select, tuple_
+from sqlalchemy import Table, delete, select, tuple_
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.access import key_hash, key_hint
-from core.db.models import AppliedBatch, ErrorGroup, GroupHour, Project, ProjectKey, Sample
+from core.db.bulk import insert_samples as insert_samples  # re-exported: the batch writer's statements
+from core.db.bulk import upsert_groups as upsert_groups
+from core.db.models import AppliedBatch, ErrorGroup, GroupHour, Project, ProjectKey
 
 _groups: Table = ErrorGroup.__table__  # type: ignore[assignment]
-_samples: Table = Sample.__table__  # type: ignore[assignment]
 _batches: Table = AppliedBatch.__table__  # type: ignore[assignment]
 _projects: Table = Project.__table__  # type: ignore[assignment]
 _keys: Table = ProjectKey.__table__  # type: ignore[assignment]
@@ -71,55 +73,6 @@ def is_lost_connection(exc: BaseException) -> bool:
 
 def _is_mysql(conn: AsyncConnection) -> bool:
     return conn.dialect.name in ("mysql", "mariadb")
-
-
-async def upsert_groups(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Create groups or widen their first/last seen; fill placeholder columns; never touch `count`."""
-    if not rows:
-        return
-    rows = sorted(rows, key=lambda r: r["fingerprint"])
-    values = [{**r, "count": 0} for r in rows]
-    if _is_mysql(conn):
-        m = mysql.insert(_groups).values(values)
-        new = m.inserted
-        least, greatest = func.least, func.greatest
-        stmt: Any = m.on_duplicate_key_update(
-            project_id=func.coalesce(_groups.c.project_id, new.project_id),
-            message=func.coalesce(_groups.c.message, new.message),
-            error_type=func.coalesce(_groups.c.error_type, new.error_type),
-            service=func.coalesce(_groups.c.service, new.service),
-            level=func.coalesce(_groups.c.level, new.level),
-            first_seen=least(func.coalesce(_groups.c.first_seen, new.first_seen), new.first_seen),
-            last_seen=greatest(func.coalesce(_groups.c.last_seen, new.last_seen), new.last_seen),
-        )
-    else:
-        s = sqlite.insert(_groups).values(values)
-        new = s.excluded
-        # SQLite's multi-argument min()/max() are scalar functions, like LEAST/GREATEST.
-        stmt = s.on_conflict_do_update(
-            index_elements=[_groups.c.fingerprint],
-            set_={
-                "project_id": func.coalesce(_groups.c.project_id, new.project_id),
-                "message": func.coalesce(_groups.c.message, new.message),
-                "error_type": func.coalesce(_groups.c.error_type, new.error_type),
-                "service": func.coalesce(_groups.c.service, new.service),
-                "level": func.coalesce(_groups.c.level, new.level),
-                "first_seen": func.min(func.coalesce(_groups.c.first_seen, new.first_seen), new.first_seen),
-                "last_seen": func.max(func.coalesce(_groups.c.last_seen, new.last_seen), new.last_seen),
-            },
-        )
-    await conn.execute(stmt)
-
-
-async def insert_samples(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
-    if not rows:
-        return
-    rows = sorted(rows, key=lambda r: r["event_id"])
-    if _is_mysql(conn):
-        stmt: Any = mysql.insert(_samples).values(list(rows)).prefix_with("IGNORE")
-    else:
-        stmt = sqlite.insert(_samples).values(list(rows)).on_conflict_do_nothing()
-    await conn.execute(stmt)
 
 
 async def apply_count_batch(conn: AsyncConnection, batch_id: str, deltas: Mapping[str, int],

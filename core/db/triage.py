@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, Table, or_, select, update
+from sqlalchemy import Row, Table, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.db.models import ErrorGroup
@@ -19,15 +19,22 @@ _groups: Table = ErrorGroup.__table__  # type: ignore[assignment]
 _g = _groups.c
 
 
+_CANDIDATE_COLUMNS = ("fingerprint", "project_id", "service", "state", "state_changed_at", "ignore_until",
+                      "ignore_until_count", "signal_pending", "count")
+
+
 async def reopen_candidates(conn: AsyncConnection, fingerprints: Sequence[str]) -> list[Row[Any]]:
     """Groups of a batch that an event may reopen, or whose last reopen is not yet known to be signalled.
-    A primary-key lookup that finds nothing for the usual batch (every group unresolved)."""
+    A primary-key lookup that finds nothing for the usual batch (every group unresolved). SQL text, as the
+    writer's other statements (core/db/bulk.py): it runs once per batch, and building and compiling a
+    select with an IN list cost more than the lookup itself."""
     if not fingerprints:
         return []
-    stmt = select(_g.fingerprint, _g.project_id, _g.service, _g.state, _g.state_changed_at, _g.ignore_until,
-                  _g.ignore_until_count, _g.signal_pending, _g.count).where(
-        _g.fingerprint.in_(sorted(fingerprints)), or_(_g.state != "unresolved", _g.signal_pending.is_(True)))
-    return list(await conn.execute(stmt))
+    mark = "?" if conn.dialect.name == "sqlite" else "%s"
+    sql = (f"SELECT {', '.join(_CANDIDATE_COLUMNS)} FROM {_groups.name} "
+           f"WHERE fingerprint IN ({', '.join([mark] * len(fingerprints))}) "
+           f"AND (state != 'unresolved' OR signal_pending = 1)")
+    return list(await conn.exec_driver_sql(sql, tuple(sorted(fingerprints))))
 
 
 def _same(column: Any, value: Any) -> Any:

@@ -8,7 +8,10 @@ import asyncio
 import signal
 from typing import Any
 
+import pytest
+
 from core import heartbeat
+from core.broker import FaultlineBroker, ensure_consumer_group
 from core.keys import Keys
 from core.redis import make_redis
 from tests.integration.conftest import prepare
@@ -53,3 +56,25 @@ async def test_worker_and_scheduler_run_in_process_and_stop_when_asked(make_sett
             task.cancel()
         await asyncio.gather(*roles, return_exceptions=True)
         await redis.aclose()
+
+
+async def test_a_stopping_worker_reclaims_nothing(make_settings: Any) -> None:
+    """A message a dead consumer left becomes reclaimable while the worker stops: it stays for the others
+    (it was taken and then dropped by the stopping worker before: redelivered only after redeliver_after)."""
+    settings = make_settings(redeliver_after=0.5)
+    await prepare(settings)
+    keys, redis = Keys.from_settings(settings), make_redis(settings, timeout=5)
+    broker = FaultlineBroker(settings, consumer_name="w-stopping", keys=keys)
+    await ensure_consumer_group(redis, keys)
+    await redis.xadd(keys.stream, {"data": b"{}"})
+    await redis.xreadgroup(keys.consumer_group, "ghost", {keys.stream: ">"}, count=1)  # the ghost dies with it
+    listening = asyncio.create_task(anext(aiter(broker.listen())))
+    await asyncio.sleep(0.2)  # the reader's first reclaim ran (too early to claim) and it blocks on a read
+    broker.stop_reading()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(listening, 5)  # the generator ends at once, with no message
+    await asyncio.sleep(1.5)  # past redeliver_after and the reclaim period: a running reader would claim it
+    pending = await redis.xpending_range(keys.stream, keys.consumer_group, "-", "+", 10)
+    assert [p["consumer"] for p in pending] == [b"ghost"]
+    await broker.redis.aclose()
+    await redis.aclose()

@@ -101,3 +101,41 @@ async def test_idle_consumers_are_forgotten(make_settings: Any) -> None:
     assert await prune_consumers(redis, keys, idle_ms=10) == 1
     assert await redis.xinfo_consumers(keys.stream, keys.consumer_group) == []
     await redis.aclose()
+
+
+async def test_written_values_round_trip_whatever_their_characters(settings: Settings) -> None:
+    """The writer's statements are SQL text filled by the driver (core/db/bulk.py): quotes, percent signs,
+    backslashes and non-ASCII text must arrive exactly as sent, in a batch of many rows as in a batch of one."""
+    engine = make_engine(settings)
+    odd = "it's 100% \\ \"quoted\" %s %(x)s -- é 漢 🚀"
+    rows = [{"event_id": f"{i:032d}", "fingerprint": "9" * 64, "received_at": 10.0 + i,
+             "payload": f'{{"message": "{odd} {i}"}}'} for i in range(3)]
+    async with engine.begin() as conn:
+        await repo.upsert_groups(conn, [group("9" * 64, 10.0, odd), group("8" * 64, 11.0, odd[:1])])
+        await repo.insert_samples(conn, rows[:1])
+        await repo.insert_samples(conn, rows)
+    async with engine.connect() as conn:
+        messages = dict((await conn.execute(select(ErrorGroup.fingerprint, ErrorGroup.message))).all())
+        payloads = dict((await conn.execute(select(Sample.event_id, Sample.payload))).all())
+    await engine.dispose()
+    assert messages == {"9" * 64: odd, "8" * 64: odd[:1]}
+    assert payloads == {r["event_id"]: r["payload"] for r in rows}
+
+
+async def test_the_cap_trims_a_hot_group_in_full_in_one_run(settings: Settings) -> None:
+    """A hot group gathers thousands of samples between two runs of the cap: one run leaves it at `keep`
+    (it used to delete one chunk of 1,000 per group and run, so the table grew for as long as ingest did)."""
+    engine = make_engine(settings)
+    redis = make_redis(settings, timeout=5)
+    now = time.time()
+    n = retention.CHUNK * 2 + 500
+    rows = [{"event_id": f"{i:032d}", "fingerprint": "7" * 64, "received_at": now - n + i, "payload": "{}"}
+            for i in range(n)]
+    async with engine.begin() as conn:
+        await repo.insert_samples(conn, rows)
+    assert await retention.cap_samples(engine, redis, Keys.from_settings(settings), keep=5) == n - 5
+    await redis.aclose()
+    async with engine.connect() as conn:
+        ids = set((await conn.execute(select(Sample.event_id))).scalars())
+    await engine.dispose()
+    assert ids == {f"{i:032d}" for i in range(n - 5, n)}  # the newest five

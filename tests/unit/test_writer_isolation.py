@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import DataError, OperationalError
 
-from core.dedup import SUCCEEDED
+from core.dedup import SUCCEEDED, DedupId, dedup_id
 from core.events import Event
 from core.retry import RowsRejected
 from core.settings import Settings
@@ -95,11 +95,11 @@ async def test_the_job_record_keeps_the_attempt_number(attempt: int) -> None:
 
     class States:
         def __init__(self) -> None:
-            self.calls: list[tuple[list[tuple[int, str, str]], int]] = []
+            self.calls: list[tuple[dict[int, list[DedupId]], int]] = []
 
-        async def set(self, events: list[tuple[int, str, str]], code: int) -> int:
-            self.calls.append((list(events), code))
-            return len(events)
+        async def set(self, hashed: dict[int, list[DedupId]], code: int) -> int:
+            self.calls.append((hashed, code))
+            return sum(len(ids) for ids in hashed.values())
 
     w = FakeDBWriter()
     redis, states = Redis(), States()
@@ -107,8 +107,9 @@ async def test_the_job_record_keeps_the_attempt_number(attempt: int) -> None:
     w.states = states  # type: ignore[assignment]
     e = ev(7)
     w.attempts[e.event_id] = attempt
-    await w._set_state([(e.project_id, e.event_id, e.fingerprint)], SUCCEEDED)
-    assert states.calls == [([(e.project_id, e.event_id, e.fingerprint)], SUCCEEDED)]
+    hashed = {0: [dedup_id(e.project_id, e.event_id)]}  # the writer hashes a batch's ids once for both states
+    await w._set_state([(e.project_id, e.event_id, e.fingerprint)], hashed, SUCCEEDED)
+    assert states.calls == [(hashed, SUCCEEDED)]
     if attempt == 1:
         assert redis.values == []
     else:
