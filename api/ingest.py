@@ -35,8 +35,9 @@ from core.fingerprint import client_fingerprint, default_fingerprint
 from core.ratelimit.limiter import Decision
 from core.ratelimit.quota import overflow_fingerprint
 from core.ratelimit.redis_limiter import FoldedHit
-from core.redis import is_cluster, load_script
+from core.redis import ReplicatedScript, is_cluster, load_script, transport_glitch
 from core.runtime import Runtime
+from core.sentinel import follow_primary
 from core.tasks import message_frame
 
 SHED, LATE = -1, -2  # script statuses (ingest.lua)
@@ -48,6 +49,7 @@ CALLS_IN_FLIGHT = 2
 RERUN_MIN = 0.15  # time kept for the re-run, whatever the first run took
 GRACE = 0.05  # extra wait for a reply already in the socket of a starved event loop (see _call)
 ACCEPTED, DUPLICATE = metrics.EVENTS.labels("accepted"), metrics.EVENTS.labels("duplicate")  # once per request
+REFAIL_PAUSE = 0.05  # before re-running a call that failed at once (a failover's closed connections)
 
 
 @dataclass(slots=True)
@@ -136,22 +138,27 @@ class Ingestor:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.keys = runtime.keys
-        self.script = load_script(runtime.redis, "ingest")
+        s = runtime.settings
+        # Sentinel: answered once a replica holds the call's writes (WAIT); else the plain EVALSHA
+        self.script = ReplicatedScript(load_script(runtime.redis, "ingest"), s.wait_replicas, s.redis_wait_timeout)
         shards = self.keys.shards
         # Several shards on one server: the calls of a loop turn go out as one pipeline (api/scriptbatch.py);
-        # on a cluster they stay concurrent calls, one per node's shard.
-        self._batcher = ScriptBatcher(runtime.redis, lambda: self.script) \
-            if shards > 1 and not is_cluster(runtime.redis) else None
+        # on a cluster they stay concurrent calls, one per node's shard, and with WAIT (Sentinel fencing) each
+        # call keeps its own EVALSHA + WAIT pair.
+        self._batcher = ScriptBatcher(runtime.redis, self._plain_script) \
+            if shards > 1 and not is_cluster(runtime.redis) and not s.wait_replicas else None
         self.clocks = [RedisClock() for _ in range(shards)]  # shards may sit on nodes with their own clocks
         self._pending: dict[int, list[_Pending]] = {}
         # Redis writes the replies of one event-loop turn after running every command of that turn: many
         # scripts in flight at once delay each reply by all of their run times, past REPLY_MARGIN. A few
         # per process and shard keep that delay ~ nodes x one bounded call (a shard's calls carry only its
         # share of the events); requests meanwhile coalesce into the next.
-        self._in_flight = [asyncio.Semaphore(CALLS_IN_FLIGHT) for _ in range(shards)]
+        # With WAIT (Sentinel fencing) a call also waits for a replica's acknowledgement, Redis idle for it
+        # meanwhile: twice the calls in flight keep the same script work queued (loadtest/wait_cost.py).
+        in_flight = CALLS_IN_FLIGHT * (2 if s.wait_replicas else 1)
+        self._in_flight = [asyncio.Semaphore(in_flight) for _ in range(shards)]
         self._calls: set[asyncio.Task[None]] = set()  # strong references: the loop only keeps weak ones
         # What every script call of a shard sends unchanged (ingest.lua's KEYS and constant ARGV), built once
-        s = runtime.settings
         self._script_keys = [k.ingest_keys() for k in self.keys.all_shards]
         # the soft limit is the whole queue's: each shard's stream takes its share
         self._constants: list[list[bytes | str | int]] = [
@@ -162,6 +169,11 @@ class Ingestor:
             [s.project_quota_per_second, s.project_quota_per_minute, s.project_new_groups_per_hour,
              1 if s.rate_limit_enabled else 0, k.new_groups(""), k.feed_index(""), k.shards]
             for k in self.keys.all_shards]
+
+    def _plain_script(self) -> Any:
+        """The script the batcher pipelines: the EVALSHA under ReplicatedScript (no WAIT here), or whatever
+        replaced it (tests wrap it to lose replies; the batcher then calls it per call)."""
+        return self.script.script if isinstance(self.script, ReplicatedScript) else self.script
 
     async def ingest(self, project_id: int, items: list[LogErrorIn], edge_id: str | None = None,
                      limit: FoldedHit | None = None) -> list[Accepted]:
@@ -298,7 +310,8 @@ class Ingestor:
                 return await self.script(keys=keys, args=[*fixed, deadline, *events])  # type: ignore[no-any-return]
 
     async def _call(self, shard: int, chunk: list[_Pending], start: float) -> list[int]:
-        """One script call, re-run once with the same token if its answer is lost.
+        """One script call, re-run once with the same token if its answer is lost (again while the budget
+        lasts when a re-run fails at once on a broken connection: a failover's).
 
         Why a 503 after this is "not counted": run i may only count before its deadline D_i, and we stop
         waiting for it at D_i + REPLY_MARGIN + GRACE (local clock, mapped to Redis by a lower bound of the offset).
@@ -320,7 +333,8 @@ class Ingestor:
         events: list[bytes | str | int] = [*self._limits[shard], len(checks), *checks,
                                            *(a for p in chunk for a in p.args)]
         error: BaseException = StoreUnavailable("event store unavailable")
-        for attempt in range(2):
+        attempt = 0
+        while True:
             remaining = start + budget - time.monotonic()
             if attempt == 0:
                 # send only with room for a re-run after it: otherwise not sent, so certainly not counted
@@ -343,20 +357,35 @@ class Ingestor:
                     if run.done():
                         break
                     await asyncio.sleep(0)
+            refused = False  # the call failed at once on a broken connection (no wait for its deadline)
             if not run.done():
                 run.cancel()
                 await asyncio.gather(run, return_exceptions=True)
                 error = TimeoutError(f"no reply within {wait + GRACE:.2f}s")
-            elif isinstance(run.exception(), RedisError | OSError | RuntimeError):
-                # RuntimeError: redis-py's cluster client writing to a transport a failover just closed
+            elif isinstance(run.exception(), RedisError | OSError | RuntimeError) or transport_glitch(run.exception()):
+                # RuntimeError / AttributeError: redis-py writing to a transport a failover just closed
                 error = run.exception()  # type: ignore[assignment]
+                refused = True
             else:
                 result = run.result()
                 self.clocks[shard].observe(float(result[1]), time.time())
                 if int(result[0]) != LATE:
                     return [int(x) for x in result]
                 error = StoreUnavailable("event store too slow (call refused after its deadline)")
+                if attempt >= 1:
+                    break
+                attempt += 1
                 continue
             # Not answered: maybe never sent, maybe ran. The re-run (same token) tells which.
             metrics.EVENTS.labels("ambiguous" if attempt == 0 else "unavailable").inc(sum(p.events for p in chunk))
+            attempt += 1
+            # A failover (Redis Cluster, Sentinel) breaks the pooled connections to the old primary: every
+            # call on one fails at once, while the client learns the new primary within milliseconds. Such
+            # a fast failure leaves budget: pause a moment and re-run again (same token, so whichever runs
+            # counted, the next one reports it), as long as a whole re-run still fits in the budget.
+            if attempt >= 2 and not (refused and start + budget - time.monotonic() > RERUN_MIN + REFAIL_PAUSE):
+                break
+            if refused:
+                await follow_primary(self.runtime.redis)  # Sentinel: a failover moved the primary?
+                await asyncio.sleep(REFAIL_PAUSE)
         raise StoreUnavailable(f"event store unavailable: {error}") from error

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from redis import exceptions as redis_errors
 
 from core.db.repo import is_transient
+from core.redis import transport_glitch
 from core.settings import Settings
 
 
@@ -31,8 +32,9 @@ class GaveUp(RuntimeError):
 
 
 # Replies a Redis server gives while it is restarting, loading, failing over or out of memory: all pass.
+# NOREPLICAS: a Sentinel primary (min-replicas-to-write) left without replicas by a failover.
 _TRANSIENT_REPLIES = ("LOADING", "READONLY", "UNBLOCKED", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN",
-                      "MASTERDOWN", "NOGROUP", "NOSCRIPT", "OOM", "BUSY")
+                      "MASTERDOWN", "NOGROUP", "NOSCRIPT", "OOM", "BUSY", "NOREPLICAS")
 
 
 def retryable(exc: BaseException) -> bool:
@@ -41,9 +43,16 @@ def retryable(exc: BaseException) -> bool:
         return False
     if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | redis_errors.BusyLoadingError):
         return True
+    if isinstance(exc, redis_errors.ClusterError):  # "The cluster is down" (CLUSTERDOWN, as redis-py words it)
+        return True
     if isinstance(exc, redis_errors.ResponseError):
-        return str(exc).split(" ", 1)[0].upper() in _TRANSIENT_REPLIES
+        reply = str(exc)
+        if reply.startswith("Command # "):  # redis-py's pipeline wrapping: "... of pipeline caused error: <reply>"
+            reply = reply.rpartition("caused error: ")[2].lstrip("('\"")  # the reply, or the repr of its args
+        return reply.split(" ", 1)[0].upper() in _TRANSIENT_REPLIES
     if isinstance(exc, redis_errors.RedisError):  # ClusterError, ChildDeadlockedError...: transport trouble
+        return True
+    if transport_glitch(exc):  # redis-py writing to a connection a failover closed
         return True
     return isinstance(exc, OSError | TimeoutError | ConnectionError) or is_transient(exc)
 

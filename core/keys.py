@@ -13,6 +13,7 @@ Build one `Keys` per process (`Keys.from_settings`) and pass it: the shard tags 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import cache, cached_property
 from typing import TYPE_CHECKING
@@ -82,6 +83,14 @@ class Keys:
 
     def for_fingerprint(self, fingerprint: str) -> Keys:
         return self.all_shards[self.shard_of(fingerprint)]
+
+    def by_shard(self, fingerprints: Iterable[str]) -> list[tuple[Keys, list[str]]]:
+        """The fingerprints grouped by their shard, with that shard's keys: one single-slot call per group
+        (a group's live/feed state lives in its shard, never on the global tag when sharded)."""
+        groups: dict[int, list[str]] = {}
+        for fp in fingerprints:
+            groups.setdefault(self.shard_of(fp), []).append(fp)
+        return [(self.all_shards[i], fps) for i, fps in sorted(groups.items())]
 
     @property
     def is_global(self) -> bool:

@@ -17,8 +17,10 @@ Sentinel URLs are handled by the stock manager (`redis+sentinel://`). `make_mana
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -30,6 +32,7 @@ from core.redis import make_redis, parse_url
 from core.settings import Settings
 
 log = logging.getLogger("faultline.pubsub")
+OWNER_CHECK = 2.0  # s between checks that the cluster listener is subscribed where the channel lives
 
 
 class ResilientRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
@@ -105,16 +108,37 @@ class ClusterRedisManager(ResilientRedisManager):
         while True:
             try:
                 self._redis_connect()
+                # a new cluster client learns the slot map on its first command; SSUBSCRIBE looks the
+                # channel's node up in that map without asking, so it failed with SlotNotCoveredError on
+                # every attempt (the cross-node feed never arrived): load the map first
+                await self.redis.initialize()  # type: ignore[attr-defined]
                 await self.pubsub.ssubscribe(self.channel)  # type: ignore[attr-defined]
                 backoff.ok()
+                checked = time.monotonic()
                 while True:
-                    message = await self.pubsub.get_sharded_message(  # type: ignore[attr-defined]
-                        ignore_subscribe_messages=True, timeout=1.0)
+                    # bounded: with its node dead, redis-py's per-node pub/sub may retry its connection
+                    # inside this call for as long as the client's 30 s timeout: that is an error here
+                    message = await asyncio.wait_for(self.pubsub.get_sharded_message(  # type: ignore[attr-defined]
+                        ignore_subscribe_messages=True, timeout=1.0), OWNER_CHECK + 1.0)
                     if message is not None:
                         yield message
+                    if time.monotonic() - checked > OWNER_CHECK:
+                        checked = time.monotonic()
+                        await self._check_owner()
             except Exception as exc:
                 await self._close()
                 await backoff.failed(exc)
+
+    async def _check_owner(self) -> None:
+        """Still subscribed on the primary that serves the channel's slot? After that node was SIGKILLed the
+        listener raised nothing and delivered nothing again: the feed from the other nodes stopped for good
+        (seen in tests/e2e/test_redis_cluster.py). Refresh the slot map (every OWNER_CHECK) and subscribe
+        again where the channel lives now."""
+        client: Any = self.redis
+        await asyncio.wait_for(client.initialize(), OWNER_CHECK + 1.0)  # its connects have the 30 s timeout
+        owner = client.get_node_from_key(self.channel).name
+        if set(self.pubsub.node_pubsub_mapping) != {owner}:  # type: ignore[attr-defined]
+            raise ConnectionError(f"channel {self.channel} moved to {owner}: subscribing there")
 
     async def _listen(self) -> AsyncIterator[Any]:
         channel = self.channel.encode()

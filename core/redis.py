@@ -28,9 +28,10 @@ from redis.client import Redis as SyncRedis
 from redis.cluster import ClusterNode as SyncNode
 from redis.cluster import RedisCluster as SyncCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, SlotNotCoveredError, TimeoutError
 from redis.sentinel import Sentinel as SyncSentinel
 
+from core.sentinel import FencedSentinelConnection, FencedSentinelPool
 from core.settings import Settings
 
 
@@ -63,7 +64,9 @@ def make_redis(settings: Settings, *, pool_size: int | None = None, timeout: flo
         sentinel = Sentinel(target.hosts, sentinel_kwargs={"socket_timeout": t, "socket_connect_timeout": t,
                                                            "password": target.sentinel_password},
                             **common)
-        return sentinel.master_for(target.service, db=target.db, max_connections=size, health_check_interval=30)
+        return sentinel.master_for(target.service, db=target.db, max_connections=size, health_check_interval=30,
+                                   connection_pool_class=FencedSentinelPool,
+                                   connection_class=FencedSentinelConnection)
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=size,
@@ -144,6 +147,21 @@ async def replace_hash(redis: Redis, key: str, mapping: Mapping[str, str | int |
     await redis.rename(side, key)  # a cluster pipeline refuses RENAME
 
 
+def transport_glitch(exc: BaseException | None) -> bool:
+    """A failover's errors that redis-py does not raise as RedisError: SlotNotCoveredError (a dead primary's
+    slots until its replica takes over: it ended worker loops as "not a dependency error"), and an
+    AttributeError/RuntimeError from redis-py's own connection code (8.1's async clients writing to a
+    transport a failover just closed: "'NoneType' object has no attribute 'writelines'")."""
+    if isinstance(exc, SlotNotCoveredError):
+        return True
+    if not isinstance(exc, AttributeError | RuntimeError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "/redis/" in tb.tb_frame.f_code.co_filename
+
+
 def is_cluster(redis: object) -> bool:
     return isinstance(redis, RedisCluster)
 
@@ -181,3 +199,42 @@ def script_source(name: str) -> str:
 def load_script(redis: Redis, name: str) -> AsyncScript:
     """A script called by SHA (EVALSHA), reloaded transparently after a Redis restart."""
     return redis.register_script(script_source(name))  # type: ignore[return-value]
+
+
+class NotReplicated(RedisError):
+    """WAIT saw fewer replicas holding a call's writes than required: treat the call as unanswered."""
+
+
+class ReplicatedScript:
+    """A script call answered only once `replicas` replicas hold its writes: EVALSHA then WAIT, pipelined on
+    ONE connection (WAIT counts the replicas that reached that connection's last write). Sentinel's
+    fencing against a failover that drops acknowledged writes (docs/scaling.md); with replicas=0 it is the
+    plain script call, unchanged."""
+
+    def __init__(self, script: AsyncScript, replicas: int, timeout: float) -> None:
+        self.script, self.replicas, self.timeout_ms = script, replicas, max(1, int(timeout * 1000))
+
+    @property
+    def sha(self) -> str:
+        return str(self.script.sha)
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        if not self.replicas:
+            return await self.script(keys=keys, args=args)
+        redis = self.script.registered_client
+        for _ in range(2):
+            pipe = redis.pipeline(transaction=False)
+            pipe.execute_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
+            result, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(result, NoScriptError):  # a promoted replica has no scripts; NOSCRIPT ran nothing
+                self.script.sha = await redis.script_load(self.script.script)
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            if isinstance(acked, BaseException):
+                raise acked
+            if int(acked) < self.replicas:
+                raise NotReplicated(f"{acked} of {self.replicas} replicas confirmed within {self.timeout_ms} ms")
+            return result
+        raise NoScriptError("script not loaded after SCRIPT LOAD")

@@ -68,6 +68,16 @@ class Settings(BaseSettings):
     # same session: +50 % API and worker CPU per event at 16; docs/scaling.md). Changing it on a stack that
     # holds counts strands their pending deltas in the old shards: drain and sync first.
     redis_shards: int | None = Field(default=None, ge=1, le=256)
+    # Replicas that must hold an ingest call's writes before its events are answered 202 (Redis WAIT on the
+    # call's connection, core/redis.py `ReplicatedScript`): fencing against a failover dropping acknowledged
+    # events. Unset: 1 on Sentinel (a planned SENTINEL FAILOVER lost 517 of 653 acknowledged writes without
+    # it), 0 on one server (nothing to wait for; exactly today's path) and on Cluster (CLUSTER FAILOVER is
+    # coordinated; a killed primary's replica has what was answered, see docs/scaling.md). A call whose
+    # writes no replica confirmed is treated as unanswered: re-run with the same token, then 503.
+    redis_wait_replicas: int | None = Field(default=None, ge=0, le=16)
+    # How long WAIT may block: well under the ingest reply margin (0.2 s, api/ingest.py). On a LAN a replica
+    # acknowledges in about a millisecond; 0.1 s absorbs a stalled replica process.
+    redis_wait_timeout: float = Field(default=0.1, gt=0.0, le=0.15)
     # 0.5 s: a healthy Redis answers in < 1 ms; past this we answer 503 rather than hang a client.
     redis_timeout: float = 0.5
     # Per-process pool; requests beyond it wait for a connection instead of failing with 500.
@@ -281,6 +291,12 @@ class Settings(BaseSettings):
     # The address the API node listens on (`faultline api --host` exports it; the Docker image sets 0.0.0.0).
     # Only used to refuse development secrets on a listener other machines can reach, in any mode.
     bind_host: str = "127.0.0.1"
+
+    @property
+    def wait_replicas(self) -> int:
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if self.redis_url.startswith("redis+sentinel://") else 0
 
     @property
     def key_shards(self) -> int:

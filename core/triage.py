@@ -24,7 +24,7 @@ from redis.commands.core import AsyncScript
 
 from core.feed import project_room, service_room
 from core.keys import Keys
-from core.pubsub import ResilientRedisManager
+from core.pubsub import ResilientRedisManager, make_manager
 from core.redis import load_script
 from core.settings import Settings
 
@@ -71,7 +71,8 @@ class Announcer:
     @property
     def manager(self) -> ResilientRedisManager:
         if self._manager is None:  # created on first use: most processes never change a state
-            self._manager = ResilientRedisManager(self.settings, self.keys.socketio_channel, write_only=True)
+            # the manager for the URL's kind (a cluster needs SPUBLISH: core/pubsub.py)
+            self._manager = make_manager(self.settings, self.keys.socketio_channel, write_only=True)
         return self._manager
 
     async def signal(self, t: Transition) -> bool:

@@ -22,9 +22,9 @@ from mirakuru import TCPExecutor
 from faultline.procs import Backoff
 from faultline.services import RedisServer, Supervised, free_port, require
 
-# Failure detection: 2 s for a cluster node, 1 s for a Sentinel-watched primary. Production clusters use
+# Failure detection: 1 s for a cluster node or a Sentinel-watched primary. Production clusters use
 # longer (15 s is Redis's default) to ride out network blips; on loopback a dead process is dead.
-NODE_TIMEOUT_MS = 2000
+NODE_TIMEOUT_MS = 1000
 SENTINEL_DOWN_AFTER_MS = 1000
 SERVICE = "faultline"
 
@@ -70,6 +70,10 @@ class LocalRedisCluster:
                 self.nodes.append(RedisServer(d, password=self.password, extra_args=[
                     "--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
                     "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                    # a replica fails over however long since its primary last wrote to it: the default (10)
+                    # refuses after ~node-timeout x 10 + 10 s without traffic, leaving an idle shard's slots
+                    # unserved for good when its primary dies (seen: no promotion 12 s after a SIGKILL)
+                    "--cluster-replica-validity-factor", "0",
                     # its own bus port: the default (port + 10,000) fails for a free port above 55,535
                     "--cluster-port", str(free_port())]))
             self.nodes[i].start()
@@ -185,7 +189,11 @@ class LocalRedisSentinel:
                 *((s, f"sentinel-{i + 1}") for i, s in enumerate(self.watchers))]
 
     def start(self) -> LocalRedisSentinel:
-        fence = ["--min-replicas-to-write", str(self.min_replicas_to_write), "--min-replicas-max-lag", "2"]
+        fence = ["--min-replicas-to-write", str(self.min_replicas_to_write), "--min-replicas-max-lag", "2",
+                 # a replica re-pointed by a failover full-syncs from the new primary at once: Redis 7.0's
+                 # default waits 5 s for more replicas first, and the new primary, short of replicas,
+                 # refuses writes (min-replicas-to-write) all that time (measured: NOREPLICAS 1.2-5.6 s)
+                 "--repl-diskless-sync-delay", "0"]
         primary = RedisServer(self.base / "redis-1", password=self.password, extra_args=fence).start()
         self.data.append(primary)
         for i in range(self.replicas):

@@ -141,9 +141,9 @@ async def drop_groups(engine: AsyncEngine, redis: Redis, keys: Keys, cutoff: flo
                 await conn.execute(delete(_samples).where(_samples.c.fingerprint.in_(fps)))
                 await conn.execute(delete(_groups).where(_groups.c.fingerprint.in_(fps),
                                                          _groups.c.last_seen < cutoff))
-        if fps:
-            await drop(keys=[keys.live_counts, keys.feed_emitted, keys.feed_last_seen, keys.feed_groups,
-                             keys.feed_dirty, keys.live_new], args=[-1, keys.feed_index(""), *fps])
+        for k, part in keys.by_shard(fps):  # each group's live/feed state is in its own key shard
+            await drop(keys=[k.live_counts, k.feed_emitted, k.feed_last_seen, k.feed_groups,
+                             k.feed_dirty, k.live_new], args=[-1, k.feed_index(""), *part])
         done += len(fps)
         if len(fps) < CHUNK // 10:
             break

@@ -38,7 +38,14 @@ async def sync_counts(redis: Redis, engine: AsyncEngine, keys: Keys, settings: S
     `settings`: the rerun policy of a transaction the server rolled back (core/db/rerun.py; its defaults
     without them)."""
     start = time.perf_counter()
-    added = sum(await asyncio.gather(*(_sync_shard(redis, engine, shard, settings) for shard in keys.all_shards)))
+    # every shard's sync ends before this returns, even when one fails: a retry must not run beside the
+    # previous run's other shards (seen in a failover: one batch applied by both, 10 ms apart)
+    results = await asyncio.gather(*(_sync_shard(redis, engine, shard, settings) for shard in keys.all_shards),
+                                   return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    added = sum(r for r in results if isinstance(r, int))
     metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
     metrics.SYNCED_EVENTS.inc(added)
     return added

@@ -54,8 +54,11 @@ class Reopener:
         """Totals Redis has counted (ingest counts before the worker sees an event, so these include it)."""
         if not fps:
             return {}
-        values = await self.redis.hmget(self.keys.live_counts, fps)  # type: ignore[misc]
-        return {fp: int(v) for fp, v in zip(fps, values, strict=True) if v is not None}
+        out: dict[str, int] = {}
+        for k, part in self.keys.by_shard(fps):  # a group's live total is in its key shard
+            values = await self.redis.hmget(k.live_counts, part)  # type: ignore[misc]
+            out.update((fp, int(v)) for fp, v in zip(part, values, strict=True) if v is not None)
+        return out
 
     async def after_commit(self, transitions: Sequence[Transition]) -> None:
         """Signal, announce, then mark signalled. A failure leaves signal_pending set: the next batch of the

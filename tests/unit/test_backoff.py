@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 
@@ -47,6 +48,12 @@ def test_delays_grow_until_the_cap() -> None:
     rx.ResponseError("MOVED 3999 127.0.0.1:6381"), rx.ResponseError("NOGROUP No such key 'x' or consumer group"),
     rx.NoScriptError("NOSCRIPT No matching script"), ConnectionRefusedError(), TimeoutError(),
     OperationalError("x", {}, Exception(2003, "Can't connect to MySQL server")),
+    rx.ResponseError("NOREPLICAS Not enough good replicas to write."),
+    # redis-py's wrapping of a pipeline command's error reply
+    rx.ResponseError("Command # 1 (HSET k:new:ef a 1) of pipeline caused error: NOREPLICAS Not enough good replicas"),
+    rx.ResponseError("Command # 1 (HSET k a 1) of pipeline caused error: ('NOREPLICAS Not enough good replicas',)"),
+    rx.SlotNotCoveredError('Slot "3238" is not covered by the cluster.'),  # a dead primary, before failover
+    rx.ClusterDownError("The cluster is down"),  # redis-py's wording of CLUSTERDOWN: it ended a worker
 ])
 def test_dependency_errors_are_retried(exc: BaseException) -> None:
     assert retryable(exc)
@@ -55,6 +62,8 @@ def test_dependency_errors_are_retried(exc: BaseException) -> None:
 @pytest.mark.parametrize("exc", [
     ValueError("bug"), KeyError("k"), rx.AuthenticationError("WRONGPASS"), rx.ResponseError("WRONGTYPE Operation"),
     rx.ResponseError("ERR unknown command"), DataError("x", {}, Exception(1406, "Data too long")),
+    rx.ResponseError("Command # 2 (HSET k a) of pipeline caused error: WRONGTYPE Operation"),
+    AttributeError("'NoneType' object has no attribute 'x'"),  # raised in our code, not redis-py's transport
 ])
 def test_bugs_and_refusals_are_not(exc: BaseException) -> None:
     assert not retryable(exc)
@@ -104,3 +113,20 @@ def test_stall_needs_both_idleness_and_a_queue() -> None:
     assert stalled(beat, queued=0, stall_after=30, now=10_000) is None  # nothing to fetch: not stalled
     busy = {**beat, "last_done": 185.0}  # slow tasks finishing: busy, not stalled
     assert stalled(busy, queued=10, stall_after=30, now=190) is None
+
+
+def test_redis_py_writing_to_a_closed_transport_is_a_dependency_error() -> None:
+    """redis-py 8.1 raises AttributeError from its own connection code when a failover closed the transport
+    under it (seen: "'NoneType' object has no attribute 'writelines'")."""
+    from redis.asyncio.connection import Connection
+
+    class Closed:
+        _writer = None
+
+    try:
+        asyncio.run(Connection._send_packed_command(Closed(), [b"PING"]))  # type: ignore[arg-type]
+    except AttributeError as exc:
+        caught: BaseException = exc
+    else:  # the library changed: this test's premise no longer holds
+        pytest.fail("redis-py no longer raises AttributeError on a closed transport")
+    assert retryable(caught)

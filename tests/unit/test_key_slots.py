@@ -49,6 +49,13 @@ def test_every_script_call_is_single_slot(shards: int, n: int) -> None:
         _one_slot([k.live_counts, k.feed_emitted, k.feed_last_seen, k.feed_groups, k.feed_dirty,  # live_prune
                    k.live_new, k.feed_index(pid), k.pending_counts])  # + live_rebase.lua
         _one_slot([k.retries, k.stream])  # retry_pump.lua, retry_schedule.lua
+        # low-traffic alerting keys stay on the global tag, beside the global stream that carries deliveries:
+        # alert_enqueue.lua (cooldown keys of any group + the stream), signal_once.lua, the feed's
+        # minute counters (core/alerts/signals.py builds "<prefix><project>:<minute>")
+        root = keys.root
+        _one_slot([root.stream, root.alert_cooldown(rng.randint(1, 999), fp)])
+        _one_slot([root.group_signals, root.signal_sent(fp, rng.randint(0, 2**41))])
+        _one_slot([root.group_signals, root.alert_windows, f"{root.alert_minutes_prefix}{pid}:{bucket}"])
         client = rng.choice(("ip:", "key:", "")) + f"{rng.getrandbits(rng.randint(1, 200)):x}"
         windows = [keys.ratelimit(t, client) for t in ("short@GET/errors", "long", "burst", "x" * 30)]
         _one_slot(windows)
@@ -94,3 +101,14 @@ def test_global_keys_stay_on_the_global_tag() -> None:
         "{fl}:projects", "{fl}:dead", "{fl}:lock:sync:7", "{fl}:hb:worker:w1"}
     assert len({k.stream for k in keys.all_shards}) == 16
     assert keys.shard(5).root == keys
+
+
+def test_by_shard_groups_fingerprints_with_their_shards_keys() -> None:
+    """Callers that touch several groups' live/feed state (triage, retention) call once per shard."""
+    keys = Keys("fl", 16)
+    fps = [f"{i:064x}" for i in range(200)]
+    groups = keys.by_shard(fps)
+    assert sorted(fp for _, part in groups for fp in part) == sorted(fps)
+    for k, part in groups:
+        assert all(keys.for_fingerprint(fp) == k for fp in part)
+    assert Keys("fl", 1).by_shard(fps) == [(Keys("fl", 1), fps)]
