@@ -27,12 +27,15 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
+from api.scriptbatch import ScriptBatcher
 from core import metrics
 from core.dedup import TOKEN_BITS, dedup_id
 from core.events import LogErrorIn, new_event_id
 from core.fingerprint import client_fingerprint, default_fingerprint
+from core.ratelimit.limiter import Decision
 from core.ratelimit.quota import overflow_fingerprint
-from core.redis import ReplicatedScript, load_script, transport_glitch
+from core.ratelimit.redis_limiter import FoldedHit
+from core.redis import ReplicatedScript, is_cluster, load_script, transport_glitch
 from core.runtime import Runtime
 from core.sentinel import follow_primary
 from core.tasks import message_frame
@@ -45,6 +48,7 @@ REPLY_MARGIN = 0.2  # measured: with 0.15 a machine at load 18 on 2 cores counte
 CALLS_IN_FLIGHT = 2
 RERUN_MIN = 0.15  # time kept for the re-run, whatever the first run took
 GRACE = 0.05  # extra wait for a reply already in the socket of a starved event loop (see _call)
+ACCEPTED, DUPLICATE = metrics.EVENTS.labels("accepted"), metrics.EVENTS.labels("duplicate")  # once per request
 REFAIL_PAUSE = 0.05  # before re-running a call that failed at once (a failover's closed connections)
 
 
@@ -69,6 +73,14 @@ class QueueFull(Exception):
         self.depth = depth
 
 
+class RateLimited(Exception):
+    """The request rate limiter, folded into the ingest call, refused the request: nothing was counted."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__("rate limited")
+        self.decision = decision
+
+
 class StoreUnavailable(RedisError):
     """No answer from Redis within the budget; nothing of the request was counted (api/errors.py: 503)."""
 
@@ -89,6 +101,7 @@ class _Pending:
     events: int
     future: asyncio.Future[tuple[list[int], list[int]]]  # (totals, outcomes) per event
     positions: list[int]  # where these events are in the request
+    limit: FoldedHit | None = None  # the request's rate-limiter check, decided in the same call
 
 
 class RedisClock:
@@ -129,6 +142,11 @@ class Ingestor:
         # Sentinel: answered once a replica holds the call's writes (WAIT); else the plain EVALSHA
         self.script = ReplicatedScript(load_script(runtime.redis, "ingest"), s.wait_replicas, s.redis_wait_timeout)
         shards = self.keys.shards
+        # Several shards on one server: the calls of a loop turn go out as one pipeline (api/scriptbatch.py);
+        # on a cluster they stay concurrent calls, one per node's shard, and with WAIT (Sentinel fencing) each
+        # call keeps its own EVALSHA + WAIT pair.
+        self._batcher = ScriptBatcher(runtime.redis, self._plain_script) \
+            if shards > 1 and not is_cluster(runtime.redis) and not s.wait_replicas else None
         self.clocks = [RedisClock() for _ in range(shards)]  # shards may sit on nodes with their own clocks
         self._pending: dict[int, list[_Pending]] = {}
         # Redis writes the replies of one event-loop turn after running every command of that turn: many
@@ -152,9 +170,17 @@ class Ingestor:
              1 if s.rate_limit_enabled else 0, k.new_groups(""), k.feed_index(""), k.shards]
             for k in self.keys.all_shards]
 
-    async def ingest(self, project_id: int, items: list[LogErrorIn], edge_id: str | None = None) -> list[Accepted]:
+    def _plain_script(self) -> Any:
+        """The script the batcher pipelines: the EVALSHA under ReplicatedScript (no WAIT here), or whatever
+        replaced it (tests wrap it to lose replies; the batcher then calls it per call)."""
+        return self.script.script if isinstance(self.script, ReplicatedScript) else self.script
+
+    async def ingest(self, project_id: int, items: list[LogErrorIn], edge_id: str | None = None,
+                     limit: FoldedHit | None = None) -> list[Accepted]:
         """`edge_id`: the load balancer's id of this request, the same when it retries the request on
-        another node; events without an event_id get one derived from it, so a retry counts nothing twice."""
+        another node; events without an event_id get one derived from it, so a retry counts nothing twice.
+        `limit`: the request's rate-limiter check (one key shard only, api/ratelimit.py), decided in the same
+        script call before anything is counted; RateLimited when it refuses."""
         now = time.time()
         by_shard: dict[int, tuple[list[bytes | str | int], list[int]]] = {}
         out: list[Accepted] = []
@@ -170,7 +196,7 @@ class Ingestor:
             if item.context is not None:
                 event["context"] = item.context
             args, positions = by_shard.setdefault(self.keys.shard_of(fp), ([], []))
-            args += dedup_id(project_id, event_id).args()
+            args += dedup_id(project_id, event_id)  # seed, digest
             args.append(fp)
             args.append(orjson.dumps(event))
             args.append(project_id)  # the script's quota and new-group cap are per project
@@ -178,20 +204,31 @@ class Ingestor:
             out.append(Accepted(event_id, fp, False, False))
         loop = asyncio.get_running_loop()
         parts = []
+        if limit is not None and len(by_shard) != 1:
+            raise ValueError("a folded limiter check needs the request on one key shard")
         for shard, (args, positions) in by_shard.items():
-            pending = _Pending(args, len(positions), loop.create_future(), positions)
+            pending = _Pending(args, len(positions), loop.create_future(), positions, limit)
             if not self._pending:
                 loop.call_soon(self._flush)
             self._pending.setdefault(shard, []).append(pending)
             parts.append(pending)
         totals, outcomes = [0] * len(out), [0] * len(out)
         # every shard's answer is awaited (none is left unretrieved) before a failure is raised
-        results = await asyncio.gather(*(p.future for p in parts), return_exceptions=True)
+        results: list[Any]
+        if len(parts) == 1:  # the common case (one key shard): no gather machinery per request
+            try:
+                results = [await parts[0].future]
+            except Exception as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(*(p.future for p in parts), return_exceptions=True)
         for p, result in zip(parts, results, strict=True):
             if isinstance(result, BaseException):
                 raise result
             for pos, total, outcome in zip(p.positions, *result, strict=True):
                 totals[pos], outcomes[pos] = total, outcome
+        if limit is not None and limit.decision is not None and not limit.decision.allowed:
+            raise RateLimited(limit.decision)
         for acc, total, outcome in zip(out, totals, outcomes, strict=True):
             acc.first_seen = total == 1
             if outcome < 0:  # over the project's quota: dropped, counted per project by the script
@@ -203,9 +240,9 @@ class Ingestor:
                     acc.fingerprint = overflow_fingerprint(project_id)
         dup = sum(a.duplicate for a in out)
         limited = sum(a.rate_limited_ms > 0 for a in out)
-        metrics.EVENTS.labels("accepted").inc(len(out) - dup - limited)
+        ACCEPTED.inc(len(out) - dup - limited)
         if dup:
-            metrics.EVENTS.labels("duplicate").inc(dup)
+            DUPLICATE.inc(dup)
         if limited:
             metrics.EVENTS_DROPPED.labels("rate_limited").inc(limited)
         return out
@@ -247,8 +284,12 @@ class Ingestor:
                 if not p.future.done():
                     p.future.set_exception(QueueFull(int(result[2])))
             return
-        offset, total = 2, sum(p.events for p in chunk)  # {status, redis ms, totals..., outcomes...}
+        offset, total = 2, sum(p.events for p in chunk)  # {status, redis ms, totals..., outcomes..., limits...}
+        decided = 2 + 2 * total
         for p in chunk:
+            if p.limit is not None:  # 5 figures per carried limiter check, in chunk order
+                p.limit.decide(result[decided:decided + 5])
+                decided += 5
             if not p.future.done():  # a request whose client went away still had its events counted
                 p.future.set_result((result[offset:offset + p.events],
                                      result[total + offset:total + offset + p.events]))
@@ -264,6 +305,8 @@ class Ingestor:
         deadline = max(1, int((began + wait - REPLY_MARGIN) * 1000 + offset))  # 0 = "none" to the script
         async with self._in_flight[shard]:
             with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
+                if self._batcher is not None:
+                    return await self._batcher(keys, [*fixed, deadline, *events])  # type: ignore[no-any-return]
                 return await self.script(keys=keys, args=[*fixed, deadline, *events])  # type: ignore[no-any-return]
 
     async def _call(self, shard: int, chunk: list[_Pending], start: float) -> list[int]:
@@ -279,7 +322,16 @@ class Ingestor:
         head, tail = message_frame()
         token = secrets.randbelow((1 << TOKEN_BITS) - 1) + 1
         fixed: list[bytes | str | int] = [*self._constants[shard], head, tail, token]
-        events: list[bytes | str | int] = [*self._limits[shard], *(a for p in chunk for a in p.args)]
+        # the limiter checks carried by the chunk's requests (ingest.lua ARGV[16..]): each names its events
+        checks: list[bytes | str | int] = []
+        first = 1
+        for p in chunk:
+            if p.limit is not None:
+                p.limit.sent = True
+                checks += [p.limit.member, first, p.events, *p.limit.tier_args]
+            first += p.events
+        events: list[bytes | str | int] = [*self._limits[shard], len(checks), *checks,
+                                           *(a for p in chunk for a in p.args)]
         error: BaseException = StoreUnavailable("event store unavailable")
         attempt = 0
         while True:
@@ -294,7 +346,7 @@ class Ingestor:
                 # counts nothing new but still tells whether the first run counted (it answers "mine")
                 wait = max(RERUN_MIN, remaining) - GRACE
             began = time.time()  # the deadline is counted from here, like the wait
-            # the limits' arguments follow the deadline (ingest.lua ARGV[9..15])
+            # the limits' and the limiter's arguments follow the deadline (ingest.lua ARGV[9..])
             run = asyncio.ensure_future(self._attempt(shard, self._script_keys[shard], fixed, events, began, wait))
             await asyncio.wait({run}, timeout=wait)
             if not run.done():

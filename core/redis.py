@@ -11,6 +11,7 @@ Every module gets its client here (or through core/runtime.py), never from its o
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -179,16 +180,25 @@ async def preload_scripts(redis: Redis) -> None:
     """SCRIPT LOAD every script (on a cluster: on every primary), so the first calls after start-up do not
     each pay a NOSCRIPT round trip. A primary promoted later has none: the first EVALSHA there answers
     NOSCRIPT and redis-py's Script loads it and calls again (a NOSCRIPT call ran nothing, so this is safe
-    for ingest too)."""
+    for ingest too). Files named `_*.lua` are pieces other scripts include, not scripts."""
     for entry in resources.files("core.scripts").iterdir():
-        if entry.name.endswith(".lua"):
-            await redis.script_load(entry.read_text())
+        if entry.name.endswith(".lua") and not entry.name.startswith("_"):
+            await redis.script_load(script_source(entry.name.removesuffix(".lua")))
+
+
+_INCLUDE = re.compile(r"^--#include (_[a-z_]+\.lua)$", re.MULTILINE)
+
+
+def script_source(name: str) -> str:
+    """core/scripts/<name>.lua with each `--#include _piece.lua` line replaced by that file (one level): Redis
+    scripts cannot load modules, and the limiter's window must be the same code in both scripts using it."""
+    scripts = resources.files("core.scripts")
+    return _INCLUDE.sub(lambda m: scripts.joinpath(m.group(1)).read_text(), scripts.joinpath(f"{name}.lua").read_text())
 
 
 def load_script(redis: Redis, name: str) -> AsyncScript:
     """A script called by SHA (EVALSHA), reloaded transparently after a Redis restart."""
-    source = resources.files("core.scripts").joinpath(f"{name}.lua").read_text()
-    return redis.register_script(source)  # type: ignore[return-value]
+    return redis.register_script(script_source(name))  # type: ignore[return-value]
 
 
 class NotReplicated(RedisError):

@@ -6,6 +6,8 @@ Cases (each: warm-up, then a measured run; the queue is drained between cases so
   limiter on  ingest with the rate limiter on, limits so high nothing is rejected (its cost only)
   batch       POST /errors/batch, --batch-size events per request (events/s accepted)
   envelope    POST /api/<project>/envelope/ as a Sentry SDK sends it: gzip, one event per envelope
+  ingest sharded  ingest on a second stack with FAULTLINE_REDIS_SHARDS=16 on its one Redis server: what
+              key sharding costs where it buys nothing (issue 12: <= 10 % CPU per event); --shards 0 skips
 All targets are up at once and the cases alternate per round, so drift from other load on this shared
 machine hits every case alike. The figures of a closed-loop generator at saturation: latency is roughly
 connections / throughput; quote p99 at a paced rate from `make loadtest`, not from here.
@@ -35,7 +37,7 @@ from core.keys import Keys
 from faultline.procs import FileSink
 from loadtest import profile, targets
 from loadtest.procstats import CpuMeter, target_processes
-from loadtest.report import REPORTS, bench_markdown, bench_tables, machine_description
+from loadtest.report import REPORTS, SHARDED, bench_markdown, bench_tables, machine_description
 from loadtest.wrkrun import WrkResult, parse_output, run_wrk
 
 ENVELOPE_SCRIPT = Path(__file__).resolve().parent / "wrk" / "envelope.lua"
@@ -166,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-connections", type=int, default=16)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--db", default="mariadb")
+    parser.add_argument("--shards", type=int, default=16,
+                        help="key shards of the sharded-ingest case on one Redis server (0: no such case)")
     parser.add_argument("--profile", action="store_true",
                         help="after the measured rounds, one pass of ingest and batch under py-spy: flame graphs "
                              "and the top costs per process in the report")
@@ -197,10 +201,18 @@ def main(argv: list[str] | None = None) -> int:
                 ours_on = targets.start_ours(out / "ours-limited", sink, limiter=True, nodes=args.nodes,
                                              db=args.db)
                 running.append(ours_on)
+            sharded = None
+            if args.shards > 1:
+                sharded = targets.start_ours(out / "ours-sharded", sink, limiter=False if limiter else None,
+                                             nodes=args.nodes, db=args.db,
+                                             env={"FAULTLINE_REDIS_SHARDS": str(args.shards)})
+                running.append(sharded)
         cases: list[tuple[str, Any, str, int]] = [("ingest", ours, "/errors/log", 0),
                                                   ("floor", floor, "/errors/log", 0)]
         if ours_on is not None:
             cases.append(("limiter on", ours_on, "/errors/log", 0))
+        if sharded is not None:
+            cases.append((SHARDED, sharded, "/errors/log", 0))
         cases.append(("batch", ours, "/errors/batch", args.batch_size))
         cases.append(("envelope", ours, "envelope", 0))
         results: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in cases}
@@ -208,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, target, path, batch in cases:
                 console.print(f"  round {rnd + 1}/{args.rounds}: {name} ...", end=" ")
                 res = measure(target, path, batch, args)
+                res["shards"] = args.shards if name == SHARDED else 1
                 w: WrkResult = res["wrk"]
                 console.print(f"{w.rps:,.0f} req/s" + (f", {w.events_per_s:,.0f} events/s" if batch else ""))
                 results[name].append(res)

@@ -47,6 +47,7 @@ def _ratio(label: str, num: float, den: float, target: float) -> list[str]:
 
 
 Section = tuple[str, list[list[str]]]
+SHARDED = "ingest sharded"  # the bench case of FAULTLINE_REDIS_SHARDS=N (--shards, 16) on one server
 
 
 def bench_sections(chosen: dict[str, Any], limiter: bool, batch_size: int) -> list[Section]:
@@ -65,6 +66,8 @@ def bench_sections(chosen: dict[str, Any], limiter: bool, batch_size: int) -> li
                      [_row("single", ingest), _row("batch", batch),
                       _ratio("batch events/s / floor req/s", batch["wrk"].events_per_s, floor["wrk"].rps, 4.0)]))
     sections.append(cpu_per_event_section(chosen))
+    if SHARDED in chosen:
+        sections.append(shard_section(chosen))
     roles = sorted({r for res in chosen.values() for r in grouped_cores(res["cores"])})
     cpu_rows = []
     for name, res in chosen.items():
@@ -88,7 +91,7 @@ def cpu_per_event_section(chosen: dict[str, Any]) -> Section:
     floor_us = _per(grouped_cores(floor["cores"]).get("node", 0.0) * floor["wrk"].seconds, floor["wrk"].ok)
     rows = [["case", "events", "API µs/event", "workers µs/event", "API / floor", "workers / floor", "targets"],
             ["floor", f"{floor['wrk'].ok:,}", f"{floor_us:.0f}", "", "1.00", "", ""]]
-    for name in ("ingest", "batch", "limiter on"):
+    for name in ("ingest", "batch", "limiter on", SHARDED):
         if name not in chosen:
             continue
         res = chosen[name]
@@ -105,6 +108,34 @@ def cpu_per_event_section(chosen: dict[str, Any]) -> Section:
                      f"{work_ratio:.2f}", verdict])
     return ("CPU per event: API during the run, workers until drained (µs; ratios to the floor's CPU per "
             "request in this run)", rows)
+
+
+def _cpu_us(res: dict[str, Any], role: str) -> float:
+    """µs of `role` CPU per accepted event: API while wrk ran, workers and Redis until the queue drained."""
+    events = res["wrk"].accepted_events or res["wrk"].ok
+    if role == "api":
+        return _per(grouped_cores(res["cores"]).get("api", 0.0) * res["wrk"].seconds, events)
+    return _per(grouped_cores(res["cpu_s_drained"]).get(role, 0.0), events)
+
+
+def shard_section(chosen: dict[str, Any]) -> Section:
+    """Issue 12's "the sharded path on one server costs <= 10 % against today's": the same ingest with
+    FAULTLINE_REDIS_SHARDS=N on one redis:// server beside 1 shard, CPU per event per role, same run."""
+    one, many = chosen["ingest"], chosen[SHARDED]
+    n = many.get("shards", 16)
+    rows = [["case", "req/s", "API µs/event", "workers µs/event", "redis µs/event", "API+workers+redis", "target"]]
+    totals = []
+    for name, res in (("1 shard", one), (f"{n} shards", many)):
+        parts = [_cpu_us(res, r) for r in ("api", "worker", "redis")]
+        totals.append(parts)
+        rows.append([name, f"{res['wrk'].rps:,.0f}", *(f"{p:.0f}" for p in parts), f"{sum(parts):.0f}", ""])
+    ratio = [b / a if a else 0.0 for a, b in zip(totals[0], totals[1], strict=True)]
+    whole = sum(totals[1]) / sum(totals[0]) if sum(totals[0]) else 0.0
+    verdict = f"API <= 1.10 ({'meets' if ratio[0] <= 1.10 else 'MISSES'})"
+    rows.append([f"{n} / 1", f"{many['wrk'].rps / one['wrk'].rps if one['wrk'].rps else 0:.2f}",
+                 *(f"{r:.2f}" for r in ratio), f"{whole:.2f}", verdict])
+    return (f"Key shards on one Redis server: FAULTLINE_REDIS_SHARDS={n} vs 1 (CPU per event; the ratios are "
+            "what sharding costs)", rows)
 
 
 def bench_tables(chosen: dict[str, Any], limiter: bool, batch_size: int) -> list[Table]:

@@ -119,7 +119,11 @@ def wait_drained(stack: Stack, timeout: float = 120.0) -> float:
     start = time.monotonic()
     try:
         while time.monotonic() - start < timeout:
-            if int(client.xlen(keys.stream)) == 0 and int(client.zcard(keys.retries)) == 0:
+            pipe = client.pipeline(transaction=False)
+            for k in keys.streams:  # every key shard's stream and retries (a sharded case has 16 + 1)
+                pipe.xlen(k.stream)
+                pipe.zcard(k.retries)
+            if not any(int(n) for n in pipe.execute()):
                 break
             time.sleep(0.2)
         return time.monotonic() - start

@@ -17,7 +17,8 @@ from api.body import parse_json, read_body, validate
 from api.clientip import for_proxies
 from api.deps import require_project
 from api.errors import ApiError, json_response, validation_details
-from api.ingest import Accepted, Ingestor, QueueFull
+from api.ingest import Accepted, Ingestor, QueueFull, RateLimited
+from api.ratelimit import folded_hit, limited_error
 from core.events import BatchIn, LogErrorIn
 
 EVENT_FIELDS = tuple(LogErrorIn.model_fields)
@@ -83,7 +84,10 @@ async def _run(request: Request, project: int, items: list[LogErrorIn]) -> list[
         edge_id = request.headers.get("x-edge-request-id")
         if edge_id is not None and not (0 < len(edge_id) <= 64 and edge_id.isalnum() and _from_proxy(request)):
             edge_id = None
-        return await _ingestor(request).ingest(project, items, edge_id)
+        # the rate limiter's check of this request, when it rides in the ingest call (api/ratelimit.py)
+        return await _ingestor(request).ingest(project, items, edge_id, folded_hit(request.scope))
+    except RateLimited as limited:
+        raise limited_error(limited.decision) from None
     except QueueFull as full:
         raise ApiError(503, "backpressure", "ingest queue is full; retry later",
                        {"queue_depth": full.depth}, headers={"Retry-After": "5"}) from None

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
@@ -23,6 +24,25 @@ from core.ratelimit.tiers import Tier
 from core.redis import load_script
 
 Call = tuple[list[str], list[str | int], "asyncio.Future[list[int]]"]
+
+
+@dataclass(slots=True)
+class FoldedHit:
+    """One request's limiter check carried INTO its ingest script call (core/scripts/ingest.lua) instead of
+    a call of its own: one Redis round trip per loop turn for both. The same windows, keys and algorithm as
+    `hit` (_sliding_window.lua). Only where every key of the call shares one slot: one key shard (the
+    limiter keys then carry the global tag, like the ingest keys), so Redis Cluster takes it too."""
+
+    tiers: tuple[Tier, ...]
+    member: str
+    tier_args: list[str | int]  # tier count, then (window key, limit, window ms) per tier
+    decision: Decision | None = None  # set by the ingest call that carried it
+    sent: bool = False  # an ingest call carrying it was sent (its answer may be lost)
+
+    def decide(self, values: list[int]) -> Decision:
+        allowed, index, remaining, wait_us, now_us = (int(v) for v in values)
+        self.decision = Decision(bool(allowed), self.tiers[index - 1], remaining, wait_us, now_us)
+        return self.decision
 
 
 class RedisLimiter:
@@ -45,6 +65,14 @@ class RedisLimiter:
             args = [v for t in tiers for v in (t.limit, t.window_ms)]
             found = self._prepared[id(tiers)] = (tuple(tiers), names, args)
         return found
+
+    def fold(self, client: str, tiers: Sequence[Tier]) -> FoldedHit:
+        """The check of one request, to be sent inside its ingest call (api/ingest.py)."""
+        frozen, names, args = self._prepare(tiers)
+        tier_args: list[str | int] = [len(names)]
+        for i, name in enumerate(names):
+            tier_args += [self.keys.ratelimit(name, client), args[2 * i], args[2 * i + 1]]
+        return FoldedHit(frozen, f"{self._token}{next(self._serial):x}", tier_args)
 
     async def hit(self, client: str, tiers: Sequence[Tier]) -> Decision:
         frozen, names, args = self._prepare(tiers)

@@ -8,8 +8,13 @@
 -- on (1) / off (0), ARGV[13] new-groups key prefix, ARGV[14] feed index key prefix (per-project keys = prefix
 -- .. project id: same {hash tag}, same slot), ARGV[15] key shards (the limits above are the project's
 -- whole; each shard's script admits its share, see core/ratelimit/quota.py),
+-- ARGV[16] M = how many ARGV follow for the request rate limiter (0 = none), ARGV[17..16+M] per limited request
+-- of this call (api/ratelimit.py folds the limiter of the ingest routes into this call on one key shard):
+-- member, first event, event count, tier count t, then t x (window key, limit, window ms),
 -- then per event: dedup seed, dedup digest, fingerprint, event JSON, project id (core/dedup.py).
--- Returns {status, redis_ms, r1..rn, o1..on}:
+-- Returns {status, redis_ms, r1..rn, o1..on, l1..lL} where l = 5 figures per limited request in ARGV order,
+-- {allowed, tier index, remaining, wait µs, now µs} (_sliding_window.lua); a refused request's events are
+-- neither counted nor remembered (r = 0, o = 0):
 --   status 0 = done; r = live total after this event (1 = first sighting), 0 = duplicate of another call's
 --   event or not counted (rate limited), -1 = counted by an earlier run of THIS call (same token: the caller
 --   lost that run's reply); o = 0 counted in its own group (or not counted), 1 counted in the project's
@@ -22,12 +27,15 @@
 -- every 250 ms; on a first sighting a small group summary is stored once (HSETNX) for its error:new, and the
 -- fingerprint is noted in KEYS[7] so the scheduler rebases its live total on the DB's (workers/prune.py).
 -- Per-project quota and new-group cap: see the [limits] section and core/ratelimit/quota.py.
-local FIXED_ARGS, PER_EVENT = 15, 5
+local LIMIT_ARGS = tonumber(ARGV[16])
+local FIXED_ARGS, PER_EVENT = 16 + LIMIT_ARGS, 5
 -- ids per shard hash: 64 stays under hash-max-listpack-entries (128 by default) with Poisson headroom;
 -- at least 256 shards, so a bucket after a quiet spell still holds ~16,000 ids in listpacks (an empty
 -- shard costs nothing; 256 x 11 small hashes are ~0.3 MB when every one is in use)
 local SHARD_TARGET, MIN_SHARDS, MAX_SHARDS = 64, 256, 65536
 local QUEUED = 0
+
+--#include _sliding_window.lua
 
 local function summary(body)
   local ok, ev = pcall(cjson.decode, body)
@@ -125,6 +133,29 @@ if not mine then
   end
 end
 
+-- ---- request rate limiter (folded in: one Redis call per loop turn for the limiter and the count) ----
+-- After the admission checks (a late or shed call logs nothing), before counting: a refused request's
+-- events are skipped. `rerun` = true: a re-run of this call finds the requests its lost run admitted.
+local refused, decisions = {}, {}
+do
+  local a = 17
+  while a <= 16 + LIMIT_ARGS do
+    local member, first, count, tiers = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    local wkeys, limits, windows = {}, {}, {}
+    for i = 1, tiers do
+      local b = a + 1 + 3 * i
+      wkeys[i], limits[i], windows[i] = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+    end
+    local d = sliding_window(wkeys, member, limits, windows,
+                             tonumber(t[1]) * 1000000 + tonumber(t[2]), true)
+    for k = 1, 5 do decisions[#decisions + 1] = d[k] end
+    if d[1] == 0 then
+      for i = first, first + count - 1 do refused[i] = true end
+    end
+    a = a + 4 + 3 * tiers
+  end
+end
+
 -- ==== [limits] per-project event quota + new-group cap (core/ratelimit/quota.py says why) =============
 local limits_on = ARGV[12] == '1'
 local shares = tonumber(ARGV[15])
@@ -209,7 +240,9 @@ local result = {0, now_ms}
 for i = 1, n do
   local base = FIXED_ARGS + (i - 1) * PER_EVENT
   local outcome = 0
-  if found[i] then
+  if refused[i] then
+    result[i + 2] = 0  -- its request was refused by the rate limiter: not counted, not remembered
+  elseif found[i] then
     result[i + 2] = found[i]
   else
     local fp, body, pid = ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
@@ -259,4 +292,5 @@ if #bodies > 0 then
   redis.call('HINCRBY', KEYS[6], 'n:' .. d.cur, #bodies)
   redis.call('XADD', KEYS[1], '*', 'data', ARGV[5] .. table.concat(bodies, ',') .. ARGV[6])
 end
+for k = 1, #decisions do result[2 * n + 2 + k] = decisions[k] end
 return result

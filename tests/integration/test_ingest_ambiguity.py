@@ -109,7 +109,7 @@ async def test_late_call_counts_nothing(make_settings: Any) -> None:
         assert r.status_code == 202 and r.json()["accepted"] == 5
 
 
-FIXED_ARGS, PER_EVENT = 14, 5  # core/scripts/ingest.lua
+FIXED_ARGS, PER_EVENT = 16, 5  # core/scripts/ingest.lua; ARGV[16] counts the limiter's arguments after it
 
 
 async def test_coalesced_requests_are_split_into_bounded_calls(make_settings: Any) -> None:
@@ -121,7 +121,8 @@ async def test_coalesced_requests_are_split_into_bounded_calls(make_settings: An
         sizes: list[int] = []
 
         async def spy(**kwargs: Any) -> Any:
-            sizes.append((len(kwargs["args"]) - FIXED_ARGS) // PER_EVENT)
+            args = kwargs["args"]
+            sizes.append((len(args) - FIXED_ARGS - int(args[FIXED_ARGS - 1])) // PER_EVENT)
             return await real(**kwargs)
 
         ingestor.script = spy
