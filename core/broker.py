@@ -164,7 +164,7 @@ class FaultlineBroker(RedisStreamBroker):
     async def _read_shard(self, stream: str, inbox: asyncio.Queue[tuple[str, bytes, bytes]]) -> None:
         backoff = Backoff.for_loop(f"stream listener {self.consumer_name} {stream}", log, self.settings)
         next_reclaim = 0.0
-        while True:
+        while not self._stopping:  # besides the cancel: a client library that swallowed it cannot keep it going
             got: list[tuple[bytes, dict[bytes, bytes]]] = []
             try:
                 if time.monotonic() >= next_reclaim:

@@ -28,7 +28,14 @@ from redis.client import Redis as SyncRedis
 from redis.cluster import ClusterNode as SyncNode
 from redis.cluster import RedisCluster as SyncCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError, NoScriptError, RedisError, SlotNotCoveredError, TimeoutError
+from redis.exceptions import (
+    ConnectionError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TimeoutError,
+)
 from redis.sentinel import Sentinel as SyncSentinel
 
 from core.sentinel import FencedSentinelConnection, FencedSentinelPool
@@ -138,13 +145,22 @@ async def replace_hash(redis: Redis, key: str, mapping: Mapping[str, str | int |
     if not mapping:
         await redis.delete(key)
         return
-    side = f"{key}:new:{uuid.uuid4().hex[:8]}"
-    pipe = redis.pipeline(transaction=False)
-    pipe.hset(side, mapping=dict(mapping))  # type: ignore[arg-type]
-    if ttl is not None:
-        pipe.expire(side, ttl)
-    await pipe.execute()
-    await redis.rename(side, key)  # a cluster pipeline refuses RENAME
+    for attempt in range(3):
+        side = f"{key}:new:{uuid.uuid4().hex[:8]}"
+        pipe = redis.pipeline(transaction=False)
+        pipe.hset(side, mapping=dict(mapping))  # type: ignore[arg-type]
+        if ttl is not None:
+            pipe.expire(side, ttl)
+        await pipe.execute()
+        try:
+            await redis.rename(side, key)  # a cluster pipeline refuses RENAME
+            return
+        except ResponseError as exc:
+            # "no such key": a failover between the write and the RENAME lost the side key (written to the
+            # old primary, not replicated yet): write it again on the new one. It ended a worker's heartbeat
+            # as "not a dependency error" in tests/e2e/test_redis_cluster.py's primary kill.
+            if "no such key" not in str(exc).lower() or attempt == 2:
+                raise
 
 
 def transport_glitch(exc: BaseException | None) -> bool:

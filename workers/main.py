@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import threading
 from typing import Any
 
 from redis.asyncio import Redis
@@ -93,6 +95,16 @@ async def run_worker(settings: Settings, name: str, *, handle_signals: bool = Tr
         raise SystemExit(1)
 
 
+STOP_MARGIN = 10.0  # s past shutdown_timeout before a stopping worker that hangs is ended by its watchdog
+
+
+def _exit_hung(name: str) -> None:
+    log.error("worker %s: still stopping %.0fs past the shutdown timeout: exiting now (unfinished tasks are "
+              "redelivered)", name, STOP_MARGIN)
+    logging.shutdown()
+    os._exit(1)
+
+
 async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
     """The worker's own work inside its lifecycle; True when a loop ended by itself."""
     redis, keys, finish = life.redis, life.keys, life.stop
@@ -134,21 +146,30 @@ async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
                   name, task.get_name(), err)
     finish.set()  # stops the prefetcher if the receiver is still running
     broker.stop_reading()  # and the shard readers at once: no reclaim or read after SIGTERM
-    if not broken:
-        log.info("worker %s: stopping, finishing running tasks", name)
+    # The stop below is bounded step by step; should one step hang anyway (a library call that never
+    # returns), the process still ends, non-zero, instead of looking alive while doing nothing. A thread:
+    # it fires even if the event loop is blocked.
+    watchdog = threading.Timer(settings.shutdown_timeout + STOP_MARGIN, _exit_hung, args=(name,))
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        await asyncio.wait_for(listener, settings.shutdown_timeout)
-    except (TimeoutError, asyncio.CancelledError):
-        log.warning("worker %s: tasks still running after %.0fs; they will be redelivered",
-                    name, settings.shutdown_timeout)
-    except Exception as exc:
-        log.warning("worker %s: receiver ended with %s", name, exc)
-    finishing.cancel()
-    for task in alerting:  # before the deliveries they feed close
-        task.cancel()
-    await asyncio.gather(*alerting, return_exceptions=True)
-    await writer.stop()
-    await deliveries.close()
-    with contextlib.suppress(Exception):
-        await broker.shutdown()
+        if not broken:
+            log.info("worker %s: stopping, finishing running tasks", name)
+        try:
+            await asyncio.wait_for(listener, settings.shutdown_timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            log.warning("worker %s: tasks still running after %.0fs; they will be redelivered",
+                        name, settings.shutdown_timeout)
+        except Exception as exc:
+            log.warning("worker %s: receiver ended with %s", name, exc)
+        finishing.cancel()
+        for task in alerting:  # before the deliveries they feed close
+            task.cancel()
+        await asyncio.gather(*alerting, return_exceptions=True)
+        await writer.stop()
+        await deliveries.close()
+        with contextlib.suppress(Exception):
+            await broker.shutdown()
+    finally:
+        watchdog.cancel()  # stopped in time (a worker run in process must not end its host later)
     return bool(broken)

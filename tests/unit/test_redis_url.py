@@ -42,3 +42,48 @@ def test_key_shards_default_by_kind() -> None:
     assert Settings(redis_url="redis+sentinel://h1:1/s").key_shards == 1
     assert Settings(redis_url="redis+cluster://h1:7000").key_shards == 16
     assert Settings(redis_url="redis+cluster://h1:7000", redis_shards=4).key_shards == 4
+
+
+def test_replace_hash_writes_again_when_a_failover_lost_the_side_key() -> None:
+    """The side key written to a primary that died before replicating it: RENAME answers "no such key" on
+    the promoted replica. replace_hash writes it again there instead of failing its caller (a worker's
+    heartbeat gave up on it as "not a dependency error")."""
+    import asyncio
+
+    from redis.exceptions import ResponseError
+
+    from core.redis import replace_hash
+
+    class Pipe:
+        def __init__(self, store: dict[str, dict[str, str]]) -> None:
+            self.store = store
+            self.ops: list[tuple[str, dict[str, str]]] = []
+
+        def hset(self, key: str, mapping: dict[str, str]) -> None:
+            self.ops.append((key, mapping))
+
+        def expire(self, key: str, ttl: int) -> None:
+            pass
+
+        async def execute(self) -> None:
+            for key, mapping in self.ops:
+                self.store[key] = dict(mapping)
+
+    class FailoverRedis:
+        def __init__(self) -> None:
+            self.store: dict[str, dict[str, str]] = {}
+            self.renames = 0
+
+        def pipeline(self, transaction: bool = False) -> Pipe:
+            return Pipe(self.store)
+
+        async def rename(self, src: str, dst: str) -> None:
+            self.renames += 1
+            if self.renames == 1:  # the failover: the side key is gone
+                self.store.pop(src)
+                raise ResponseError("no such key")
+            self.store[dst] = self.store.pop(src)
+
+    redis = FailoverRedis()
+    asyncio.run(replace_hash(redis, "beat", {"pid": "1"}, ttl=20))  # type: ignore[arg-type]
+    assert redis.store == {"beat": {"pid": "1"}} and redis.renames == 2
