@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from redis.crc import key_slot
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from core.db.engine import make_engine
 from core.db.models import ErrorGroup
@@ -28,7 +28,7 @@ from core.redis import make_redis
 from faultline.redis_topology import LocalRedisCluster, _client, _wait, kill
 from faultline.stack import Stack
 from tests.conftest import logged_stack
-from tests.e2e.failover_load import FailoverLoad, settled_counts
+from tests.e2e.failover_load import FailoverLoad, db_counts, settled_counts
 from tests.e2e.test_feed import FeedClient
 from tests.waiting import wait_for
 from workers.retention import drop_groups
@@ -66,16 +66,6 @@ async def _deliver(session: aiohttp.ClientSession, stack: Stack, events: list[di
     raise AssertionError("still refused after 50 tries")
 
 
-async def _db_counts(stack: Stack, fps: list[str]) -> dict[str, int]:
-    engine = make_engine(stack.settings())
-    try:
-        async with engine.connect() as conn:
-            rows = await conn.execute(select(ErrorGroup.fingerprint, ErrorGroup.count)
-                                      .where(ErrorGroup.fingerprint.in_(fps)))
-            return {r[0]: int(r[1]) for r in rows}
-    finally:
-        await engine.dispose()
-
 
 async def test_counts_exact_duplicates_free_queue_drained_load_even(stack: Stack) -> None:
     # Fixed names and seed: the same 200 fingerprints every run, so the load-spread check below is about the
@@ -103,7 +93,7 @@ async def test_counts_exact_duplicates_free_queue_drained_load_even(stack: Stack
     assert sum(expected.values()) == 4_500
 
     async def db_exact() -> bool:
-        return await _db_counts(stack, list(expected)) == dict(expected)
+        return await db_counts(stack, list(expected)) == dict(expected)
     await wait_for(db_exact, 90, "DB counts equal to the unique events")
 
     settings = stack.settings()
@@ -296,7 +286,7 @@ async def test_triage_and_retention_follow_each_groups_shard(stack: Stack) -> No
         await _deliver(s, stack, [{"message": "t", "fingerprint": n} for n in names for _ in range(3)], Counter())
 
         async def counted(n: int) -> bool:
-            return await _db_counts(stack, fps) == {fp: n for fp in fps}
+            return await db_counts(stack, fps) == {fp: n for fp in fps}
         await wait_for(lambda: counted(3), 30, "3 events per group in the DB")
         feed = await FeedClient(stack.url, stack.admin_token).connect()
         told: dict[str, str] = {}
@@ -341,7 +331,7 @@ async def test_triage_and_retention_follow_each_groups_shard(stack: Stack) -> No
         async with engine.begin() as conn:  # only these groups idle: retention's cutoff picks them alone
             await conn.execute(update(ErrorGroup).where(ErrorGroup.fingerprint.in_(fps)).values(last_seen=1.0))
         assert await drop_groups(engine, redis, keys, cutoff=2.0) == len(fps)
-        assert await _db_counts(stack, fps) == {}
+        assert await db_counts(stack, fps) == {}
         assert not any(await live_state()), "live/feed state left in the groups' shards"
     finally:
         await redis.aclose()
