@@ -19,7 +19,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+
+from core.redis import evalsha_pipelined
 
 Call = tuple[list[str], list[Any], "asyncio.Future[Any]"]
 
@@ -71,18 +72,4 @@ class ScriptBatcher:
             return [await script(keys=keys, args=args)]
         if not isinstance(script, AsyncScript):  # wrapped (the tests' lost-reply spies): call it per call
             return list(await asyncio.gather(*(script(keys=k, args=a) for k, a, _ in batch), return_exceptions=True))
-        results: list[Any] = [None] * len(batch)
-        todo = list(range(len(batch)))
-        for _attempt in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    keys, args, _ = batch[i]
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-                for i, result in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
-                    results[i] = result
-            # Redis restarted or flushed its scripts: a NOSCRIPT call ran nothing, so load and send those again
-            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
-            if not todo:
-                break
-            await self.redis.script_load(script.script)
-        return results
+        return await evalsha_pipelined(self.redis, script, [(k, a) for k, a, _ in batch])

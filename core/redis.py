@@ -212,6 +212,27 @@ def script_source(name: str) -> str:
     return _INCLUDE.sub(lambda m: scripts.joinpath(m.group(1)).read_text(), scripts.joinpath(f"{name}.lua").read_text())
 
 
+async def evalsha_pipelined(redis: Redis, script: AsyncScript,
+                            calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
+    """Many calls of one script in one round trip (a pipeline), each call's reply or error in its place.
+    execute_command: a cluster pipeline refuses pipe.evalsha, and sends this one to its keys' slot's node.
+    Redis restarted or flushed its scripts: a NOSCRIPT call ran nothing, so load it and send those again."""
+    results: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for _attempt in range(2):
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in todo:
+                keys, args = calls[i]
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            for i, result in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+                results[i] = result
+        todo = [i for i in todo if isinstance(results[i], NoScriptError)]
+        if not todo:
+            break
+        await redis.script_load(script.script)
+    return results
+
+
 def load_script(redis: Redis, name: str) -> AsyncScript:
     """A script called by SHA (EVALSHA), reloaded transparently after a Redis restart."""
     return redis.register_script(script_source(name))  # type: ignore[return-value]

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from core.keys import Keys
 from core.ratelimit.limiter import Decision, LimiterUnavailable
 from core.ratelimit.tiers import Tier
-from core.redis import load_script
+from core.redis import evalsha_pipelined, load_script
 
 Call = tuple[list[str], list[str | int], "asyncio.Future[list[int]]"]
 
@@ -115,23 +115,7 @@ class RedisLimiter:
         if len(batch) == 1:  # nothing to share: the plain call (EVALSHA, reloads the script if needed)
             keys, args, _ = batch[0]
             return [await self.script(keys=keys, args=args)]
-        results: list[object] = [None] * len(batch)
-        todo = list(range(len(batch)))
-        for _attempt in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    keys, args, _ = batch[i]
-                    # execute_command: a cluster pipeline refuses pipe.evalsha, and sends this one to the
-                    # node of its keys' slot
-                    pipe.execute_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
-                for i, result in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
-                    results[i] = result
-            # Redis restarted or flushed its scripts: load it and redo only those calls (nothing was logged)
-            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
-            if not todo:
-                break
-            await self.redis.script_load(self.script.script)
-        return results
+        return await evalsha_pipelined(self.redis, self.script, [(k, a) for k, a, _ in batch])
 
     async def close(self) -> None:
         """The Redis client belongs to the runtime, which closes it."""

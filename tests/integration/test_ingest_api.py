@@ -169,3 +169,24 @@ async def test_hot_path_makes_one_redis_round_trip(settings: Settings) -> None:
         # Other commands on this client come from background loops (queue depth, projects, live feed).
         assert [sha for name, sha in calls if name == "EVALSHA" and sha == ingest_sha] == [ingest_sha]
         assert not [name for name, _ in calls if name not in {"EVALSHA", "XLEN", "HGETALL"}]
+
+
+async def test_key_shards_on_one_server_count_each_event_once(make_settings: Any) -> None:
+    """8 logical shards on one Redis: a loop turn's per-shard calls go out as one pipeline (api/scriptbatch.py);
+    every event lands in its fingerprint's shard exactly once, resent ids count 0."""
+    settings = make_settings(redis_shards=8)
+    await prepare(settings)
+    keys = Keys.from_settings(settings)
+    events = [{"message": f"sharded {i % 40}", "fingerprint": f"shard-fp-{i % 40}", "event_id": f"{i:032x}"}
+              for i in range(400)]
+    async with api_client(settings) as c:
+        replies = await asyncio.gather(*(c.post("/errors/batch", json={"events": events[i:i + 20]})
+                                         for i in range(0, 400, 20)))
+        assert {r.status_code for r in replies} == {202}
+        again = await c.post("/errors/batch", json={"events": events[:20]})  # resent: duplicates
+        assert all(res["duplicate"] for res in again.json()["results"])
+    redis = make_redis(settings, timeout=5)
+    per_shard = [sum(int(v) for v in (await redis.hgetall(keys.shard(i).live_counts)).values())  # type: ignore[misc]
+                 for i in range(keys.shards)]
+    await redis.aclose()
+    assert sum(per_shard) == 400 and sum(1 for n in per_shard if n) >= 4, per_shard
