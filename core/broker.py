@@ -226,12 +226,17 @@ class FaultlineBroker(RedisStreamBroker):
 
     async def _reclaim(self, streams: list[str]) -> Fetched:
         """Claim messages idle longer than redeliver_after (their consumer died or hung): one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        for stream in streams:
-            pipe.xautoclaim(stream, self.consumer_group_name, self.consumer_name, min_idle_time=self.idle_timeout,
-                            start_id="0-0", count=self.unacknowledged_batch_size)
+        args: dict[str, Any] = {"min_idle_time": self.idle_timeout, "start_id": "0-0",
+                                "count": self.unacknowledged_batch_size}
+        if len(streams) == 1:  # a cluster's reader: a plain call, as before
+            replies = [await self.redis.xautoclaim(streams[0], self.consumer_group_name, self.consumer_name, **args)]
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for stream in streams:
+                pipe.xautoclaim(stream, self.consumer_group_name, self.consumer_name, **args)
+            replies = await pipe.execute()
         claimed: Fetched = []
-        for stream, reply in zip(streams, await pipe.execute(), strict=True):
+        for stream, reply in zip(streams, replies, strict=True):
             got = [(stream, mid, msg) for mid, msg in reply[1] if msg]
             if got:
                 log.warning("reclaimed %d messages of %s from dead or stuck consumers", len(got), stream)
