@@ -41,7 +41,7 @@ from core.redis import as_str, is_cluster, make_redis
 from core.settings import Settings
 
 log = logging.getLogger("faultline.broker")
-READ_LINGER = 0.01  # s between a short read and the next one (see _read)
+READ_LINGER = 0.025  # s at most between a short read and the next one (see _read)
 MIN_PER_STREAM = 32  # messages per stream and read when one XREADGROUP reads many streams (see _read)
 Delivery = tuple[str, bytes, dict[str, Any]]  # message id, raw message, the message parsed
 Fetched = list[tuple[str, bytes, dict[bytes, bytes]]]  # stream, message id, fields
@@ -83,6 +83,8 @@ class FaultlineBroker(RedisStreamBroker):
         self.redis = redis or make_redis(settings, pool_size=16 + 2 * keys.shards, timeout=5.0, retries=3)
         self.progress = Progress()  # published by the worker's heartbeat (core/heartbeat.py)
         self.reclaim_every = max(0.5, min(5.0, settings.redeliver_after / 3))
+        # half the writer's batch delay: two reads per batch still fill it, and no more reads than that
+        self.read_linger = min(READ_LINGER, settings.write_batch_delay / 2)
         self.direct: DirectRoute | None = None
         self._acks = {k.stream: AckBatcher(self.redis, settings, k.stream, keys.consumer_group)
                       for k in keys.streams}
@@ -196,7 +198,7 @@ class FaultlineBroker(RedisStreamBroker):
                 # with dozens of messages instead of one or two (an XREADGROUP's client CPU is mostly per
                 # call: 7-15 % of a worker under the bench). Invisible in latency: the batch writer collects
                 # for 50 ms anyway.
-                await asyncio.sleep(READ_LINGER)
+                await asyncio.sleep(self.read_linger)
 
     async def _hand_over(self, got: Fetched, inbox: asyncio.Queue[tuple[str, bytes, bytes]]) -> None:
         """Direct-route tasks to their route, a read's worth per stream at once; the rest to taskiq."""

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from redis.asyncio import Redis
@@ -35,19 +36,26 @@ from workers.writer import BatchWriter
 log = logging.getLogger("faultline.worker")
 
 
+GAUGES_EVERY = 1.0  # s: queue gauges are scraped every 15 s or so; 5 times a second cost 3 commands per shard
+
+
 async def _pump_forever(settings: Settings, keys: Keys, redis: Redis, progress: heartbeat.Progress) -> None:
     """Move due retries back onto the stream, and publish the queue gauges."""
     backoff = Backoff.for_loop("retry pump", log, settings)
+    gauges_at = 0.0
     while True:
         try:
             moved, next_due = await pump_all_retries(redis, keys)
-            q = await queue_figures(redis, keys)
-            metrics.QUEUE_DEPTH.set(q.waiting)
-            metrics.RETRY_DEPTH.set(q.retrying)
-            metrics.DEAD_LETTERS.set(q.dead)
-            metrics.QUEUE_AGE.set(await _oldest_age(redis, keys))
+            if time.monotonic() >= gauges_at:
+                gauges_at = time.monotonic() + GAUGES_EVERY
+                q = await queue_figures(redis, keys)
+                metrics.QUEUE_DEPTH.set(q.waiting)
+                metrics.RETRY_DEPTH.set(q.retrying)
+                metrics.DEAD_LETTERS.set(q.dead)
+                metrics.QUEUE_AGE.set(await _oldest_age(redis, keys))
         except Exception as exc:
             progress.errors += 1
+            gauges_at = 0.0
             await backoff.failed(exc)
             continue
         backoff.ok()
