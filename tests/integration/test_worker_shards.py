@@ -8,6 +8,7 @@ import asyncio
 import time
 from typing import Any
 
+import orjson
 from sqlalchemy import select
 
 from core.broker import FaultlineBroker
@@ -31,7 +32,8 @@ async def _xreadgroup_calls(redis: Any) -> int:
 
 
 async def test_one_reader_over_every_shard_stores_counts_and_reclaims(make_settings: Any) -> None:
-    settings = make_settings(redis_shards=SHARDS, sync_interval=0.5, write_batch_delay=0.01, redeliver_after=0.5)
+    settings = make_settings(redis_shards=SHARDS, sync_interval=0.5, write_batch_delay=0.01, redeliver_after=0.5,
+                             retry_base_delay=0.2, retry_max_attempts=3)
     project = await prepare(settings)
     keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
@@ -44,6 +46,9 @@ async def test_one_reader_over_every_shard_stores_counts_and_reclaims(make_setti
     await redis.xgroup_create(shard.stream, shard.consumer_group, id="0", mkstream=True)
     await redis.xadd(shard.stream, {"data": persist_message([ghost])})
     await redis.xreadgroup(shard.consumer_group, "ghost", {shard.stream: ">"}, count=1)
+    # a poison task of shard 3: its retries are parked in shard 3 and pumped back there, then dead-lettered
+    poison_fp = next(f"poison-{i}" for i in range(1000) if keys.shard_of(f"poison-{i}") == 3)
+    await redis.xadd(keys.shard(3).stream, {"data": persist_message([{"fingerprint": poison_fp}], task_id="p" * 32)})
     stop = asyncio.Event()
     roles = [asyncio.create_task(run_worker(settings, "w-shards", handle_signals=False, stop=stop)),
              asyncio.create_task(run_scheduler(settings, "s-shards", handle_signals=False, stop=stop))]
@@ -58,6 +63,14 @@ async def test_one_reader_over_every_shard_stores_counts_and_reclaims(make_setti
             return total == 400 and reclaimed is not None
 
         await wait_for(all_stored, 30, "400 events counted over 8 shards and the ghost's message reclaimed")
+
+        async def poison_dead() -> bool:
+            return int(await redis.llen(keys.dead_letters)) == 1  # type: ignore[misc]
+
+        await wait_for(poison_dead, 30, "the poison task of shard 3 dead-lettered after its retries")
+        dead = orjson.loads((await redis.lrange(keys.dead_letters, 0, -1))[0])  # type: ignore[misc]
+        assert dead["task_id"] == "p" * 32 and dead["attempts"] == 3
+        assert sum([int(await redis.zcard(k.retries)) for k in keys.all_shards]) == 0
         queued = sum([int(await redis.xlen(k.stream)) for k in keys.streams])
         assert queued == 0  # every message acked and deleted, in every shard
         # Idle: one blocked XREADGROUP a second for all 9 streams (+1 of the alert evaluator), not one per shard
