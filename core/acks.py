@@ -25,21 +25,21 @@ ACK_LINGER = 0.002  # s: acks of one batch of tasks finish within this of each o
 
 
 class AckBatcher:
-    def __init__(self, redis: Redis, settings: Settings, stream: str, group: str) -> None:
+    """Acks of one or more streams: one batcher for every stream on one server (a read over all shards is
+    acked in one round trip), one per stream on a cluster (a primary failing over delays its own acks)."""
+
+    def __init__(self, redis: Redis, settings: Settings, group: str) -> None:
         self.redis = redis
         self.settings = settings
-        self.stream = stream
         self.group = group
-        self.ids: list[str] = []
+        self.ids: dict[str, list[str]] = {}
         self.done: asyncio.Future[None] | None = None
 
-    async def ack(self, *msg_ids: str) -> None:
-        """Ack these ids with whatever else is acked within ACK_LINGER; raises if the ack failed for good
-        (the messages are then redelivered after redeliver_after: at-least-once, never lost)."""
-        await self.ack_many(msg_ids)
-
-    async def ack_many(self, msg_ids: Iterable[str]) -> None:
-        self.ids.extend(msg_ids)
+    async def ack_many(self, msg_ids: Iterable[tuple[str, str]]) -> None:
+        """Ack these (stream, message id)s with whatever else is acked within ACK_LINGER; raises if the ack
+        failed for good (the messages are then redelivered after redeliver_after: never lost)."""
+        for stream, msg_id in msg_ids:
+            self.ids.setdefault(stream, []).append(msg_id)
         if self.done is None:
             loop = asyncio.get_running_loop()
             self.done = loop.create_future()
@@ -48,24 +48,26 @@ class AckBatcher:
 
     async def _flush(self) -> None:
         ids, done = self.ids, self.done
-        self.ids, self.done = [], None
+        self.ids, self.done = {}, None
         assert done is not None
+        n = sum(len(v) for v in ids.values())
         # XACK + XDEL are idempotent: retry through a Redis outage, but only while it still matters. Past
         # redeliver_after another worker reclaims the messages anyway (the writes are idempotent too).
-        backoff = Backoff.for_loop(f"ack of {len(ids)} messages", log, self.settings)
+        backoff = Backoff.for_loop(f"ack of {n} messages", log, self.settings)
         deadline = time.monotonic() + self.settings.redeliver_after
         while True:
             try:
                 pipe = self.redis.pipeline(transaction=False)
-                pipe.xack(self.stream, self.group, *ids)
-                pipe.xdel(self.stream, *ids)
+                for stream, stream_ids in ids.items():
+                    pipe.xack(stream, self.group, *stream_ids)
+                    pipe.xdel(stream, *stream_ids)
                 await pipe.execute()
                 backoff.ok()
                 done.set_result(None)
                 return
             except Exception as exc:  # unacked messages are redelivered later: nothing is lost
                 if time.monotonic() > deadline or not retryable(exc):
-                    log.warning("ack of %d messages failed: %s; they will be redelivered", len(ids), exc)
+                    log.warning("ack of %d messages failed: %s; they will be redelivered", n, exc)
                     done.set_exception(exc)
                     done.exception()  # mark retrieved even if no waiter is left
                     return

@@ -43,7 +43,7 @@ from core.settings import Settings
 log = logging.getLogger("faultline.broker")
 READ_LINGER = 0.025  # s at most between a short read and the next one (see _read)
 MIN_PER_STREAM = 32  # messages per stream and read when one XREADGROUP reads many streams (see _read)
-Delivery = tuple[str, bytes, dict[str, Any]]  # message id, raw message, the message parsed
+Delivery = tuple[str, str, bytes, dict[str, Any]]  # stream, message id, raw message, the message parsed
 Fetched = list[tuple[str, bytes, dict[bytes, bytes]]]  # stream, message id, fields
 
 
@@ -55,7 +55,7 @@ class DirectRoute(Protocol):
     async def room(self) -> None:
         """Returns once the route takes more messages: the readers' backpressure."""
 
-    def take(self, stream: str, batch: list[Delivery]) -> None:
+    def take(self, batch: list[Delivery]) -> None:
         """Owns the batch from now on: acks each message once it is done (or parked for a retry)."""
 
 
@@ -86,8 +86,9 @@ class FaultlineBroker(RedisStreamBroker):
         # half the writer's batch delay: two reads per batch still fill it, and no more reads than that
         self.read_linger = min(READ_LINGER, settings.write_batch_delay / 2)
         self.direct: DirectRoute | None = None
-        self._acks = {k.stream: AckBatcher(self.redis, settings, k.stream, keys.consumer_group)
-                      for k in keys.streams}
+        shared = AckBatcher(self.redis, settings, keys.consumer_group)
+        self._acks = {k.stream: AckBatcher(self.redis, settings, keys.consumer_group) if is_cluster(self.redis)
+                      else shared for k in keys.streams}
         self._readers: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -106,17 +107,21 @@ class FaultlineBroker(RedisStreamBroker):
         with contextlib.suppress(Exception):
             await self.redis.aclose()
 
-    async def ack_many(self, stream: str, msg_ids: list[str]) -> None:
-        """One XACK + XDEL for many messages of one stream (batched further with concurrent acks)."""
-        if msg_ids:
-            await self._acks[stream].ack_many(msg_ids)
+    async def ack_many(self, msg_ids: list[tuple[str, str]]) -> None:
+        """One XACK + XDEL per stream for many (stream, message id)s, in one round trip on one server
+        (batched further with concurrent acks)."""
+        by_batcher: dict[int, tuple[AckBatcher, list[tuple[str, str]]]] = {}
+        for stream, msg_id in msg_ids:
+            batcher = self._acks[stream]
+            by_batcher.setdefault(id(batcher), (batcher, []))[1].append((stream, msg_id))
+        await asyncio.gather(*(b.ack_many(ids) for b, ids in by_batcher.values()))
 
     def _ack_generator(self, id: Any, queue_name: Any) -> Callable[[], Awaitable[None]]:
         msg_id = as_str(id)
         batcher = self._acks[queue_name]
 
         async def _ack() -> None:
-            await batcher.ack(msg_id)
+            await batcher.ack_many([(queue_name, msg_id)])
 
         return _ack
 
@@ -137,6 +142,7 @@ class FaultlineBroker(RedisStreamBroker):
             asyncio.create_task(self._read(streams, inbox), name=f"reader {' '.join(streams[:2])}"
                                 + (f" (+{len(streams) - 2})" if len(streams) > 2 else ""))
             for streams in self.reader_streams()]
+        get: asyncio.Future[tuple[str, bytes, bytes]] | None = None
         try:
             while True:
                 get = asyncio.ensure_future(inbox.get())
@@ -151,6 +157,8 @@ class FaultlineBroker(RedisStreamBroker):
                 stream, msg_id, data = get.result()
                 yield AckableMessage(data=data, ack=self._ack_generator(msg_id, stream))
         finally:
+            if get is not None:
+                get.cancel()  # the generator closed while waiting (not "destroyed but pending")
             for t in readers:
                 t.cancel()
             await asyncio.gather(*readers, return_exceptions=True)
@@ -201,8 +209,8 @@ class FaultlineBroker(RedisStreamBroker):
                 await asyncio.sleep(self.read_linger)
 
     async def _hand_over(self, got: Fetched, inbox: asyncio.Queue[tuple[str, bytes, bytes]]) -> None:
-        """Direct-route tasks to their route, a read's worth per stream at once; the rest to taskiq."""
-        direct: dict[str, list[Delivery]] = {}
+        """Direct-route tasks to their route, a whole read at once (all shards); the rest to taskiq."""
+        direct: list[Delivery] = []
         rest = []
         for stream, mid, msg in got:
             data = msg.get(b"data", b"")
@@ -210,10 +218,9 @@ class FaultlineBroker(RedisStreamBroker):
             if parsed is None:
                 rest.append((stream, mid, data))
             else:
-                direct.setdefault(stream, []).append((as_str(mid), data, parsed))
-        if self.direct is not None:
-            for stream, batch in direct.items():
-                self.direct.take(stream, batch)
+                direct.append((stream, as_str(mid), data, parsed))
+        if self.direct is not None and direct:
+            self.direct.take(direct)
         for item in rest:  # last: a full inbox (slow taskiq tasks) does not hold the direct ones back
             await inbox.put(item)
 

@@ -51,10 +51,10 @@ class PersistRoute:
             self._room.clear()
             await self._room.wait()
 
-    def take(self, stream: str, batch: list[Delivery]) -> None:
+    def take(self, batch: list[Delivery]) -> None:
         self.in_flight += len(batch)
         self.progress.in_progress += len(batch)
-        task = asyncio.create_task(self._run(stream, batch), name=f"persist {len(batch)} from {stream}")
+        task = asyncio.create_task(self._run(batch), name=f"persist {len(batch)} messages")
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
@@ -69,21 +69,21 @@ class PersistRoute:
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
 
-    async def _run(self, stream: str, batch: list[Delivery]) -> None:
+    async def _run(self, batch: list[Delivery]) -> None:
         try:
-            futures = [self._hand(msg) for _, _, msg in batch]
+            futures = [self._hand(msg) for _, _, _, msg in batch]
             await asyncio.wait(futures)
             outcomes = [f.exception() for f in futures]
             failed = [(d, exc) for d, exc in zip(batch, outcomes, strict=True) if exc is not None]
             parked = await asyncio.gather(*(self._park(d, exc) for d, exc in failed))
-            unparked = {d[0] for (d, _), ok in zip(failed, parked, strict=True) if not ok}
-            acks = [mid for (mid, _, _), exc in zip(batch, outcomes, strict=True)
+            unparked = {d[1] for (d, _), ok in zip(failed, parked, strict=True) if not ok}
+            acks = [(stream, mid) for (stream, mid, _, _), exc in zip(batch, outcomes, strict=True)
                     if exc is None or mid not in unparked]
             metrics.JOBS.labels("succeeded").inc(len(batch) - len(failed))
             self.progress.mark_done()
             self.progress.errors += len(failed)
             with contextlib.suppress(Exception):  # logged by the ack batcher; unacked = redelivered later
-                await self.broker.ack_many(stream, acks)
+                await self.broker.ack_many(acks)
         finally:
             self.in_flight -= len(batch)
             self.progress.in_progress = max(0, self.progress.in_progress - len(batch))
@@ -103,7 +103,7 @@ class PersistRoute:
 
     async def _park(self, delivery: Delivery, exc: BaseException) -> bool:
         """The failure to core/retry.py (a later attempt, or the dead letters); False if that failed too."""
-        _, data, _ = delivery
+        _, _, data, _ = delivery
         try:
             message = TaskiqMessage.model_validate_json(data)
             message.parse_labels()
