@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mirakuru import TCPExecutor
 
+from faultline.liveness import Liveness, Ping, mysql_answers, tcp_answers
 from faultline.procs import Backoff
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,9 +64,14 @@ class Supervised:
     backoff: Backoff
     started_at: float
     restarts: int
+    liveness: Liveness | None = None  # made at the first supervision round (faultline/supervise.py)
 
     def start(self) -> Supervised:
         raise NotImplementedError
+
+    def ping(self) -> Ping | None:
+        """How the supervisor asks this server whether it is hung (faultline/liveness.py); None: never."""
+        return None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.running()
@@ -93,6 +99,8 @@ class Supervised:
 
     def restart(self) -> None:
         self.reap()
+        if self.liveness is not None:
+            self.liveness.reset()
         self.started_at = time.monotonic()
         self.restarts += 1
         self.start()
@@ -109,6 +117,9 @@ class RedisServer(Supervised):
     backoff: Backoff = field(default_factory=Backoff)
     started_at: float = field(default_factory=time.monotonic)
     restarts: int = 0
+
+    def ping(self) -> Ping:
+        return tcp_answers("127.0.0.1", self.port, b"PING\r\n")  # -NOAUTH is an answer too
 
     @property
     def url(self) -> str:
@@ -170,6 +181,9 @@ class MariaDBServer(Supervised):
     backoff: Backoff = field(default_factory=Backoff)
     started_at: float = field(default_factory=time.monotonic)
     restarts: int = 0
+
+    def ping(self) -> Ping:
+        return mysql_answers("127.0.0.1", self.port, "root", None)
 
     def url(self, database: str = "faultline", user: str = "root", password: str | None = None) -> str:
         auth = f"{user}:{password}" if password else user
@@ -266,6 +280,10 @@ class NginxServer(Supervised):
     started_at: float = field(default_factory=time.monotonic)
     restarts: int = 0
     _temp: Path | None = None
+
+    def ping(self) -> Ping:
+        # no Host header: nginx answers 400 itself, no node involved
+        return tcp_answers(self.host, self.port, b"GET / HTTP/1.1\r\n\r\n")
 
     @property
     def url(self) -> str:
