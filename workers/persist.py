@@ -29,6 +29,7 @@ from core.events import Event
 from core.heartbeat import Progress
 from core.retry import RetryMiddleware
 from core.tasks import ATTEMPT_LABEL, PERSIST_EVENTS
+from core.taskstop import cancel_and_wait
 from workers.writer import BatchWriter
 
 log = logging.getLogger("faultline.persist")
@@ -65,9 +66,7 @@ class PersistRoute:
 
     async def stop(self) -> None:
         """Past shutdown_timeout: drop what is left unacked (another worker reclaims it)."""
-        for task in self._running:
-            task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+        await cancel_and_wait(list(self._running))
 
     async def _run(self, batch: list[Delivery]) -> None:
         try:
