@@ -3,12 +3,15 @@
 On top of taskiq-redis's RedisStreamBroker:
 - idle reclaim on a timer: a dead worker's unacked messages are claimed after `redeliver_after` seconds
   even when no new message arrives (the stock broker only reclaims after a fetch that returned something);
-- ack = XACK + XDEL, batched: acknowledged entries leave the stream, so XLEN is the queue depth and the
-  stream never grows with history;
+- ack = XACK + XDEL, batched (core/acks.py): XLEN is the queue depth, the stream never grows with history;
 - RetryMiddleware (core/retry.py): exponential backoff with jitter, then the dead-letter list;
-- one stream per key shard (core/keys.py): one reader loop per shard (its own blocking XREADGROUP and its
-  own reclaim), all feeding the one receiver. A cluster client refuses one XREADGROUP over several slots,
-  and a loop per shard keeps a failover of one primary from stalling the others.
+- one stream per key shard (core/keys.py). On one server (or Sentinel's primary) ONE reader reads every
+  shard's stream with one XREADGROUP and reclaims them with one pipeline, so 16 shards cost what 1 does.
+  On Redis Cluster, one reader per shard (its own blocking XREADGROUP and reclaim): the cluster client
+  refuses an XREADGROUP over several slots, and a loop per shard keeps a failover of one primary from
+  stalling the others;
+- a direct route (workers/persist.py) takes persist tasks from the readers in whole reads, around taskiq's
+  per-message receiver; every other task goes through taskiq as before;
 - the client comes from core/redis.py (single server, Sentinel or Cluster); taskiq-redis's own pool is
   never used (its `kick` is not either: ingest enqueues from its Lua script).
 """
@@ -21,64 +24,39 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from taskiq import AckableMessage
 from taskiq.serializers.orjson_serializer import ORJSONSerializer
 from taskiq_redis import RedisStreamBroker
 
-from core.backoff import Backoff, retryable
+from core.acks import AckBatcher
+from core.backoff import Backoff
 from core.heartbeat import Progress
 from core.keys import Keys
-from core.redis import make_redis
+from core.redis import as_str, is_cluster, make_redis
 from core.settings import Settings
 
 log = logging.getLogger("faultline.broker")
-READ_LINGER = 0.01  # s between a short read and the next one (see _read_shard)
+READ_LINGER = 0.025  # s at most between a short read and the next one (see _read)
+MIN_PER_STREAM = 32  # messages per stream and read when one XREADGROUP reads many streams (see _read)
+Delivery = tuple[str, str, bytes, dict[str, Any]]  # stream, message id, raw message, the message parsed
+Fetched = list[tuple[str, bytes, dict[bytes, bytes]]]  # stream, message id, fields
 
 
-class _AckBatcher:
-    """Collects acks of one shard's stream for ~2 ms and sends them as one XACK + XDEL pipeline."""
+class DirectRoute(Protocol):
+    """Takes some tasks straight from the readers, a whole read at a time (workers/persist.py)."""
 
-    def __init__(self, broker: FaultlineBroker, stream: str) -> None:
-        self.broker = broker
-        self.stream = stream
-        self.ids: list[str] = []
-        self.done: asyncio.Future[None] | None = None
+    task_names: frozenset[str]
 
-    async def ack(self, msg_id: str) -> None:
-        self.ids.append(msg_id)
-        if self.done is None:
-            self.done = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_later(0.002, lambda: asyncio.ensure_future(self._flush()))
-        await asyncio.shield(self.done)
+    async def room(self) -> None:
+        """Returns once the route takes more messages: the readers' backpressure."""
 
-    async def _flush(self) -> None:
-        ids, done = self.ids, self.done
-        self.ids, self.done = [], None
-        assert done is not None
-        # XACK + XDEL are idempotent: retry through a Redis outage, but only while it still matters. Past
-        # redeliver_after another worker reclaims the messages anyway (the writes are idempotent too).
-        backoff = Backoff.for_loop(f"ack of {len(ids)} messages", log, self.broker.settings)
-        deadline = time.monotonic() + self.broker.settings.redeliver_after
-        while True:
-            try:
-                pipe = self.broker.redis.pipeline(transaction=False)
-                pipe.xack(self.stream, self.broker.consumer_group_name, *ids)
-                pipe.xdel(self.stream, *ids)
-                await pipe.execute()
-                backoff.ok()
-                done.set_result(None)
-                return
-            except Exception as exc:  # unacked messages are redelivered later: nothing is lost
-                if time.monotonic() > deadline or not retryable(exc):
-                    log.warning("ack of %d messages failed: %s; they will be redelivered", len(ids), exc)
-                    done.set_exception(exc)
-                    done.exception()  # mark retrieved even if no waiter is left
-                    return
-                await asyncio.sleep(backoff.next_delay(exc))
+    def take(self, batch: list[Delivery]) -> None:
+        """Owns the batch from now on: acks each message once it is done (or parked for a retry)."""
 
 
 class FaultlineBroker(RedisStreamBroker):
@@ -101,16 +79,21 @@ class FaultlineBroker(RedisStreamBroker):
         # the stdlib json's CPU, which py-spy showed at ~10 % of a busy worker.
         self.serializer = ORJSONSerializer()
         # socket timeout above the 1 s block of XREADGROUP; a blip on XACK or XREADGROUP is retried inside
-        # redis-py; one blocked connection per shard plus acks and reclaims
+        # redis-py; one blocked connection per reader plus acks and reclaims
         self.redis = redis or make_redis(settings, pool_size=16 + 2 * keys.shards, timeout=5.0, retries=3)
         self.progress = Progress()  # published by the worker's heartbeat (core/heartbeat.py)
         self.reclaim_every = max(0.5, min(5.0, settings.redeliver_after / 3))
-        self._acks = {k.stream: _AckBatcher(self, k.stream) for k in keys.streams}
+        # half the writer's batch delay: two reads per batch still fill it, and no more reads than that
+        self.read_linger = min(READ_LINGER, settings.write_batch_delay / 2)
+        self.direct: DirectRoute | None = None
+        shared = AckBatcher(self.redis, settings, keys.consumer_group)
+        self._acks = {k.stream: AckBatcher(self.redis, settings, keys.consumer_group) if is_cluster(self.redis)
+                      else shared for k in keys.streams}
         self._readers: list[asyncio.Task[None]] = []
         self._stopping = False
 
     def stop_reading(self) -> None:
-        """SIGTERM: the shard readers stop now (a reclaim or read in flight included), so a stopping worker
+        """SIGTERM: the readers stop now (a reclaim or read in flight included), so a stopping worker
         takes no more messages, whatever the receiver is doing; listen() then ends cleanly."""
         self._stopping = True
         for t in self._readers:
@@ -124,25 +107,42 @@ class FaultlineBroker(RedisStreamBroker):
         with contextlib.suppress(Exception):
             await self.redis.aclose()
 
+    async def ack_many(self, msg_ids: list[tuple[str, str]]) -> None:
+        """One XACK + XDEL per stream for many (stream, message id)s, in one round trip on one server
+        (batched further with concurrent acks)."""
+        by_batcher: dict[int, tuple[AckBatcher, list[tuple[str, str]]]] = {}
+        for stream, msg_id in msg_ids:
+            batcher = self._acks[stream]
+            by_batcher.setdefault(id(batcher), (batcher, []))[1].append((stream, msg_id))
+        await asyncio.gather(*(b.ack_many(ids) for b, ids in by_batcher.values()))
+
     def _ack_generator(self, id: Any, queue_name: Any) -> Callable[[], Awaitable[None]]:
-        msg_id = id.decode() if isinstance(id, bytes) else id
+        msg_id = as_str(id)
         batcher = self._acks[queue_name]
 
         async def _ack() -> None:
-            await batcher.ack(msg_id)
+            await batcher.ack_many([(queue_name, msg_id)])
 
         return _ack
 
+    def reader_streams(self) -> list[list[str]]:
+        """The streams of each reader: all in one on one server, one each on a cluster (module docstring)."""
+        streams = [k.stream for k in self.keys.streams]
+        return [[s] for s in streams] if is_cluster(self.redis) else [streams]
+
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
-        """One reader per shard (reclaim + XREADGROUP forever) into one queue. A Redis error (restart,
-        failover's UNBLOCKED/READONLY/MOVED, a blip) waits with backoff and goes on; NOGROUP (a restart that
-        lost the data) recreates the group. Only an error waiting cannot fix (or an outage past
+        """The readers (reclaim + XREADGROUP forever) into one queue. A Redis error (restart, failover's
+        UNBLOCKED/READONLY/MOVED, a blip) waits with backoff and goes on; NOGROUP (a restart that lost the
+        data) recreates the groups. Only an error waiting cannot fix (or an outage past
         loop_give_up_after) ends a reader, which ends this generator, which ends the receiver, which ends
         the worker process non-zero (workers/main.py): never alive-but-idle."""
         # bounded: a reader waits while the receiver is behind instead of fetching without limit
         inbox: asyncio.Queue[tuple[str, bytes, bytes]] = asyncio.Queue(maxsize=self.count or 200)
-        readers = self._readers = [asyncio.create_task(self._read_shard(k.stream, inbox), name=f"reader {k.stream}")
-                                   for k in self.keys.streams]
+        readers = self._readers = [
+            asyncio.create_task(self._read(streams, inbox), name=f"reader {' '.join(streams[:2])}"
+                                + (f" (+{len(streams) - 2})" if len(streams) > 2 else ""))
+            for streams in self.reader_streams()]
+        get: asyncio.Future[tuple[str, bytes, bytes]] | None = None
         try:
             while True:
                 get = asyncio.ensure_future(inbox.get())
@@ -157,24 +157,37 @@ class FaultlineBroker(RedisStreamBroker):
                 stream, msg_id, data = get.result()
                 yield AckableMessage(data=data, ack=self._ack_generator(msg_id, stream))
         finally:
+            if get is not None:
+                get.cancel()  # the generator closed while waiting (not "destroyed but pending")
             for t in readers:
                 t.cancel()
             await asyncio.gather(*readers, return_exceptions=True)
 
-    async def _read_shard(self, stream: str, inbox: asyncio.Queue[tuple[str, bytes, bytes]]) -> None:
-        backoff = Backoff.for_loop(f"stream listener {self.consumer_name} {stream}", log, self.settings)
+    async def _read(self, streams: list[str], inbox: asyncio.Queue[tuple[str, bytes, bytes]]) -> None:
+        name = streams[0] if len(streams) == 1 else f"{len(streams)} streams"
+        backoff = Backoff.for_loop(f"stream listener {self.consumer_name} {name}", log, self.settings)
+        # XREADGROUP's COUNT is per stream: over many streams, a share of it (at least MIN_PER_STREAM, so a
+        # shard that takes most of the traffic is not throttled), which keeps one read near `count` messages
+        per_stream = self.count or 200
+        if len(streams) > 1:
+            per_stream = max(MIN_PER_STREAM, -(-per_stream // len(streams)))
         next_reclaim = 0.0
         while not self._stopping:  # besides the cancel: a client library that swallowed it cannot keep it going
-            got: list[tuple[bytes, dict[bytes, bytes]]] = []
+            got: Fetched = []
             try:
+                if self.direct is not None:
+                    await self.direct.room()
                 if time.monotonic() >= next_reclaim:
                     next_reclaim = time.monotonic() + self.reclaim_every
-                    got += await self._reclaim(stream)
+                    got += await self._reclaim(streams)
                 fetched: Any = await self.redis.xreadgroup(
-                    self.consumer_group_name, self.consumer_name, {stream: ">"}, block=self.block, count=self.count,
+                    self.consumer_group_name, self.consumer_name, dict.fromkeys(streams, ">"), block=self.block,
+                    count=per_stream,
                 )
-                for _stream, messages in fetched or []:
-                    got += [(mid, msg) for mid, msg in messages if msg]
+                full = False
+                for stream, messages in fetched or []:
+                    full = full or len(messages) >= per_stream
+                    got += [(as_str(stream), mid, msg) for mid, msg in messages if msg]
                 backoff.ok()
                 self.progress.mark_fetch(len(got))
             except Exception as exc:
@@ -183,29 +196,60 @@ class FaultlineBroker(RedisStreamBroker):
                     with contextlib.suppress(Exception):  # if Redis is still failing, the next round retries
                         await self._declare_consumer_group()
                         log.warning("consumer group %s of %s was missing (Redis lost its data?): recreated",
-                                    self.consumer_group_name, stream)
-                for mid, msg in got:  # what was reclaimed before the error still goes out
-                    await inbox.put((stream, mid, msg[b"data"]))
+                                    self.consumer_group_name, name)
+                await self._hand_over(got, inbox)  # what was reclaimed before the error still goes out
                 await backoff.failed(exc)
                 continue
-            for mid, msg in got:
-                await inbox.put((stream, mid, msg[b"data"]))
-            if 0 < len(got) < (self.count or 200):
+            await self._hand_over(got, inbox)
+            if got and not full:
                 # A read that found only a few messages: wait a moment before the next, so reads come back
                 # with dozens of messages instead of one or two (an XREADGROUP's client CPU is mostly per
                 # call: 7-15 % of a worker under the bench). Invisible in latency: the batch writer collects
                 # for 50 ms anyway.
-                await asyncio.sleep(READ_LINGER)
+                await asyncio.sleep(self.read_linger)
 
-    async def _reclaim(self, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """Claim messages idle longer than redeliver_after (their consumer died or hung)."""
-        reply = await self.redis.xautoclaim(
-            stream, self.consumer_group_name, self.consumer_name,
-            min_idle_time=self.idle_timeout, start_id="0-0", count=self.unacknowledged_batch_size,
-        )
-        claimed = [(mid, msg) for mid, msg in reply[1] if msg]
-        if claimed:
-            log.warning("reclaimed %d messages of %s from dead or stuck consumers", len(claimed), stream)
+    async def _hand_over(self, got: Fetched, inbox: asyncio.Queue[tuple[str, bytes, bytes]]) -> None:
+        """Direct-route tasks to their route, a whole read at once (all shards); the rest to taskiq."""
+        direct: list[Delivery] = []
+        rest = []
+        for stream, mid, msg in got:
+            data = msg.get(b"data", b"")
+            parsed = self._direct_message(data)
+            if parsed is None:
+                rest.append((stream, mid, data))
+            else:
+                direct.append((stream, as_str(mid), data, parsed))
+        if self.direct is not None and direct:
+            self.direct.take(direct)
+        for item in rest:  # last: a full inbox (slow taskiq tasks) does not hold the direct ones back
+            await inbox.put(item)
+
+    def _direct_message(self, data: bytes) -> dict[str, Any] | None:
+        if self.direct is None:
+            return None
+        try:
+            msg = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None  # taskiq's receiver logs it and acks it
+        return msg if isinstance(msg, dict) and msg.get("task_name") in self.direct.task_names else None
+
+    async def _reclaim(self, streams: list[str]) -> Fetched:
+        """Claim messages idle longer than redeliver_after (their consumer died or hung): one round trip."""
+        args: dict[str, Any] = {"min_idle_time": self.idle_timeout, "start_id": "0-0",
+                                "count": self.unacknowledged_batch_size}
+        if len(streams) == 1:  # a cluster's reader: a plain call, as before
+            replies = [await self.redis.xautoclaim(streams[0], self.consumer_group_name, self.consumer_name, **args)]
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for stream in streams:
+                pipe.xautoclaim(stream, self.consumer_group_name, self.consumer_name, **args)
+            replies = await pipe.execute()
+        claimed: Fetched = []
+        for stream, reply in zip(streams, replies, strict=True):
+            got = [(stream, mid, msg) for mid, msg in reply[1] if msg]
+            if got:
+                log.warning("reclaimed %d messages of %s from dead or stuck consumers", len(got), stream)
+            claimed += got
         return claimed
 
 

@@ -27,13 +27,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from hashlib import blake2b
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from core.keys import Keys
-from core.redis import load_script
+from core.redis import is_cluster, load_script
 from core.settings import Settings
 
 DIGEST_BYTES = 6  # 48 bits per shard: a false duplicate among ~1,000 ids checked has p ~ 4e-12
@@ -63,6 +63,9 @@ def state_name(code: int) -> str:
     return STATES[code] if 0 <= code < len(STATES) else "unknown"
 
 
+ScriptCall = tuple[list[Any], list[Any]]  # keys, args
+
+
 class JobStates:
     """Reads and sets the job state kept next to each remembered event (one script call per batch)."""
 
@@ -78,13 +81,20 @@ class JobStates:
             self._script = load_script(self.redis, "dedup_state")
         return self._script
 
-    def _args(self, mode: str, code: int, ids: Iterable[DedupId], shard: int) -> list[int | bytes | str]:
+    def _calls(self, mode: str, code: int, sections: list[tuple[int, list[DedupId]]]) -> list[ScriptCall]:
+        """dedup_state.lua's (keys, args): every shard's section in one call on one server, a call per shard
+        on a cluster (a script's keys must share a slot there)."""
+        groups = [sections] if not is_cluster(self.redis) else [[section] for section in sections]
         s = self.settings
-        args: list[int | bytes | str] = [self.keys.shard(shard).dedup_prefix, s.dedup_ttl, s.dedup_buckets, mode,
-                                         code]
-        for i in ids:
-            args += i.args()
-        return args
+        calls: list[ScriptCall] = []
+        for group in groups:
+            args: list[Any] = [s.dedup_ttl, s.dedup_buckets, mode, code]
+            for shard, ids in group:
+                args += [self.keys.shard(shard).dedup_prefix, len(ids)]
+                for i in ids:
+                    args += i.args()
+            calls.append(([self.keys.shard(shard).dedup_meta for shard, _ in group], args))
+        return calls
 
     def by_shard(self, events: Iterable[tuple[int, str, str]]) -> dict[int, list[DedupId]]:
         """The dedup ids of (project, event id, fingerprint)s by key shard: a caller that sets several states
@@ -95,24 +105,25 @@ class JobStates:
         return out
 
     async def set(self, events: Iterable[tuple[int, str, str]] | dict[int, list[DedupId]], code: int) -> int:
-        """Set the state of (project, event id, fingerprint)s, or of ids from by_shard(): one call per key
-        shard, concurrently."""
+        """Set the state of (project, event id, fingerprint)s, or of ids from by_shard(): one script call on
+        one server, one per key shard (concurrently) on a cluster."""
         by_shard = events if isinstance(events, dict) else self.by_shard(events)
-        calls = [self.script(keys=[self.keys.shard(i).dedup_meta], args=self._args("set", code, ids, i))
-                 for i, ids in by_shard.items()]
-        return sum(int(n) for n in await asyncio.gather(*calls))
+        if not by_shard:
+            return 0
+        calls = self._calls("set", code, list(by_shard.items()))
+        return sum(int(n) for n in await asyncio.gather(*(self.script(keys=k, args=a) for k, a in calls)))
 
     async def get(self, events: list[tuple[int, str]]) -> list[int | None]:
         """State code per (project, event id), None when not remembered. The fingerprint is not known
-        here (GET /jobs/{id} has the id only): every key shard is asked, concurrently."""
+        here (GET /jobs/{id} has the id only): every key shard is asked (one call on one server)."""
         if not events:
             return []
         ids = [dedup_id(p, e) for p, e in events]
-        replies = await asyncio.gather(*(self.script(keys=[k.dedup_meta], args=self._args("get", 0, ids, i))
-                                         for i, k in enumerate(self.keys.all_shards)))
+        calls = self._calls("get", 0, [(i, ids) for i in range(self.keys.shards)])
+        replies = await asyncio.gather(*(self.script(keys=k, args=a) for k, a in calls))
         found: list[int | None] = [None] * len(ids)
-        for raw in replies:
+        for raw in replies:  # one value per event and shard, shard after shard
             for n, v in enumerate(raw):
-                if v is not None and found[n] is None:
-                    found[n] = int(v) % 8
+                if v is not None and found[n % len(ids)] is None:
+                    found[n % len(ids)] = int(v) % 8
         return found

@@ -15,6 +15,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -205,6 +206,7 @@ async def preload_scripts(redis: Redis) -> None:
 _INCLUDE = re.compile(r"^--#include (_[a-z_]+\.lua)$", re.MULTILINE)
 
 
+@cache  # the files do not change while a process runs; the retry pump loads its script 5 times a second
 def script_source(name: str) -> str:
     """core/scripts/<name>.lua with each `--#include _piece.lua` line replaced by that file (one level): Redis
     scripts cannot load modules, and the limiter's window must be the same code in both scripts using it."""

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from redis.asyncio import Redis
@@ -23,35 +24,39 @@ from core.broker import FaultlineBroker
 from core.db.migrate import SchemaTooOld, require_current_schema
 from core.keys import Keys
 from core.queue import queue_figures
-from core.retry import OutcomeMiddleware, RetryMiddleware, pump_retries
+from core.retry import OutcomeMiddleware, RetryMiddleware, pump_all_retries
 from core.settings import Settings
 from core.taskstop import cancel_and_wait
 from workers import tasks
 from workers.alerts import Evaluator, scan_forever
 from workers.deliveries import Deliveries
 from workers.lifecycle import Lifecycle
+from workers.persist import PersistRoute
 from workers.writer import BatchWriter
 
 log = logging.getLogger("faultline.worker")
 
 
+GAUGES_EVERY = 1.0  # s: queue gauges are scraped every 15 s or so; 5 times a second cost 3 commands per shard
+
+
 async def _pump_forever(settings: Settings, keys: Keys, redis: Redis, progress: heartbeat.Progress) -> None:
     """Move due retries back onto the stream, and publish the queue gauges."""
     backoff = Backoff.for_loop("retry pump", log, settings)
+    gauges_at = 0.0
     while True:
         try:
-            moved, next_due = 0, None
-            for shard in keys.all_shards:  # one at a time: a background loop, no hurry
-                n, due = await pump_retries(redis, shard)
-                moved += n
-                next_due = due if next_due is None or (due is not None and due < next_due) else next_due
-            q = await queue_figures(redis, keys)
-            metrics.QUEUE_DEPTH.set(q.waiting)
-            metrics.RETRY_DEPTH.set(q.retrying)
-            metrics.DEAD_LETTERS.set(q.dead)
-            metrics.QUEUE_AGE.set(max([await _oldest_age(redis, s) for s in keys.all_shards]))
+            moved, next_due = await pump_all_retries(redis, keys)
+            if time.monotonic() >= gauges_at:
+                gauges_at = time.monotonic() + GAUGES_EVERY
+                q = await queue_figures(redis, keys)
+                metrics.QUEUE_DEPTH.set(q.waiting)
+                metrics.RETRY_DEPTH.set(q.retrying)
+                metrics.DEAD_LETTERS.set(q.dead)
+                metrics.QUEUE_AGE.set(await _oldest_age(redis, keys))
         except Exception as exc:
             progress.errors += 1
+            gauges_at = 0.0
             await backoff.failed(exc)
             continue
         backoff.ok()
@@ -75,13 +80,17 @@ async def _start_broker(broker: FaultlineBroker, settings: Settings, finish: asy
 
 
 async def _oldest_age(redis: Redis, keys: Keys) -> float:
-    """Seconds since the oldest unacked task of one shard was enqueued (stream ids: Redis-clock ms)."""
-    first: Any = await redis.xrange(keys.stream, count=1)
-    if not first:
+    """Seconds since the oldest unacked task of any shard was enqueued (stream ids: Redis-clock ms). One
+    pipeline for every shard's first entry (a cluster client splits it by node), then Redis's clock."""
+    pipe = redis.pipeline(transaction=False)
+    for shard in keys.all_shards:
+        pipe.xrange(shard.stream, count=1)
+    firsts: list[Any] = await pipe.execute()
+    enqueued = [int(first[0][0].split(b"-")[0]) for first in firsts if first]
+    if not enqueued:
         return 0.0
     secs, micros = await redis.time()
-    enqueued_ms = int(first[0][0].split(b"-")[0])
-    return max(0.0, secs + micros / 1e6 - enqueued_ms / 1000)
+    return max(0.0, secs + micros / 1e6 - min(enqueued) / 1000)
 
 
 async def run_worker(settings: Settings, name: str, *, handle_signals: bool = True,
@@ -116,7 +125,10 @@ async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
     broker = FaultlineBroker(settings, consumer_name=name, keys=keys)
     progress = broker.progress
     writer = BatchWriter(settings, life.engine, redis, progress=progress, keys=keys)
-    broker.add_middlewares(RetryMiddleware(settings, redis, keys), OutcomeMiddleware(progress))
+    retry = RetryMiddleware(settings, redis, keys)
+    broker.add_middlewares(retry, OutcomeMiddleware(progress))
+    # persist tasks skip taskiq's per-message receiver (workers/persist.py); the other tasks go through it
+    route = broker.direct = PersistRoute(broker, writer, retry, progress, settings.worker_concurrency)
     deliveries = Deliveries(settings, life.engine, redis)
     tasks.register(broker, writer, deliveries)
     evaluator = Evaluator(settings, redis, life.engine, name)
@@ -157,7 +169,7 @@ async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
         if not broken:
             log.info("worker %s: stopping, finishing running tasks", name)
         try:
-            await asyncio.wait_for(listener, settings.shutdown_timeout)
+            await asyncio.wait_for(asyncio.gather(listener, route.drain()), settings.shutdown_timeout)
         except (TimeoutError, asyncio.CancelledError):
             log.warning("worker %s: tasks still running after %.0fs; they will be redelivered",
                         name, settings.shutdown_timeout)
@@ -165,6 +177,7 @@ async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
             log.warning("worker %s: receiver ended with %s", name, exc)
         finishing.cancel()
         await cancel_and_wait(alerting)  # before the deliveries they feed close
+        await route.stop()  # whatever did not finish in time stays unacked, for another worker
         await writer.stop()
         await deliveries.close()
         with contextlib.suppress(Exception):

@@ -70,15 +70,22 @@ class BatchWriter:
             await cancel_and_wait([self._task])
 
     async def submit(self, events: Sequence[Event], attempt: int = 1) -> None:
+        await self.enqueue(events, attempt)
+
+    def enqueue(self, events: Sequence[Event], attempt: int = 1) -> asyncio.Future[None]:
+        """Hand events over without waiting (workers/persist.py hands a whole read over at once): the future
+        settles once their batch is committed, or with the batch's error."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for ev in events:
-            self.attempts[ev.event_id] = attempt
-        try:
-            await self.queue.put((events, fut))
-            await fut
-        finally:
+        if attempt > 1:  # first attempts (nearly all) need no record: _set_state's default is 1
             for ev in events:
-                self.attempts.pop(ev.event_id, None)
+                self.attempts[ev.event_id] = attempt
+            fut.add_done_callback(lambda _: self._forget(events))
+        self.queue.put_nowait((events, fut))
+        return fut
+
+    def _forget(self, events: Sequence[Event]) -> None:
+        for ev in events:
+            self.attempts.pop(ev.event_id, None)
 
     async def _run(self) -> None:
         while True:

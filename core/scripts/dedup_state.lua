@@ -1,39 +1,48 @@
 -- Job state of remembered events (core/dedup.py): read it, or set it keeping the writer's token.
--- KEYS[1] dedup meta hash; ARGV[1] dedup key prefix, ARGV[2] dedup TTL s, ARGV[3] buckets per TTL,
--- ARGV[4] 'get' or 'set', ARGV[5] state code (set), then per event: dedup seed, dedup digest.
--- get: one value per event (token * 8 + state), false when not remembered; set: how many were updated.
--- Only entries that exist are updated: a state never resurrects an expired (or never counted) event.
-local FIXED_ARGS = 5
+-- KEYS[j]: the dedup meta hash of key shard j: one per call on Redis Cluster (one slot per call), every
+-- shard's in ONE call on one server (the batch writer sets two states per batch: 16 shards cost one call).
+-- ARGV[1] dedup TTL s, ARGV[2] buckets per TTL, ARGV[3] 'get' or 'set', ARGV[4] state code (set), then for
+-- each KEYS[j] in order: its dedup key prefix, its number of events n, then n times: dedup seed, digest.
+-- get: one value per event and shard, in order (token * 8 + state), false when not remembered there;
+-- set: how many were updated. Only entries that exist are updated: a state never resurrects an expired
+-- (or never counted) event.
 local t = redis.call('TIME')
-local ttl, nb = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl, nb = tonumber(ARGV[1]), tonumber(ARGV[2])
 local len = math.ceil(ttl / nb)
 local cur = math.floor(tonumber(t[1]) / len)
-local shards = {}
-for b = cur - nb, cur do
-  local s = redis.call('HGET', KEYS[1], 's:' .. b)
-  if s then shards[b] = tonumber(s) end
-end
-local function find(seed, digest)
-  for b = cur, cur - nb, -1 do
-    local s = shards[b]
-    if s then
-      local key = ARGV[1] .. b .. ':' .. (seed % s)
-      local v = redis.call('HGET', key, digest)
-      if v then return key, tonumber(v) end
+local get, state = ARGV[3] == 'get', tonumber(ARGV[4])
+local out, updated = {}, 0
+local a = 5
+for j = 1, #KEYS do
+  local prefix, n = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  local shards = {}
+  for b = cur - nb, cur do
+    local s = redis.call('HGET', KEYS[j], 's:' .. b)
+    if s then shards[b] = tonumber(s) end
+  end
+  for _ = 1, n do
+    local seed, digest = tonumber(ARGV[a]), ARGV[a + 1]
+    a = a + 2
+    local key, v = nil, nil
+    for b = cur, cur - nb, -1 do
+      local s = shards[b]
+      if s then
+        local k = prefix .. b .. ':' .. (seed % s)
+        local found = redis.call('HGET', k, digest)
+        if found then
+          key, v = k, tonumber(found)
+          break
+        end
+      end
+    end
+    if get then
+      out[#out + 1] = v or false
+    elseif key then
+      redis.call('HSET', key, digest, math.floor(v / 8) * 8 + state)
+      updated = updated + 1
     end
   end
-  return nil, nil
 end
-local out, updated = {}, 0
-local state = tonumber(ARGV[5])
-for i = FIXED_ARGS + 1, #ARGV, 2 do
-  local key, v = find(tonumber(ARGV[i]), ARGV[i + 1])
-  if ARGV[4] == 'get' then
-    out[#out + 1] = v or false
-  elseif key then
-    redis.call('HSET', key, ARGV[i + 1], math.floor(v / 8) * 8 + state)
-    updated = updated + 1
-  end
-end
-if ARGV[4] == 'get' then return out end
+if get then return out end
 return updated
