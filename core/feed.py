@@ -30,7 +30,7 @@ from core.alerts.signals import SignalWriter
 from core.backoff import Backoff
 from core.keys import Keys
 from core.pubsub import make_manager
-from core.redis import as_str, load_script
+from core.redis import as_str, evalsha_pipelined, is_cluster, load_script
 from core.settings import Settings
 
 log = logging.getLogger("faultline.feed")
@@ -143,10 +143,19 @@ class FeedCoalescer:
                 await self.lease(keys=[self.keys.feed_lock], args=[self.name, LEASE_MS, "release"])
 
     async def tick(self) -> int:
-        """One take per key shard (concurrently) + emit; returns the number of messages emitted."""
-        outs = await asyncio.gather(*(
-            self.take(keys=[k.feed_dirty, k.live_counts, k.feed_emitted, k.feed_last_seen], args=[TAKE_MAX])
-            for k in self.keys.all_shards))
+        """One take per key shard (one round trip on one server) + emit; returns the number of messages emitted."""
+        calls: list[tuple[list[Any], list[Any]]] = [
+            ([k.feed_dirty, k.live_counts, k.feed_emitted, k.feed_last_seen], [TAKE_MAX]) for k in self.keys.all_shards]
+        outs: list[Any]
+        if len(calls) > 1 and not is_cluster(self.redis):
+            # Key shards on one server: one round trip for every shard's take, not one call each (16 shards
+            # made the leading process pay 64 script calls a second while idle; issue 12 must-show 6).
+            outs = await evalsha_pipelined(self.redis, self.take, calls)
+            for out in outs:
+                if isinstance(out, Exception):
+                    raise out
+        else:  # a cluster's shards sit on several nodes: one call per shard, concurrently
+            outs = await asyncio.gather(*(self.take(keys=keys, args=args) for keys, args in calls))
         now = max(float(out[0]) for out in outs)
         moved = [(as_str(out[i]), int(out[i + 1]), int(out[i + 2])) for out in outs for i in range(1, len(out), 3)]
         if not moved:
@@ -199,8 +208,15 @@ class FeedCoalescer:
         for fp in fps:
             by_shard.setdefault(self.keys.shard_of(fp), []).append(fp)
         shards = list(by_shard.items())
-        replies = await asyncio.gather(*(self.redis.hmget(self.keys.shard(i).feed_groups, part)  # type: ignore[misc]
-                                         for i, part in shards))
+        replies: list[Any]
+        if len(shards) > 1 and not is_cluster(self.redis):  # one server: one round trip for every shard
+            pipe = self.redis.pipeline(transaction=False)
+            for i, part in shards:
+                pipe.hmget(self.keys.shard(i).feed_groups, part)
+            replies = await pipe.execute()
+        else:  # a cluster: per shard, concurrently (its failover handling is per call)
+            replies = await asyncio.gather(*(self.redis.hmget(self.keys.shard(i).feed_groups, part)  # type: ignore[misc]
+                                             for i, part in shards))
         for (_, part), raws in zip(shards, replies, strict=True):
             for fp, raw in zip(part, raws, strict=True):
                 meta = decode_summary(raw)

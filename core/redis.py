@@ -39,6 +39,7 @@ from redis.exceptions import (
 )
 from redis.sentinel import Sentinel as SyncSentinel
 
+from core.rawpipeline import evalsha_many
 from core.sentinel import FencedSentinelConnection, FencedSentinelPool
 from core.settings import Settings
 
@@ -222,12 +223,17 @@ async def evalsha_pipelined(redis: Redis, script: AsyncScript,
     results: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
     for _attempt in range(2):
-        async with redis.pipeline(transaction=False) as pipe:
-            for i in todo:
-                keys, args = calls[i]
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            for i, result in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+        if not is_cluster(redis):  # one server: one write on one connection, without the Pipeline's overhead
+            for i, result in zip(todo, await evalsha_many(redis, script.sha, [calls[i] for i in todo]),
+                                 strict=True):
                 results[i] = result
+        else:
+            async with redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    keys, args = calls[i]
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                for i, result in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+                    results[i] = result
         todo = [i for i in todo if isinstance(results[i], NoScriptError)]
         if not todo:
             break

@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=16,
                         help="key shards of the sharded-ingest case on one Redis server (0: no such case)")
     parser.add_argument("--profile", action="store_true",
-                        help="after the measured rounds, one pass of ingest and batch under py-spy: flame graphs "
-                             "and the top costs per process in the report")
+                        help="after the measured rounds, one pass of ingest, batch and ingest sharded under "
+                             "py-spy: flame graphs and the top costs per process in the report")
     args = parser.parse_args(argv)
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         report = bench_markdown(chosen, limiter, args, machine) + envelope_markdown(sentry_rows)
         if args.profile:
             for name, target, path, batch in cases:
-                if name in ("ingest", "batch"):
+                if name in ("ingest", "batch", SHARDED):
                     console.print(f"  profile pass: {name} under py-spy ...")
                     report += profile_pass(name, target, path, batch, args, out)
         (out / "bench.md").write_text(report)

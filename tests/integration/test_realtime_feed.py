@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 
 from api.ingest import Ingestor
 from core.events import LogErrorIn
@@ -29,9 +30,11 @@ async def _published(rt: Runtime, out: list[dict[str, Any]], ready: asyncio.Even
         await pubsub.aclose()
 
 
+# 8 key shards on one server: every shard's take goes out in one round trip (core/feed.py), same totals
+@pytest.mark.parametrize("shards", [1, 8])
 async def test_two_overlapping_coalescers_emit_disjoint_deltas_that_sum_to_the_totals(
-        make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings()
+        make_settings: Callable[..., Settings], shards: int) -> None:
+    settings = make_settings(redis_shards=shards)
     rt = Runtime.open(settings)
     published: list[dict[str, Any]] = []
     ready = asyncio.Event()
@@ -43,7 +46,7 @@ async def test_two_overlapping_coalescers_emit_disjoint_deltas_that_sum_to_the_t
         a, b = FeedCoalescer(settings, rt.redis, "a"), FeedCoalescer(settings, rt.redis, "b")
         sent: dict[str, int] = {}
         for round_ in range(40):
-            items = [LogErrorIn(message=f"m{i}", service=f"s{i % 2}", fingerprint=f"g{i}") for i in range(5)
+            items = [LogErrorIn(message=f"m{i}", service=f"s{i % 2}", fingerprint=f"g{i}") for i in range(12)
                      for _ in range(round_ % 3 + 1)]
             for acc in await ingestor.ingest(1, items):
                 sent[acc.fingerprint] = sent.get(acc.fingerprint, 0) + 1
@@ -66,6 +69,7 @@ async def test_two_overlapping_coalescers_emit_disjoint_deltas_that_sum_to_the_t
                     news[g["fingerprint"]] = news.get(g["fingerprint"], 0) + 1
                     assert g["project_id"] == 1 and g["message"] and g["service"] in ("s0", "s1")
         assert deltas == sent and last_total == sent
+        assert len({rt.keys.shard_of(fp) for fp in sent}) >= min(shards, 4)  # the groups span the shards
         assert news == dict.fromkeys(sent, 1)  # error:new exactly once per group, whoever emitted it
         service_rooms = {m["room"] for m in published if m["room"].startswith("service:")}
         assert service_rooms == {"service:1:s0", "service:1:s1"}
