@@ -9,20 +9,20 @@ an empty body (400). Header names are lower case in ASGI; the first occurrence w
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from api.body import check_declared
 from api.errors import ApiError
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 _WANTED = frozenset({b"content-type", b"content-length", b"x-faultline-key", b"x-edge-request-id"})
 
 
 class Incoming:
     __slots__ = ("ctype", "edge_id", "key", "length", "receive", "scope")
 
-    def __init__(self, scope: dict[str, Any], receive: Receive) -> None:
+    def __init__(self, scope: MutableMapping[str, Any], receive: Receive) -> None:
         self.scope, self.receive = scope, receive
         found: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:

@@ -9,7 +9,7 @@ is an ApiError (api/errors.py), answered with the one error body.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
@@ -47,7 +47,7 @@ class Node:
         self.context = {"max_depth": settings.max_depth}
         self.proxies = for_proxies(settings.trusted_proxies)
 
-    def from_proxy(self, scope: dict[str, Any]) -> bool:
+    def from_proxy(self, scope: MutableMapping[str, Any]) -> bool:
         """X-Edge-Request-ID decides event ids (a retried request counts once), so only our proxies may set
         it: from anyone else it would let a client pick the ids of its events, and collide with others'."""
         client = scope.get("client")
