@@ -50,6 +50,7 @@ RERUN_MIN = 0.15  # time kept for the re-run, whatever the first run took
 GRACE = 0.05  # extra wait for a reply already in the socket of a starved event loop (see _call)
 ACCEPTED, DUPLICATE = metrics.EVENTS.labels("accepted"), metrics.EVENTS.labels("duplicate")  # once per request
 REFAIL_PAUSE = 0.05  # before re-running a call that failed at once (a failover's closed connections)
+LIMITER_AT = 15  # ARGV[16] of ingest.lua (0-based here): how many limiter arguments follow, the re-run flag first
 
 
 @dataclass(slots=True)
@@ -296,18 +297,21 @@ class Ingestor:
             offset += p.events
 
     async def _attempt(self, shard: int, keys: list[str], fixed: list[bytes | str | int],
-                       events: list[bytes | str | int], began: float, wait: float) -> list[Any]:
+                       events: list[bytes | str | int], began: float, wait: float, rerun: bool) -> list[Any]:
         clock = self.clocks[shard]
         if clock.offset is None:
             secs, micros = await self.runtime.redis.time()
             clock.observe(secs * 1000 + micros / 1000, time.time())
         offset = clock.offset or 0.0
         deadline = max(1, int((began + wait - REPLY_MARGIN) * 1000 + offset))  # 0 = "none" to the script
+        args = [*fixed, deadline, *events]
+        if rerun and args[LIMITER_AT]:  # limiter checks ride in this call: they may find their own entries
+            args[LIMITER_AT + 1] = 1
         async with self._in_flight[shard]:
             with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
                 if self._batcher is not None:
-                    return await self._batcher(keys, [*fixed, deadline, *events])  # type: ignore[no-any-return]
-                return await self.script(keys=keys, args=[*fixed, deadline, *events])  # type: ignore[no-any-return]
+                    return await self._batcher(keys, args)  # type: ignore[no-any-return]
+                return await self.script(keys=keys, args=args)  # type: ignore[no-any-return]
 
     async def _call(self, shard: int, chunk: list[_Pending], start: float) -> list[int]:
         """One script call, re-run once with the same token if its answer is lost (again while the budget
@@ -330,6 +334,8 @@ class Ingestor:
                 p.limit.sent = True
                 checks += [p.limit.member, first, p.events, *p.limit.tier_args]
             first += p.events
+        if checks:  # led by the re-run flag (ARGV[17]), which _attempt sets on a re-run
+            checks.insert(0, 0)
         events: list[bytes | str | int] = [*self._limits[shard], len(checks), *checks,
                                            *(a for p in chunk for a in p.args)]
         error: BaseException = StoreUnavailable("event store unavailable")
@@ -347,7 +353,8 @@ class Ingestor:
                 wait = max(RERUN_MIN, remaining) - GRACE
             began = time.time()  # the deadline is counted from here, like the wait
             # the limits' and the limiter's arguments follow the deadline (ingest.lua ARGV[9..])
-            run = asyncio.ensure_future(self._attempt(shard, self._script_keys[shard], fixed, events, began, wait))
+            run = asyncio.ensure_future(self._attempt(shard, self._script_keys[shard], fixed, events, began, wait,
+                                                      attempt > 0))
             await asyncio.wait({run}, timeout=wait)
             if not run.done():
                 # A starved event loop (busy machine) wakes up with the reply in its socket AND the timer

@@ -8,8 +8,9 @@
 -- on (1) / off (0), ARGV[13] new-groups key prefix, ARGV[14] feed index key prefix (per-project keys = prefix
 -- .. project id: same {hash tag}, same slot), ARGV[15] key shards (the limits above are the project's
 -- whole; each shard's script admits its share, see core/ratelimit/quota.py),
--- ARGV[16] M = how many ARGV follow for the request rate limiter (0 = none), ARGV[17..16+M] per limited request
--- of this call (api/ratelimit.py folds the limiter of the ingest routes into this call on one key shard):
+-- ARGV[16] M = how many ARGV follow for the request rate limiter (0 = none), ARGV[17] 1 when this call is a
+-- re-run of a call whose reply was lost, else 0, ARGV[18..16+M] per limited request of this call
+-- (api/ratelimit.py folds the limiter of the ingest routes into this call on one key shard):
 -- member, first event, event count, tier count t, then t x (window key, limit, window ms),
 -- then per event: dedup seed, dedup digest, fingerprint, event JSON, project id (core/dedup.py).
 -- Returns {status, redis_ms, r1..rn, o1..on, l1..lL} where l = 5 figures per limited request in ARGV order,
@@ -137,8 +138,10 @@ end
 -- After the admission checks (a late or shed call logs nothing), before counting: a refused request's
 -- events are skipped. `rerun` = true: a re-run of this call finds the requests its lost run admitted.
 local refused, decisions = {}, {}
-do
-  local a = 17
+if LIMIT_ARGS > 0 then
+  local rerun = ARGV[17] == '1'  -- only a re-run may find its requests already logged (one ZSCORE each)
+  local seen = {}  -- the windows this call has read (_sliding_window.lua): a client's later requests reuse them
+  local a = 18
   while a <= 16 + LIMIT_ARGS do
     local member, first, count, tiers = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
     local wkeys, limits, windows = {}, {}, {}
@@ -147,7 +150,7 @@ do
       wkeys[i], limits[i], windows[i] = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
     end
     local d = sliding_window(wkeys, member, limits, windows,
-                             tonumber(t[1]) * 1000000 + tonumber(t[2]), true)
+                             tonumber(t[1]) * 1000000 + tonumber(t[2]), rerun, seen)
     for k = 1, 5 do decisions[#decisions + 1] = d[k] end
     if d[1] == 0 then
       for i = first, first + count - 1 do refused[i] = true end
