@@ -327,15 +327,25 @@ class Ingestor:
         token = secrets.randbelow((1 << TOKEN_BITS) - 1) + 1
         fixed: list[bytes | str | int] = [*self._constants[shard], head, tail, token]
         # the limiter checks carried by the chunk's requests (ingest.lua ARGV[16..]): each names its events
+        # Compact: each tier set once per call, then ONE argument per request ("spec|first|count|member|client"):
+        # with a window key, limit and window per tier and request, packing the arguments in redis-py cost
+        # more than the limiter's own Python (py-spy, limiter on).
+        specs: dict[int, int] = {}
+        spec_args: list[bytes | str | int] = []
         checks: list[bytes | str | int] = []
         first = 1
         for p in chunk:
-            if p.limit is not None:
-                p.limit.sent = True
-                checks += [p.limit.member, first, p.events, *p.limit.tier_args]
+            hit = p.limit
+            if hit is not None:
+                hit.sent = True
+                index = specs.get(id(hit.spec))
+                if index is None:
+                    index = specs[id(hit.spec)] = len(specs) + 1
+                    spec_args += hit.spec
+                checks.append(f"{index}|{first}|{p.events}|{hit.member}|{hit.client}")
             first += p.events
-        if checks:  # led by the re-run flag (ARGV[17]), which _attempt sets on a re-run
-            checks.insert(0, 0)
+        if checks:  # led by the re-run flag (ARGV[17]), which _attempt sets on a re-run, and the tier sets
+            checks = [0, len(specs), *spec_args, *checks]
         events: list[bytes | str | int] = [*self._limits[shard], len(checks), *checks,
                                            *(a for p in chunk for a in p.args)]
         error: BaseException = StoreUnavailable("event store unavailable")

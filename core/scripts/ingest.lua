@@ -9,9 +9,10 @@
 -- .. project id: same {hash tag}, same slot), ARGV[15] key shards (the limits above are the project's
 -- whole; each shard's script admits its share, see core/ratelimit/quota.py),
 -- ARGV[16] M = how many ARGV follow for the request rate limiter (0 = none), ARGV[17] 1 when this call is a
--- re-run of a call whose reply was lost, else 0, ARGV[18..16+M] per limited request of this call
--- (api/ratelimit.py folds the limiter of the ingest routes into this call on one key shard):
--- member, first event, event count, tier count t, then t x (window key, limit, window ms),
+-- re-run of a call whose reply was lost, else 0, ARGV[18] S = tier sets, then S x (tier count t, then
+-- t x (window key prefix, limit, window ms)), then ONE per limited request of this call (api/ratelimit.py
+-- folds the limiter of the ingest routes into this call on one key shard):
+-- "<tier set>|<first event>|<event count>|<member>|<client>" (window key = its tier's prefix .. client),
 -- then per event: dedup seed, dedup digest, fingerprint, event JSON, project id (core/dedup.py).
 -- Returns {status, redis_ms, r1..rn, o1..on, l1..lL} where l = 5 figures per limited request in ARGV order,
 -- {allowed, tier index, remaining, wait µs, now µs} (_sliding_window.lua); a refused request's events are
@@ -141,21 +142,31 @@ local refused, decisions = {}, {}
 if LIMIT_ARGS > 0 then
   local rerun = ARGV[17] == '1'  -- only a re-run may find its requests already logged (one ZSCORE each)
   local seen = {}  -- the windows this call has read (_sliding_window.lua): a client's later requests reuse them
-  local a = 18
-  while a <= 16 + LIMIT_ARGS do
-    local member, first, count, tiers = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    local wkeys, limits, windows = {}, {}, {}
+  local sets = {}
+  local a = 19
+  for s = 1, tonumber(ARGV[18]) do
+    local tiers = tonumber(ARGV[a])
+    local set = {prefixes = {}, limits = {}, windows = {}}
     for i = 1, tiers do
-      local b = a + 1 + 3 * i
-      wkeys[i], limits[i], windows[i] = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+      local b = a - 2 + 3 * i
+      set.prefixes[i], set.limits[i], set.windows[i] = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
     end
-    local d = sliding_window(wkeys, member, limits, windows,
-                             tonumber(t[1]) * 1000000 + tonumber(t[2]), rerun, seen)
+    sets[s] = set
+    a = a + 1 + 3 * tiers
+  end
+  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  while a <= 16 + LIMIT_ARGS do
+    local s, first, count, member, client = string.match(ARGV[a], '^(%d+)|(%d+)|(%d+)|([^|]+)|(.*)$')
+    local set = sets[tonumber(s)]
+    first, count = tonumber(first), tonumber(count)
+    local wkeys = {}
+    for i = 1, #set.prefixes do wkeys[i] = set.prefixes[i] .. client end
+    local d = sliding_window(wkeys, member, set.limits, set.windows, now_us, rerun, seen)
     for k = 1, 5 do decisions[#decisions + 1] = d[k] end
     if d[1] == 0 then
       for i = first, first + count - 1 do refused[i] = true end
     end
-    a = a + 4 + 3 * tiers
+    a = a + 1
   end
 end
 

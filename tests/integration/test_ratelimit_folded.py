@@ -97,8 +97,8 @@ async def test_rerun_of_a_lost_reply_logs_the_request_once(make_settings: Any, o
 async def test_requests_sharing_one_call_get_the_answers_of_one_call_each(make_settings: Any,
                                                                           own_calls: list[str]) -> None:
     """Concurrent requests of one client ride in ONE ingest call, where the script reads each window once
-    (_sliding_window.lua `seen`): still exactly `limit` admitted, each with its own remaining count, the
-    rest refused with the blocking entry's wait, and the window set logged once per admitted request."""
+    (_sliding_window.lua `seen`) and gets each tier set once: still exactly `limit` admitted, each with its
+    own remaining count, the rest refused with the blocking entry's wait, each admitted request logged once."""
     settings = make_settings(rate_limit_enabled=True, rate_limits=LIMITS, redis_shards=1)
     await prepare(settings)
     keys = Keys.from_settings(settings)
@@ -106,7 +106,9 @@ async def test_requests_sharing_one_call_get_the_answers_of_one_call_each(make_s
         ingestor = c._transport.app.state.ingestor  # type: ignore[attr-defined]
         calls = LoseReplies(ingestor.script, lose=0)
         ingestor.script = calls
-        answers = await asyncio.gather(*(c.post("/errors/log", json={"message": f"E{i}"}) for i in range(6)))
+        # and a batch: another tier set (its own short window, the shared long one) in the same call
+        *answers, batch = await asyncio.gather(*(c.post("/errors/log", json={"message": f"E{i}"}) for i in range(6)),
+                                               c.post("/errors/batch", json={"events": [{"message": "B"}]}))
         redis = ingestor.runtime.redis
         [short] = [k async for k in redis.scan_iter(match=keys.ratelimit("short", "*"))]
         [long] = [k async for k in redis.scan_iter(match=keys.ratelimit("long", "*"))]
@@ -119,5 +121,6 @@ async def test_requests_sharing_one_call_get_the_answers_of_one_call_each(make_s
     for r in answers:
         if r.status_code == 429:
             assert r.json()["details"]["tier"] == "short" and 4000 < r.json()["details"]["retry_after_ms"] <= 5000
-    assert sizes == (3, 3) and 0 < ttl <= 5000  # logged once each, the set expires with its window
-    assert await counted(settings) == (3, 3)
+    assert batch.status_code == 202 and batch.headers["x-ratelimit-remaining"] == "19"
+    assert sizes == (3, 4) and 0 < ttl <= 5000  # logged once each, the set expires with its window
+    assert await counted(settings) == (4, 4)
