@@ -249,8 +249,13 @@ end
 -- ==== [/limits] ========================================================================================
 
 -- ---- count and enqueue ----
+-- The counts of a call are added once per group, not once per event (60 % of events hit 5 groups): event k
+-- of a group's n in this call gets the total final - n + k, exactly what n single increments would have
+-- answered, since nothing else runs while the script does. 4 commands per group instead of 4 per event.
 local bodies = {}
 local result = {0, now_ms}
+local groups, order = {}, {}  -- fp -> {n = events counted here, pid, their indexes and bodies}
+local hours = {}  -- "<fp>@<project>@<hour>" -> events counted here
 for i = 1, n do
   local base = FIXED_ARGS + (i - 1) * PER_EVENT
   local outcome = 0
@@ -268,8 +273,9 @@ for i = 1, n do
       redis.call('HINCRBY', KEYS[10], pid .. ':rate_limited', 1)
       result[i + 2] = 0
     else
-      -- [limits] a new group over the project's cap is counted into its overflow group
-      if limits_on and project(pid).cap > 0 and redis.call('HEXISTS', KEYS[3], fp) == 0
+      -- [limits] a new group over the project's cap is counted into its overflow group (a group counted
+      -- earlier in this call exists, though its increment is still to come)
+      if limits_on and project(pid).cap > 0 and not groups[fp] and redis.call('HEXISTS', KEYS[3], fp) == 0
           and not group_admitted(pid, fp) then
         local ofp = overflow_fp(pid)
         body = overflow_body(body, fp, ofp, project(pid).cap)
@@ -278,23 +284,39 @@ for i = 1, n do
         redis.call('HINCRBY', KEYS[10], pid .. ':overflow', 1)
       end
       dedup_put(d, tonumber(ARGV[base + 1]), ARGV[base + 2], token * 8 + QUEUED)
-      redis.call('HINCRBY', KEYS[2], fp, 1)
+      local g = groups[fp]
+      if not g then
+        g = {n = 0, pid = pid, events = {}, bodies = {}}
+        groups[fp] = g
+        order[#order + 1] = fp
+      end
+      g.n = g.n + 1
+      g.events[g.n], g.bodies[g.n] = i, body
       -- the hour bucket of the group page's chart rides in the same hash, so the sync applies it with the
       -- count, exactly once (field "<fp>@<project>@<hour>"; workers/sync.py tells the two kinds apart)
-      redis.call('HINCRBY', KEYS[2], fp .. '@' .. pid .. '@' .. hour, 1)
-      local total = redis.call('HINCRBY', KEYS[3], fp, 1)
-      result[i + 2] = total
-      redis.call('SADD', KEYS[4], fp)
-      if total == 1 then
-        local s = summary(body)
-        if s then redis.call('HSETNX', KEYS[5], fp, s) end
-        redis.call('SADD', KEYS[7], fp)
-        redis.call('SADD', ARGV[14] .. pid, fp)  -- [limits] the project's feed index (what subscribe reads)
-      end
+      local field = fp .. '@' .. pid .. '@' .. hour
+      hours[field] = (hours[field] or 0) + 1
       bodies[#bodies + 1] = body
     end
   end
   result[n + i + 2] = outcome
+end
+for _, fp in ipairs(order) do
+  local g = groups[fp]
+  redis.call('HINCRBY', KEYS[2], fp, g.n)
+  local final = redis.call('HINCRBY', KEYS[3], fp, g.n)
+  for k = 1, g.n do result[g.events[k] + 2] = final - g.n + k end
+  redis.call('SADD', KEYS[4], fp)
+  local k = 1 - (final - g.n)  -- the event whose total is 1: the group's first sighting, if it is here
+  if k >= 1 and k <= g.n then
+    local s = summary(g.bodies[k])
+    if s then redis.call('HSETNX', KEYS[5], fp, s) end
+    redis.call('SADD', KEYS[7], fp)
+    redis.call('SADD', ARGV[14] .. g.pid, fp)  -- [limits] the project's feed index (what subscribe reads)
+  end
+end
+for field, count in pairs(hours) do
+  redis.call('HINCRBY', KEYS[2], field, count)
 end
 -- [limits] quota state, once per project touched
 for pid, p in pairs(projects) do
