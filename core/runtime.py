@@ -19,6 +19,7 @@ from core.db.engine import make_engine
 from core.keys import Keys
 from core.redis import as_str, make_redis
 from core.settings import Settings
+from core.taskstop import cancel_and_wait
 
 log = logging.getLogger("faultline.runtime")
 PROJECTS_EVERY = 10  # ticks of watch(): a key created elsewhere is also found on a cache miss (lookup_project)
@@ -40,9 +41,7 @@ class Runtime:
 
     async def close(self) -> None:
         """Stop the background tasks, then close the pools they use."""
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_and_wait(self.tasks)
         with contextlib.suppress(Exception):
             await self.redis.aclose()
         await self.engine.dispose()

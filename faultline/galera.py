@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from faultline.services import MariaDBServer, free_port, require
+from faultline.mariadb import MariaDBServer
+from faultline.services import free_port, require
 
 PROVIDER = Path("/usr/lib/galera/libgalera_smm.so")
 # Loopback timings: keepalives every 0.5 s, a silent peer suspected after 2 s and evicted after 3 s. The

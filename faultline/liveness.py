@@ -6,15 +6,20 @@ A ping answers True (alive), False (a miss) or None (no verdict: what it asks th
 kind of child is asked in its own language: an API node its /health/live over HTTP (answered from its event
 loop); a worker or a scheduler the freshness of its heartbeat in Redis (written by its event loop every
 core/heartbeat.INTERVAL s) — no verdict while Redis does not answer, so a Redis outage never restarts them.
+The servers too (faultline/supervise.py): Redis and Sentinel a PING, nginx a request it answers itself, MariaDB
+a real login and COM_PING — any answer counts, an error reply included; silence for SERVER_MISSES pings does not.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import asyncmy  # type: ignore[import-untyped]
 import redis
 
 from core.heartbeat import INTERVAL
@@ -47,6 +52,50 @@ def heartbeat_fresh(redis_url: str, key: str, stale_after: float = STALE_AFTER) 
         except redis.RedisError:
             return None
         return beat is not None and time.time() - float(beat) < stale_after  # type: ignore[arg-type]
+
+    return ping
+
+
+# A server (Redis, MariaDB, nginx) is hung after this many silent pings in a row, 2 s apart with a 2 s timeout:
+# 16-32 s, longer than the 10 s freeze the chaos kit applies on purpose (loadtest/chaos_faults.py) and than
+# any pause of a loaded server seen here, far shorter than "until someone notices".
+SERVER_MISSES = 8
+
+
+def tcp_answers(host: str, port: int, hello: bytes, timeout: float = 2.0) -> Ping:
+    """Any bytes back within `timeout` after sending `hello` (b"": the server speaks first)."""
+    def ping() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                if hello:
+                    sock.sendall(hello)
+                return bool(sock.recv(64))
+        except OSError:
+            return False
+
+    return ping
+
+
+def mysql_answers(host: str, port: int, user: str, password: str | None, timeout: float = 2.0) -> Ping:
+    """A login and COM_PING. Not a bare TCP greeting: MariaDB counts a client that hangs up mid-handshake
+    against max_connect_errors and blocks the host after 100 of them; a refused login answers too."""
+    async def one() -> bool:
+        try:
+            conn = await asyncmy.connect(host=host, port=port, user=user, password=password or "",
+                                         connect_timeout=timeout)
+        except asyncmy.errors.OperationalError as exc:  # e.g. 1045 access denied: it answered
+            return bool(exc.args and isinstance(exc.args[0], int) and exc.args[0] < 2000)
+        try:
+            await conn.ping(reconnect=False)
+            return True
+        finally:
+            conn.close()
+
+    def ping() -> bool:
+        try:
+            return asyncio.run(asyncio.wait_for(one(), timeout))
+        except Exception:
+            return False
 
     return ping
 

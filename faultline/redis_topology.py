@@ -19,6 +19,7 @@ from pathlib import Path
 import redis as redis_sync
 from mirakuru import TCPExecutor
 
+from faultline.liveness import Ping, tcp_answers
 from faultline.procs import Backoff
 from faultline.services import RedisServer, Supervised, free_port, require
 
@@ -141,6 +142,9 @@ class SentinelServer(Supervised):
     backoff: Backoff = field(default_factory=Backoff)
     started_at: float = field(default_factory=time.monotonic)
     restarts: int = 0
+
+    def ping(self) -> Ping:
+        return tcp_answers("127.0.0.1", self.port, b"PING\r\n")
 
     def start(self) -> SentinelServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)

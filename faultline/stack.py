@@ -23,9 +23,11 @@ from faultline import promtargets, supervise
 from faultline.bootstrap import ensure_default_project
 from faultline.galera import GaleraCluster
 from faultline.liveness import Liveness, heartbeat_fresh, http_ok
+from faultline.mariadb import MariaDBServer
+from faultline.nginx import NginxServer
 from faultline.procs import Child, LogSink, stdout_sink
 from faultline.redis_topology import LocalRedisCluster, LocalRedisSentinel
-from faultline.services import MariaDBServer, NginxServer, RedisServer, Supervised, free_port, wait_http_ok
+from faultline.services import RedisServer, Supervised, free_port, wait_http_ok
 
 
 class Cancelled(Exception):

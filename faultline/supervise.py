@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING
 
+from faultline.liveness import SERVER_MISSES, Liveness
 from faultline.procs import LogSink
 from faultline.services import Supervised
 
@@ -22,8 +23,23 @@ if TYPE_CHECKING:
     from faultline.stack import Stack
 
 
+def _hung(server: Supervised, name: str, sink: LogSink) -> bool:
+    """Alive but silent for SERVER_MISSES pings in a row (SIGSTOPped, deadlocked, swapped out): SIGKILL it,
+    so this round restarts it like a server that died (Redis replays its AOF, InnoDB recovers)."""
+    if server.liveness is None:
+        ping = server.ping()
+        if ping is None:
+            return False
+        server.liveness = Liveness(ping, misses=SERVER_MISSES)
+    if not (server.liveness.due() and server.liveness.probe(server.started_at)):
+        return False
+    sink(f"{name:<12}| missed {server.liveness.misses} pings in a row: hung; SIGKILL")
+    server.reap()
+    return True
+
+
 def _server(server: Supervised, name: str, sink: LogSink) -> bool:
-    if server.alive():
+    if server.alive() and not _hung(server, name, sink):
         return False
     if server.backoff.due <= server.started_at:  # first round that sees this death
         code = server.proc.process.returncode if server.proc and server.proc.process else None
@@ -51,8 +67,8 @@ def run_round(stack: Stack) -> list[str]:
     for child in stack.children():
         if child.check():
             restarted.append(child.name)
-    if stack.nginx is not None and not stack.nginx.alive():
-        stack.nginx.upstreams = [stack.node_ports[n.name] for n in stack.nodes]
+    if stack.nginx is not None:
+        stack.nginx.upstreams = [stack.node_ports[n.name] for n in stack.nodes]  # rendered at a restart
         if _server(stack.nginx, "nginx", sink):
             restarted.append("nginx")
     return restarted

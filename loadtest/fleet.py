@@ -11,8 +11,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from faultline.nginx import NginxServer
 from faultline.procs import Child, LogSink, stdout_sink
-from faultline.services import NginxServer, free_port, wait_http_ok
+from faultline.services import free_port, wait_http_ok
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,8 +15,8 @@ import redis as redis_sync
 
 from core.keys import Keys
 from core.settings import Settings
+from faultline.mariadb import MariaDBServer
 from faultline.procs import LogSink
-from faultline.services import MariaDBServer
 from faultline.stack import Stack, StackConfig
 from loadtest.fleet import Fleet
 
@@ -74,7 +74,7 @@ def start_floor(base: Path, sink: LogSink, nodes: int = 3) -> Fleet:
 
 @dataclass
 class Baseline:
-    """The naive app on its own MariaDB (same server settings as ours: services.MariaDBServer)."""
+    """The naive app on its own MariaDB (same server settings as ours: faultline.mariadb.MariaDBServer)."""
 
     fleet: Fleet
     mariadb: MariaDBServer

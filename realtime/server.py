@@ -34,6 +34,7 @@ from core.keys import Keys
 from core.pubsub import ResilientRedisManager, make_manager
 from core.runtime import Runtime
 from core.settings import Settings
+from core.taskstop import cancel_and_wait
 from realtime import rooms
 from realtime.limits import ResolveIp, SocketLimits
 
@@ -94,8 +95,7 @@ class RealtimeServer:
         """Stop the pub/sub listener task (it retries forever by design) and close its connection."""
         task = getattr(self.sio.manager, "thread", None)
         if isinstance(task, asyncio.Task):
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait([task])
         if isinstance(self.sio.manager, ResilientRedisManager):
             await self.sio.manager._close()
 

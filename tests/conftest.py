@@ -20,8 +20,9 @@ from hypothesis import settings as hypothesis_settings
 
 from core.settings import Settings
 from core.settings import sqlite_url as sqlite_url_of
+from faultline.mariadb import MariaDBServer
 from faultline.procs import FileSink
-from faultline.services import MariaDBServer, RedisServer
+from faultline.services import RedisServer
 from faultline.stack import Stack, StackConfig
 
 # Property tests draw the same examples on every run (derandomize): `make test` in CI must not pass or fail by

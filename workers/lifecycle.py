@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
+import os
 import signal
+import threading
 from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any
@@ -27,9 +30,26 @@ from core.db.engine import make_engine
 from core.keys import Keys
 from core.redis import make_redis
 from core.settings import Settings
+from core.taskstop import cancel_and_wait
 
 log = logging.getLogger("faultline.lifecycle")
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A stop that takes longer than this logs what every task is awaiting (and, later, every thread's stack, in
+# case the event loop itself is stuck): a process SIGKILLed for a slow stop leaves the reason in its log.
+STOP_REPORT_AFTER = 5.0
+STOP_MARGIN = 10.0  # s past shutdown_timeout before a stop that hangs ends the process (exit 1) by a thread
+
+
+def awaiting(task: asyncio.Task[Any]) -> str:
+    """Where a suspended task waits: its await chain, outermost first (Task.get_stack shows one frame)."""
+    where: list[str] = []
+    coro: Any = task.get_coro()
+    while coro is not None and len(where) < 40:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            where.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return " <- ".join(reversed(where)) or repr(task)
 
 
 class Lifecycle:
@@ -46,6 +66,8 @@ class Lifecycle:
         self.engine: AsyncEngine = make_engine(settings)
         self.background: list[asyncio.Task[None]] = []
         self.heartbeat: asyncio.Task[None] | None = None
+        self._stop_report: asyncio.Task[None] | None = None
+        self._watchdog: threading.Timer | None = None
 
     async def __aenter__(self) -> Lifecycle:
         if self.handle_signals:
@@ -54,7 +76,29 @@ class Lifecycle:
                 loop.add_signal_handler(sig, self.stop.set)
         metrics.serve_metrics(self.settings.metrics_port, self.settings.metrics_host)
         self.spawn(metrics.watch_loop_lag(), "loop lag")
+        # not in `background`: it must outlive the teardown, where a stop can hang too
+        self._stop_report = asyncio.create_task(self._report_slow_stop(), name="stop report")
         return self
+
+    def _exit_hung(self) -> None:
+        log.error("%s %s: still stopping %.0fs past the shutdown timeout: exiting 1 now", self.role, self.name,
+                  STOP_MARGIN)
+        logging.shutdown()
+        os._exit(1)
+
+    async def _report_slow_stop(self) -> None:
+        await self.stop.wait()
+        if self.handle_signals:  # our own process (in a host process, e.g. pytest, the host owns both)
+            faulthandler.dump_traceback_later(3 * STOP_REPORT_AFTER)  # to stderr, from a thread of its own
+            # a thread: it fires even when the event loop is blocked; a hung stop must not look alive
+            self._watchdog = threading.Timer(self.settings.shutdown_timeout + STOP_MARGIN, self._exit_hung)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+        await asyncio.sleep(STOP_REPORT_AFTER)
+        me = asyncio.current_task()
+        log.warning("%s %s still stopping after %.0fs; its tasks wait in:\n%s", self.role, self.name,
+                    STOP_REPORT_AFTER, "\n".join(f"  {t.get_name()}: {awaiting(t)}"
+                                                  for t in asyncio.all_tasks() if t is not me))
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A background loop of the process, cancelled at teardown."""
@@ -77,9 +121,7 @@ class Lifecycle:
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        for task in self.background:
-            task.cancel()
-        await asyncio.gather(*self.background, return_exceptions=True)
+        await cancel_and_wait(self.background)
         if self.heartbeat is not None:
             with contextlib.suppress(Exception):
                 await heartbeat.stop(self.redis, self.keys, self.role, self.name)
@@ -90,4 +132,8 @@ class Lifecycle:
             loop = asyncio.get_running_loop()
             for sig in SIGNALS:
                 loop.remove_signal_handler(sig)
+        if self._stop_report is not None:
+            self._stop_report.cancel()
+        # The watchdog and the faulthandler dump stay armed: what follows (asyncio.run's executor shutdown,
+        # joining threads at exit) can hang too, and they end with the process anyway (daemon thread).
         log.info("%s %s stopped", self.role, self.name)

@@ -25,6 +25,7 @@ from core.keys import Keys
 from core.queue import queue_figures
 from core.retry import OutcomeMiddleware, RetryMiddleware, pump_retries
 from core.settings import Settings
+from core.taskstop import cancel_and_wait
 from workers import tasks
 from workers.alerts import Evaluator, scan_forever
 from workers.deliveries import Deliveries
@@ -163,9 +164,7 @@ async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
         except Exception as exc:
             log.warning("worker %s: receiver ended with %s", name, exc)
         finishing.cancel()
-        for task in alerting:  # before the deliveries they feed close
-            task.cancel()
-        await asyncio.gather(*alerting, return_exceptions=True)
+        await cancel_and_wait(alerting)  # before the deliveries they feed close
         await writer.stop()
         await deliveries.close()
         with contextlib.suppress(Exception):

@@ -32,6 +32,7 @@ from core.heartbeat import Progress
 from core.keys import Keys
 from core.retry import RowsRejected
 from core.settings import Settings
+from core.taskstop import cancel_and_wait
 from workers.triage import Reopener
 
 log = logging.getLogger("faultline.writer")
@@ -66,8 +67,7 @@ class BatchWriter:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
 
     async def submit(self, events: Sequence[Event], attempt: int = 1) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

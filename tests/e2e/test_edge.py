@@ -21,7 +21,8 @@ import pytest
 import redis
 
 from core.keys import Keys
-from faultline.services import NginxServer, free_port
+from faultline.nginx import NginxServer
+from faultline.services import free_port
 from faultline.stack import Stack
 from tests.browser import chromium
 from tests.e2e.blackhole import BlackHole

@@ -6,6 +6,7 @@ Supervision runs on a background thread, as the chaos harness drives it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -138,3 +139,39 @@ def test_hung_worker_is_killed_and_replaced(stack: Stack) -> None:
     assert worker.alive() and worker.pid != old_pid and worker.liveness.seen_live, "no fresh heartbeat after restart"
     report(f"supervisor: hung worker SIGKILLed {killed_after:.1f}s after SIGSTOP, beating again "
            f"{time.monotonic() - stopped:.1f}s after SIGSTOP")
+
+
+@pytest.mark.parametrize("name", ["redis", "mariadb", "nginx"])
+def test_hung_server_is_killed_restarted_and_nothing_accepted_is_lost(stack: Stack, name: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server alive but silent (SIGSTOP on its whole process group: nginx's workers too) misses the
+    supervisor's pings (faultline/liveness.py: Redis PING, MariaDB login + COM_PING, nginx a request it
+    answers itself), is SIGKILLed and restarted on its port; ingest answers 202 again, nothing accepted lost."""
+    server = {"redis": stack.redis, "mariadb": stack.mariadb, "nginx": stack.nginx}[name]
+    assert server is not None
+    deadline = time.monotonic() + 30
+    while (server.liveness is None or not server.liveness.seen_live) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.liveness is not None and server.liveness.seen_live, f"{name} was never pinged live"
+    monkeypatch.setattr(server.liveness, "misses", 3)  # 8 in production (SERVER_MISSES): 16-32 s
+    port, restarts, pid = server.port, server.restarts, server_pid(stack, name)
+    with SteadyLoad(stack.url, stack.ingest_key, clients=20, think=0.1) as load:
+        load.wait_requests(100)
+        stopped = time.monotonic()
+        os.killpg(pid, signal.SIGSTOP)
+        try:
+            while server.restarts == restarts and time.monotonic() < stopped + 60:
+                time.sleep(0.1)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGCONT)  # never leave a stopped orphan behind a failed check
+        restarted_after = time.monotonic() - stopped
+        assert server.restarts == restarts + 1, f"the hung {name} was never restarted"
+        back_in = first_202_after(stack, stopped)
+        load.wait_requests(200)
+    assert server.port == port and server_pid(stack, name) != pid
+    # 3 pings, each given up after 2 s, 2 s apart, then the restart
+    assert restarted_after < 30, restarted_after
+    report(f"supervisor: {name} SIGSTOPped -> SIGKILLed and restarted after {restarted_after:.1f}s, ingest 202 "
+           f"again after {back_in:.1f}s; {load.stats.summary()}")
+    report("supervisor: " + check_exactly_once(stack, load))

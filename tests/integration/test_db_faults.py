@@ -18,7 +18,7 @@ from core.keys import Keys
 from core.redis import make_redis
 from core.settings import Settings
 from core.tasks import persist_message
-from faultline.services import MariaDBServer
+from faultline.mariadb import MariaDBServer
 from tests.integration.conftest import prepare
 from tests.integration.test_redis_faults import load, wait_all_stored
 from tests.waiting import wait_for

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from faultline.services import MariaDBServer, RedisServer
+from faultline.mariadb import MariaDBServer
+from faultline.services import RedisServer
 
 
 def test_redis_requires_the_password(tmp_path: Path) -> None:

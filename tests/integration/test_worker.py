@@ -22,7 +22,7 @@ from core.keys import Keys
 from core.redis import make_redis
 from core.settings import Settings
 from core.tasks import persist_message
-from faultline.services import MariaDBServer
+from faultline.mariadb import MariaDBServer
 from tests.integration.conftest import api_client, prepare
 from tests.waiting import wait_for
 from workers.sync import sync_counts

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from faultline.services import NginxServer, require
+from faultline.nginx import NginxServer
+from faultline.services import require
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "nginx.conf.tmpl"
 
