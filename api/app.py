@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api import errors, openapi
+from api.fastpath import IngestFastPath
 from api.httpmetrics import HttpMetricsMiddleware
 from api.ingest import Ingestor
 from api.ratelimit import rate_limiting
@@ -78,6 +79,8 @@ def create_app(settings: Settings, on_start: Callable[[Runtime, Drain], None] | 
     app.include_router(projects.router)
     app.include_router(sentry.router)
     app.include_router(alerts.router)
+    # The two ingest POSTs, answered before FastAPI's routing, inside every middleware below (api/fastpath.py)
+    app.add_middleware(IngestFastPath, state=app.state)
     # Inside the metrics middleware (a 429 is counted like any response), before routing (a refused request
     # costs one limiter call, nothing else). None when FAULTLINE_RATE_LIMIT_ENABLED=false: zero cost.
     limits = rate_limiting(app, settings)

@@ -18,17 +18,20 @@ from starlette.requests import ClientDisconnect
 from api.errors import ApiError, validation_details
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    ctype = request.headers.get("content-type", "")
-    if ctype.split(";", 1)[0].strip().lower() != "application/json":
+def check_declared(ctype: str, declared: str | None, limit: int) -> None:
+    """What the headers alone tell: not JSON (415), or a Content-Length that is no number or over the limit."""
+    if ctype != "application/json" and ctype.split(";", 1)[0].strip().lower() != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json",
                        {"received": ctype or None})
-    declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise ApiError(400, "invalid_content_length", "Content-Length is not a number")
         if int(declared) > limit:
             raise ApiError(413, "body_too_large", f"body is {declared} bytes; the limit is {limit}")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    check_declared(request.headers.get("content-type", ""), request.headers.get("content-length"), limit)
     chunks: list[bytes] = []
     size = 0
     try:

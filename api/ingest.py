@@ -50,6 +50,7 @@ RERUN_MIN = 0.15  # time kept for the re-run, whatever the first run took
 GRACE = 0.05  # extra wait for a reply already in the socket of a starved event loop (see _call)
 ACCEPTED, DUPLICATE = metrics.EVENTS.labels("accepted"), metrics.EVENTS.labels("duplicate")  # once per request
 REFAIL_PAUSE = 0.05  # before re-running a call that failed at once (a failover's closed connections)
+LIMITER_AT = 15  # ARGV[16] of ingest.lua (0-based here): how many limiter arguments follow, the re-run flag first
 
 
 @dataclass(slots=True)
@@ -132,7 +133,7 @@ class Ingestor:
     Under load a node has tens of requests in flight; coalescing them costs no latency (the flush runs
     later in the same loop turn) and turns N Redis round trips + N worker tasks into a few. A call holds
     whole requests up to ingest_call_max_events, so it stays short and a request is counted all or none;
-    the calls of one flush go one after the other (Redis runs scripts one at a time anyway).
+    the calls of one flush go out together, at most CALLS_IN_FLIGHT at a time per shard.
     """
 
     def __init__(self, runtime: Runtime) -> None:
@@ -257,16 +258,22 @@ class Ingestor:
 
     async def _run(self, shard: int, batch: list[_Pending], start: float) -> None:
         cap = self.runtime.settings.ingest_call_max_events
-        chunk: list[_Pending] = []
+        chunks: list[list[_Pending]] = [[]]
         size = 0
         for p in batch:
-            if chunk and size + p.events > cap:
-                await self._settle(shard, chunk, start)
-                chunk, size = [], 0
-            chunk.append(p)
+            if chunks[-1] and size + p.events > cap:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(p)
             size += p.events
-        if chunk:
-            await self._settle(shard, chunk, start)
+        if len(chunks) == 1:
+            await self._settle(shard, chunks[0], start)
+            return
+        # Sent together (the shard's in-flight bound still applies): one after the other, each later call
+        # waited for the round trip of the one before (a busy loop's reply handling included) out of a
+        # budget counted from this flush, and a flush of several batches ran its last calls out of time
+        # (late-call 503s under `make bench`'s batch case).
+        await asyncio.gather(*(self._settle(shard, chunk, start) for chunk in chunks))
 
     async def _settle(self, shard: int, chunk: list[_Pending], start: float) -> None:
         try:
@@ -296,18 +303,21 @@ class Ingestor:
             offset += p.events
 
     async def _attempt(self, shard: int, keys: list[str], fixed: list[bytes | str | int],
-                       events: list[bytes | str | int], began: float, wait: float) -> list[Any]:
+                       events: list[bytes | str | int], began: float, wait: float, rerun: bool) -> list[Any]:
         clock = self.clocks[shard]
         if clock.offset is None:
             secs, micros = await self.runtime.redis.time()
             clock.observe(secs * 1000 + micros / 1000, time.time())
         offset = clock.offset or 0.0
         deadline = max(1, int((began + wait - REPLY_MARGIN) * 1000 + offset))  # 0 = "none" to the script
+        args = [*fixed, deadline, *events]
+        if rerun and args[LIMITER_AT]:  # limiter checks ride in this call: they may find their own entries
+            args[LIMITER_AT + 1] = 1
         async with self._in_flight[shard]:
             with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
                 if self._batcher is not None:
-                    return await self._batcher(keys, [*fixed, deadline, *events])  # type: ignore[no-any-return]
-                return await self.script(keys=keys, args=[*fixed, deadline, *events])  # type: ignore[no-any-return]
+                    return await self._batcher(keys, args)  # type: ignore[no-any-return]
+                return await self.script(keys=keys, args=args)  # type: ignore[no-any-return]
 
     async def _call(self, shard: int, chunk: list[_Pending], start: float) -> list[int]:
         """One script call, re-run once with the same token if its answer is lost (again while the budget
@@ -323,13 +333,25 @@ class Ingestor:
         token = secrets.randbelow((1 << TOKEN_BITS) - 1) + 1
         fixed: list[bytes | str | int] = [*self._constants[shard], head, tail, token]
         # the limiter checks carried by the chunk's requests (ingest.lua ARGV[16..]): each names its events
+        # Compact: each tier set once per call, then ONE argument per request ("spec|first|count|member|client"):
+        # with a window key, limit and window per tier and request, packing the arguments in redis-py cost
+        # more than the limiter's own Python (py-spy, limiter on).
+        specs: dict[int, int] = {}
+        spec_args: list[bytes | str | int] = []
         checks: list[bytes | str | int] = []
         first = 1
         for p in chunk:
-            if p.limit is not None:
-                p.limit.sent = True
-                checks += [p.limit.member, first, p.events, *p.limit.tier_args]
+            hit = p.limit
+            if hit is not None:
+                hit.sent = True
+                index = specs.get(id(hit.spec))
+                if index is None:
+                    index = specs[id(hit.spec)] = len(specs) + 1
+                    spec_args += hit.spec
+                checks.append(f"{index}|{first}|{p.events}|{hit.member}|{hit.client}")
             first += p.events
+        if checks:  # led by the re-run flag (ARGV[17]), which _attempt sets on a re-run, and the tier sets
+            checks = [0, len(specs), *spec_args, *checks]
         events: list[bytes | str | int] = [*self._limits[shard], len(checks), *checks,
                                            *(a for p in chunk for a in p.args)]
         error: BaseException = StoreUnavailable("event store unavailable")
@@ -347,7 +369,8 @@ class Ingestor:
                 wait = max(RERUN_MIN, remaining) - GRACE
             began = time.time()  # the deadline is counted from here, like the wait
             # the limits' and the limiter's arguments follow the deadline (ingest.lua ARGV[9..])
-            run = asyncio.ensure_future(self._attempt(shard, self._script_keys[shard], fixed, events, began, wait))
+            run = asyncio.ensure_future(self._attempt(shard, self._script_keys[shard], fixed, events, began, wait,
+                                                      attempt > 0))
             await asyncio.wait({run}, timeout=wait)
             if not run.done():
                 # A starved event loop (busy machine) wakes up with the reply in its socket AND the timer

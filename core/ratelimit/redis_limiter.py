@@ -35,7 +35,10 @@ class FoldedHit:
 
     tiers: tuple[Tier, ...]
     member: str
-    tier_args: list[str | int]  # tier count, then (window key, limit, window ms) per tier
+    # tier count, then (window key prefix, limit, window ms) per tier: one list per tier set and process, sent
+    # once per call whatever the number of requests using it (the script appends the client to the prefix)
+    spec: list[str | int]
+    client: str
     decision: Decision | None = None  # set by the ingest call that carried it
     sent: bool = False  # an ingest call carrying it was sent (its answer may be lost)
 
@@ -54,6 +57,7 @@ class RedisLimiter:
         self._token = secrets.token_hex(4)
         self._serial = itertools.count()
         self._prepared: dict[int, tuple[tuple[Tier, ...], list[str], list[int]]] = {}
+        self._specs: dict[int, tuple[tuple[Tier, ...], list[str | int]]] = {}  # FoldedHit.spec per tier set
         self._pending: list[Call] = []
         self._sends: set[asyncio.Task[None]] = set()
 
@@ -67,12 +71,15 @@ class RedisLimiter:
         return found
 
     def fold(self, client: str, tiers: Sequence[Tier]) -> FoldedHit:
-        """The check of one request, to be sent inside its ingest call (api/ingest.py)."""
+        """The check of one request, to be sent inside its ingest call (api/ingest.py). Folding needs one key
+        shard (api/ratelimit.py), where a window's key is its tier's prefix + the client (core/keys.py)."""
         frozen, names, args = self._prepare(tiers)
-        tier_args: list[str | int] = [len(names)]
-        for i, name in enumerate(names):
-            tier_args += [self.keys.ratelimit(name, client), args[2 * i], args[2 * i + 1]]
-        return FoldedHit(frozen, f"{self._token}{next(self._serial):x}", tier_args)
+        spec = self._specs.get(id(frozen))
+        if spec is None or spec[0] is not frozen:
+            prefixes = [self.keys.ratelimit(name, "") for name in names]
+            spec = self._specs[id(frozen)] = (frozen, [len(names), *(v for i, prefix in enumerate(prefixes)
+                                                                    for v in (prefix, args[2 * i], args[2 * i + 1]))])
+        return FoldedHit(frozen, f"{self._token}{next(self._serial):x}", spec[1], client)
 
     async def hit(self, client: str, tiers: Sequence[Tier]) -> Decision:
         frozen, names, args = self._prepare(tiers)

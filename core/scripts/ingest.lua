@@ -8,9 +8,11 @@
 -- on (1) / off (0), ARGV[13] new-groups key prefix, ARGV[14] feed index key prefix (per-project keys = prefix
 -- .. project id: same {hash tag}, same slot), ARGV[15] key shards (the limits above are the project's
 -- whole; each shard's script admits its share, see core/ratelimit/quota.py),
--- ARGV[16] M = how many ARGV follow for the request rate limiter (0 = none), ARGV[17..16+M] per limited request
--- of this call (api/ratelimit.py folds the limiter of the ingest routes into this call on one key shard):
--- member, first event, event count, tier count t, then t x (window key, limit, window ms),
+-- ARGV[16] M = how many ARGV follow for the request rate limiter (0 = none), ARGV[17] 1 when this call is a
+-- re-run of a call whose reply was lost, else 0, ARGV[18] S = tier sets, then S x (tier count t, then
+-- t x (window key prefix, limit, window ms)), then ONE per limited request of this call (api/ratelimit.py
+-- folds the limiter of the ingest routes into this call on one key shard):
+-- "<tier set>|<first event>|<event count>|<member>|<client>" (window key = its tier's prefix .. client),
 -- then per event: dedup seed, dedup digest, fingerprint, event JSON, project id (core/dedup.py).
 -- Returns {status, redis_ms, r1..rn, o1..on, l1..lL} where l = 5 figures per limited request in ARGV order,
 -- {allowed, tier index, remaining, wait µs, now µs} (_sliding_window.lua); a refused request's events are
@@ -137,22 +139,34 @@ end
 -- After the admission checks (a late or shed call logs nothing), before counting: a refused request's
 -- events are skipped. `rerun` = true: a re-run of this call finds the requests its lost run admitted.
 local refused, decisions = {}, {}
-do
-  local a = 17
-  while a <= 16 + LIMIT_ARGS do
-    local member, first, count, tiers = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    local wkeys, limits, windows = {}, {}, {}
+if LIMIT_ARGS > 0 then
+  local rerun = ARGV[17] == '1'  -- only a re-run may find its requests already logged (one ZSCORE each)
+  local seen = {}  -- the windows this call has read (_sliding_window.lua): a client's later requests reuse them
+  local sets = {}
+  local a = 19
+  for s = 1, tonumber(ARGV[18]) do
+    local tiers = tonumber(ARGV[a])
+    local set = {prefixes = {}, limits = {}, windows = {}}
     for i = 1, tiers do
-      local b = a + 1 + 3 * i
-      wkeys[i], limits[i], windows[i] = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+      local b = a - 2 + 3 * i
+      set.prefixes[i], set.limits[i], set.windows[i] = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
     end
-    local d = sliding_window(wkeys, member, limits, windows,
-                             tonumber(t[1]) * 1000000 + tonumber(t[2]), true)
+    sets[s] = set
+    a = a + 1 + 3 * tiers
+  end
+  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  while a <= 16 + LIMIT_ARGS do
+    local s, first, count, member, client = string.match(ARGV[a], '^(%d+)|(%d+)|(%d+)|([^|]+)|(.*)$')
+    local set = sets[tonumber(s)]
+    first, count = tonumber(first), tonumber(count)
+    local wkeys = {}
+    for i = 1, #set.prefixes do wkeys[i] = set.prefixes[i] .. client end
+    local d = sliding_window(wkeys, member, set.limits, set.windows, now_us, rerun, seen)
     for k = 1, 5 do decisions[#decisions + 1] = d[k] end
     if d[1] == 0 then
       for i = first, first + count - 1 do refused[i] = true end
     end
-    a = a + 4 + 3 * tiers
+    a = a + 1
   end
 end
 
@@ -235,8 +249,13 @@ end
 -- ==== [/limits] ========================================================================================
 
 -- ---- count and enqueue ----
+-- The counts of a call are added once per group, not once per event (60 % of events hit 5 groups): event k
+-- of a group's n in this call gets the total final - n + k, exactly what n single increments would have
+-- answered, since nothing else runs while the script does. 4 commands per group instead of 4 per event.
 local bodies = {}
 local result = {0, now_ms}
+local groups, order = {}, {}  -- fp -> {n = events counted here, pid, their indexes and bodies}
+local hours = {}  -- "<fp>@<project>@<hour>" -> events counted here
 for i = 1, n do
   local base = FIXED_ARGS + (i - 1) * PER_EVENT
   local outcome = 0
@@ -254,8 +273,9 @@ for i = 1, n do
       redis.call('HINCRBY', KEYS[10], pid .. ':rate_limited', 1)
       result[i + 2] = 0
     else
-      -- [limits] a new group over the project's cap is counted into its overflow group
-      if limits_on and project(pid).cap > 0 and redis.call('HEXISTS', KEYS[3], fp) == 0
+      -- [limits] a new group over the project's cap is counted into its overflow group (a group counted
+      -- earlier in this call exists, though its increment is still to come)
+      if limits_on and project(pid).cap > 0 and not groups[fp] and redis.call('HEXISTS', KEYS[3], fp) == 0
           and not group_admitted(pid, fp) then
         local ofp = overflow_fp(pid)
         body = overflow_body(body, fp, ofp, project(pid).cap)
@@ -264,23 +284,39 @@ for i = 1, n do
         redis.call('HINCRBY', KEYS[10], pid .. ':overflow', 1)
       end
       dedup_put(d, tonumber(ARGV[base + 1]), ARGV[base + 2], token * 8 + QUEUED)
-      redis.call('HINCRBY', KEYS[2], fp, 1)
+      local g = groups[fp]
+      if not g then
+        g = {n = 0, pid = pid, events = {}, bodies = {}}
+        groups[fp] = g
+        order[#order + 1] = fp
+      end
+      g.n = g.n + 1
+      g.events[g.n], g.bodies[g.n] = i, body
       -- the hour bucket of the group page's chart rides in the same hash, so the sync applies it with the
       -- count, exactly once (field "<fp>@<project>@<hour>"; workers/sync.py tells the two kinds apart)
-      redis.call('HINCRBY', KEYS[2], fp .. '@' .. pid .. '@' .. hour, 1)
-      local total = redis.call('HINCRBY', KEYS[3], fp, 1)
-      result[i + 2] = total
-      redis.call('SADD', KEYS[4], fp)
-      if total == 1 then
-        local s = summary(body)
-        if s then redis.call('HSETNX', KEYS[5], fp, s) end
-        redis.call('SADD', KEYS[7], fp)
-        redis.call('SADD', ARGV[14] .. pid, fp)  -- [limits] the project's feed index (what subscribe reads)
-      end
+      local field = fp .. '@' .. pid .. '@' .. hour
+      hours[field] = (hours[field] or 0) + 1
       bodies[#bodies + 1] = body
     end
   end
   result[n + i + 2] = outcome
+end
+for _, fp in ipairs(order) do
+  local g = groups[fp]
+  redis.call('HINCRBY', KEYS[2], fp, g.n)
+  local final = redis.call('HINCRBY', KEYS[3], fp, g.n)
+  for k = 1, g.n do result[g.events[k] + 2] = final - g.n + k end
+  redis.call('SADD', KEYS[4], fp)
+  local k = 1 - (final - g.n)  -- the event whose total is 1: the group's first sighting, if it is here
+  if k >= 1 and k <= g.n then
+    local s = summary(g.bodies[k])
+    if s then redis.call('HSETNX', KEYS[5], fp, s) end
+    redis.call('SADD', KEYS[7], fp)
+    redis.call('SADD', ARGV[14] .. g.pid, fp)  -- [limits] the project's feed index (what subscribe reads)
+  end
+end
+for field, count in pairs(hours) do
+  redis.call('HINCRBY', KEYS[2], field, count)
 end
 -- [limits] quota state, once per project touched
 for pid, p in pairs(projects) do

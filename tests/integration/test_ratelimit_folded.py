@@ -3,6 +3,7 @@ both, the same windows and answers as the limiter's own call, and a lost reply's
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -91,3 +92,35 @@ async def test_rerun_of_a_lost_reply_logs_the_request_once(make_settings: Any, o
         codes = [(await c.post("/errors/log", json={"message": f"E{i}"})).status_code for i in range(3)]
     assert codes == [202, 202, 429] and own_calls == []
     assert await counted(settings) == (3, 3)
+
+
+async def test_requests_sharing_one_call_get_the_answers_of_one_call_each(make_settings: Any,
+                                                                          own_calls: list[str]) -> None:
+    """Concurrent requests of one client ride in ONE ingest call, where the script reads each window once
+    (_sliding_window.lua `seen`) and gets each tier set once: still exactly `limit` admitted, each with its
+    own remaining count, the rest refused with the blocking entry's wait, each admitted request logged once."""
+    settings = make_settings(rate_limit_enabled=True, rate_limits=LIMITS, redis_shards=1)
+    await prepare(settings)
+    keys = Keys.from_settings(settings)
+    async with api_client(settings) as c:
+        ingestor = c._transport.app.state.ingestor  # type: ignore[attr-defined]
+        calls = LoseReplies(ingestor.script, lose=0)
+        ingestor.script = calls
+        # and a batch: another tier set (its own short window, the shared long one) in the same call
+        *answers, batch = await asyncio.gather(*(c.post("/errors/log", json={"message": f"E{i}"}) for i in range(6)),
+                                               c.post("/errors/batch", json={"events": [{"message": "B"}]}))
+        redis = ingestor.runtime.redis
+        [short] = [k async for k in redis.scan_iter(match=keys.ratelimit("short", "*"))]
+        [long] = [k async for k in redis.scan_iter(match=keys.ratelimit("long", "*"))]
+        sizes, ttl = (await redis.zcard(short), await redis.zcard(long)), await redis.pttl(short)
+    assert calls.calls == 1 and own_calls == []  # all six in one script call
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [202, 202, 202, 429, 429, 429]
+    admitted = [r for r in answers if r.status_code == 202]
+    assert sorted(r.headers["x-ratelimit-remaining"] for r in admitted) == ["0", "1", "2"]
+    for r in answers:
+        if r.status_code == 429:
+            assert r.json()["details"]["tier"] == "short" and 4000 < r.json()["details"]["retry_after_ms"] <= 5000
+    assert batch.status_code == 202 and batch.headers["x-ratelimit-remaining"] == "19"
+    assert sizes == (3, 4) and 0 < ttl <= 5000  # logged once each, the set expires with its window
+    assert await counted(settings) == (4, 4)
