@@ -43,7 +43,7 @@ class Signals:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from faultline import rollout, stackfile
+    from faultline import rollout_request, stackfile
     from faultline.bootstrap import StartRefused
     from faultline.stack import Cancelled, Stack, StackConfig
 
@@ -89,17 +89,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"  ingest key  : {stack.ingest_key}   (header X-Faultline-Key; checked through nginx)")
     print(f"  admin token : {stack.admin_token}   (Authorization: Bearer ...)")
     print(f"  saved to {data / 'credentials.env'} (mode 0600). Ctrl-C stops everything.\n", flush=True)
-    rollout.write_pid(data)
+    rollout_request.write_pid(data)
     try:
         while not signals.stop.wait(0.5):
             if stack.supervise_once():
                 stackfile.write(data, stack)
             if signals.rollout.is_set():
                 signals.rollout.clear()
-                rollout.run_requested(stack, data, on_done=lambda: stackfile.write(data, stack))
+                rollout_request.run_requested(stack, data, on_done=lambda: stackfile.write(data, stack))
     finally:
         print("stopping...", flush=True)
-        rollout.remove_pid(data)
+        rollout_request.remove_pid(data)
         stackfile.remove(data)
         stack.stop()
     print("stopped", flush=True)
@@ -123,7 +123,7 @@ def write_credentials(path: Path, values: dict[str, str]) -> None:
 def cmd_rollout(args: argparse.Namespace) -> int:
     import json
 
-    from faultline.rollout import request_rollout
+    from faultline.rollout_request import request_rollout
     from faultline.stackfile import data_dir
 
     outcome = request_rollout(data_dir(), args.timeout, progress=lambda line: print(line, flush=True))

@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 import socketio
 
-from faultline.rollout import request_rollout, rolling_restart
+from faultline.rollout import rolling_restart
+from faultline.rollout_request import request_rollout
 from faultline.services import free_port
 from faultline.stack import Stack
 from tests.e2e.stack_checks import BASE_ENV, check_exactly_once, module_stack, node_get, report
