@@ -75,9 +75,10 @@ class PersistRoute:
             outcomes = [f.exception() for f in futures]
             failed = [(d, exc) for d, exc in zip(batch, outcomes, strict=True) if exc is not None]
             parked = await asyncio.gather(*(self._park(d, exc) for d, exc in failed))
-            unparked = {d[1] for (d, _), ok in zip(failed, parked, strict=True) if not ok}
+            # (stream, id): two shard streams can hand out the same id in the same millisecond
+            unparked = {(d[0], d[1]) for (d, _), ok in zip(failed, parked, strict=True) if not ok}
             acks = [(stream, mid) for (stream, mid, _, _), exc in zip(batch, outcomes, strict=True)
-                    if exc is None or mid not in unparked]
+                    if exc is None or (stream, mid) not in unparked]
             metrics.JOBS.labels("succeeded").inc(len(batch) - len(failed))
             self.progress.mark_done()
             self.progress.errors += len(failed)
