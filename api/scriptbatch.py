@@ -6,7 +6,7 @@ round trips of client CPU (~150 us each in redis-py, shared/notes/performance-fl
 shards cost ~+50 % CPU per event against 1. Pipelined (no MULTI: each script is atomic on its own), they
 cost about one; on one server the pipeline is one packed write on one connection (core/rawpipeline.py),
 without redis-py's Pipeline object (~100 us per send). Each call keeps its own answer, error and timeout
-handling (api/ingest.py `_call`): a pipeline that fails fails every call in it, and each caller's re-run
+handling (api/ingestrun.py `_call`): a pipeline that fails fails every call in it, and each caller's re-run
 protocol decides what was counted.
 
 Not for Redis Cluster: there the shards live on different nodes and the calls stay concurrent (a cluster

@@ -65,7 +65,7 @@ def make_redis(settings: Settings, *, pool_size: int | None = None, timeout: flo
     if target.kind == "cluster":
         # No blocking pool in the cluster client: past max_connections a call raises MaxConnectionsError.
         # The pool is per node and sized like the single server's; the ingest path bounds its own calls in
-        # flight (api/ingest.py), so the per-node bound is only met by a runaway burst.
+        # flight (api/ingestcall.py), so the per-node bound is only met by a runaway burst.
         cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],
                                max_connections=size, health_check_interval=30, **common)
         return cast(Redis, cluster)  # speaks every command Faultline uses on one slot at a time

@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     # coordinated; a killed primary's replica has what was answered, see docs/scaling.md). A call whose
     # writes no replica confirmed is treated as unanswered: re-run with the same token, then 503.
     redis_wait_replicas: int | None = Field(default=None, ge=0, le=16)
-    # How long WAIT may block: well under the ingest reply margin (0.2 s, api/ingest.py). On a LAN a replica
+    # How long WAIT may block: well under the ingest reply margin (0.2 s, api/ingestrun.py). On a LAN a replica
     # acknowledges in about a millisecond; 0.1 s absorbs a stalled replica process.
     redis_wait_timeout: float = Field(default=0.1, gt=0.0, le=0.15)
     # 0.5 s: a healthy Redis answers in < 1 ms; past this we answer 503 rather than hang a client.

@@ -30,8 +30,11 @@ PRUNE_CHUNK = 5000  # rows per DELETE of old hour buckets: a short lock each, no
 
 # MySQL/MariaDB errors worth retrying as they are: 1205 lock wait timeout, 1213 deadlock (also Galera's
 # certification failure), 1047 a Galera node not in the primary component ("WSREP has not yet prepared node
-# for application use"), 2002/2003/2006/2013 connection lost or refused.
-_TRANSIENT_MYSQL = {1047, 1205, 1213, 2002, 2003, 2006, 2013}
+# for application use"), 2002/2003/2006/2013 connection lost or refused, 1049/1146 a database or table not
+# there yet: a first start whose `faultline migrate` is still to come or running, which processes ride out
+# (core/db/migrate.py require_current_schema); the scheduler gave up on it and died in a test that started
+# its processes beside the migration.
+_TRANSIENT_MYSQL = {1047, 1049, 1146, 1205, 1213, 2002, 2003, 2006, 2013}
 # Connection gone (2006/2013), or on a Galera node that left the primary component (1047), which
 # core/db/engine.py turns into a dropped connection so that the next one goes to another node.
 _LOST_CONNECTION = {1047, 2006, 2013}
@@ -53,7 +56,7 @@ def is_transient(exc: BaseException) -> bool:
             return True
         text = str(exc.orig).lower()
         return any(s in text for s in ("database is locked", "can't connect", "lost connection",
-                                       "connection refused", "gone away", "unable to open"))
+                                       "connection refused", "gone away", "unable to open", "no such table"))
     return False
 
 

@@ -66,6 +66,8 @@ def test_what_may_run_again_and_what_is_transient() -> None:
     # past the reruns, a conflict is transient (parked and retried, never dead-lettered)
     assert is_transient(db_error(1213)) and is_transient(db_error(1047))
     assert not is_transient(db_error(1406))
+    # a schema not migrated yet (a first start beside `faultline migrate`): wait, never dead-letter or die
+    assert is_transient(db_error(1146)) and is_transient(db_error(1049))
 
 
 def test_a_url_may_list_several_hosts() -> None:
