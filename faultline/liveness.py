@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -92,10 +93,20 @@ def mysql_answers(host: str, port: int, user: str, password: str | None, timeout
             conn.close()
 
     def ping() -> bool:
-        try:
-            return asyncio.run(asyncio.wait_for(one(), timeout))
-        except Exception:
-            return False
+        # a loop of its own on a thread of its own: the caller may be running an event loop already (a test
+        # calling supervise_once from a coroutine), where asyncio.run refuses and every ping would be a miss
+        answered: list[bool] = []
+
+        def run() -> None:
+            try:
+                answered.append(asyncio.run(asyncio.wait_for(one(), timeout)))
+            except Exception:
+                answered.append(False)
+
+        thread = threading.Thread(target=run, name="mysql ping", daemon=True)
+        thread.start()
+        thread.join(timeout + 1.0)
+        return bool(answered and answered[0])
 
     return ping
 
