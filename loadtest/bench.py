@@ -155,6 +155,21 @@ def envelope_markdown(rows: list[list[str]]) -> str:
     return "\n## Sentry envelope (gzip, 1 event each) vs POST /errors/log\n\n" + "\n".join(lines) + "\n"
 
 
+def full_report(chosen: dict[str, Any], limiter: bool, args: argparse.Namespace, machine: str) -> str:
+    """Every table printed, and the markdown report of a whole run."""
+    for table in bench_tables(chosen, limiter, args.batch_size):
+        console.print(table)
+    sentry_rows = envelope_rows(chosen)
+    table = Table(title="Sentry envelope (gzip, 1 event each, like the SDK) vs POST /errors/log",
+                  title_justify="left")
+    for i, col in enumerate(ENVELOPE_HEAD):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in sentry_rows:
+        table.add_row(*row)
+    console.print(table)
+    return bench_markdown(chosen, limiter, args, machine) + envelope_markdown(sentry_rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -238,20 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         if only:  # a partial run: the tables its cases make, no others (they compare against absent cases)
             report = partial_markdown(chosen, args, machine)
             console.print(report)
-            (out / "bench.md").write_text(report)
-            console.print(f"report: {out / 'bench.md'}")
-            return 0
-        for table in bench_tables(chosen, limiter, args.batch_size):
-            console.print(table)
-        sentry_rows = envelope_rows(chosen)
-        table = Table(title="Sentry envelope (gzip, 1 event each, like the SDK) vs POST /errors/log",
-                      title_justify="left")
-        for i, col in enumerate(ENVELOPE_HEAD):
-            table.add_column(col, justify="left" if i == 0 else "right")
-        for row in sentry_rows:
-            table.add_row(*row)
-        console.print(table)
-        report = bench_markdown(chosen, limiter, args, machine) + envelope_markdown(sentry_rows)
+        else:
+            report = full_report(chosen, limiter, args, machine)
         if args.profile:
             for name, target, path, batch in cases:
                 if name in ("ingest", "batch", SHARDED):
