@@ -12,9 +12,10 @@ import pytest
 
 from api.ingest import Ingestor
 from core.events import LogErrorIn
-from core.feed import FeedCoalescer, SpikeDetector
+from core.feed import FeedCoalescer
 from core.runtime import Runtime
 from core.settings import Settings
+from core.spikes import SpikeDetector
 
 
 async def _published(rt: Runtime, out: list[dict[str, Any]], ready: asyncio.Event) -> None:
