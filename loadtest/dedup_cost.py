@@ -18,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import redis as redis_sync
 
 from api.ingest import Ingestor
@@ -45,6 +46,8 @@ async def _measure(server: RedisServer, ttl: int, buckets: int, events: int, fil
     rt = Runtime.open(settings)
     ingestor = Ingestor(rt)
     stats = redis_sync.Redis.from_url(server.url)
+    assert server.proc is not None and server.proc.process is not None
+    proc = psutil.Process(server.proc.process.pid)
     out: dict[str, float] = {}
     try:
         for phase in ("empty", "full"):
@@ -55,7 +58,9 @@ async def _measure(server: RedisServer, ttl: int, buckets: int, events: int, fil
                     await _ingest(ingestor, _events(fill_rate // 4))
                     await asyncio.sleep(max(0.0, 0.25 - (time.monotonic() - tick)))
             stats.config_resetstat()
+            cpu = sum(proc.cpu_times()[:2])
             await _ingest(ingestor, _events(events))
+            out[phase + "_cpu"] = (sum(proc.cpu_times()[:2]) - cpu) / events * 1e6
             cmd = stats.info("commandstats").get("cmdstat_evalsha", {})
             out[phase] = float(cmd.get("usec", 0)) / events
     finally:
@@ -70,12 +75,14 @@ async def main_async(ttl: int, buckets: list[int], events: int, fill_rate: int, 
         db = f"sqlite+aiosqlite:///{Path(tmp) / 'f.db'}"
         try:
             print(f"dedup window {ttl} s, {events} single events per phase, 64 in flight")
-            print("round  buckets  µs in EVALSHA per event: window empty  full  full/empty")
+            print("round  buckets  µs in EVALSHA per event: window empty  full  full/empty"
+                  "  | redis-server CPU µs per event: empty  full  full/empty")
             for r in range(rounds):
                 for nb in buckets:
                     m = await _measure(server, ttl, nb, events, fill_rate, db)
-                    ratio = m["full"] / m["empty"]
-                    print(f"{r + 1:>5}  {nb:>7}  {m['empty']:>33.1f}  {m['full']:>4.1f}  {ratio:>10.2f}")
+                    ratio, cpu_ratio = m["full"] / m["empty"], m["full_cpu"] / m["empty_cpu"]
+                    print(f"{r + 1:>5}  {nb:>7}  {m['empty']:>33.1f}  {m['full']:>4.1f}  {ratio:>10.2f}"
+                          f"  | {m['empty_cpu']:>36.1f}  {m['full_cpu']:>4.1f}  {cpu_ratio:>10.2f}")
         finally:
             server.stop()
 
