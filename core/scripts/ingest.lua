@@ -32,21 +32,18 @@
 --   overflow group, -w = rate limited by the project's quota, one more event fits in w ms;
 --   status -1 = queue over its soft limit, r1 = depth (nothing counted);
 --   status -2 = the call arrived after its deadline (nothing counted: the caller has given up or will).
--- Dedup buckets are per-time hashes whose names are built here from each section's prefix: every one of them
--- carries the same {hash tag} as that section's KEYS, so a one-section call stays single-slot on a Cluster.
+-- Dedup hashes (_dedup.lua) are named here from each section's prefix: every one of them carries the same
+-- {hash tag} as that section's KEYS, so a one-section call stays single-slot on Redis Cluster.
 -- Live feed (core/feed.py): every counted fingerprint is SADDed to the dirty set, which the coalescer drains
 -- every 250 ms; on a first sighting a small group summary is stored once (HSETNX) for its error:new, and the
 -- fingerprint is noted in the live-new set so the scheduler rebases its live total on the DB's (workers/prune.py).
 -- Per-project quota and new-group cap: see the [limits] section and core/ratelimit/quota.py.
 local LIMIT_ARGS = tonumber(ARGV[13])
 local FIXED_ARGS, PER_EVENT, NKEYS = 13 + LIMIT_ARGS, 5, 10
--- ids per shard hash: 64 stays under hash-max-listpack-entries (128 by default) with Poisson headroom;
--- at least 256 shards, so a bucket after a quiet spell still holds ~16,000 ids in listpacks (an empty
--- shard costs nothing; 256 x 11 small hashes are ~0.3 MB when every one is in use)
-local SHARD_TARGET, MIN_SHARDS, MAX_SHARDS = 64, 256, 65536
 local QUEUED = 0
 
 --#include _sliding_window.lua
+--#include _dedup.lua
 
 local function summary(body)
   local ok, ev = pcall(cjson.decode, body)
@@ -59,53 +56,6 @@ local function summary(body)
   end
   return cjson.encode({fingerprint = ev.fingerprint, project_id = ev.project_id, service = ev.service,
                        level = ev.level, message = msg, first_seen = ev.received_at})
-end
-
--- ---- dedup buckets (same layout as dedup_state.lua; see core/dedup.py) ----
-local function dedup_open(prefix, meta, ttl, nb, now_s)
-  local len = math.ceil(ttl / nb)
-  local d = {prefix = prefix, meta = meta, len = len, nb = nb, cur = math.floor(now_s / len),
-             shards = {}, expiring = {}, ttl = ttl}
-  local fields = {}
-  for b = d.cur - nb, d.cur do fields[#fields + 1] = 's:' .. b end
-  local got = redis.call('HMGET', meta, unpack(fields))  -- one command for the nb + 1 buckets' shard counts
-  for k = 1, #fields do
-    if got[k] then d.shards[d.cur - nb + k - 1] = tonumber(got[k]) end
-  end
-  return d
-end
-
-local function dedup_find(d, seed, digest)
-  for b = d.cur, d.cur - d.nb, -1 do
-    local s = d.shards[b]
-    if s then
-      local v = redis.call('HGET', d.prefix .. b .. ':' .. (seed % s), digest)
-      if v then return tonumber(v) end
-    end
-  end
-  return nil
-end
-
-local function dedup_put(d, seed, digest, value)
-  local s = d.shards[d.cur]
-  if not s then  -- first write of this bucket: size it on the larger of the two previous buckets' counts
-    local c = redis.call('HMGET', d.meta, 'n:' .. (d.cur - 1), 'n:' .. (d.cur - 2))
-    local prev = math.max(tonumber(c[1] or '0'), tonumber(c[2] or '0'))
-    s = MIN_SHARDS
-    while s * SHARD_TARGET < prev and s < MAX_SHARDS do s = s * 2 end
-    redis.call('HSET', d.meta, 's:' .. d.cur, s)
-    for b = d.cur - 2 * d.nb - 2, d.cur - d.nb - 1 do  -- buckets past their window
-      redis.call('HDEL', d.meta, 's:' .. b, 'n:' .. b)
-    end
-    redis.call('EXPIRE', d.meta, 2 * d.ttl + 2 * d.len)
-    d.shards[d.cur] = s
-  end
-  local key = d.prefix .. d.cur .. ':' .. (seed % s)
-  redis.call('HSET', key, digest, value)
-  if not d.expiring[key] then
-    redis.call('EXPIREAT', key, (d.cur + d.nb + 1) * d.len + 1)
-    d.expiring[key] = true
-  end
 end
 
 local t = redis.call('TIME')
@@ -122,7 +72,7 @@ do
     local sec = {stream = KEYS[k + 1], pending = KEYS[k + 2], live = KEYS[k + 3], dirty = KEYS[k + 4],
                  summaries = KEYS[k + 5], meta = KEYS[k + 6], live_new = KEYS[k + 7], quota_conf = KEYS[k + 8],
                  quota_state = KEYS[k + 9], dropped = KEYS[k + 10], dedup_prefix = ARGV[a],
-                 new_groups = ARGV[a + 1], feed_index = ARGV[a + 2], counted = 0}
+                 new_groups = ARGV[a + 1], feed_index = ARGV[a + 2]}
     local c = tonumber(ARGV[a + 3])
     a = a + 4
     for _ = 1, c do
@@ -338,8 +288,7 @@ for i = 1, n do
       local h = hours[hk]
       if not h then h = {sec = sec, field = field, n = 0}; hours[hk] = h end
       h.n = h.n + 1
-      sec.counted = sec.counted + 1
-      bodies[#bodies + 1] = body
+            bodies[#bodies + 1] = body
     end
   end
   result[n + i + 2] = outcome
@@ -369,9 +318,7 @@ for _, sec in ipairs(sections) do
       redis.call('HSET', sec.quota_state, pid .. ':s', math.ceil(p.s), pid .. ':m', math.ceil(p.m))
     end
   end
-  if sec.counted > 0 then
-    redis.call('HINCRBY', sec.meta, 'n:' .. sec.d.cur, sec.counted)
-  end
+  dedup_close(sec.d)
 end
 if #bodies > 0 then
   redis.call('XADD', sections[1].stream, '*', 'data', ARGV[4] .. table.concat(bodies, ',') .. ARGV[5])
