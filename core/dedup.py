@@ -18,7 +18,7 @@ lives beside its group's counts, so ingest stays one single-slot script call per
   time per event doubled while the window filled (x2.1 at 10 buckets, `python -m loadtest.dedup_cost`),
   over the first 15 minutes of every run.
 - Memory stays flat within ~a bucket of the id part: the previous generation's expired entries are swept
-  by the lookups that read their hash (about one sweep per hash and bucket), and a hash expires when its
+  by the lookups that read their hash (about two sweeps per hash and bucket), and a hash expires when its
   newest entry leaves the window.
 - Each generation is split into shards so every hash stays a listpack (hash-max-listpack-entries, 128 by
   default): a new generation gets as many shards as the previous generation's count / 64 (scaled to a
