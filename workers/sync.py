@@ -29,7 +29,8 @@ from core.counts import split_deltas
 from core.db import repo
 from core.db.rerun import rerun_transaction
 from core.keys import Keys
-from core.redis import ReplicatedScript, as_str, load_script
+from core.redis import as_str, load_script
+from core.sentinel import ReplicatedScript
 from core.settings import Settings
 
 log = logging.getLogger("faultline.sync")
