@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -148,6 +149,12 @@ async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
     receiver = Receiver(broker, max_async_tasks=settings.worker_concurrency, run_startup=False,
                         wait_tasks_timeout=settings.shutdown_timeout)
     log.info("worker %s consuming %s (%d shards)", name, keys.stream, keys.shards)
+    if life.handle_signals:  # our own process (a host process, e.g. pytest, keeps its collector as it is)
+        # The ~200,000 objects of the imports and the start-up into the permanent generation: the cyclic
+        # collector stops re-walking them on every collection (as the API processes do,
+        # faultline/gunicorn_conf.py). py-spy put ~10 % of a busy worker on whichever line allocated when a
+        # collection fell due (loadtest/worker_cpu.py).
+        gc.freeze()
     listener = asyncio.create_task(receiver.listen(finish), name="receiver")
     finishing = asyncio.create_task(finish.wait())
     watched = [listener, *background, *writer.tasks()]

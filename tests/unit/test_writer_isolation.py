@@ -103,12 +103,12 @@ async def test_the_job_record_keeps_the_attempt_number(attempt: int) -> None:
 
     w = FakeDBWriter()
     redis, states = Redis(), States()
-    w.redis = redis  # type: ignore[assignment]
-    w.states = states  # type: ignore[assignment]
+    w.jobs.redis = redis  # type: ignore[assignment]
+    w.jobs.states = states  # type: ignore[assignment]
     e = ev(7)
-    w.attempts[e.event_id] = attempt
+    w.jobs.remember([e.event_id], attempt)
     hashed = {0: [dedup_id(e.project_id, e.event_id)]}  # the writer hashes a batch's ids once for both states
-    await w._set_state([(e.project_id, e.event_id, e.fingerprint)], hashed, SUCCEEDED)
+    await w.jobs.set([(e.project_id, e.event_id, e.fingerprint)], hashed, SUCCEEDED)
     assert states.calls == [(hashed, SUCCEEDED)]
     if attempt == 1:
         assert redis.values == []
