@@ -125,6 +125,9 @@ async def run(args: argparse.Namespace, base: Path) -> None:
                     "raw" if args.profile.endswith(".txt") else "flamegraph", "-o", args.profile,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 await asyncio.sleep(1)
+            idle_from = cpu(proc)
+            await asyncio.sleep(5)
+            idle = (cpu(proc) - idle_from) / 5  # what its own loops cost with nothing to do, per second
             before, t0 = cpu(proc), time.monotonic()
             await feed(settings, messages, args.rate)
             used, wall = cpu(proc) - before, time.monotonic() - t0
@@ -132,7 +135,8 @@ async def run(args: argparse.Namespace, base: Path) -> None:
                 spy.send_signal(2)
                 await asyncio.wait_for(spy.wait(), 30)
             print(f"{events} events in {len(messages)} messages, {wall:.1f} s: worker CPU {used:.2f} s = "
-                  f"{used / events * 1e6:.0f} µs per event ({args.db}, {args.rate:.0f} messages/s)")
+                  f"{used / events * 1e6:.0f} µs per event ({args.db}, {args.rate:.0f} messages/s); idle before: "
+                  f"{idle * 1e3:.1f} ms CPU per s")
         finally:
             child.stop(timeout=15)
             sink.close()
