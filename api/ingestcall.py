@@ -22,8 +22,9 @@ import time
 
 from api.ingestrun import SHED, Pending, RedisClock, ScriptRuns
 from core import metrics
-from core.redis import ReplicatedScript, is_cluster, load_script
+from core.redis import is_cluster, load_script
 from core.runtime import Runtime
+from core.sentinel import ReplicatedScript
 
 CALLS_IN_FLIGHT = 2
 

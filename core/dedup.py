@@ -18,7 +18,7 @@ lives beside its group's counts, so ingest stays one single-slot script call per
   time per event doubled while the window filled (x2.1 at 10 buckets, `python -m loadtest.dedup_cost`),
   over the first 15 minutes of every run.
 - Memory stays flat within ~a bucket of the id part: the previous generation's expired entries are swept
-  by the lookups that read their hash (about one sweep per hash and bucket), and a hash expires when its
+  by the lookups that read their hash (about two sweeps per hash and bucket), and a hash expires when its
   newest entry leaves the window.
 - Each generation is split into shards so every hash stays a listpack (hash-max-listpack-entries, 128 by
   default): a new generation gets as many shards as the previous generation's count / 64 (scaled to a
@@ -26,6 +26,9 @@ lives beside its group's counts, so ingest stays one single-slot script call per
   meta hash (`{fl}:dd:meta`), so the structure follows the ingest rate. A burst far above the previous
   generation's rate (or a busy first generation after a start) makes that generation's hashes hashtables
   (~3x the bytes) until it expires: bounded, and the next one is sized for it.
+- Upgrading from the bucket layout (before 2026-11-29): the new scripts do not read the old hashes, so an
+  event resent across the upgrade, within one window of its first send, may be counted twice; the old
+  hashes expire by themselves.
 - `token` identifies the script call that wrote the entry: an ambiguous call (timeout after sending) is
   re-run with the same token, and the re-run tells "I counted this earlier" from "someone else did".
 - `state` is the job state GET /jobs/{id} reports; the worker and the retry middleware update it in place.

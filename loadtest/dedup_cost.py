@@ -69,7 +69,44 @@ async def _measure(server: RedisServer, ttl: int, buckets: int, events: int, fil
     return out
 
 
-async def main_async(ttl: int, buckets: list[int], events: int, fill_rate: int, rounds: int) -> None:
+def _stored_ids(stats: redis_sync.Redis, rt: Runtime) -> int:
+    meta = rt.keys.dedup_meta.encode()
+    return sum(int(stats.hlen(k)) for k in stats.scan_iter(match=rt.keys.dedup_prefix + "*", count=1000)
+               if k != meta)
+
+
+async def _memory(server: RedisServer, ttl: int, buckets: int, rate: int, db: str) -> tuple[float, float]:
+    """A steady `rate` for 5 windows; from the third on, every second: ids stored (expired ones not yet
+    swept included) / ids sent in the last window. Returns (min, max): how flat the id part of memory stays
+    (the window's ids plus the bucket being filled and what is not swept yet: 1.0 .. ~1.2 is flat)."""
+    settings = Settings(redis_url=server.url, key_prefix=f"m{uuid.uuid4().hex[:6]}", database_url=db,
+                        rate_limit_enabled=False, queue_soft_limit=10_000_000, ingest_budget=5.0,
+                        redis_timeout=5.0, dedup_ttl=ttl, dedup_buckets=buckets)
+    rt = Runtime.open(settings)
+    ingestor = Ingestor(rt)
+    stats = redis_sync.Redis.from_url(server.url)
+    ratios: list[float] = []
+    sent: list[float] = []  # when each tick's events were sent (a busy machine falls behind `rate`)
+    try:
+        start = time.monotonic()
+        next_sample = start + 2 * ttl
+        while time.monotonic() < start + 5 * ttl:
+            tick = time.monotonic()
+            await _ingest(ingestor, _events(rate // 4))
+            sent.append(tick)
+            if tick >= next_sample:
+                in_window = sum(rate // 4 for t in sent if t > tick - ttl)
+                ratios.append(_stored_ids(stats, rt) / in_window)
+                next_sample += 1
+            await asyncio.sleep(max(0.0, 0.25 - (time.monotonic() - tick)))
+    finally:
+        stats.close()
+        await rt.close()
+    return min(ratios), max(ratios)
+
+
+async def main_async(ttl: int, buckets: list[int], events: int, fill_rate: int, rounds: int,
+                     memory: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis").start()
         db = f"sqlite+aiosqlite:///{Path(tmp) / 'f.db'}"
@@ -83,6 +120,11 @@ async def main_async(ttl: int, buckets: list[int], events: int, fill_rate: int, 
                     ratio, cpu_ratio = m["full"] / m["empty"], m["full_cpu"] / m["empty_cpu"]
                     print(f"{r + 1:>5}  {nb:>7}  {m['empty']:>33.1f}  {m['full']:>4.1f}  {ratio:>10.2f}"
                           f"  | {m['empty_cpu']:>36.1f}  {m['full_cpu']:>4.1f}  {cpu_ratio:>10.2f}")
+            if memory:
+                print(f"ids stored / ids sent in the last window, {fill_rate}/s, windows 3-5: min  max")
+                for nb in buckets:
+                    low, high = await _memory(server, ttl, nb, fill_rate, db)
+                    print(f"buckets {nb:>3}: {low:.2f}  {high:.2f}")
         finally:
             server.stop()
 
@@ -94,9 +136,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=6400)
     parser.add_argument("--fill-rate", type=int, default=400, help="events/s while the window fills")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--memory", action="store_true", help="also: how flat the stored ids stay (5 windows)")
     args = parser.parse_args()
     asyncio.run(main_async(args.ttl, [int(b) for b in args.buckets.split(",")], args.events, args.fill_rate,
-                           args.rounds))
+                           args.rounds, args.memory))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@
 
 SIGTERM/SIGINT set `stop`. handle_signals=False leaves the signals alone, so a test (or any host process)
 runs the role in process and ends it by setting `stop` itself, as arq's Worker(handle_signals=False) does.
+
+The stop watchdog is here and only here: once `stop` is set (or the role calls stopping()), a thread ends the
+process with exit 1 if the stop is still going shutdown_timeout + STOP_MARGIN s later (a library call that
+never returns, a blocked event loop): a hung stop must not look alive. In process too (the role's host would
+hang with it); a stop that completes cancels it there, so the host is never ended later.
 """
 
 from __future__ import annotations
@@ -69,6 +74,19 @@ class Lifecycle:
         self._stop_report: asyncio.Task[None] | None = None
         self._watchdog: threading.Timer | None = None
 
+    def stopping(self) -> None:
+        """The role starts its stop: set `stop` and arm the watchdog now, from this very call (the task that
+        would arm it on `stop` may never run if the event loop hangs next)."""
+        self.stop.set()
+        self._arm_watchdog()
+
+    def _arm_watchdog(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Timer(self.settings.shutdown_timeout + STOP_MARGIN, self._exit_hung)
+            self._watchdog.name = f"stop watchdog {self.role} {self.name}"
+            self._watchdog.daemon = True
+            self._watchdog.start()
+
     async def __aenter__(self) -> Lifecycle:
         if self.handle_signals:
             loop = asyncio.get_running_loop()
@@ -81,19 +99,16 @@ class Lifecycle:
         return self
 
     def _exit_hung(self) -> None:
-        log.error("%s %s: still stopping %.0fs past the shutdown timeout: exiting 1 now", self.role, self.name,
-                  STOP_MARGIN)
+        log.error("%s %s: still stopping %.0fs past the shutdown timeout: exiting 1 now (unfinished tasks are "
+                  "redelivered)", self.role, self.name, STOP_MARGIN)
         logging.shutdown()
         os._exit(1)
 
     async def _report_slow_stop(self) -> None:
         await self.stop.wait()
-        if self.handle_signals:  # our own process (in a host process, e.g. pytest, the host owns both)
-            faulthandler.dump_traceback_later(3 * STOP_REPORT_AFTER)  # to stderr, from a thread of its own
-            # a thread: it fires even when the event loop is blocked; a hung stop must not look alive
-            self._watchdog = threading.Timer(self.settings.shutdown_timeout + STOP_MARGIN, self._exit_hung)
-            self._watchdog.daemon = True
-            self._watchdog.start()
+        self._arm_watchdog()  # a thread: it fires even when the event loop is blocked
+        if self.handle_signals:  # our own process's stderr (a host process, e.g. pytest, keeps its own)
+            faulthandler.dump_traceback_later(3 * STOP_REPORT_AFTER)  # from a thread of its own
         await asyncio.sleep(STOP_REPORT_AFTER)
         me = asyncio.current_task()
         log.warning("%s %s still stopping after %.0fs; its tasks wait in:\n%s", self.role, self.name,
@@ -121,19 +136,23 @@ class Lifecycle:
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        await cancel_and_wait(self.background)
-        if self.heartbeat is not None:
+        try:
+            await cancel_and_wait(self.background)
+            if self.heartbeat is not None:
+                with contextlib.suppress(Exception):
+                    await heartbeat.stop(self.redis, self.keys, self.role, self.name)
             with contextlib.suppress(Exception):
-                await heartbeat.stop(self.redis, self.keys, self.role, self.name)
-        with contextlib.suppress(Exception):
-            await self.redis.aclose()
-        await self.engine.dispose()
-        if self.handle_signals:
-            loop = asyncio.get_running_loop()
-            for sig in SIGNALS:
-                loop.remove_signal_handler(sig)
-        if self._stop_report is not None:
-            self._stop_report.cancel()
-        # The watchdog and the faulthandler dump stay armed: what follows (asyncio.run's executor shutdown,
-        # joining threads at exit) can hang too, and they end with the process anyway (daemon thread).
+                await self.redis.aclose()
+            await self.engine.dispose()
+            if self.handle_signals:
+                loop = asyncio.get_running_loop()
+                for sig in SIGNALS:
+                    loop.remove_signal_handler(sig)
+            if self._stop_report is not None:
+                self._stop_report.cancel()
+        finally:
+            if not self.handle_signals and self._watchdog is not None:
+                self._watchdog.cancel()  # the stop ended: the host process goes on and must not be ended later
+        # In our own process the watchdog and the faulthandler dump stay armed: what follows (asyncio.run's
+        # executor shutdown, joining threads at exit) can hang too, and they end with the process (daemon).
         log.info("%s %s stopped", self.role, self.name)

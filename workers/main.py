@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
-import os
-import threading
 import time
 from typing import Any
 
@@ -106,16 +105,6 @@ async def run_worker(settings: Settings, name: str, *, handle_signals: bool = Tr
         raise SystemExit(1)
 
 
-STOP_MARGIN = 10.0  # s past shutdown_timeout before a stopping worker that hangs is ended by its watchdog
-
-
-def _exit_hung(name: str) -> None:
-    log.error("worker %s: still stopping %.0fs past the shutdown timeout: exiting now (unfinished tasks are "
-              "redelivered)", name, STOP_MARGIN)
-    logging.shutdown()
-    os._exit(1)
-
-
 async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
     """The worker's own work inside its lifecycle; True when a loop ended by itself."""
     redis, keys, finish = life.redis, life.keys, life.stop
@@ -149,6 +138,12 @@ async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
     receiver = Receiver(broker, max_async_tasks=settings.worker_concurrency, run_startup=False,
                         wait_tasks_timeout=settings.shutdown_timeout)
     log.info("worker %s consuming %s (%d shards)", name, keys.stream, keys.shards)
+    if life.handle_signals:  # our own process (a host process, e.g. pytest, keeps its collector as it is)
+        # The ~200,000 objects of the imports and the start-up into the permanent generation: the cyclic
+        # collector stops re-walking them on every collection (as the API processes do,
+        # faultline/gunicorn_conf.py). py-spy put ~10 % of a busy worker on whichever line allocated when a
+        # collection fell due (loadtest/worker_cpu.py).
+        gc.freeze()
     listener = asyncio.create_task(receiver.listen(finish), name="receiver")
     finishing = asyncio.create_task(finish.wait())
     watched = [listener, *background, *writer.tasks()]
@@ -158,31 +153,24 @@ async def _consume(life: Lifecycle, settings: Settings, name: str) -> bool:
         err = None if task.cancelled() else task.exception()
         log.error("worker %s: %s ended by itself (%r): exiting non-zero so the supervisor restarts it",
                   name, task.get_name(), err)
-    finish.set()  # stops the prefetcher if the receiver is still running
+    # stops the prefetcher if the receiver is still running; the stop below is bounded step by step, and
+    # should one step hang anyway, Lifecycle's watchdog (armed here) ends the process non-zero
+    life.stopping()
     broker.stop_reading()  # and the shard readers at once: no reclaim or read after SIGTERM
-    # The stop below is bounded step by step; should one step hang anyway (a library call that never
-    # returns), the process still ends, non-zero, instead of looking alive while doing nothing. A thread:
-    # it fires even if the event loop is blocked.
-    watchdog = threading.Timer(settings.shutdown_timeout + STOP_MARGIN, _exit_hung, args=(name,))
-    watchdog.daemon = True
-    watchdog.start()
+    if not broken:
+        log.info("worker %s: stopping, finishing running tasks", name)
     try:
-        if not broken:
-            log.info("worker %s: stopping, finishing running tasks", name)
-        try:
-            await asyncio.wait_for(asyncio.gather(listener, route.drain()), settings.shutdown_timeout)
-        except (TimeoutError, asyncio.CancelledError):
-            log.warning("worker %s: tasks still running after %.0fs; they will be redelivered",
-                        name, settings.shutdown_timeout)
-        except Exception as exc:
-            log.warning("worker %s: receiver ended with %s", name, exc)
-        finishing.cancel()
-        await cancel_and_wait(alerting)  # before the deliveries they feed close
-        await route.stop()  # whatever did not finish in time stays unacked, for another worker
-        await writer.stop()
-        await deliveries.close()
-        with contextlib.suppress(Exception):
-            await broker.shutdown()
-    finally:
-        watchdog.cancel()  # stopped in time (a worker run in process must not end its host later)
+        await asyncio.wait_for(asyncio.gather(listener, route.drain()), settings.shutdown_timeout)
+    except (TimeoutError, asyncio.CancelledError):
+        log.warning("worker %s: tasks still running after %.0fs; they will be redelivered",
+                    name, settings.shutdown_timeout)
+    except Exception as exc:
+        log.warning("worker %s: receiver ended with %s", name, exc)
+    finishing.cancel()
+    await cancel_and_wait(alerting)  # before the deliveries they feed close
+    await route.stop()  # whatever did not finish in time stays unacked, for another worker
+    await writer.stop()
+    await deliveries.close()
+    with contextlib.suppress(Exception):
+        await broker.shutdown()
     return bool(broken)

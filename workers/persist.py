@@ -3,8 +3,8 @@
 Why: under the single-event ingest every event is its own message, and taskiq's receiver handles each one
 alone: a TaskiqMessage model, an asyncio task, dependency injection, four middleware hooks, a result and an
 ack each. py-spy put that at ~20 % of a busy worker, as much as the writer's SQL. Here a read's persist
-messages (up to 200) are validated in one loop, handed to the writer at once, awaited together and acked
-with one XACK + XDEL.
+messages (up to 200) are decoded in one loop (workers/taskevents.py), handed to the writer at once with one
+future for all (workers/handoff.py), and acked with one XACK + XDEL.
 
 The guarantees are taskiq's (ack type `when_saved`), kept message by message:
 - a message is acked only after its events are committed, or after its failure was handed to
@@ -25,11 +25,12 @@ from taskiq import TaskiqMessage, TaskiqResult
 
 from core import metrics
 from core.broker import Delivery, FaultlineBroker
-from core.events import Event
 from core.heartbeat import Progress
 from core.retry import RetryMiddleware
 from core.tasks import ATTEMPT_LABEL, PERSIST_EVENTS
 from core.taskstop import cancel_and_wait
+from workers.batchrows import AnyEvent
+from workers.taskevents import decode
 from workers.writer import BatchWriter
 
 log = logging.getLogger("faultline.persist")
@@ -70,9 +71,17 @@ class PersistRoute:
 
     async def _run(self, batch: list[Delivery]) -> None:
         try:
-            futures = [self._hand(msg) for _, _, _, msg in batch]
-            await asyncio.wait(futures)
-            outcomes = [f.exception() for f in futures]
+            outcomes: list[BaseException | None] = [None] * len(batch)
+            tasks, slots = [], []
+            for n, (_, _, _, msg) in enumerate(batch):
+                try:
+                    tasks.append(_decode(msg))
+                    slots.append(n)
+                except Exception as exc:  # a poison task: retried, then dead-lettered with the reason
+                    outcomes[n] = exc
+            if tasks:  # one hand-over, one future for the whole read (workers/handoff.py)
+                for n, outcome in zip(slots, await self.writer.enqueue(tasks), strict=True):
+                    outcomes[n] = outcome
             failed = [(d, exc) for d, exc in zip(batch, outcomes, strict=True) if exc is not None]
             parked = await asyncio.gather(*(self._park(d, exc) for d, exc in failed))
             # (stream, id): two shard streams can hand out the same id in the same millisecond
@@ -88,18 +97,6 @@ class PersistRoute:
             self.in_flight -= len(batch)
             self.progress.in_progress = max(0, self.progress.in_progress - len(batch))
             self._room.set()
-
-    def _hand(self, msg: dict[str, Any]) -> asyncio.Future[None]:
-        """The message's events to the writer; a message that does not validate fails like its task would
-        (a poison task: retried, then dead-lettered with the reason)."""
-        try:
-            events = [Event.model_validate(e) for e in msg["kwargs"]["events"]]
-            attempt = int(msg.get("labels", {}).get(ATTEMPT_LABEL, 1))
-        except Exception as exc:
-            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            failed.set_exception(exc)
-            return failed
-        return self.writer.enqueue(events, attempt)
 
     async def _park(self, delivery: Delivery, exc: BaseException) -> bool:
         """The failure to core/retry.py (a later attempt, or the dead letters); False if that failed too."""
@@ -119,3 +116,10 @@ class PersistRoute:
                         err)
             return False
         return True
+
+
+def _decode(msg: dict[str, Any]) -> tuple[list[AnyEvent], int]:
+    """A message's events (workers/taskevents.py: plain ones without a model) and its attempt number; raises
+    what a task that does not validate would (pydantic's ValidationError names the field)."""
+    events = [decode(e) for e in msg["kwargs"]["events"]]
+    return events, int(msg.get("labels", {}).get(ATTEMPT_LABEL, 1))

@@ -14,19 +14,23 @@ local function dedup_open(prefix, meta, ttl, nb, now_s)
   local len = math.ceil(ttl / nb)
   local cur = math.floor(now_s / len)
   local gen = math.floor(cur / nb)
-  local s = redis.call('HMGET', meta, 'gs:' .. gen, 'gs:' .. (gen - 1))
+  local m = redis.call('HMGET', meta, 'gs:' .. gen, 'gs:' .. (gen - 1), 'gn:' .. (gen - 1))
+  local prev_shards, prev_ids = tonumber(m[2]), tonumber(m[3] or '1')
+  -- A hash of the previous generation is read by ~ids/nb/S lookups a bucket: sweeping on a share of them
+  -- makes it ~2 sweeps per hash and bucket (so expired ids linger ~half a bucket) at ~2 nb entries read per
+  -- new id, whatever the rate (a few ids per hash at a low rate: every lookup sweeps its small hash).
+  local share = prev_shards and math.min(1, 2 * nb * prev_shards / math.max(1, prev_ids)) or 0
   return {prefix = prefix .. 'g', meta = meta, len = len, nb = nb, cur = cur, gen = gen,
-          shards = {[gen] = tonumber(s[1]), [gen - 1] = tonumber(s[2])}, expiring = {}, written = 0,
-          sweep_below = math.floor(256 * math.min(1, nb / DD_TARGET))}
+          shards = {[gen] = tonumber(m[1]), [gen - 1] = prev_shards}, expiring = {}, written = 0,
+          sweep_below = math.ceil(256 * share)}
 end
 
 local function dedup_valid(d, raw)
   return (d.cur - math.floor(raw / 8) % DD_BMOD) % DD_BMOD <= d.nb
 end
 
--- Drop the expired entries of one hash of the previous generation. Called for ~nb/64 of the lookups
--- there (the digest's first byte decides: ids are uniform), so each hash is swept about once a bucket
--- and memory stays within ~a bucket of the window, at ~nb entries read per new id.
+-- Drop the expired entries of one hash of the previous generation. Called for a share of the lookups
+-- there (sweep_below: the digest's first byte decides, ids are uniform).
 local function dedup_sweep(d, key)
   local all = redis.call('HGETALL', key)
   local stale = {}

@@ -1,11 +1,14 @@
 """Worker and scheduler run in process (handle_signals=False, as arq's Worker allows), against a real Redis
 and SQLite: events sent through the API are stored and counted, both beat a heartbeat while they run, and
-setting `stop` ends them cleanly with their heartbeats removed and the signal handlers left alone."""
+setting `stop` ends them cleanly with their heartbeats removed and the signal handlers left alone. Their stop
+watchdog (workers/lifecycle.py) is armed in process too: cancelled by a stop that ends, firing on one that hangs."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ from core.redis import make_redis
 from tests.integration.conftest import prepare
 from tests.integration.test_worker import db_totals, ingest
 from tests.waiting import wait_for
+from workers import lifecycle
 from workers.main import run_worker
 from workers.scheduler import run_scheduler
 
@@ -50,6 +54,11 @@ async def test_worker_and_scheduler_run_in_process_and_stop_when_asked(make_sett
         assert signal.getsignal(signal.SIGTERM) == before
         loop = asyncio.get_running_loop()
         assert not loop.remove_signal_handler(signal.SIGTERM)  # none was installed on this loop
+
+        async def watchdogs_gone() -> bool:  # armed at the stop, cancelled once it ended: pytest lives on
+            return not [t for t in threading.enumerate() if t.name.startswith("stop watchdog")]
+
+        await wait_for(watchdogs_gone, 5, "the stop watchdogs to be cancelled")
     finally:
         stop.set()
         for task in roles:
@@ -78,3 +87,37 @@ async def test_a_stopping_worker_reclaims_nothing(make_settings: Any) -> None:
     assert [p["consumer"] for p in pending] == [b"ghost"]
     await broker.redis.aclose()
     await redis.aclose()
+
+
+async def test_a_stop_that_hangs_is_ended_by_the_watchdog_in_process_too(make_settings: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The event loop blocked during the stop (a library call that never returns): the watchdog thread
+    still fires, shutdown_timeout + STOP_MARGIN after the stop began (its os._exit replaced by a flag here)."""
+    settings = make_settings(shutdown_timeout=0.5)
+    await prepare(settings)
+    fired = threading.Event()
+    monkeypatch.setattr(lifecycle, "STOP_MARGIN", 0.5)
+    monkeypatch.setattr(lifecycle.Lifecycle, "_exit_hung", lambda self: fired.set())
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(settings, "w-hangs", handle_signals=False, stop=stop))
+    redis, keys = make_redis(settings, timeout=5), Keys(settings.key_prefix)
+    try:
+        async def beats() -> bool:
+            return await heartbeat.read(redis, keys, "worker", "w-hangs") is not None
+
+        await wait_for(beats, 20, "the worker's heartbeat")
+        stop.set()
+
+        async def armed() -> bool:  # the worker began its stop...
+            return any(t.name == "stop watchdog worker w-hangs" for t in threading.enumerate())
+
+        await wait_for(armed, 5, "the stop watchdog", every=0.01)
+        assert not fired.is_set()
+        time.sleep(3)  # noqa: ASYNC251 - ...and then its event loop hangs, well past 0.5 + 0.5 s
+        assert fired.is_set()
+        await asyncio.wait_for(worker, 30)
+    finally:
+        stop.set()
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+        await redis.aclose()

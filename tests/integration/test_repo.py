@@ -107,7 +107,7 @@ async def test_written_values_round_trip_whatever_their_characters(settings: Set
     """The writer's statements are SQL text filled by the driver (core/db/bulk.py): quotes, percent signs,
     backslashes and non-ASCII text must arrive exactly as sent, in a batch of many rows as in a batch of one."""
     engine = make_engine(settings)
-    odd = "it's 100% \\ \"quoted\" %s %(x)s -- é 漢 🚀"
+    odd = "it's 100% \\ \"quoted\" %s %(x)s -- é 漢 🚀 \n\r\t\x1a"
     rows = [{"event_id": f"{i:032d}", "fingerprint": "9" * 64, "received_at": 10.0 + i,
              "payload": f'{{"message": "{odd} {i}"}}'} for i in range(3)]
     async with engine.begin() as conn:

@@ -65,6 +65,20 @@ async def test_only_refused_rows_fail_and_their_batch_mates_are_stored() -> None
     assert w.calls < 40  # bisection, not row by row: ~2*log2(n) writes per bad row
 
 
+async def test_one_hand_over_of_many_tasks_gives_each_its_own_outcome() -> None:
+    """workers/persist.py hands a whole read over at once: one future, one outcome per task, in order."""
+    w = FakeDBWriter()
+    w.start()
+    try:
+        outcomes = await w.enqueue([([ev(1)], 1), ([ev(2, bad=True), ev(3)], 1), ([], 1), ([ev(4)], 2)])
+    finally:
+        await w.stop()
+    assert outcomes[0] is None and outcomes[2] is None and outcomes[3] is None
+    assert isinstance(outcomes[1], RowsRejected) and outcomes[1].event_ids == ["e2"]
+    assert sorted(w.stored) == ["e1", "e3", "e4"]
+    assert w.jobs.attempts == {}  # a retried task's attempt number is forgotten once it is settled
+
+
 async def test_a_db_outage_fails_every_task_as_transient_and_stores_nothing() -> None:
     w = FakeDBWriter(down=True)
     results = await run(w, [[ev(1), ev(2)], [ev(3, bad=True)]])
@@ -103,12 +117,12 @@ async def test_the_job_record_keeps_the_attempt_number(attempt: int) -> None:
 
     w = FakeDBWriter()
     redis, states = Redis(), States()
-    w.redis = redis  # type: ignore[assignment]
-    w.states = states  # type: ignore[assignment]
+    w.jobs.redis = redis  # type: ignore[assignment]
+    w.jobs.states = states  # type: ignore[assignment]
     e = ev(7)
-    w.attempts[e.event_id] = attempt
+    w.jobs.remember([e.event_id], attempt)
     hashed = {0: [dedup_id(e.project_id, e.event_id)]}  # the writer hashes a batch's ids once for both states
-    await w._set_state([(e.project_id, e.event_id, e.fingerprint)], hashed, SUCCEEDED)
+    await w.jobs.set([(e.project_id, e.event_id, e.fingerprint)], hashed, SUCCEEDED)
     assert states.calls == [(hashed, SUCCEEDED)]
     if attempt == 1:
         assert redis.values == []
