@@ -3,9 +3,10 @@
 No SQL here. The script (core/scripts/ingest.lua) also sheds load when the queue passes its soft limit; the
 calls themselves, their coalescing and the 503-means-not-counted protocol are api/ingestcall.py's.
 
-Key shards (core/keys.py): an event goes to the shard of its fingerprint, and the script runs once per shard
-(each call single-slot, as Redis Cluster requires); the shards of one flush are called concurrently. A
-request whose events span shards is counted all-or-none per shard: if one shard's call fails the request
+Key shards (core/keys.py): an event goes to the shard of its fingerprint. On one server one script call
+carries every shard's events (a section each), so a request is counted all or none. On Redis Cluster the
+script runs once per shard (each call single-slot), concurrently, and a request whose events span shards is
+counted all-or-none per shard: if one shard's call fails the request
 gets its 503 while the other shards' events stay counted, so a client resending with the same event ids
 (the SDKs do; nginx's retry keeps the edge id, from which missing ids are derived) has each counted once.
 """

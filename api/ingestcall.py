@@ -1,21 +1,26 @@
-"""The ingest script calls of an API process (api/ingest.py makes their arguments): coalesced per key shard,
+"""The ingest script calls of an API process (api/ingest.py makes their arguments): coalesced per loop turn,
 bounded in flight; each call and its re-run follow api/ingestrun.py, where a 503 means "not counted".
 
 Requests that arrive in the same event-loop turn share script calls and queued tasks: under load a node has
 tens of requests in flight; coalescing them costs no latency (the flush runs later in the same loop turn) and
 turns N Redis round trips + N worker tasks into a few. A call holds whole requests up to
 ingest_call_max_events, so it stays short and a request is counted all or none; the calls of one flush go out
-together, at most CALLS_IN_FLIGHT at a time per shard.
+together, at most CALLS_IN_FLIGHT at a time per lane.
+
+Lanes: a call carries one section per key shard it touches (core/scripts/ingest.lua). On Redis Cluster a
+script's keys must share a slot, so each shard is its own lane (one single-slot call per shard, concurrent).
+On one server (redis://, Sentinel) every shard shares lane 0: ONE call per loop turn carries every shard's
+events, so TIME, the deadline and queue checks, the dedup meta reads and the task's XADD are paid once per
+call, not once per shard (issue 12 must-show 6: 16 shards on one server cost ~+30 % CPU per event with a
+call per shard, even pipelined).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from api.ingestrun import SHED, Pending, RedisClock, ScriptRuns
-from api.scriptbatch import ScriptBatcher
 from core import metrics
 from core.redis import is_cluster, load_script
 from core.runtime import Runtime
@@ -41,13 +46,11 @@ class ShardCalls(ScriptRuns):
         # Sentinel: answered once a replica holds the call's writes (WAIT); else the plain EVALSHA
         self.script = ReplicatedScript(load_script(runtime.redis, "ingest"), s.wait_replicas, s.redis_wait_timeout)
         shards = self.keys.shards
-        # Several shards on one server: the calls of a loop turn go out as one pipeline (api/scriptbatch.py);
-        # on a cluster they stay concurrent calls, one per node's shard, and with WAIT (Sentinel fencing) each
-        # call keeps its own EVALSHA + WAIT pair.
-        self._batcher = ScriptBatcher(runtime.redis, self._plain_script) \
-            if shards > 1 and not is_cluster(runtime.redis) and not s.wait_replicas else None
-        self.clocks = [RedisClock() for _ in range(shards)]  # shards may sit on nodes with their own clocks
-        self._pending: dict[int, list[Pending]] = {}
+        # one lane per shard on a cluster (single-slot calls), one lane for every shard on one server
+        self.one_lane = shards == 1 or not is_cluster(runtime.redis)
+        lanes = 1 if self.one_lane else shards
+        self.clocks = [RedisClock() for _ in range(lanes)]  # a cluster's nodes may have clocks of their own
+        self._pending: dict[int, list[Pending]] = {}  # lane -> this loop turn's requests
         # Redis writes the replies of one event-loop turn after running every command of that turn: many
         # scripts in flight at once delay each reply by all of their run times, past REPLY_MARGIN. A few
         # per process and shard keep that delay ~ nodes x one bounded call (a shard's calls carry only its
@@ -55,40 +58,39 @@ class ShardCalls(ScriptRuns):
         # With WAIT (Sentinel fencing) a call also waits for a replica's acknowledgement, Redis idle for it
         # meanwhile: twice the calls in flight keep the same script work queued (loadtest/wait_cost.py).
         in_flight = CALLS_IN_FLIGHT * (2 if s.wait_replicas else 1)
-        self._in_flight = [asyncio.Semaphore(in_flight) for _ in range(shards)]
+        self._in_flight = [asyncio.Semaphore(in_flight) for _ in range(lanes)]
         self._calls: set[asyncio.Task[None]] = set()  # strong references: the loop only keeps weak ones
-        # What every script call of a shard sends unchanged (ingest.lua's KEYS and constant ARGV), built once
-        self._script_keys = [k.ingest_keys() for k in self.keys.all_shards]
-        # the soft limit is the whole queue's: each shard's stream takes its share
-        self._constants: list[list[bytes | str | int]] = [
-            [k.dedup_prefix, s.dedup_ttl, s.dedup_buckets, -(-s.queue_soft_limit // k.shards)]
+        # What every script call sends unchanged (ingest.lua's KEYS and ARGV), built once: per shard its
+        # section's keys and prefixes (per-project keys = prefix + id)
+        # (bytes: redis-py's encoder passes them through; a 16-shard call carries ~4 sections' 13 of them)
+        self._script_keys = [[key.encode() for key in k.ingest_keys()] for k in self.keys.all_shards]
+        self._section_heads: list[list[bytes | str | int]] = [
+            [k.dedup_prefix.encode(), k.new_groups("").encode(), k.feed_index("").encode()]
             for k in self.keys.all_shards]
-        # per-project quota and new-group cap (core/ratelimit/quota.py); per-project keys = prefix + id
-        self._limits: list[list[bytes | str | int]] = [
-            [s.project_quota_per_second, s.project_quota_per_minute, s.project_new_groups_per_hour,
-             1 if s.rate_limit_enabled else 0, k.new_groups(""), k.feed_index(""), k.shards]
-            for k in self.keys.all_shards]
-
-    def _plain_script(self) -> Any:
-        """The script the batcher pipelines: the EVALSHA under ReplicatedScript (no WAIT here), or whatever
-        replaced it (tests wrap it to lose replies; the batcher then calls it per call)."""
-        return self.script.script if isinstance(self.script, ReplicatedScript) else self.script
+        # the soft limit is the whole queue's: each shard's stream takes its share (a call's task goes to the
+        # stream of its first section, the shard of its first event: tasks spread as the events do)
+        self._constants: list[bytes | str | int] = [s.dedup_ttl, s.dedup_buckets, -(-s.queue_soft_limit // shards)]
+        # per-project quota and new-group cap (core/ratelimit/quota.py): each shard admits its share
+        self._limits: list[bytes | str | int] = [
+            s.project_quota_per_second, s.project_quota_per_minute, s.project_new_groups_per_hour,
+            1 if s.rate_limit_enabled else 0, shards]
 
     def submit(self, shard: int, pending: Pending) -> None:
-        """Joins this loop turn's calls of `shard` (flushed at the end of the turn)."""
+        """Joins this loop turn's calls of `shard`'s lane (flushed at the end of the turn)."""
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._pending.setdefault(shard, []).append(pending)
+        pending.shard = shard
+        self._pending.setdefault(0 if self.one_lane else shard, []).append(pending)
 
     def _flush(self) -> None:
         batches, self._pending = self._pending, {}
         start = time.monotonic()
-        for shard, batch in batches.items():  # the shards' calls run concurrently
-            task = asyncio.ensure_future(self._run(shard, batch, start))
+        for lane, batch in batches.items():  # the lanes' calls run concurrently
+            task = asyncio.ensure_future(self._run(lane, batch, start))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 
-    async def _run(self, shard: int, batch: list[Pending], start: float) -> None:
+    async def _run(self, lane: int, batch: list[Pending], start: float) -> None:
         cap = self.runtime.settings.ingest_call_max_events
         chunks: list[list[Pending]] = [[]]
         size = 0
@@ -99,17 +101,23 @@ class ShardCalls(ScriptRuns):
             chunks[-1].append(p)
             size += p.events
         if len(chunks) == 1:
-            await self._settle(shard, chunks[0], start)
+            await self._settle(lane, chunks[0], start)
             return
         # Sent together (the shard's in-flight bound still applies): one after the other, each later call
         # waited for the round trip of the one before (a busy loop's reply handling included) out of a
         # budget counted from this flush, and a flush of several batches ran its last calls out of time
         # (late-call 503s under `make bench`'s batch case).
-        await asyncio.gather(*(self._settle(shard, chunk, start) for chunk in chunks))
+        await asyncio.gather(*(self._settle(lane, chunk, start) for chunk in chunks))
 
-    async def _settle(self, shard: int, chunk: list[Pending], start: float) -> None:
+    async def _settle(self, lane: int, batch: list[Pending], start: float) -> None:
+        # a section per shard, the first one the shard of the first request's events (its stream gets the
+        # task); the events and the answers follow this order
+        sections: dict[int, list[Pending]] = {}
+        for p in batch:
+            sections.setdefault(p.shard, []).append(p)
+        chunk = [p for part in sections.values() for p in part]
         try:
-            result = await self._call(shard, chunk, start)
+            result = await self._call(lane, sections, chunk, start)
         except BaseException as exc:
             for p in chunk:
                 if not p.future.done():

@@ -18,7 +18,6 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from api.scriptbatch import ScriptBatcher
 from core import metrics
 from core.dedup import TOKEN_BITS
 from core.ratelimit.redis_limiter import FoldedHit
@@ -34,7 +33,7 @@ REPLY_MARGIN = 0.2  # measured: with 0.15 a machine at load 18 on 2 cores counte
 RERUN_MIN = 0.15  # time kept for the re-run, whatever the first run took
 GRACE = 0.05  # extra wait for a reply already in the socket of a starved event loop (see _call)
 REFAIL_PAUSE = 0.05  # before re-running a call that failed at once (a failover's closed connections)
-LIMITER_AT = 15  # ARGV[16] of ingest.lua (0-based here): how many limiter arguments follow, the re-run flag first
+LIMITER_AT = 12  # ARGV[13] of ingest.lua (0-based here): how many limiter arguments follow, the re-run flag first
 
 
 class StoreUnavailable(RedisError):
@@ -48,6 +47,7 @@ class Pending:
     future: asyncio.Future[tuple[list[int], list[int]]]  # (totals, outcomes) per event
     positions: list[int]  # where these events are in the request
     limit: FoldedHit | None = None  # the request's rate-limiter check, decided in the same call
+    shard: int = 0  # the key shard of these events (ShardCalls.submit sets it): their section of a call
 
 
 class RedisClock:
@@ -77,16 +77,16 @@ class ScriptRuns:
 
     runtime: Runtime
     script: Any
-    _batcher: ScriptBatcher | None
-    clocks: list[RedisClock]
+    clocks: list[RedisClock]  # per lane (api/ingestcall.py)
     _in_flight: list[asyncio.Semaphore]
-    _script_keys: list[list[str]]
-    _constants: list[list[bytes | str | int]]
-    _limits: list[list[bytes | str | int]]
+    _script_keys: list[list[bytes]]  # per shard
+    _section_heads: list[list[bytes | str | int]]  # per shard
+    _constants: list[bytes | str | int]
+    _limits: list[bytes | str | int]
 
-    async def _attempt(self, shard: int, keys: list[str], fixed: list[bytes | str | int],
+    async def _attempt(self, lane: int, keys: list[bytes], fixed: list[bytes | str | int],
                        events: list[bytes | str | int], began: float, wait: float, rerun: bool) -> list[Any]:
-        clock = self.clocks[shard]
+        clock = self.clocks[lane]
         if clock.offset is None:
             secs, micros = await self.runtime.redis.time()
             clock.observe(secs * 1000 + micros / 1000, time.time())
@@ -95,15 +95,15 @@ class ScriptRuns:
         args = [*fixed, deadline, *events]
         if rerun and args[LIMITER_AT]:  # limiter checks ride in this call: they may find their own entries
             args[LIMITER_AT + 1] = 1
-        async with self._in_flight[shard]:
+        async with self._in_flight[lane]:
             with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
-                if self._batcher is not None:
-                    return await self._batcher(keys, args)  # type: ignore[no-any-return]
                 return await self.script(keys=keys, args=args)  # type: ignore[no-any-return]
 
-    async def _call(self, shard: int, chunk: list[Pending], start: float) -> list[int]:
-        """One script call, re-run once with the same token if its answer is lost (again while the budget
-        lasts when a re-run fails at once on a broken connection: a failover's).
+    async def _call(self, lane: int, sections: dict[int, list[Pending]], chunk: list[Pending],
+                    start: float) -> list[int]:
+        """One script call (a section per shard of `sections`; `chunk` = their requests in that order), re-run
+        once with the same token if its answer is lost (again while the budget lasts when a re-run fails at
+        once on a broken connection: a failover's).
 
         Why a 503 after this is "not counted": run i may only count before its deadline D_i, and we stop
         waiting for it at D_i + REPLY_MARGIN + GRACE (local clock, mapped to Redis by a lower bound of the offset).
@@ -113,7 +113,7 @@ class ScriptRuns:
         budget = self.runtime.settings.ingest_budget
         head, tail = message_frame()
         token = secrets.randbelow((1 << TOKEN_BITS) - 1) + 1
-        fixed: list[bytes | str | int] = [*self._constants[shard], head, tail, token]
+        fixed: list[bytes | str | int] = [*self._constants, head, tail, token]
         # the limiter checks carried by the chunk's requests (ingest.lua ARGV[16..]): each names its events
         # Compact: each tier set once per call, then ONE argument per request ("spec|first|count|member|client"):
         # with a window key, limit and window per tier and request, packing the arguments in redis-py cost
@@ -134,8 +134,13 @@ class ScriptRuns:
             first += p.events
         if checks:  # led by the re-run flag (ARGV[17]), which _attempt sets on a re-run, and the tier sets
             checks = [0, len(specs), *spec_args, *checks]
-        events: list[bytes | str | int] = [*self._limits[shard], len(checks), *checks,
-                                           *(a for p in chunk for a in p.args)]
+        events: list[bytes | str | int] = [*self._limits, len(checks), *checks]
+        keys: list[bytes] = []
+        for shard, part in sections.items():  # ingest.lua's sections: keys, prefixes, event count, events
+            keys += self._script_keys[shard]
+            events += self._section_heads[shard]
+            events.append(sum(p.events for p in part))
+            events.extend(a for p in part for a in p.args)
         error: BaseException = StoreUnavailable("event store unavailable")
         attempt = 0
         while True:
@@ -151,8 +156,7 @@ class ScriptRuns:
                 wait = max(RERUN_MIN, remaining) - GRACE
             began = time.time()  # the deadline is counted from here, like the wait
             # the limits' and the limiter's arguments follow the deadline (ingest.lua ARGV[9..])
-            run = asyncio.ensure_future(self._attempt(shard, self._script_keys[shard], fixed, events, began, wait,
-                                                      attempt > 0))
+            run = asyncio.ensure_future(self._attempt(lane, keys, fixed, events, began, wait, attempt > 0))
             await asyncio.wait({run}, timeout=wait)
             if not run.done():
                 # A starved event loop (busy machine) wakes up with the reply in its socket AND the timer
@@ -173,7 +177,7 @@ class ScriptRuns:
                 refused = True
             else:
                 result = run.result()
-                self.clocks[shard].observe(float(result[1]), time.time())
+                self.clocks[lane].observe(float(result[1]), time.time())
                 if int(result[0]) != LATE:
                     return [int(x) for x in result]
                 error = StoreUnavailable("event store too slow (call refused after its deadline)")

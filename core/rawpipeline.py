@@ -1,13 +1,13 @@
 """Many EVALSHA calls in one write on one pooled connection: redis-py's own connection API, no Pipeline object.
 
-Why not `redis.pipeline()`: on the hot path of key shards on ONE server (api/scriptbatch.py) a loop turn's
-per-shard ingest calls go out together, and redis-py 8.1's Pipeline costs ~100 us of client CPU per execute
-on top of packing and parsing (command stack, HIMPORT preflight, retry wrapper, observability hooks, reset),
-measured with loadtest-style CPU timing: one 2-call pipeline ~330 us against ~220 us this way. That overhead
-was a large part of what 16 shards cost against 1 per ingest request (issue 12 must-show 6).
+Why not `redis.pipeline()`: on hot paths with a call per key shard on ONE server (the live feed's takes,
+core/feed.py; the limiter's batches) a loop turn's calls go out together, and redis-py 8.1's Pipeline costs
+~100 us of client CPU per execute on top of packing and parsing (command stack, HIMPORT preflight, retry
+wrapper, observability hooks, reset), measured with loadtest-style CPU timing: one 2-call pipeline ~330 us
+against ~220 us this way.
 
-Packing is done here too: redis-py packs every argument through its Encoder (~1.5 us each), and an ingest
-call is ~30 arguments of which the 10 keys and the SHA never change per shard; their RESP is packed once and
+Packing is done here too: redis-py packs every argument through its Encoder (~1.5 us each), and a script
+call's keys and SHA seldom change per shard; their RESP is packed once and
 cached (`_HEADS`), the rest is the same RESP redis-py writes (tests/unit/test_rawpipeline.py compares them).
 
 What this keeps from the Pipeline: one packed write, every reply read before returning (the socket never

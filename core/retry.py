@@ -101,7 +101,7 @@ class RetryMiddleware(TaskiqMiddleware):
 
     async def _park(self, message: TaskiqMessage, labels: dict[str, Any], delay: float, state: str,
                     attempt: int, error: str, event_ids: list[Any]) -> None:
-        # back onto the stream of the shard it came from (every event of a task shares its shard)
+        # back onto the stream of its first event's shard (on a cluster every event of a task shares it)
         shard = self.keys.for_fingerprint(task_fingerprint(message.kwargs))
         await self._schedule(keys=[shard.retries], args=[int(delay * 1000), _wire(message, labels)])
         pipe = self.redis.pipeline(transaction=False)

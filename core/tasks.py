@@ -25,8 +25,9 @@ def message_frame(task_id: str | None = None) -> tuple[str, str]:
 
 
 def task_fingerprint(kwargs: object) -> str:
-    """The fingerprint of a task's first event ("" if none): every event of one task shares its key shard
-    (ingest enqueues per shard), so it names the stream a retry or a replay goes back to."""
+    """The fingerprint of a task's first event ("" if none): it names the stream a retry or a replay goes back
+    to. On Redis Cluster every event of a task shares its key shard (ingest enqueues per shard); on one server
+    a task may span shards (one ingest call carries them all), and any shard's stream is read by every worker."""
     events = kwargs.get("events") if isinstance(kwargs, dict) else None
     first = events[0] if isinstance(events, list) and events else None
     fp = first.get("fingerprint") if isinstance(first, dict) else None

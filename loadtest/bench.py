@@ -37,7 +37,7 @@ from core.keys import Keys
 from faultline.procs import FileSink
 from loadtest import profile, targets
 from loadtest.procstats import CpuMeter, target_processes
-from loadtest.report import REPORTS, SHARDED, bench_markdown, bench_tables, machine_description
+from loadtest.report import REPORTS, SHARDED, bench_markdown, bench_tables, machine_description, partial_markdown
 from loadtest.wrkrun import WrkResult, parse_output, run_wrk
 
 ENVELOPE_SCRIPT = Path(__file__).resolve().parent / "wrk" / "envelope.lua"
@@ -155,6 +155,21 @@ def envelope_markdown(rows: list[list[str]]) -> str:
     return "\n## Sentry envelope (gzip, 1 event each) vs POST /errors/log\n\n" + "\n".join(lines) + "\n"
 
 
+def full_report(chosen: dict[str, Any], limiter: bool, args: argparse.Namespace, machine: str) -> str:
+    """Every table printed, and the markdown report of a whole run."""
+    for table in bench_tables(chosen, limiter, args.batch_size):
+        console.print(table)
+    sentry_rows = envelope_rows(chosen)
+    table = Table(title="Sentry envelope (gzip, 1 event each, like the SDK) vs POST /errors/log",
+                  title_justify="left")
+    for i, col in enumerate(ENVELOPE_HEAD):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in sentry_rows:
+        table.add_row(*row)
+    console.print(table)
+    return bench_markdown(chosen, limiter, args, machine) + envelope_markdown(sentry_rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,10 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", default="mariadb")
     parser.add_argument("--shards", type=int, default=16,
                         help="key shards of the sharded-ingest case on one Redis server (0: no such case)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated cases to run (e.g. 'ingest,ingest sharded': issue 12's shard "
+                             "table alone, ~1 min); only the targets they need are started")
     parser.add_argument("--profile", action="store_true",
                         help="after the measured rounds, one pass of ingest, batch and ingest sharded under "
                              "py-spy: flame graphs and the top costs per process in the report")
     args = parser.parse_args(argv)
+    only = {c.strip() for c in args.only.split(",") if c.strip()}
+    wanted = (lambda name: not only or name in only)  # noqa: E731
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = REPORTS / f"bench-{stamp}"
@@ -191,18 +211,21 @@ def main(argv: list[str] | None = None) -> int:
     running: list[Any] = []
     try:
         with console.status("starting targets (MariaDB, Redis, nodes, nginx)..."):
-            ours = targets.start_ours(out / "ours", sink, limiter=False if limiter else None,
-                                      nodes=args.nodes, db=args.db)
-            running.append(ours)
-            floor = targets.start_floor(out / "floor", sink, nodes=args.nodes)
-            running.append(floor)
+            ours = floor = None
+            if any(wanted(c) for c in ("ingest", "batch", "envelope")):
+                ours = targets.start_ours(out / "ours", sink, limiter=False if limiter else None,
+                                          nodes=args.nodes, db=args.db)
+                running.append(ours)
+            if wanted("floor"):
+                floor = targets.start_floor(out / "floor", sink, nodes=args.nodes)
+                running.append(floor)
             ours_on = None
-            if limiter:
+            if limiter and wanted("limiter on"):
                 ours_on = targets.start_ours(out / "ours-limited", sink, limiter=True, nodes=args.nodes,
                                              db=args.db)
                 running.append(ours_on)
             sharded = None
-            if args.shards > 1:
+            if args.shards > 1 and wanted(SHARDED):
                 sharded = targets.start_ours(out / "ours-sharded", sink, limiter=False if limiter else None,
                                              nodes=args.nodes, db=args.db,
                                              env={"FAULTLINE_REDIS_SHARDS": str(args.shards)})
@@ -215,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             cases.append((SHARDED, sharded, "/errors/log", 0))
         cases.append(("batch", ours, "/errors/batch", args.batch_size))
         cases.append(("envelope", ours, "envelope", 0))
+        cases = [c for c in cases if wanted(c[0])]
         results: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in cases}
         for rnd in range(args.rounds):
             for name, target, path, batch in cases:
@@ -226,17 +250,11 @@ def main(argv: list[str] | None = None) -> int:
                 results[name].append(res)
         chosen = {name: median_case(runs) for name, runs in results.items()}
         machine = machine_description()
-        for table in bench_tables(chosen, limiter, args.batch_size):
-            console.print(table)
-        sentry_rows = envelope_rows(chosen)
-        table = Table(title="Sentry envelope (gzip, 1 event each, like the SDK) vs POST /errors/log",
-                      title_justify="left")
-        for i, col in enumerate(ENVELOPE_HEAD):
-            table.add_column(col, justify="left" if i == 0 else "right")
-        for row in sentry_rows:
-            table.add_row(*row)
-        console.print(table)
-        report = bench_markdown(chosen, limiter, args, machine) + envelope_markdown(sentry_rows)
+        if only:  # a partial run: the tables its cases make, no others (they compare against absent cases)
+            report = partial_markdown(chosen, args, machine)
+            console.print(report)
+        else:
+            report = full_report(chosen, limiter, args, machine)
         if args.profile:
             for name, target, path, batch in cases:
                 if name in ("ingest", "batch", SHARDED):

@@ -1,19 +1,28 @@
 -- Accept a batch of events atomically: refuse if late, dedup by (project, event id), shed load, count, enqueue.
--- KEYS[1] task stream, KEYS[2] pending deltas (hash: per group and per group-hour), KEYS[3] live totals (hash),
--- KEYS[4] live-feed dirty set, KEYS[5] live-feed group summaries (hash), KEYS[6] dedup meta (hash), KEYS[7] groups new to the live hash (set),
--- KEYS[8] quota overrides (hash), KEYS[9] quota GCRA state (hash), KEYS[10] dropped counters (hash)
--- ARGV[1] dedup key prefix, ARGV[2] dedup TTL s, ARGV[3] dedup buckets per TTL, ARGV[4] queue soft limit,
--- ARGV[5] message head, ARGV[6] message tail, ARGV[7] call token, ARGV[8] deadline in Redis ms (0 = none),
--- ARGV[9..11] default per-second quota, per-minute quota, new groups per hour (0 = no limit), ARGV[12] limits
--- on (1) / off (0), ARGV[13] new-groups key prefix, ARGV[14] feed index key prefix (per-project keys = prefix
--- .. project id: same {hash tag}, same slot), ARGV[15] key shards (the limits above are the project's
--- whole; each shard's script admits its share, see core/ratelimit/quota.py),
--- ARGV[16] M = how many ARGV follow for the request rate limiter (0 = none), ARGV[17] 1 when this call is a
--- re-run of a call whose reply was lost, else 0, ARGV[18] S = tier sets, then S x (tier count t, then
+-- The events come in SECTIONS, one per key shard they fall in (core/keys.py), each with that shard's keys:
+-- on Redis Cluster a call holds one section (its keys share a slot); on one server (redis://, Sentinel) ONE
+-- call carries a loop turn's events of every shard (api/ingestcall.py): TIME, the deadline, the queue check,
+-- the limiter and the task's XADD happen once per call, not once per shard (issue 12 must-show 6).
+-- KEYS: 10 per section, in section order: task stream, pending deltas (hash: per group and per group-hour),
+-- live totals (hash), live-feed dirty set, live-feed group summaries (hash), dedup meta (hash), groups new to
+-- the live hash (set), quota overrides (hash), quota GCRA state (hash), dropped counters (hash)
+-- ARGV[1] dedup TTL s, ARGV[2] dedup buckets per TTL, ARGV[3] queue soft limit of ONE shard's stream,
+-- ARGV[4] message head, ARGV[5] message tail, ARGV[6] call token, ARGV[7] deadline in Redis ms (0 = none),
+-- ARGV[8..10] default per-second quota, per-minute quota, new groups per hour (0 = no limit), ARGV[11] limits
+-- on (1) / off (0), ARGV[12] key shards (the limits above are the project's whole; each shard's section
+-- admits its share into its own state, see core/ratelimit/quota.py),
+-- ARGV[13] M = how many ARGV follow for the request rate limiter (0 = none), ARGV[14] 1 when this call is a
+-- re-run of a call whose reply was lost, else 0, ARGV[15] S = tier sets, then S x (tier count t, then
 -- t x (window key prefix, limit, window ms)), then ONE per limited request of this call (api/ratelimit.py
 -- folds the limiter of the ingest routes into this call on one key shard):
 -- "<tier set>|<first event>|<event count>|<member>|<client>" (window key = its tier's prefix .. client),
--- then per event: dedup seed, dedup digest, fingerprint, event JSON, project id (core/dedup.py).
+-- then per section: dedup key prefix, new-groups key prefix, feed index key prefix (per-project keys =
+-- prefix .. project id: same {hash tag} as the section's KEYS), its event count c, then c x (dedup seed,
+-- dedup digest, fingerprint, event JSON, project id) (core/dedup.py). Events are numbered across sections.
+-- The call's task (every counted event, whatever its section) is ONE message on the FIRST section's stream:
+-- workers find each event's shard from its fingerprint (core/dedup.py JobStates.by_shard); the queue check
+-- is that stream's length against one stream's share of the soft limit (the caller makes the first section
+-- the shard of its first event, so tasks spread over the streams as evenly as the events do).
 -- Returns {status, redis_ms, r1..rn, o1..on, l1..lL} where l = 5 figures per limited request in ARGV order,
 -- {allowed, tier index, remaining, wait µs, now µs} (_sliding_window.lua); a refused request's events are
 -- neither counted nor remembered (r = 0, o = 0):
@@ -23,14 +32,14 @@
 --   overflow group, -w = rate limited by the project's quota, one more event fits in w ms;
 --   status -1 = queue over its soft limit, r1 = depth (nothing counted);
 --   status -2 = the call arrived after its deadline (nothing counted: the caller has given up or will).
--- Dedup hashes (_dedup.lua) are named here from ARGV[1]: every one of them carries the same {hash tag} as
--- KEYS, so the script stays single-slot on Redis Cluster.
+-- Dedup hashes (_dedup.lua) are named here from each section's prefix: every one of them carries the same
+-- {hash tag} as that section's KEYS, so a one-section call stays single-slot on Redis Cluster.
 -- Live feed (core/feed.py): every counted fingerprint is SADDed to the dirty set, which the coalescer drains
 -- every 250 ms; on a first sighting a small group summary is stored once (HSETNX) for its error:new, and the
--- fingerprint is noted in KEYS[7] so the scheduler rebases its live total on the DB's (workers/prune.py).
+-- fingerprint is noted in the live-new set so the scheduler rebases its live total on the DB's (workers/prune.py).
 -- Per-project quota and new-group cap: see the [limits] section and core/ratelimit/quota.py.
-local LIMIT_ARGS = tonumber(ARGV[16])
-local FIXED_ARGS, PER_EVENT = 16 + LIMIT_ARGS, 5
+local LIMIT_ARGS = tonumber(ARGV[13])
+local FIXED_ARGS, PER_EVENT, NKEYS = 13 + LIMIT_ARGS, 5, 10
 local QUEUED = 0
 
 --#include _sliding_window.lua
@@ -54,20 +63,44 @@ local now_s = tonumber(t[1])
 local now_ms = now_s * 1000 + math.floor(tonumber(t[2]) / 1000)
 local hour = math.floor(now_s / 3600)
 
+-- ---- sections: each key shard's keys, prefixes and events; `at[i]` = the ARGV index of event i ----
+local sections, at, sec_of = {}, {}, {}
+do
+  local a, n = FIXED_ARGS + 1, 0
+  for j = 1, #KEYS / NKEYS do
+    local k = (j - 1) * NKEYS
+    local sec = {stream = KEYS[k + 1], pending = KEYS[k + 2], live = KEYS[k + 3], dirty = KEYS[k + 4],
+                 summaries = KEYS[k + 5], meta = KEYS[k + 6], live_new = KEYS[k + 7], quota_conf = KEYS[k + 8],
+                 quota_state = KEYS[k + 9], dropped = KEYS[k + 10], dedup_prefix = ARGV[a],
+                 new_groups = ARGV[a + 1], feed_index = ARGV[a + 2]}
+    local c = tonumber(ARGV[a + 3])
+    a = a + 4
+    for _ = 1, c do
+      n = n + 1
+      at[n], sec_of[n] = a - 1, sec  -- event i's arguments are ARGV[at[i] + 1 .. at[i] + PER_EVENT]
+      a = a + PER_EVENT
+    end
+    sections[j] = sec
+  end
+end
+local n = #at
+
 -- ---- dedup lookup (before any write: a re-run must see only what earlier runs wrote) ----
-local token = tonumber(ARGV[7])
-local d = dedup_open(ARGV[1], KEYS[6], tonumber(ARGV[2]), tonumber(ARGV[3]), now_s)
-local n = (#ARGV - FIXED_ARGS) / PER_EVENT
+local token = tonumber(ARGV[6])
+local ttl, nb = tonumber(ARGV[1]), tonumber(ARGV[2])
+for _, sec in ipairs(sections) do
+  sec.d = dedup_open(sec.dedup_prefix, sec.meta, ttl, nb, now_s)
+end
 local found, seen = {}, {}
 local mine = false
 for i = 1, n do
-  local base = FIXED_ARGS + (i - 1) * PER_EVENT
-  local id = ARGV[base + 1] .. ':' .. ARGV[base + 2]
+  local base, sec = at[i], sec_of[i]
+  local id = sec.dedup_prefix .. ARGV[base + 1] .. ':' .. ARGV[base + 2]
   if seen[id] then
     found[i] = 0  -- the same event twice in one call: the later one is a duplicate
   else
     seen[id] = true
-    local v = dedup_find(d, tonumber(ARGV[base + 1]), ARGV[base + 2])
+    local v = dedup_find(sec.d, tonumber(ARGV[base + 1]), ARGV[base + 2])
     if v then
       if math.floor(v / 8) == token then found[i] = -1; mine = true else found[i] = 0 end
     end
@@ -77,12 +110,12 @@ end
 -- ---- admission, unless an earlier run of this call already counted (then only answer what it did) ----
 if not mine then
   -- deadline: never count once the caller may have stopped waiting (it answers 503 = "not counted")
-  local deadline = tonumber(ARGV[8])
+  local deadline = tonumber(ARGV[7])
   if deadline > 0 and now_ms > deadline then
     return {-2, now_ms}
   end
-  local depth = redis.call('XLEN', KEYS[1])
-  if depth >= tonumber(ARGV[4]) then
+  local depth = redis.call('XLEN', sections[1].stream)
+  if depth >= tonumber(ARGV[3]) then
     return {-1, now_ms, depth}
   end
 end
@@ -92,11 +125,11 @@ end
 -- events are skipped. `rerun` = true: a re-run of this call finds the requests its lost run admitted.
 local refused, decisions = {}, {}
 if LIMIT_ARGS > 0 then
-  local rerun = ARGV[17] == '1'  -- only a re-run may find its requests already logged (one ZSCORE each)
-  local seen = {}  -- the windows this call has read (_sliding_window.lua): a client's later requests reuse them
+  local rerun = ARGV[14] == '1'  -- only a re-run may find its requests already logged (one ZSCORE each)
+  local windows = {}  -- the windows this call has read (_sliding_window.lua): a client's later requests reuse them
   local sets = {}
-  local a = 19
-  for s = 1, tonumber(ARGV[18]) do
+  local a = 16
+  for s = 1, tonumber(ARGV[15]) do
     local tiers = tonumber(ARGV[a])
     local set = {prefixes = {}, limits = {}, windows = {}}
     for i = 1, tiers do
@@ -107,13 +140,13 @@ if LIMIT_ARGS > 0 then
     a = a + 1 + 3 * tiers
   end
   local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  while a <= 16 + LIMIT_ARGS do
+  while a <= FIXED_ARGS do
     local s, first, count, member, client = string.match(ARGV[a], '^(%d+)|(%d+)|(%d+)|([^|]+)|(.*)$')
     local set = sets[tonumber(s)]
     first, count = tonumber(first), tonumber(count)
     local wkeys = {}
     for i = 1, #set.prefixes do wkeys[i] = set.prefixes[i] .. client end
-    local d = sliding_window(wkeys, member, set.limits, set.windows, now_us, rerun, seen)
+    local d = sliding_window(wkeys, member, set.limits, set.windows, now_us, rerun, windows)
     for k = 1, 5 do decisions[#decisions + 1] = d[k] end
     if d[1] == 0 then
       for i = first, first + count - 1 do refused[i] = true end
@@ -123,19 +156,21 @@ if LIMIT_ARGS > 0 then
 end
 
 -- ==== [limits] per-project event quota + new-group cap (core/ratelimit/quota.py says why) =============
-local limits_on = ARGV[12] == '1'
-local shares = tonumber(ARGV[15])
-local function share(limit)  -- this shard's part of a project-wide limit (0 = no limit stays 0)
+local limits_on = ARGV[11] == '1'
+local shares = tonumber(ARGV[12])
+local function share(limit)  -- a shard's part of a project-wide limit (0 = no limit stays 0)
   if limit == 0 or shares == 1 then return limit end
   return math.ceil(limit / shares)
 end
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])  -- µs, from the TIME read above
-local projects = {}  -- project id -> {ps, pm, cap, s, m, pruned}: read once per call, state written at the end
-local function project(pid)
-  local p = projects[pid]
+-- per section (each shard keeps its own share and state): project id -> {ps, pm, cap, s, m, pruned}, read
+-- once per call, state written at the end
+local function project(sec, pid)
+  sec.projects = sec.projects or {}
+  local p = sec.projects[pid]
   if p then return p end
-  p = {ps = tonumber(ARGV[9]), pm = tonumber(ARGV[10]), cap = tonumber(ARGV[11])}
-  local conf = redis.call('HGET', KEYS[8], pid)
+  p = {ps = tonumber(ARGV[8]), pm = tonumber(ARGV[9]), cap = tonumber(ARGV[10])}
+  local conf = redis.call('HGET', sec.quota_conf, pid)
   if conf then  -- "per_second|per_minute|new_groups_per_hour", empty = default
     local a, b, c = string.match(conf, '^(%d*)|(%d*)|(%d*)$')
     if a and a ~= '' then p.ps = tonumber(a) end
@@ -143,9 +178,9 @@ local function project(pid)
     if c and c ~= '' then p.cap = tonumber(c) end
   end
   p.ps, p.pm, p.cap = share(p.ps), share(p.pm), share(p.cap)
-  local st = redis.call('HMGET', KEYS[9], pid .. ':s', pid .. ':m')
+  local st = redis.call('HMGET', sec.quota_state, pid .. ':s', pid .. ':m')
   p.s, p.m = tonumber(st[1]) or 0, tonumber(st[2]) or 0
-  projects[pid] = p
+  sec.projects[pid] = p
   return p
 end
 -- GCRA, `rate` events per `window` µs with a burst of `rate`: returns the new TAT, or nil and the wait (µs)
@@ -157,8 +192,8 @@ local function gcra(tat, rate, window)
   return nil, base + step - window - now
 end
 -- 0 = admitted (the state moves on), else µs until one more event of this project fits
-local function quota_wait(pid)
-  local p = project(pid)
+local function quota_wait(sec, pid)
+  local p = project(sec, pid)
   local s, ws = gcra(p.s, p.ps, 1000000)
   local m, wm = gcra(p.m, p.pm, 60000000)
   if s == nil or m == nil then return math.max(ws, wm, 1) end
@@ -166,9 +201,9 @@ local function quota_wait(pid)
   return 0
 end
 -- a first sighting: may the project create one more group this hour? (sliding log, at most cap entries)
-local function group_admitted(pid, fp)
-  local p = project(pid)
-  local key = ARGV[13] .. pid
+local function group_admitted(sec, pid, fp)
+  local p = project(sec, pid)
+  local key = sec.new_groups .. pid
   if not p.pruned then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 3600000000)
     p.pruned = true
@@ -204,12 +239,13 @@ end
 -- The counts of a call are added once per group, not once per event (60 % of events hit 5 groups): event k
 -- of a group's n in this call gets the total final - n + k, exactly what n single increments would have
 -- answered, since nothing else runs while the script does. 4 commands per group instead of 4 per event.
+-- A group's counts go to its event's section (its shard's hashes: the scheduler syncs them per shard).
 local bodies = {}
 local result = {0, now_ms}
-local groups, order = {}, {}  -- fp -> {n = events counted here, pid, their indexes and bodies}
-local hours = {}  -- "<fp>@<project>@<hour>" -> events counted here
+local groups, order = {}, {}  -- section's stream .. fp -> {n = events counted here, pid, sec, indexes, bodies}
+local hours = {}  -- "<fp>@<project>@<hour>" -> {sec, events counted here}
 for i = 1, n do
-  local base = FIXED_ARGS + (i - 1) * PER_EVENT
+  local base, sec = at[i], sec_of[i]
   local outcome = 0
   if refused[i] then
     result[i + 2] = 0  -- its request was refused by the rate limiter: not counted, not remembered
@@ -219,66 +255,73 @@ for i = 1, n do
     local fp, body, pid = ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
     -- [limits] checked after dedup (a duplicate costs no quota); a rate-limited event is not remembered,
     -- so the client may send it again later and have it counted
-    local wait = limits_on and quota_wait(pid) or 0
+    local wait = limits_on and quota_wait(sec, pid) or 0
     if wait > 0 then
       outcome = -math.ceil(wait / 1000)
-      redis.call('HINCRBY', KEYS[10], pid .. ':rate_limited', 1)
+      redis.call('HINCRBY', sec.dropped, pid .. ':rate_limited', 1)
       result[i + 2] = 0
     else
       -- [limits] a new group over the project's cap is counted into its overflow group (a group counted
       -- earlier in this call exists, though its increment is still to come)
-      if limits_on and project(pid).cap > 0 and not groups[fp] and redis.call('HEXISTS', KEYS[3], fp) == 0
-          and not group_admitted(pid, fp) then
+      if limits_on and project(sec, pid).cap > 0 and not groups[sec.stream .. fp]
+          and redis.call('HEXISTS', sec.live, fp) == 0 and not group_admitted(sec, pid, fp) then
         local ofp = overflow_fp(pid)
-        body = overflow_body(body, fp, ofp, project(pid).cap)
+        body = overflow_body(body, fp, ofp, project(sec, pid).cap)
         fp = ofp
         outcome = 1
-        redis.call('HINCRBY', KEYS[10], pid .. ':overflow', 1)
+        redis.call('HINCRBY', sec.dropped, pid .. ':overflow', 1)
       end
-      dedup_put(d, tonumber(ARGV[base + 1]), ARGV[base + 2], token * 8 + QUEUED)
-      local g = groups[fp]
+      dedup_put(sec.d, tonumber(ARGV[base + 1]), ARGV[base + 2], token * 8 + QUEUED)
+      local gk = sec.stream .. fp
+      local g = groups[gk]
       if not g then
-        g = {n = 0, pid = pid, events = {}, bodies = {}}
-        groups[fp] = g
-        order[#order + 1] = fp
+        g = {n = 0, fp = fp, pid = pid, sec = sec, events = {}, bodies = {}}
+        groups[gk] = g
+        order[#order + 1] = gk
       end
       g.n = g.n + 1
       g.events[g.n], g.bodies[g.n] = i, body
       -- the hour bucket of the group page's chart rides in the same hash, so the sync applies it with the
       -- count, exactly once (field "<fp>@<project>@<hour>"; workers/sync.py tells the two kinds apart)
       local field = fp .. '@' .. pid .. '@' .. hour
-      hours[field] = (hours[field] or 0) + 1
-      bodies[#bodies + 1] = body
+      local hk = sec.stream .. field
+      local h = hours[hk]
+      if not h then h = {sec = sec, field = field, n = 0}; hours[hk] = h end
+      h.n = h.n + 1
+            bodies[#bodies + 1] = body
     end
   end
   result[n + i + 2] = outcome
 end
-for _, fp in ipairs(order) do
-  local g = groups[fp]
-  redis.call('HINCRBY', KEYS[2], fp, g.n)
-  local final = redis.call('HINCRBY', KEYS[3], fp, g.n)
+for _, gk in ipairs(order) do
+  local g = groups[gk]
+  local fp, sec = g.fp, g.sec
+  redis.call('HINCRBY', sec.pending, fp, g.n)
+  local final = redis.call('HINCRBY', sec.live, fp, g.n)
   for k = 1, g.n do result[g.events[k] + 2] = final - g.n + k end
-  redis.call('SADD', KEYS[4], fp)
+  redis.call('SADD', sec.dirty, fp)
   local k = 1 - (final - g.n)  -- the event whose total is 1: the group's first sighting, if it is here
   if k >= 1 and k <= g.n then
     local s = summary(g.bodies[k])
-    if s then redis.call('HSETNX', KEYS[5], fp, s) end
-    redis.call('SADD', KEYS[7], fp)
-    redis.call('SADD', ARGV[14] .. g.pid, fp)  -- [limits] the project's feed index (what subscribe reads)
+    if s then redis.call('HSETNX', sec.summaries, fp, s) end
+    redis.call('SADD', sec.live_new, fp)
+    redis.call('SADD', sec.feed_index .. g.pid, fp)  -- [limits] the project's feed index (what subscribe reads)
   end
 end
-for field, count in pairs(hours) do
-  redis.call('HINCRBY', KEYS[2], field, count)
+for _, h in pairs(hours) do
+  redis.call('HINCRBY', h.sec.pending, h.field, h.n)
 end
--- [limits] quota state, once per project touched
-for pid, p in pairs(projects) do
-  if p.dirty then
-    redis.call('HSET', KEYS[9], pid .. ':s', math.ceil(p.s), pid .. ':m', math.ceil(p.m))
+for _, sec in ipairs(sections) do
+  -- [limits] quota state, once per project touched
+  for pid, p in pairs(sec.projects or {}) do
+    if p.dirty then
+      redis.call('HSET', sec.quota_state, pid .. ':s', math.ceil(p.s), pid .. ':m', math.ceil(p.m))
+    end
   end
+  dedup_close(sec.d)
 end
 if #bodies > 0 then
-  redis.call('XADD', KEYS[1], '*', 'data', ARGV[5] .. table.concat(bodies, ',') .. ARGV[6])
+  redis.call('XADD', sections[1].stream, '*', 'data', ARGV[4] .. table.concat(bodies, ',') .. ARGV[5])
 end
-dedup_close(d)
 for k = 1, #decisions do result[2 * n + 2 + k] = decisions[k] end
 return result

@@ -95,7 +95,7 @@ async def test_late_call_counts_nothing(make_settings: Any) -> None:
 
         async def late(**kwargs: Any) -> Any:
             args = list(kwargs["args"])
-            args[7] = 1  # deadline long past (Redis ms)
+            args[6] = 1  # ARGV[7], the deadline: long past (Redis ms)
             return await real(keys=kwargs["keys"], args=args)
 
         ingestor.script = late
@@ -109,7 +109,14 @@ async def test_late_call_counts_nothing(make_settings: Any) -> None:
         assert r.status_code == 202 and r.json()["accepted"] == 5
 
 
-FIXED_ARGS, PER_EVENT = 16, 5  # core/scripts/ingest.lua; ARGV[16] counts the limiter's arguments after it
+# core/scripts/ingest.lua: ARGV[13] counts the limiter's arguments after it; then per section (10 KEYS each)
+# 3 prefixes and an event count, then 5 per event
+FIXED_ARGS, PER_EVENT, SECTION_HEAD, SECTION_KEYS = 13, 5, 4, 10
+
+
+def events_of(kwargs: dict[str, Any]) -> int:
+    args, sections = kwargs["args"], len(kwargs["keys"]) // SECTION_KEYS
+    return (len(args) - FIXED_ARGS - int(args[FIXED_ARGS - 1]) - SECTION_HEAD * sections) // PER_EVENT
 
 
 async def test_coalesced_requests_are_split_into_bounded_calls(make_settings: Any) -> None:
@@ -121,8 +128,7 @@ async def test_coalesced_requests_are_split_into_bounded_calls(make_settings: An
         sizes: list[int] = []
 
         async def spy(**kwargs: Any) -> Any:
-            args = kwargs["args"]
-            sizes.append((len(args) - FIXED_ARGS - int(args[FIXED_ARGS - 1])) // PER_EVENT)
+            sizes.append(events_of(kwargs))
             return await real(**kwargs)
 
         ingestor.script = spy

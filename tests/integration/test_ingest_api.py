@@ -172,7 +172,7 @@ async def test_hot_path_makes_one_redis_round_trip(settings: Settings) -> None:
 
 
 async def test_key_shards_on_one_server_count_each_event_once(make_settings: Any) -> None:
-    """8 logical shards on one Redis: a loop turn's per-shard calls go out as one pipeline (api/scriptbatch.py);
+    """8 logical shards on one Redis: a loop turn's events of every shard go out as one call (api/ingestcall.py);
     every event lands in its fingerprint's shard exactly once, resent ids count 0."""
     settings = make_settings(redis_shards=8)
     await prepare(settings)
