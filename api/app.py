@@ -58,6 +58,7 @@ def create_app(settings: Settings, on_start: Callable[[Runtime, Drain], None] | 
         if on_start is not None:
             on_start(rt, drain)
         app.state.ingestor = Ingestor(rt)
+        app.front.start(rt, app.state.ingestor)  # type: ignore[attr-defined]
         if limits is not None:
             limits.start(rt)
         try:
@@ -96,7 +97,7 @@ def create_app(settings: Settings, on_start: Callable[[Runtime, Drain], None] | 
     # costs one limiter call, nothing else). None when FAULTLINE_RATE_LIMIT_ENABLED=false: zero cost.
     limits = rate_limiting(app, settings)
     # The two ingest POSTs, answered before FastAPI with the same request id, limiter and metrics (api/fastpath.py)
-    app.front = IngestFront(app.state, limits)
+    app.front = IngestFront(limits)
 
     # Request count and latency per route, the two families the dashboards read (api/httpmetrics.py)
     app.add_middleware(HttpMetricsMiddleware, excluded=["/metrics", "/health.*"])

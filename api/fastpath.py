@@ -25,15 +25,16 @@ from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
-from starlette.datastructures import State
 
 from api.errors import ApiError, error_body
 from api.httpmetrics import RouteMetrics
 from api.incoming import Incoming
+from api.ingest import Ingestor
 from api.ratelimit import JSON, Answer, Door
 from api.ratelimitguard import RateLimitGuard
 from api.requestid import AccessLog, request_id
 from api.routes.ingest import HANDLERS, Node
+from core.runtime import Runtime
 
 log = logging.getLogger("faultline.api")
 UNAVAILABLE = orjson.dumps(error_body("unavailable", "event store unavailable, retry shortly"))
@@ -49,8 +50,7 @@ def _headers(body: bytes, extra: dict[str, str] | None) -> list[tuple[bytes, byt
 
 
 class IngestFront:
-    def __init__(self, state: State, guard: RateLimitGuard | None) -> None:
-        self.state = state  # the FastAPI app's: runtime and ingestor appear there at lifespan start-up
+    def __init__(self, guard: RateLimitGuard | None) -> None:
         self.door = Door(guard) if guard is not None else None
         self.metrics = RouteMetrics(deferred=True)
         self.access_log = AccessLog()
@@ -60,11 +60,14 @@ class IngestFront:
     def handles(scope: MutableMapping[str, Any]) -> bool:
         return scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in HANDLERS
 
+    def start(self, runtime: Runtime, ingestor: Ingestor) -> None:
+        """At lifespan start-up (each start: tests restart apps): what the handlers read, resolved once."""
+        self._node = Node(runtime, ingestor)
+
     def node(self) -> Node:
-        node = self._node
-        if node is None or node.ingestor is not self.state.ingestor:  # a new lifespan (tests restart apps)
-            node = self._node = Node(self.state.runtime, self.state.ingestor)
-        return node
+        if self._node is None:  # a request before start-up: the logged 500, as before
+            raise RuntimeError("the ingest path is not started")
+        return self._node
 
     async def _answer(self, scope: MutableMapping[str, Any], receive: Receive) -> Answer:
         try:
