@@ -17,8 +17,9 @@ from typing import Any
 from api.ingestrun import SHED, Pending, RedisClock, ScriptRuns
 from api.scriptbatch import ScriptBatcher
 from core import metrics
-from core.redis import ReplicatedScript, is_cluster, load_script
+from core.redis import is_cluster, load_script
 from core.runtime import Runtime
+from core.sentinel import ReplicatedScript
 
 CALLS_IN_FLIGHT = 2
 

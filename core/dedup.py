@@ -4,19 +4,31 @@ Why not one key per event id (the old `{fl}:ev:<id>`): a key costs ~100 B in Red
 window at 1,000 events/s. Instead an event is remembered as a 6-byte digest of (project_id, event_id) in a
 small hash, so ids of different projects never collide and an entry costs ~15-20 B:
 
-    {fl}:dd:<bucket>:<shard>   field = 6-byte digest, value = token * 8 + state
+    {fl}:dd:g<generation>:<shard>   field = 6-byte digest, value = (token * 128 + bucket % 128) * 8 + state
 
 (`{fl}` = the hash tag of the key shard of the event's fingerprint, core/keys.py: an event's dedup entry
 lives beside its group's counts, so ingest stays one single-slot script call per key shard.)
 
-- Time buckets of ceil(ttl / DEDUP_BUCKETS) s of Redis time (one clock for every node). An id is looked up
-  in the current bucket and the DEDUP_BUCKETS before it, so it is remembered for at least `dedup_ttl` s and
-  at most one bucket more; whole buckets expire. Ten buckets keep memory flat within ~10 % of the id part.
-- Each bucket is split into shards so every hash stays a listpack (hash-max-listpack-entries, 128 by
-  default): a new bucket gets as many shards as the larger previous bucket's count / SHARD_TARGET (64),
-  rounded up to a power of two, at least 256, stored in the meta hash (`{fl}:dd:meta`), so the structure
-  follows the ingest rate. A burst far above the previous buckets' rate makes that one bucket's hashes
-  hashtables (~3x the bytes) until it expires: bounded, and the next bucket is sized for it.
+- Time buckets of ceil(ttl / DEDUP_BUCKETS) s of Redis time (one clock for every node). An id is valid while
+  the bucket it was written in is the current one or one of the DEDUP_BUCKETS before it, so it is
+  remembered for at least `dedup_ttl` s and at most one bucket more.
+- A generation is DEDUP_BUCKETS buckets; an id is written into a hash of the current generation, so the
+  window spans two generations and a lookup reads at most TWO hashes (core/scripts/_dedup.lua). The
+  layout before kept one hash per bucket and read DEDUP_BUCKETS + 1 of them for every new id: the script's
+  time per event doubled while the window filled (x2.1 at 10 buckets, `python -m loadtest.dedup_cost`),
+  over the first 15 minutes of every run.
+- Memory stays flat within ~a bucket of the id part: the previous generation's expired entries are swept
+  by the lookups that read their hash (about two sweeps per hash and bucket), and a hash expires when its
+  newest entry leaves the window.
+- Each generation is split into shards so every hash stays a listpack (hash-max-listpack-entries, 128 by
+  default): a new generation gets as many shards as the previous generation's count / 64 (scaled to a
+  whole generation when it started part-way), rounded up to a power of two, at least 256, stored in the
+  meta hash (`{fl}:dd:meta`), so the structure follows the ingest rate. A burst far above the previous
+  generation's rate (or a busy first generation after a start) makes that generation's hashes hashtables
+  (~3x the bytes) until it expires: bounded, and the next one is sized for it.
+- Upgrading from the bucket layout (before 2026-11-29): the new scripts do not read the old hashes, so an
+  event resent across the upgrade, within one window of its first send, may be counted twice; the old
+  hashes expire by themselves.
 - `token` identifies the script call that wrote the entry: an ambiguous call (timeout after sending) is
   re-run with the same token, and the re-run tells "I counted this earlier" from "someone else did".
 - `state` is the job state GET /jobs/{id} reports; the worker and the retry middleware update it in place.
@@ -37,7 +49,7 @@ from core.redis import is_cluster, load_script
 from core.settings import Settings
 
 DIGEST_BYTES = 6  # 48 bits per shard: a false duplicate among ~1,000 ids checked has p ~ 4e-12
-TOKEN_BITS = 20  # token * 8 + state stays a 24-bit listpack integer (4 bytes + 1 back-length byte)
+TOKEN_BITS = 20  # the value (token, bucket % 128, state: 30 bits) stays a 32-bit listpack integer
 
 STATES = ("queued", "running", "succeeded", "retrying", "dead")
 QUEUED, RUNNING, SUCCEEDED, RETRYING, DEAD = range(5)

@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -32,6 +30,7 @@ from core.keys import Keys
 from core.pubsub import make_manager
 from core.redis import as_str, evalsha_pipelined, is_cluster, load_script
 from core.settings import Settings
+from core.spikes import SpikeDetector
 
 log = logging.getLogger("faultline.feed")
 LEASE_MS = 2000  # 8 ticks: survives a GC pause or loop lag, fails over in <= 2 s
@@ -55,51 +54,6 @@ def decode_summary(raw: bytes | str | None) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) and isinstance(value.get("project_id"), int) else None
-
-
-@dataclass
-class _Rate:
-    fast: float = 0.0  # events/s, time constant 2 s: "now"
-    slow: float = 0.0  # events/s, time constant 60 s: "recent average"
-    since: float = 0.0  # when the coalescer started watching this group
-    updated: float = 0.0
-    last_spike: float = -math.inf
-
-
-@dataclass
-class SpikeDetector:
-    """A group spikes when its 2-s rate is >= `factor` x its 60-s average and >= `min_rate` events/s.
-
-    Continuous-time EWMAs updated lazily (only for groups that moved): O(changed groups) per tick, not
-    O(all groups). A group must be watched for `warmup` s first (a brand-new group is `error:new`, not a
-    spike), and reports again only after `cooldown` s.
-    """
-
-    factor: float = 5.0
-    min_rate: float = 20.0
-    warmup: float = 10.0
-    cooldown: float = 30.0
-    rates: dict[str, _Rate] = field(default_factory=dict)
-
-    def observe(self, fp: str, delta: int, now: float) -> dict[str, float] | None:
-        r = self.rates.get(fp)
-        if r is None:
-            r = self.rates[fp] = _Rate(since=now, updated=now)
-            if len(self.rates) > META_CACHE_MAX:
-                self.rates.clear()
-            return None
-        dt = max(now - r.updated, 0.05)
-        rate = delta / dt
-        baseline = r.slow
-        for attr, tau in (("fast", 2.0), ("slow", 60.0)):
-            keep = math.exp(-dt / tau)
-            setattr(r, attr, getattr(r, attr) * keep + (1 - keep) * rate)
-        r.updated = now
-        if (now - r.since >= self.warmup and now - r.last_spike >= self.cooldown
-                and r.fast >= self.min_rate and r.fast >= self.factor * max(baseline, 0.1)):
-            r.last_spike = now
-            return {"rate": round(r.fast, 1), "baseline": round(baseline, 2)}
-        return None
 
 
 class FeedCoalescer:

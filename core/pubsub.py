@@ -29,7 +29,8 @@ from urllib.parse import quote
 import socketio
 
 from core.backoff import Backoff
-from core.redis import make_redis, parse_url
+from core.redis import make_redis
+from core.redisurl import parse_url
 from core.settings import Settings
 
 log = logging.getLogger("faultline.pubsub")

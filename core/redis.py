@@ -1,12 +1,14 @@
 """Redis client factory and the Lua scripts every process shares.
 
-`FAULTLINE_REDIS_URL` picks the client:
-- `redis://`, `rediss://`, `unix://`: one server (a blocking pool, see `make_redis`);
-- `redis+sentinel://[:password@]h1:p1,h2:p2/service[/db]`: the primary that the Sentinels name; its pool asks
-  them again whenever it opens a connection, so a failover is followed on the next reconnect;
-- `redis+cluster://[:password@]h1:p1,h2:p2`: Redis Cluster (seed nodes; the client learns the slot map and
-  follows MOVED/ASK). Every script's keys share one slot (core/keys.py shards them).
-Every module gets its client here (or through core/runtime.py), never from its own `from_url`.
+`FAULTLINE_REDIS_URL` picks the client (core/redisurl.py parses it): one server (a blocking pool, see
+`make_redis`); Sentinel (the primary the Sentinels name, followed closely: core/sentinel.py); Redis Cluster
+(seed nodes; the client learns the slot map and follows MOVED/ASK; every script's keys share one slot,
+core/keys.py shards them). Every module gets its client here (or through core/runtime.py), never from its
+own `from_url`.
+
+A call may run twice: redis-py sends a call again when its connection broke before the reply came (clients
+with `retries`), and the API re-runs an unanswered ingest call itself (api/ingestrun.py). So every script
+and write must be safe to run again, e.g. flush_start.lua keeps the batch its first run made.
 """
 
 from __future__ import annotations
@@ -14,32 +16,20 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.client import Redis as SyncRedis
-from redis.cluster import ClusterNode as SyncNode
-from redis.cluster import RedisCluster as SyncCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import (
-    ConnectionError,
-    NoScriptError,
-    RedisError,
-    ResponseError,
-    SlotNotCoveredError,
-    TimeoutError,
-)
-from redis.sentinel import Sentinel as SyncSentinel
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError, SlotNotCoveredError, TimeoutError
 
 from core.rawpipeline import evalsha_many
+from core.redisurl import parse_url
 from core.sentinel import FencedSentinelConnection, FencedSentinelPool
 from core.settings import Settings
 
@@ -53,8 +43,8 @@ def make_redis(settings: Settings, *, pool_size: int | None = None, timeout: flo
 
     `retries`: how often redis-py re-sends a call that met a ConnectionError/TimeoutError, with exponential
     backoff (50 ms doubling, capped at 1 s). Background processes pass a few (a blip then never reaches
-    their loops). The API's hot path keeps 0: a retry there could stretch a call past its 1 s budget, and
-    re-sending a non-idempotent script after a timeout is the caller's decision, not the client's.
+    their loops), so what they call must be safe to run twice (see above). The API's hot path keeps 0: a
+    retry there could stretch a call past its budget, and its ingest re-run is its own (api/ingestrun.py).
     """
     t = settings.redis_timeout if timeout is None else timeout
     retry = background_retry(retries) if retries > 0 else Retry(NoBackoff(), 0)
@@ -66,8 +56,14 @@ def make_redis(settings: Settings, *, pool_size: int | None = None, timeout: flo
         # No blocking pool in the cluster client: past max_connections a call raises MaxConnectionsError.
         # The pool is per node and sized like the single server's; the ingest path bounds its own calls in
         # flight (api/ingestcall.py), so the per-node bound is only met by a runaway burst.
+        # reinitialize_steps=0: on MOVED, only patch that slot (a failover's MOVED names the promoted replica).
+        # redis-py's default (5) reloads the whole map on every 5th MOVED by closing EVERY connection of every
+        # node, those in use too: a CLUSTER FAILOVER moves 5-6 of our 16 shard slots, so each process did it,
+        # failing calls in flight on healthy primaries ("'NoneType' object has no attribute 'writelines'";
+        # a lost reply re-sent: the count sync's lost batch of issue 12) and slowing ingest past its
+        # deadline (a 503). A dead node (connection errors) still reloads the map, lazily.
         cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],
-                               max_connections=size, health_check_interval=30, **common)
+                               max_connections=size, health_check_interval=30, reinitialize_steps=0, **common)
         return cast(Redis, cluster)  # speaks every command Faultline uses on one slot at a time
     if target.kind == "sentinel":
         sentinel = Sentinel(target.hosts, sentinel_kwargs={"socket_timeout": t, "socket_connect_timeout": t,
@@ -86,56 +82,6 @@ def make_redis(settings: Settings, *, pool_size: int | None = None, timeout: flo
         retry=retry,  # with a pool given, redis-py takes the retry policy from the pool's connections
     )
     return Redis(connection_pool=pool)
-
-
-@dataclass(frozen=True)
-class RedisTarget:
-    kind: str  # "single", "sentinel" or "cluster"
-    hosts: list[tuple[str, int]]
-    service: str = ""
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
-    sentinel_password: str | None = None
-
-
-def parse_url(url: str) -> RedisTarget:
-    """The parts of a FAULTLINE_REDIS_URL; a single-server URL is left to redis-py (kind "single")."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis+sentinel", "redis+cluster"):
-        return RedisTarget("single", [])
-    userinfo, _, hostlist = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    hosts = []
-    for item in hostlist.split(","):
-        host, _, port = item.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"{parts.scheme} URL: bad host:port {item!r}")
-        hosts.append((host.strip("[]"), int(port)))
-    secret = unquote(password) or None
-    if parts.scheme == "redis+cluster":
-        return RedisTarget("cluster", hosts, username=unquote(user) or None, password=secret)
-    path = [p for p in parts.path.split("/") if p]
-    if not path:
-        raise ValueError("redis+sentinel URL needs the service name: redis+sentinel://h1:p1,h2:p2/service")
-    db = int(path[1]) if len(path) > 1 else 0
-    # one password for the data nodes and the Sentinels (`faultline up --redis sentinel` sets both alike)
-    return RedisTarget("sentinel", hosts, path[0], db, unquote(user) or None, secret, secret)
-
-
-def make_sync_redis(url: str, timeout: float = 5.0) -> SyncRedis:
-    """A blocking client for the CLI's and the tools' few calls, from the same URL kinds."""
-    target = parse_url(url)
-    if target.kind == "cluster":
-        return cast(SyncRedis, SyncCluster(startup_nodes=[SyncNode(h, p) for h, p in target.hosts],
-                                            password=target.password, username=target.username,
-                                            socket_timeout=timeout, socket_connect_timeout=timeout))
-    if target.kind == "sentinel":
-        sentinel = SyncSentinel(target.hosts, sentinel_kwargs={"password": target.sentinel_password,
-                                                               "socket_timeout": timeout},
-                                password=target.password, username=target.username, socket_timeout=timeout)
-        return sentinel.master_for(target.service, db=target.db)
-    return SyncRedis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 async def replace_hash(redis: Redis, key: str, mapping: Mapping[str, str | int | float],
@@ -244,42 +190,3 @@ async def evalsha_pipelined(redis: Redis, script: AsyncScript,
 def load_script(redis: Redis, name: str) -> AsyncScript:
     """A script called by SHA (EVALSHA), reloaded transparently after a Redis restart."""
     return redis.register_script(script_source(name))  # type: ignore[return-value]
-
-
-class NotReplicated(RedisError):
-    """WAIT saw fewer replicas holding a call's writes than required: treat the call as unanswered."""
-
-
-class ReplicatedScript:
-    """A script call answered only once `replicas` replicas hold its writes: EVALSHA then WAIT, pipelined on
-    ONE connection (WAIT counts the replicas that reached that connection's last write). Sentinel's
-    fencing against a failover that drops acknowledged writes (docs/scaling.md); with replicas=0 it is the
-    plain script call, unchanged."""
-
-    def __init__(self, script: AsyncScript, replicas: int, timeout: float) -> None:
-        self.script, self.replicas, self.timeout_ms = script, replicas, max(1, int(timeout * 1000))
-
-    @property
-    def sha(self) -> str:
-        return str(self.script.sha)
-
-    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        if not self.replicas:
-            return await self.script(keys=keys, args=args)
-        redis = self.script.registered_client
-        for _ in range(2):
-            pipe = redis.pipeline(transaction=False)
-            pipe.execute_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
-            pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
-            result, acked = await pipe.execute(raise_on_error=False)
-            if isinstance(result, NoScriptError):  # a promoted replica has no scripts; NOSCRIPT ran nothing
-                self.script.sha = await redis.script_load(self.script.script)
-                continue
-            if isinstance(result, BaseException):
-                raise result
-            if isinstance(acked, BaseException):
-                raise acked
-            if int(acked) < self.replicas:
-                raise NotReplicated(f"{acked} of {self.replicas} replicas confirmed within {self.timeout_ms} ms")
-            return result
-        raise NoScriptError("script not loaded after SCRIPT LOAD")

@@ -24,7 +24,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import SentinelConnectionPool, SentinelManagedConnection
-from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError, TimeoutError
 
 FENCE_MAX = 15.0  # s without writes at most, if a failover is announced and never completes
 FAILOVER_STARTS = ("+selected-slave", "+failover-state-send-slaveof-noone")
@@ -121,3 +122,42 @@ async def follow_primary(redis: Redis) -> None:
     if isinstance(pool, SentinelConnectionPool):
         with contextlib.suppress(RedisError):
             await pool.get_master_address()
+
+
+class NotReplicated(RedisError):
+    """WAIT saw fewer replicas holding a call's writes than required: treat the call as unanswered."""
+
+
+class ReplicatedScript:
+    """A script call answered only once `replicas` replicas hold its writes: EVALSHA then WAIT, pipelined on
+    ONE connection (WAIT counts the replicas that reached that connection's last write). Sentinel's
+    fencing against a failover that drops acknowledged writes (docs/scaling.md); with replicas=0 it is the
+    plain script call, unchanged."""
+
+    def __init__(self, script: AsyncScript, replicas: int, timeout: float) -> None:
+        self.script, self.replicas, self.timeout_ms = script, replicas, max(1, int(timeout * 1000))
+
+    @property
+    def sha(self) -> str:
+        return str(self.script.sha)
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        if not self.replicas:
+            return await self.script(keys=keys, args=args)
+        redis = self.script.registered_client
+        for _ in range(2):
+            pipe = redis.pipeline(transaction=False)
+            pipe.execute_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
+            result, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(result, NoScriptError):  # a promoted replica has no scripts; NOSCRIPT ran nothing
+                self.script.sha = await redis.script_load(self.script.script)
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            if isinstance(acked, BaseException):
+                raise acked
+            if int(acked) < self.replicas:
+                raise NotReplicated(f"{acked} of {self.replicas} replicas confirmed within {self.timeout_ms} ms")
+            return result
+        raise NoScriptError("script not loaded after SCRIPT LOAD")

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     # holds counts strands their pending deltas in the old shards: drain and sync first.
     redis_shards: int | None = Field(default=None, ge=1, le=256)
     # Replicas that must hold an ingest call's writes before its events are answered 202 (Redis WAIT on the
-    # call's connection, core/redis.py `ReplicatedScript`): fencing against a failover dropping acknowledged
+    # call's connection, core/sentinel.py `ReplicatedScript`): fencing against a failover dropping acknowledged
     # events. Unset: 1 on Sentinel (a planned SENTINEL FAILOVER lost 517 of 653 acknowledged writes without
     # it), 0 on one server (nothing to wait for; exactly today's path) and on Cluster (CLUSTER FAILOVER is
     # coordinated; a killed primary's replica has what was answered, see docs/scaling.md). A call whose

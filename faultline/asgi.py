@@ -9,7 +9,8 @@ from api.clientip import ClientIp
 from core.settings import Settings, get_settings
 from health import probes
 from realtime import dashboard
-from realtime.server import RealtimeServer, SocketIORoute
+from realtime.route import SocketIORoute
+from realtime.server import RealtimeServer
 
 
 def create(settings: Settings | None = None) -> Any:

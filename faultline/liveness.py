@@ -24,7 +24,7 @@ import asyncmy  # type: ignore[import-untyped]
 import redis
 
 from core.heartbeat import INTERVAL
-from core.redis import make_sync_redis
+from core.redisurl import make_sync_redis
 
 Ping = Callable[[], bool | None]
 # A beat older than this is a miss: 5 beats lost, well past a loop that is merely busy (a beat is one small

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import redis
 
 from core.keys import Keys
-from core.redis import make_sync_redis
+from core.redisurl import make_sync_redis
 from faultline.procs import Child
 from faultline.stack import Cancelled, Stack
 

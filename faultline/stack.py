@@ -18,16 +18,14 @@ from pathlib import Path
 
 from core import access
 from core.keys import Keys
-from core.settings import Settings, sqlite_url
+from core.settings import Settings
 from faultline import promtargets, supervise
 from faultline.bootstrap import ensure_default_project
-from faultline.galera import GaleraCluster
 from faultline.liveness import Liveness, heartbeat_fresh, http_ok
-from faultline.mariadb import MariaDBServer
 from faultline.nginx import NginxServer
 from faultline.procs import Child, LogSink, stdout_sink
-from faultline.redis_topology import LocalRedisCluster, LocalRedisSentinel
-from faultline.services import RedisServer, Supervised, free_port, wait_http_ok
+from faultline.services import free_port, wait_http_ok
+from faultline.stores import Stores
 
 
 class Cancelled(Exception):
@@ -51,19 +49,15 @@ class StackConfig:
     # credentials.env); empty = no password (the test fixtures' default).
     redis_password: str = ""
     db_password: str = ""
-    redis: str = "single"  # single | sentinel | cluster (faultline/redis_topology.py)
+    redis: str = "single"  # single | sentinel | cluster (faultline/redis_topology.py, redis_sentinel.py)
 
 
-class Stack:
+class Stack(Stores):
     def __init__(self, config: StackConfig) -> None:
+        super().__init__(config, config.base_dir)
         self.cfg = config
         self.base = config.base_dir
-        self.redis: RedisServer | None = None  # the one server of `--redis single`
-        self.redis_set: LocalRedisCluster | LocalRedisSentinel | None = None  # or a sentinel/cluster set
-        self.mariadb: MariaDBServer | None = None
-        self.galera: GaleraCluster | None = None
         self.nginx: NginxServer | None = None
-        self.database_url = ""
         self.nodes: list[Child] = []
         self.node_ports: dict[str, int] = {}
         self.workers: list[Child] = []
@@ -80,14 +74,7 @@ class Stack:
     # --- start / stop -------------------------------------------------------------------------------
     def start(self) -> Stack:
         self.base.mkdir(parents=True, exist_ok=True)
-        password = self.cfg.redis_password or None
-        if self.cfg.redis == "cluster":
-            self.redis_set = LocalRedisCluster(self.base / "redis-cluster", password).start()
-        elif self.cfg.redis == "sentinel":
-            self.redis_set = LocalRedisSentinel(self.base / "redis-sentinel", password).start()
-        else:
-            self.redis = RedisServer(self.base / "redis", password=password).start()
-        self.database_url = self._database()
+        self.start_stores()
         settings = self.settings()
         asyncio.run(ensure_default_project(settings, self.ingest_key))
         for _ in range(self.cfg.nodes):
@@ -106,18 +93,6 @@ class Stack:
         supervise.check_through_edge(self.nginx.url, self.admin_token, self.ingest_key, self.cancel)
         self.write_targets()
         return self
-
-    def _database(self) -> str:
-        db = self.cfg.db
-        if db == "sqlite":
-            return sqlite_url(self.base)
-        if db == "mariadb":
-            self.mariadb = MariaDBServer(self.base / "mariadb").start()
-            return self.mariadb.create_database("faultline", password=self.cfg.db_password or None)
-        if db == "galera":
-            self.galera = GaleraCluster(self.base / "galera", keep_data=True).start()
-            return self.galera.create_database("faultline", password=self.cfg.db_password or None)
-        return db
 
     def settings(self) -> Settings:
         return Settings.from_env_map({k: v for k, v in self.env().items() if k != "FAULTLINE_NODE_NAME"})
@@ -175,13 +150,6 @@ class Stack:
     def wait_ready(self, port: int, timeout: float = 60.0) -> None:
         wait_http_ok(f"http://127.0.0.1:{port}/health/ready", timeout, cancel=self.cancel)
 
-    def servers(self) -> list[tuple[str, Supervised]]:
-        """The stores the supervisor restarts on their own port and data (nginx apart: it is re-rendered)."""
-        found: list[tuple[str, Supervised | None]] = [(name, server) for server, name in self.redis_members()]
-        found.append(("mariadb", self.mariadb))
-        found += [(f"galera-{node.name}", node) for node in (self.galera.nodes if self.galera else [])]
-        return [(name, server) for name, server in found if server is not None]
-
     def children(self) -> list[Child]:
         return [*self.nodes, *self.workers, *self.schedulers]
 
@@ -218,19 +186,6 @@ class Stack:
 
     def stop(self) -> None:
         supervise.stop_all(self)  # everything, within shutdown_timeout + a small margin
-
-    @property
-    def redis_url(self) -> str:
-        if self.redis_set is not None:
-            return self.redis_set.url
-        assert self.redis is not None
-        return self.redis.url
-
-    def redis_members(self) -> list[tuple[Supervised, str]]:
-        """The Redis processes the supervisor watches, with their log names."""
-        if self.redis_set is not None:
-            return self.redis_set.members()
-        return [(self.redis, "redis")] if self.redis is not None else []
 
     def raise_if_cancelled(self) -> None:
         if self.cancel.is_set():

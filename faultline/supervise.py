@@ -117,19 +117,11 @@ def stop_all(stack: Stack) -> None:
         children = [*stack.retiring, *stack.children()]
         for child in children:
             child.terminate()
-        has_redis = stack.redis is not None or stack.redis_set is not None
-        deadline = time.monotonic() + (stack.settings().shutdown_timeout + 2 if has_redis else 5)
+        deadline = time.monotonic() + (stack.settings().shutdown_timeout + 2 if stack.has_redis else 5)
         for child in children:
             if child.proc is not None:
                 try:
                     child.proc.wait(max(0.0, deadline - time.monotonic()))
                 except Exception:
                     child.kill_group()
-        if stack.redis:
-            stack.redis.stop()
-        if stack.redis_set:
-            stack.redis_set.stop()
-        if stack.mariadb:
-            stack.mariadb.stop()
-        if stack.galera:
-            stack.galera.stop()
+        stack.stop_stores()

@@ -97,8 +97,8 @@ async def sample(redis: Any, keys: Keys, ttl: int, buckets: int) -> dict[str, An
     length = math.ceil(ttl / buckets)
     cur = secs // length
     meta = await redis.hgetall(keys.dedup_meta)
-    ids = sum(int(v) for k, v in meta.items()
-              if k.startswith(b"n:") and cur - buckets <= int(k[2:]) <= cur)
+    gen = cur // buckets  # ids written in this generation and the one before (core/scripts/_dedup.lua)
+    ids = sum(int(v) for k, v in meta.items() if k.startswith(b"gn:") and gen - 1 <= int(k[3:]) <= gen)
     pipe = redis.pipeline(transaction=False)
     for k in (keys.live_counts, keys.feed_groups, keys.feed_emitted, keys.feed_last_seen, keys.pending_counts):
         pipe.hlen(k)
@@ -210,11 +210,12 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, bool]
     size, ids, nkeys, enc, (per_key, per_entry) = result["footprint"]
     per_id = (size + nkeys * KEY_OVERHEAD) / max(ids, 1)
     other = result["end"]["without_queue"] - size - nkeys * KEY_OVERHEAD  # the queue backlog is not steady state
-    # the default: 90-s buckets of 90,000 ids -> 2,048 shards (ingest.lua), 11 buckets at most
+    # the default: 900-s generations of 900,000 ids -> 16,384 shards (_dedup.lua), 2 generations at most;
+    # the window + the bucket being filled + about a bucket not yet swept
     bucket_ids = DEFAULT_RATE * math.ceil(DEFAULT_TTL / 10)
-    shards = max(256, 2 ** math.ceil(math.log2(bucket_ids / 64)))
-    ids_default = bucket_ids * 11  # most ids ever remembered: the window + the bucket being filled
-    keys_default = shards * 11
+    shards = max(256, 2 ** math.ceil(math.log2(bucket_ids * 10 / 64)))
+    ids_default = bucket_ids * 12
+    keys_default = shards * 2
     per_id_default = (keys_default * (per_key + KEY_OVERHEAD) + ids_default * per_entry) / ids_default
     extrapolated = other + ids_default * per_id_default
     bound = args.groups + args.drift * (args.idle + 2 * args.sync_interval + 10)

@@ -11,13 +11,11 @@ the DB: new if the group is not stored yet or its first_seen is at most NEW_GROU
 A returning group was idle for FAULTLINE_LIVE_GROUP_IDLE (24 h), far more than the slack; the cooldown is
 a second guard. A group deleted by retention and seen again is new again.
 
-threshold: every FAULTLINE_ALERT_SCAN_INTERVAL one worker (Redis lock) sums the per-minute counts of the
-groups that moved in the last two minutes over each threshold rule's window, and signals those at or over N.
+threshold rules are scanned by workers/thresholds.py; their signals come through here like the others.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -30,7 +28,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.alerts import rules as rule_store
-from core.alerts import signals as signal_stream
 from core.backoff import Backoff
 from core.db.models import ErrorGroup
 from core.keys import Keys
@@ -166,54 +163,3 @@ class Evaluator:
             first = {fp: seen for fp, seen in rows}
         return [(r, s) for r, s in matched if r.kind != "new_group" or first.get(s["fingerprint"]) is None
                 or first[s["fingerprint"]] >= s["at"] - NEW_GROUP_SLACK]
-
-
-async def scan_thresholds(redis: Redis, keys: Keys, by_project: dict[int, list[Any]]) -> int:
-    """Signal every (threshold rule, group) at or over its N in its last M minutes (minute resolution: the
-    current minute so far plus the M-1 before it); returns how many signals were added."""
-    secs, _ = await redis.time()
-    minute = int(secs) // 60
-    added = 0
-    for pid, rules in by_project.items():
-        thresholds = [r for r in rules if r.kind == "threshold"]
-        if not thresholds:
-            continue
-        prefix = f"{keys.alert_minutes_prefix}{pid}:"
-        recent = set()
-        for m in (minute - 1, minute):
-            recent |= {as_str(f) for f in await redis.hkeys(prefix + str(m))}  # type: ignore[misc]
-        fps = sorted(recent)
-        for rule in thresholds:
-            for start in range(0, len(fps), 500):
-                chunk = fps[start:start + 500]
-                pipe = redis.pipeline(transaction=False)
-                for m in range(minute - rule.window_minutes + 1, minute + 1):
-                    pipe.hmget(prefix + str(m), chunk)
-                for fp in chunk:
-                    pipe.exists(keys.alert_cooldown(rule.id, fp))
-                replies = await pipe.execute()
-                sums = [sum(int(v or 0) for v in col) for col in zip(*replies[:rule.window_minutes], strict=True)]
-                cooling = replies[rule.window_minutes:]
-                for fp, total, cool in zip(chunk, sums, cooling, strict=True):
-                    if total >= rule.threshold and not cool:
-                        await signal_stream.add(redis, keys, "threshold", pid, fp, total, rule_id=rule.id)
-                        added += 1
-    return added
-
-
-async def scan_forever(evaluator: Evaluator, settings: Settings) -> None:
-    """One scan per interval across all workers (SET NX on the interval's bucket of Redis time)."""
-    backoff = Backoff.for_loop("threshold scan", log, settings)
-    every = settings.alert_scan_interval
-    while True:
-        try:
-            secs, micros = await evaluator.redis.time()
-            now = secs + micros / 1e6
-            bucket = int(now // every)
-            if await evaluator.redis.set(evaluator.keys.alert_scan_lock(bucket), evaluator.name, nx=True,
-                                         px=int(every * 2000)):
-                await scan_thresholds(evaluator.redis, evaluator.keys, await evaluator.rules.get())
-            backoff.ok()
-            await asyncio.sleep(max(0.05, (bucket + 1) * every - now))
-        except Exception as exc:
-            await backoff.failed(exc)

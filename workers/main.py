@@ -28,10 +28,11 @@ from core.retry import OutcomeMiddleware, RetryMiddleware, pump_all_retries
 from core.settings import Settings
 from core.taskstop import cancel_and_wait
 from workers import tasks
-from workers.alerts import Evaluator, scan_forever
+from workers.alerts import Evaluator
 from workers.deliveries import Deliveries
 from workers.lifecycle import Lifecycle
 from workers.persist import PersistRoute
+from workers.thresholds import scan_forever
 from workers.writer import BatchWriter
 
 log = logging.getLogger("faultline.worker")

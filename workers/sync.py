@@ -5,6 +5,8 @@ renames that hash aside under a new batch id (atomic: ingest goes on counting in
 the deltas in ONE transaction together with a ledger row for the batch id. A crash before the commit leaves
 the batch in Redis and the next sync applies it; a crash after the commit but before the clean-up makes the
 next sync find the ledger row and skip it. So every event is counted once, whoever crashes when.
+A call sent twice (redis-py re-sends one whose connection dropped before the reply, as in a failover) is
+safe: flush_start.lua keeps the batch its first run made.
 
 Each key shard (core/keys.py) has its own pending hash and batches; a sync runs the same recipe on every
 shard, concurrently (batch ids are unique, so one ledger serves them all).
@@ -28,6 +30,7 @@ from core.db import repo
 from core.db.rerun import rerun_transaction
 from core.keys import Keys
 from core.redis import as_str, load_script
+from core.sentinel import ReplicatedScript
 from core.settings import Settings
 
 log = logging.getLogger("faultline.sync")
@@ -53,7 +56,11 @@ async def sync_counts(redis: Redis, engine: AsyncEngine, keys: Keys, settings: S
 
 async def _sync_shard(redis: Redis, engine: AsyncEngine, keys: Keys, settings: Settings | None) -> int:
     batch_id = uuid.uuid4().hex
-    flush_start = load_script(redis, "flush_start")
+    # Applied only once replicas hold the rename, as ingest's writes (Sentinel: wait_replicas 1): a rename the
+    # old primary ran but never passed on would leave the deltas pending on the new one, applied again there.
+    # NotReplicated: nothing applied; the next sync finds this batch in the set (or the deltas still pending).
+    flush_start = ReplicatedScript(load_script(redis, "flush_start"), settings.wait_replicas if settings else 0,
+                                   settings.redis_wait_timeout if settings else 0.1)
     batches = await flush_start(
         keys=[keys.pending_counts, keys.flushing_batches, keys.flushing(batch_id), keys.sync_generation],
         args=[batch_id])

@@ -4,42 +4,26 @@
 -- ARGV[1] dedup TTL s, ARGV[2] buckets per TTL, ARGV[3] 'get' or 'set', ARGV[4] state code (set), then for
 -- each KEYS[j] in order: its dedup key prefix, its number of events n, then n times: dedup seed, digest.
 -- get: one value per event and shard, in order (token * 8 + state), false when not remembered there;
--- set: how many were updated. Only entries that exist are updated: a state never resurrects an expired
--- (or never counted) event.
+-- set: how many were updated. Only entries that exist and are in the window are updated: a state never
+-- resurrects an expired (or never counted) event.
+--#include _dedup.lua
 local t = redis.call('TIME')
 local ttl, nb = tonumber(ARGV[1]), tonumber(ARGV[2])
-local len = math.ceil(ttl / nb)
-local cur = math.floor(tonumber(t[1]) / len)
 local get, state = ARGV[3] == 'get', tonumber(ARGV[4])
 local out, updated = {}, 0
 local a = 5
 for j = 1, #KEYS do
-  local prefix, n = ARGV[a], tonumber(ARGV[a + 1])
+  local d = dedup_open(ARGV[a], KEYS[j], ttl, nb, tonumber(t[1]))
+  local n = tonumber(ARGV[a + 1])
   a = a + 2
-  local shards = {}
-  for b = cur - nb, cur do
-    local s = redis.call('HGET', KEYS[j], 's:' .. b)
-    if s then shards[b] = tonumber(s) end
-  end
   for _ = 1, n do
     local seed, digest = tonumber(ARGV[a]), ARGV[a + 1]
     a = a + 2
-    local key, v = nil, nil
-    for b = cur, cur - nb, -1 do
-      local s = shards[b]
-      if s then
-        local k = prefix .. b .. ':' .. (seed % s)
-        local found = redis.call('HGET', k, digest)
-        if found then
-          key, v = k, tonumber(found)
-          break
-        end
-      end
-    end
+    local key, v = dedup_locate(d, seed, digest, false)
     if get then
-      out[#out + 1] = v or false
+      out[#out + 1] = v and (math.floor(v / (8 * DD_BMOD)) * 8 + v % 8) or false
     elseif key then
-      redis.call('HSET', key, digest, math.floor(v / 8) * 8 + state)
+      redis.call('HSET', key, digest, math.floor(v / 8) * 8 + state)  -- token and bucket kept
       updated = updated + 1
     end
   end

@@ -23,21 +23,18 @@
 --   overflow group, -w = rate limited by the project's quota, one more event fits in w ms;
 --   status -1 = queue over its soft limit, r1 = depth (nothing counted);
 --   status -2 = the call arrived after its deadline (nothing counted: the caller has given up or will).
--- Dedup buckets are per-time hashes whose names are built here from ARGV[1]: every one of them carries the
--- same {hash tag} as KEYS, so the script stays single-slot on Redis Cluster.
+-- Dedup hashes (_dedup.lua) are named here from ARGV[1]: every one of them carries the same {hash tag} as
+-- KEYS, so the script stays single-slot on Redis Cluster.
 -- Live feed (core/feed.py): every counted fingerprint is SADDed to the dirty set, which the coalescer drains
 -- every 250 ms; on a first sighting a small group summary is stored once (HSETNX) for its error:new, and the
 -- fingerprint is noted in KEYS[7] so the scheduler rebases its live total on the DB's (workers/prune.py).
 -- Per-project quota and new-group cap: see the [limits] section and core/ratelimit/quota.py.
 local LIMIT_ARGS = tonumber(ARGV[16])
 local FIXED_ARGS, PER_EVENT = 16 + LIMIT_ARGS, 5
--- ids per shard hash: 64 stays under hash-max-listpack-entries (128 by default) with Poisson headroom;
--- at least 256 shards, so a bucket after a quiet spell still holds ~16,000 ids in listpacks (an empty
--- shard costs nothing; 256 x 11 small hashes are ~0.3 MB when every one is in use)
-local SHARD_TARGET, MIN_SHARDS, MAX_SHARDS = 64, 256, 65536
 local QUEUED = 0
 
 --#include _sliding_window.lua
+--#include _dedup.lua
 
 local function summary(body)
   local ok, ev = pcall(cjson.decode, body)
@@ -50,51 +47,6 @@ local function summary(body)
   end
   return cjson.encode({fingerprint = ev.fingerprint, project_id = ev.project_id, service = ev.service,
                        level = ev.level, message = msg, first_seen = ev.received_at})
-end
-
--- ---- dedup buckets (same layout as dedup_state.lua; see core/dedup.py) ----
-local function dedup_open(prefix, meta, ttl, nb, now_s)
-  local len = math.ceil(ttl / nb)
-  local d = {prefix = prefix, meta = meta, len = len, nb = nb, cur = math.floor(now_s / len),
-             shards = {}, expiring = {}, ttl = ttl}
-  for b = d.cur - nb, d.cur do
-    local s = redis.call('HGET', meta, 's:' .. b)
-    if s then d.shards[b] = tonumber(s) end
-  end
-  return d
-end
-
-local function dedup_find(d, seed, digest)
-  for b = d.cur, d.cur - d.nb, -1 do
-    local s = d.shards[b]
-    if s then
-      local v = redis.call('HGET', d.prefix .. b .. ':' .. (seed % s), digest)
-      if v then return tonumber(v) end
-    end
-  end
-  return nil
-end
-
-local function dedup_put(d, seed, digest, value)
-  local s = d.shards[d.cur]
-  if not s then  -- first write of this bucket: size it on the larger of the two previous buckets' counts
-    local c = redis.call('HMGET', d.meta, 'n:' .. (d.cur - 1), 'n:' .. (d.cur - 2))
-    local prev = math.max(tonumber(c[1] or '0'), tonumber(c[2] or '0'))
-    s = MIN_SHARDS
-    while s * SHARD_TARGET < prev and s < MAX_SHARDS do s = s * 2 end
-    redis.call('HSET', d.meta, 's:' .. d.cur, s)
-    for b = d.cur - 2 * d.nb - 2, d.cur - d.nb - 1 do  -- buckets past their window
-      redis.call('HDEL', d.meta, 's:' .. b, 'n:' .. b)
-    end
-    redis.call('EXPIRE', d.meta, 2 * d.ttl + 2 * d.len)
-    d.shards[d.cur] = s
-  end
-  local key = d.prefix .. d.cur .. ':' .. (seed % s)
-  redis.call('HSET', key, digest, value)
-  if not d.expiring[key] then
-    redis.call('EXPIREAT', key, (d.cur + d.nb + 1) * d.len + 1)
-    d.expiring[key] = true
-  end
 end
 
 local t = redis.call('TIME')
@@ -325,8 +277,8 @@ for pid, p in pairs(projects) do
   end
 end
 if #bodies > 0 then
-  redis.call('HINCRBY', KEYS[6], 'n:' .. d.cur, #bodies)
   redis.call('XADD', KEYS[1], '*', 'data', ARGV[5] .. table.concat(bodies, ',') .. ARGV[6])
 end
+dedup_close(d)
 for k = 1, #decisions do result[2 * n + 2 + k] = decisions[k] end
 return result

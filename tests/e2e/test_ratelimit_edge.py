@@ -124,8 +124,12 @@ async def test_three_windows_never_hold_more_than_the_limit(edge: tuple[Stack, l
     stop = time.monotonic() + 3 * SHORT_WINDOW + 0.5
     statuses: list[int] = []
 
+    def more() -> bool:  # three windows' worth admitted; on a busy machine the senders may need longer
+        now = time.monotonic()
+        return now < stop or (now < stop + 15 and sum(st != 429 for st in statuses) < 3 * SHORT_LIMIT)
+
     async def sender(c: httpx.AsyncClient) -> None:
-        while time.monotonic() < stop:
+        while more():
             r = await c.post("/errors/log", json={"message": "window test", "service": "rl"},
                              headers={"X-Faultline-Key": stack.ingest_key})
             statuses.append(r.status_code)

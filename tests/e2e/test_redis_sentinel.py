@@ -16,7 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from faultline.redis_topology import SERVICE, LocalRedisSentinel, _client, kill
+from faultline.redis_sentinel import LocalRedisSentinel
+from faultline.redis_topology import SERVICE, _client, kill
 from faultline.stack import Stack
 from tests.conftest import logged_stack
 from tests.e2e.failover_load import FailoverLoad, settled_counts

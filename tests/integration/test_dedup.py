@@ -1,15 +1,21 @@
-"""Dedup by (project, event id) in compact time-bucketed hashes; job state next to it (real redis-server)."""
+"""Dedup by (project, event id) in compact hashes per generation of time buckets; job state next to it (real
+redis-server)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
+from api.ingest import Ingestor
 from core.db import repo
 from core.db.engine import make_engine
+from core.dedup import QUEUED, RETRYING, JobStates
+from core.events import LogErrorIn
 from core.keys import Keys
 from core.redis import make_redis
+from core.runtime import Runtime
 from core.settings import Settings
 from tests.integration.conftest import INGEST_KEY, api_client, prepare
 from tests.integration.test_ingest_api import drain_queue
@@ -95,3 +101,49 @@ async def test_bytes_per_remembered_id_is_small_and_hashes_stay_listpacks(make_s
     assert ids == 8000
     assert encodings == {"listpack"}
     assert per_id <= 24, per_id  # the old one-key-per-id layout measured ~100 B/id (MEMORY USAGE ~90)
+
+
+async def test_ids_are_remembered_across_generation_edges_and_forgotten_after_the_window(make_settings: Any) -> None:
+    """1-s buckets, 3-s generations, for ~3 generations: an id resent 0.5-2.5 s later (inside the window
+    whatever the bucket and generation edges) is always a duplicate and keeps its job state; one resent
+    after the window (>= ttl + one bucket) is counted again and its state is gone."""
+    settings = make_settings(dedup_ttl=3, dedup_buckets=3, queue_soft_limit=10_000_000)
+    rt = Runtime.open(settings)
+    ingestor, states = Ingestor(rt), JobStates(rt.redis, rt.keys, settings)
+
+    def events(ids: list[str]) -> list[LogErrorIn]:
+        return [LogErrorIn(message="m", fingerprint=f"g{n % 7}", event_id=i) for n, i in enumerate(ids)]
+
+    sent: list[tuple[float, list[str]]] = []
+    rechecked: set[int] = set()  # waves sent again once past the window (then remembered anew)
+    try:
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            now = time.monotonic()
+            ids = [uuid.uuid4().hex for _ in range(20)]
+            assert not any(a.duplicate for a in await ingestor.ingest(1, events(ids)))
+            if len(sent) % 5 == 0:
+                await states.set([(1, i, f"g{n % 7}") for n, i in enumerate(ids)], RETRYING)
+            sent.append((now, ids))
+            recent = [(k, ids) for k, (t, ids) in enumerate(sent) if 0.5 <= now - t <= 2.5]
+            if recent:
+                k, old = recent[0]
+                again = await ingestor.ingest(1, events(old))
+                assert all(a.duplicate for a in again), (now - sent[k][0], [a.duplicate for a in again])
+                want = RETRYING if k % 5 == 0 else QUEUED  # QUEUED: as ingest.lua wrote it
+                assert await states.get([(1, i) for i in old]) == [want] * len(old)
+            # waves past the window, most of them still stored in the generation before (not yet swept)
+            gone = [k for k, (t, _) in enumerate(sent) if now - t >= 4.3 and k not in rechecked][:2]
+            for k in gone:
+                ids = sent[k][1]
+                assert await states.get([(1, i) for i in ids]) == [None] * len(ids)
+                assert not any(a.duplicate for a in await ingestor.ingest(1, events(ids)))
+                rechecked.add(k)
+            await asyncio.sleep(0.1)
+        assert len(rechecked) >= 5
+        await asyncio.sleep(4.2)  # past the window for the last wave too
+        first, last = sent[0][1], sent[-1][1]
+        assert await states.get([(1, i) for i in first + last]) == [None] * 40
+        assert not any(a.duplicate for a in await ingestor.ingest(1, events(last)))
+    finally:
+        await rt.close()

@@ -4,6 +4,7 @@ turn them into exact deltas, published on the Socket.IO channel (read back here 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,9 +13,10 @@ import pytest
 
 from api.ingest import Ingestor
 from core.events import LogErrorIn
-from core.feed import FeedCoalescer, SpikeDetector
+from core.feed import FeedCoalescer
 from core.runtime import Runtime
 from core.settings import Settings
+from core.spikes import SpikeDetector
 
 
 async def _published(rt: Runtime, out: list[dict[str, Any]], ready: asyncio.Event) -> None:
@@ -52,7 +54,10 @@ async def test_two_overlapping_coalescers_emit_disjoint_deltas_that_sum_to_the_t
                 sent[acc.fingerprint] = sent.get(acc.fingerprint, 0) + 1
             await asyncio.gather(a.tick(), b.tick())
         await asyncio.gather(a.tick(), b.tick())
-        await asyncio.sleep(0.3)
+        # every published message reaches the listener (0.3 s was too short on a loaded machine)
+        deadline = time.monotonic() + 10
+        while len(published) < a.messages + b.messages and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         deltas: dict[str, int] = {}
         news: dict[str, int] = {}
         last_total: dict[str, int] = {}

@@ -25,7 +25,7 @@ from faultline.asgi import create
 from faultline.services import free_port
 from realtime import rooms
 from realtime.limits import SocketLimits
-from realtime.server import SocketIORoute
+from realtime.route import SocketIORoute
 from tests.integration.conftest import INGEST_KEY, prepare
 
 

@@ -39,10 +39,10 @@ def test_every_script_call_is_single_slot(shards: int, n: int) -> None:
         pid, bid = rng.randint(1, 10**9), f"{rng.getrandbits(128):032x}"
         bucket, dd_shard = rng.randint(0, 10**8), rng.randint(0, 65535)
         # ingest.lua: its KEYS, and the names it builds from ARGV (dedup buckets, per-project logs/indexes)
-        slot = _one_slot([*k.ingest_keys(), f"{k.dedup_prefix}{bucket}:{dd_shard}", k.new_groups(pid),
+        slot = _one_slot([*k.ingest_keys(), f"{k.dedup_prefix}g{bucket}:{dd_shard}", k.new_groups(pid),
                           k.feed_index(pid), k.new_groups("") + str(pid), k.feed_index("") + str(pid)])
         used[slot] += 1
-        _one_slot([k.dedup_meta, f"{k.dedup_prefix}{bucket}:{dd_shard}"])  # dedup_state.lua
+        _one_slot([k.dedup_meta, f"{k.dedup_prefix}g{bucket}:{dd_shard}"])  # dedup_state.lua
         _one_slot([k.pending_counts, k.flushing_batches, k.flushing(bid), k.sync_generation,  # flush_start
                    k.flushing_batches + ":" + bid])  # counts_snapshot.lua builds batch names so
         _one_slot([k.feed_dirty, k.live_counts, k.feed_emitted, k.feed_last_seen])  # feed_take.lua

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from core.redis import parse_url
+from core.redisurl import parse_url
 from core.settings import Settings
 
 
