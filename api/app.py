@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
@@ -12,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api import errors, openapi
-from api.fastpath import IngestFastPath
+from api.fastpath import IngestFront
 from api.httpmetrics import HttpMetricsMiddleware
 from api.ingest import Ingestor
 from api.ratelimit import rate_limiting
@@ -27,6 +28,18 @@ from core.runtime import Runtime
 from core.settings import Settings
 
 log = logging.getLogger("faultline.api")
+
+
+class NodeApp(FastAPI):
+    """The FastAPI app, with the two ingest POSTs answered before it (api/fastpath.py says why)."""
+
+    front: IngestFront | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        front = self.front
+        if front is not None and front.handles(scope):
+            return await front(scope, receive, send)
+        return await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings, on_start: Callable[[Runtime, Drain], None] | None = None) -> FastAPI:
@@ -45,6 +58,7 @@ def create_app(settings: Settings, on_start: Callable[[Runtime, Drain], None] | 
         if on_start is not None:
             on_start(rt, drain)
         app.state.ingestor = Ingestor(rt)
+        app.front.start(rt, app.state.ingestor)  # type: ignore[attr-defined]
         if limits is not None:
             limits.start(rt)
         try:
@@ -66,7 +80,7 @@ def create_app(settings: Settings, on_start: Callable[[Runtime, Drain], None] | 
 
     # FastAPI's native OpenTelemetry hook looks up the tracer provider on every request (~3% of CPU);
     # Faultline exports Prometheus metrics instead.
-    app = FastAPI(title="Faultline", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse,
+    app = NodeApp(title="Faultline", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse,
                   telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.drain = drain
     errors.install(app)
@@ -79,11 +93,11 @@ def create_app(settings: Settings, on_start: Callable[[Runtime, Drain], None] | 
     app.include_router(projects.router)
     app.include_router(sentry.router)
     app.include_router(alerts.router)
-    # The two ingest POSTs, answered before FastAPI's routing, inside every middleware below (api/fastpath.py)
-    app.add_middleware(IngestFastPath, state=app.state)
     # Inside the metrics middleware (a 429 is counted like any response), before routing (a refused request
     # costs one limiter call, nothing else). None when FAULTLINE_RATE_LIMIT_ENABLED=false: zero cost.
     limits = rate_limiting(app, settings)
+    # The two ingest POSTs, answered before FastAPI with the same request id, limiter and metrics (api/fastpath.py)
+    app.front = IngestFront(limits)
 
     # Request count and latency per route, the two families the dashboards read (api/httpmetrics.py)
     app.add_middleware(HttpMetricsMiddleware, excluded=["/metrics", "/health.*"])

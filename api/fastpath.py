@@ -1,48 +1,45 @@
-"""POST /errors/log and /errors/batch answered before FastAPI's routing: a pure ASGI middleware.
+"""POST /errors/log and /errors/batch answered before FastAPI: one ASGI call, no middleware chain.
 
-Under `make bench` the layers between our middlewares and the ingest handler (Starlette's exception
-middleware, FastAPI's exit-stack middleware, the router's match over every route, the Request and Response
-objects and their header views) were ~25 % of an API process's CPU per request (py-spy, in-process driver).
-Installed as the innermost of our middlewares, this answers the two ingest POSTs itself, so the request id,
-the HTTP metrics and the rate limiter (api/requestid.py, api/httpmetrics.py, api/ratelimit.py) still wrap
-them exactly as before; every other request goes on to FastAPI unchanged.
-
-It keeps the answers FastAPI's handlers gave (api/errors.py): an ApiError becomes its status and the one
-error body, a RedisError a 503 with Retry-After (logged), anything else propagates to the server error
-middleware (the logged JSON 500). The OpenAPI document lists both routes (api/openapi.py), and the router
-keeps them too (api/routes/ingest.py), so another method on these paths is answered as before.
+Under `make bench` the layers between the server and the ingest handler were most of an API process's
+framework cost (py-spy, in-process driver): Starlette's and FastAPI's own middlewares (server errors,
+telemetry, body limit, exceptions), the router's match, Request/Response objects, and our request-id,
+metrics and rate-limit middlewares, each a coroutine frame that every await of the request resumed through
+and a `send` wrapper per response. NodeApp (api/app.py) hands these two POSTs to IngestFront, which does
+what those layers did for them, in order, in one frame:
+- the request id (api/requestid.py): the client's or a new one, echoed in X-Request-ID, in the access log;
+- the rate limiter (api/ratelimit.py `Door.answer`): its check, folded into the ingest call or not, its
+  refusal or its X-RateLimit headers;
+- the handler (api/routes/ingest.py): an ApiError becomes its status and the one error body, a RedisError a
+  503 with Retry-After (logged), anything else the logged JSON 500 of api/errors.py;
+- the HTTP metrics (api/httpmetrics.py), as the route template, written through core/metrics.py's Deferred.
+Every other request goes to FastAPI unchanged. The OpenAPI document lists both routes (api/openapi.py), and
+the router keeps them too (api/routes/ingest.py), so another method on these paths is answered as before.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
-from starlette.datastructures import State
 
 from api.errors import ApiError, error_body
+from api.httpmetrics import RouteMetrics
 from api.incoming import Incoming
+from api.ingest import Ingestor
+from api.ratelimit import JSON, Answer, Door
+from api.ratelimitguard import RateLimitGuard
+from api.requestid import AccessLog, request_id
 from api.routes.ingest import HANDLERS, Node
+from core.runtime import Runtime
 
 log = logging.getLogger("faultline.api")
-ASGIApp = Callable[..., Any]
-JSON = (b"content-type", b"application/json")
 UNAVAILABLE = orjson.dumps(error_body("unavailable", "event store unavailable, retry shortly"))
-
-
-class _Route:
-    """What api/httpmetrics.py reads from scope["route"] to label the request (the route template)."""
-
-    __slots__ = ("path",)
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-
-_ROUTES = {path: _Route(path) for path in HANDLERS}
+INTERNAL = orjson.dumps(error_body("internal", "internal error"))
+Receive = Callable[..., Any]
 
 
 def _headers(body: bytes, extra: dict[str, str] | None) -> list[tuple[bytes, bytes]]:
@@ -52,31 +49,55 @@ def _headers(body: bytes, extra: dict[str, str] | None) -> list[tuple[bytes, byt
     return headers
 
 
-class IngestFastPath:
-    def __init__(self, app: ASGIApp, state: State) -> None:
-        self.app = app
-        self.state = state  # the FastAPI app's: runtime and ingestor appear there at lifespan start-up
+class IngestFront:
+    def __init__(self, guard: RateLimitGuard | None) -> None:
+        self.door = Door(guard) if guard is not None else None
+        self.metrics = RouteMetrics(deferred=True)
+        self.access_log = AccessLog()
         self._node: Node | None = None
 
-    def node(self) -> Node:
-        node = self._node
-        if node is None or node.ingestor is not self.state.ingestor:  # a new lifespan (tests restart apps)
-            node = self._node = Node(self.state.runtime, self.state.ingestor)
-        return node
+    @staticmethod
+    def handles(scope: MutableMapping[str, Any]) -> bool:
+        return scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in HANDLERS
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
-        handler = HANDLERS.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if handler is None:
-            return await self.app(scope, receive, send)
-        scope["route"] = _ROUTES[scope["path"]]
-        extra: dict[str, str] | None
+    def start(self, runtime: Runtime, ingestor: Ingestor) -> None:
+        """At lifespan start-up (each start: tests restart apps): what the handlers read, resolved once."""
+        self._node = Node(runtime, ingestor)
+
+    def node(self) -> Node:
+        if self._node is None:  # a request before start-up: the logged 500, as before
+            raise RuntimeError("the ingest path is not started")
+        return self._node
+
+    async def _answer(self, scope: MutableMapping[str, Any], receive: Receive) -> Answer:
         try:
-            status, body, extra = await handler(self.node(), Incoming(scope, receive))
+            status, body, extra = await HANDLERS[scope["path"]](self.node(), Incoming(scope, receive))
         except ApiError as exc:
             status, body, extra = exc.status, orjson.dumps(error_body(exc.code, exc.message, exc.details)), exc.headers
         except RedisError as exc:
             log.warning("redis unavailable: %s", exc)
             status, body, extra = 503, UNAVAILABLE, {"Retry-After": "1"}
-        await send({"type": "http.response.start", "status": status, "headers": _headers(body, extra)})
-        await send({"type": "http.response.body", "body": body})
-        return None
+        return status, body, _headers(body, extra)
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Callable[..., Any]) -> None:
+        rid = request_id(scope)
+        rid_text = rid.decode()
+        scope.setdefault("state", {})["request_id"] = rid_text
+        started = time.perf_counter()
+        status = 0
+        try:
+            try:
+                if self.door is not None:
+                    answer = await self.door.answer(scope, lambda: self._answer(scope, receive))
+                else:
+                    answer = await self._answer(scope, receive)
+            except Exception:  # what the server error middleware answered: logged, the one error body
+                log.exception("unhandled error")
+                answer = 500, INTERNAL, [JSON, (b"content-length", b"%d" % len(INTERNAL))]
+            status, body, headers = answer
+            headers.append((b"x-request-id", rid))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            self.metrics.record(scope["path"], "POST", status or 500, time.perf_counter() - started)
+            self.access_log(scope, rid_text, status, started)

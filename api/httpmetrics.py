@@ -23,6 +23,8 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from core.metrics import DEFERRED
+
 # Around the targets (p95 <= 10 ms, p99 <= 25 ms): the client library's default buckets start at 5 ms and
 # grow coarse fast, which cannot tell 2 ms from 9 ms on the dashboard's per-route p95 panel.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -51,11 +53,32 @@ def handler_of(scope: Scope) -> str | None:
     return path if isinstance(path, str) else None
 
 
+class RouteMetrics:
+    """The labelled children, cached: recording a request costs a dict lookup and the value writes.
+    `deferred`: through core/metrics.py's Deferred (the ingest POSTs, api/fastpath.py), else written at once."""
+
+    def __init__(self, deferred: bool = False) -> None:
+        self.deferred = deferred
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def record(self, handler: str, method: str, status: int, seconds: float) -> None:
+        children = self._children.get((handler, method, status))
+        if children is None:
+            key = (handler, method, f"{str(status)[0]}xx")
+            children = self._children[(handler, method, status)] = (REQUESTS.labels(*key), LATENCY.labels(*key))
+        if self.deferred:
+            DEFERRED.inc(children[0])
+            DEFERRED.observe(children[1], max(seconds, 0.0))
+        else:
+            children[0].inc()
+            children[1].observe(max(seconds, 0.0))
+
+
 class HttpMetricsMiddleware:
     def __init__(self, app: ASGIApp, excluded: Sequence[str] = ()) -> None:
         self.app = app
         self.excluded = [re.compile(p) for p in excluded]
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self.metrics = RouteMetrics()
         self._skip: dict[str, bool] = {}  # handler -> excluded? (templates and "none": a small set)
 
     def _is_excluded(self, handler: str) -> bool:
@@ -87,9 +110,4 @@ class HttpMetricsMiddleware:
         handler = handler_of(scope)
         if self._is_excluded(handler if handler is not None else scope.get("path", "")):
             return
-        key = (handler or "none", scope["method"], f"{str(status)[0]}xx")
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (REQUESTS.labels(*key), LATENCY.labels(*key))
-        children[0].inc()
-        children[1].observe(max(seconds, 0.0))
+        self.metrics.record(handler or "none", scope["method"], status, seconds)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,8 @@ import orjson
 from api.ingestcall import QueueFull, ShardCalls
 from api.ingestrun import Pending, StoreUnavailable
 from core import metrics
-from core.dedup import dedup_id
+from core.dedup import dedup_args
+from core.eventcheck import EventIn
 from core.events import LogErrorIn, new_event_id
 from core.fingerprint import client_fingerprint, default_fingerprint
 from core.ratelimit.limiter import Decision
@@ -63,7 +65,7 @@ def derived_event_id(edge_id: str, index: int) -> str:
     return hashlib.blake2b(f"{edge_id}:{index}".encode(), digest_size=16).hexdigest()
 
 
-def fingerprint_of(project_id: int, item: LogErrorIn) -> str:
+def fingerprint_of(project_id: int, item: LogErrorIn | EventIn) -> str:
     if item.fingerprint:
         return client_fingerprint(project_id, item.fingerprint)
     return default_fingerprint(project_id, item.service, item.message, item.stack)
@@ -87,7 +89,7 @@ class Ingestor:
     def script(self, value: Any) -> None:
         self.calls.script = value
 
-    async def ingest(self, project_id: int, items: list[LogErrorIn], edge_id: str | None = None,
+    async def ingest(self, project_id: int, items: Sequence[LogErrorIn | EventIn], edge_id: str | None = None,
                      limit: FoldedHit | None = None) -> list[Accepted]:
         """`edge_id`: the load balancer's id of this request, the same when it retries the request on
         another node; events without an event_id get one derived from it, so a retry counts nothing twice.
@@ -96,6 +98,7 @@ class Ingestor:
         now = time.time()
         by_shard: dict[int, tuple[list[bytes | str | int], list[int]]] = {}
         out: list[Accepted] = []
+        shard_of = self.keys.shard_of
         for index, item in enumerate(items):
             if index and index % 100 == 0:
                 await asyncio.sleep(0)  # a 1,000-event batch must not hold the loop (health probes, others)
@@ -107,12 +110,15 @@ class Ingestor:
                 event["stack"] = item.stack
             if item.context is not None:
                 event["context"] = item.context
-            args, positions = by_shard.setdefault(self.keys.shard_of(fp), ([], []))
-            args += dedup_id(project_id, event_id)  # seed, digest
-            args.append(fp)
-            args.append(orjson.dumps(event))
-            args.append(project_id)  # the script's quota and new-group cap are per project
-            positions.append(index)
+            shard = shard_of(fp)
+            part = by_shard.get(shard)
+            if part is None:
+                part = by_shard[shard] = ([], [])
+            seed, digest = dedup_args(project_id, event_id)
+            # per event: seed, digest, fingerprint, event JSON, project id (the script's quota and new-group
+            # cap are per project)
+            part[0].extend((seed, digest, fp, orjson.dumps(event), project_id))
+            part[1].append(index)
             out.append(Accepted(event_id, fp, False, False))
         loop = asyncio.get_running_loop()
         parts = []
@@ -150,9 +156,10 @@ class Ingestor:
                     acc.fingerprint = overflow_fingerprint(project_id)
         dup = sum(a.duplicate for a in out)
         limited = sum(a.rate_limited_ms > 0 for a in out)
-        ACCEPTED.inc(len(out) - dup - limited)
+        if len(out) - dup - limited:  # written by core/metrics.py's Deferred: a few writes per 50 ms, not per request
+            metrics.DEFERRED.inc(ACCEPTED, len(out) - dup - limited)
         if dup:
-            DUPLICATE.inc(dup)
+            metrics.DEFERRED.inc(DUPLICATE, dup)
         if limited:
             metrics.EVENTS_DROPPED.labels("rate_limited").inc(limited)
         return out

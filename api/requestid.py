@@ -17,7 +17,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 log = logging.getLogger("faultline.access")
@@ -29,7 +29,7 @@ MAX_LOGGED_PATH = 512
 _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 
 
-def loggable_path(scope: dict[str, Any]) -> str:
+def loggable_path(scope: MutableMapping[str, Any]) -> str:
     """The path as the client sent it (still percent-encoded, so %0A stays three harmless characters),
     with anything non-printable escaped and the length capped: a log line can never be split or forged."""
     raw = scope.get("raw_path")
@@ -38,24 +38,52 @@ def loggable_path(scope: dict[str, Any]) -> str:
     return text
 
 
+def request_id(scope: MutableMapping[str, Any]) -> bytes:
+    """The client's (or the edge's) X-Request-ID when it is a valid one, else a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if VALID_ID.match(value):
+                return value  # type: ignore[no-any-return]
+            break
+    return uuid.uuid4().hex.encode()
+
+
+class AccessLog:
+    """The access log line of a finished request, at the level its status deserves (see above)."""
+
+    def __init__(self) -> None:
+        self._throttled = itertools.count()
+
+    def __call__(self, scope: MutableMapping[str, Any], request_id: str, status: int, started: float) -> None:
+        if status >= 500 or status == 0:
+            level = logging.WARNING
+        elif status == 429:
+            if next(self._throttled) % SAMPLE_429:
+                return
+            level = logging.INFO
+        elif status >= 400:
+            level = logging.INFO
+        else:
+            level = logging.DEBUG
+        if not log.isEnabledFor(level):
+            return
+        client = scope.get("client")
+        log.log(level, "rid=%s %s %s %d %.1fms client=%s", request_id, scope["method"], loggable_path(scope), status,
+                (time.perf_counter() - started) * 1000, client[0] if client else "-")
+
+
 class RequestIdMiddleware:
     def __init__(self, app: Callable[..., Any]) -> None:
         self.app = app
-        self._throttled = itertools.count()
+        self._log = AccessLog()
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any],
                        send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        rid = b""
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                rid = value
-                break
-        if not VALID_ID.match(rid):
-            rid = uuid.uuid4().hex.encode()
-        request_id = rid.decode()
-        scope.setdefault("state", {})["request_id"] = request_id
+        rid = request_id(scope)
+        request_id_ = rid.decode()
+        scope.setdefault("state", {})["request_id"] = request_id_
         started = time.perf_counter()
         status = 0
 
@@ -72,21 +100,4 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            self._log(scope, request_id, status, started)
-
-    def _log(self, scope: dict[str, Any], request_id: str, status: int, started: float) -> None:
-        if status >= 500 or status == 0:
-            level = logging.WARNING
-        elif status == 429:
-            if next(self._throttled) % SAMPLE_429:
-                return
-            level = logging.INFO
-        elif status >= 400:
-            level = logging.INFO
-        else:
-            level = logging.DEBUG
-        if not log.isEnabledFor(level):
-            return
-        client = scope.get("client")
-        log.log(level, "rid=%s %s %s %d %.1fms client=%s", request_id, scope["method"], loggable_path(scope), status,
-                (time.perf_counter() - started) * 1000, client[0] if client else "-")
+            self._log(scope, request_id_, status, started)

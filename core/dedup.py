@@ -67,8 +67,13 @@ class DedupId(NamedTuple):
 
 
 def dedup_id(project_id: int, event_id: str) -> DedupId:
+    return DedupId(*dedup_args(project_id, event_id))
+
+
+def dedup_args(project_id: int, event_id: str) -> tuple[int, bytes]:
+    """(seed, digest) as a plain tuple: the ingest path's form, half the cost of building a DedupId."""
     d = blake2b(f"{project_id}:{event_id}".encode(), digest_size=4 + DIGEST_BYTES).digest()
-    return DedupId(int.from_bytes(d[:4], "big"), d[4:])
+    return int.from_bytes(d[:4], "big"), d[4:]
 
 
 def state_name(code: int) -> str:

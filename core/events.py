@@ -32,6 +32,8 @@ _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 def normalize_event_id(value: str) -> str:
     """Accept a UUID in any common spelling; return 32 lowercase hex digits (Sentry's form)."""
+    if len(value) == 32 and _HEX32.match(value):  # already Sentry's form (the SDKs send it so): as it is
+        return value
     candidate = value.strip().lower().replace("-", "")
     if _HEX32.match(candidate):
         return candidate

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from itertools import islice
 
 TOP_FRAMES = 5
@@ -152,7 +153,10 @@ def _digest(parts: Iterable[str]) -> str:
     return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
+@lru_cache(maxsize=4096)
 def client_fingerprint(project_id: int, value: str) -> str:
+    # cached: clients send the same few fingerprints over and over (a hot group's every event); bounded, so
+    # a client inventing fingerprints only churns it (512 characters at most each: ~3 MB)
     return _digest(("client", str(project_id), value))
 
 

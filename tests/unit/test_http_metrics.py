@@ -5,12 +5,16 @@ versions): these cases fail first if an upgrade moves it."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import httpx
 from fastapi import APIRouter, FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.httpmetrics import LATENCY, REQUESTS, HttpMetricsMiddleware
+from core.metrics import DEFERRED
 
 
 async def _plain(_: Request) -> Response:
@@ -62,3 +66,23 @@ async def test_templates_status_classes_and_exclusions() -> None:
         assert _count(case[2], case[0], case[3]) == before[case] + 1, case
     assert LATENCY.labels("/t/log", "POST", "2xx")._sum.get() > latency_before
     assert _count("/t/health/live", "GET", "2xx") == health_before  # probes are not recorded
+
+
+async def test_deferred_writes_add_up_to_the_direct_ones() -> None:
+    """core/metrics.py's Deferred writes a histogram child's own sum and bucket values (prometheus_client's
+    private layout, pinned here): after its flush the samples are those of observing each value directly."""
+    direct, deferred = LATENCY.labels("/t/direct", "POST", "2xx"), LATENCY.labels("/t/deferred", "POST", "2xx")
+    count_direct, count_deferred = REQUESTS.labels("/t/direct", "POST", "2xx"), REQUESTS.labels("/t/deferred", "POST",
+                                                                                                 "2xx")
+    for seconds in (0.0, 0.001, 0.0011, 0.003, 0.025, 0.7, 5.0, 60.0):  # on bounds, between them, past the last
+        direct.observe(seconds)
+        count_direct.inc()
+        DEFERRED.observe(deferred, seconds)
+        DEFERRED.inc(count_deferred)
+    assert count_deferred._value.get() == 0  # not written yet: the flush is a loop timer
+    await asyncio.sleep(DEFERRED.FLUSH_S * 2)
+    def samples(child: Any) -> list[tuple[str, float]]:
+        return [(s.name, s.value) for s in child.collect()[0].samples if not s.name.endswith("_created")]
+
+    assert samples(deferred) == samples(direct)
+    assert count_deferred._value.get() == count_direct._value.get() == 8
