@@ -92,12 +92,25 @@ async def test_a_stopping_worker_reclaims_nothing(make_settings: Any) -> None:
 async def test_a_stop_that_hangs_is_ended_by_the_watchdog_in_process_too(make_settings: Any,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The event loop blocked during the stop (a library call that never returns): the watchdog thread
-    still fires, shutdown_timeout + STOP_MARGIN after the stop began (its os._exit replaced by a flag here)."""
+    still fires, shutdown_timeout + STOP_MARGIN after the stop began (its os._exit replaced by a flag here).
+    The loop is blocked right where the stop arms the watchdog: a test that blocked it from outside raced a
+    stop that, on a quiet machine, ended (and cancelled the watchdog) before the block began."""
     settings = make_settings(shutdown_timeout=0.5)
     await prepare(settings)
-    fired = threading.Event()
+    fired, armed = threading.Event(), threading.Event()
     monkeypatch.setattr(lifecycle, "STOP_MARGIN", 0.5)
     monkeypatch.setattr(lifecycle.Lifecycle, "_exit_hung", lambda self: fired.set())
+    arm = lifecycle.Lifecycle._arm_watchdog
+
+    def arm_then_hang(self: lifecycle.Lifecycle) -> None:
+        first = self._watchdog is None
+        arm(self)
+        if first:  # the worker began its stop: now its event loop hangs, well past 0.5 + 0.5 s
+            armed.set()
+            assert not fired.is_set()
+            time.sleep(3)  # the hang under test
+
+    monkeypatch.setattr(lifecycle.Lifecycle, "_arm_watchdog", arm_then_hang)
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker(settings, "w-hangs", handle_signals=False, stop=stop))
     redis, keys = make_redis(settings, timeout=5), Keys(settings.key_prefix)
@@ -107,15 +120,8 @@ async def test_a_stop_that_hangs_is_ended_by_the_watchdog_in_process_too(make_se
 
         await wait_for(beats, 20, "the worker's heartbeat")
         stop.set()
-
-        async def armed() -> bool:  # the worker began its stop...
-            return any(t.name == "stop watchdog worker w-hangs" for t in threading.enumerate())
-
-        await wait_for(armed, 5, "the stop watchdog", every=0.01)
-        assert not fired.is_set()
-        time.sleep(3)  # noqa: ASYNC251 - ...and then its event loop hangs, well past 0.5 + 0.5 s
-        assert fired.is_set()
         await asyncio.wait_for(worker, 30)
+        assert armed.is_set() and fired.is_set()
     finally:
         stop.set()
         worker.cancel()
