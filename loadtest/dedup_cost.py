@@ -38,21 +38,25 @@ async def _ingest(ingestor: Ingestor, events: list[LogErrorIn], in_flight: int =
         await asyncio.gather(*(ingestor.ingest(1, [e]) for e in events[start:start + in_flight]))
 
 
-async def _measure(server: RedisServer, ttl: int, buckets: int, events: int, fill_rate: int,
-                   db: str) -> dict[str, float]:
+def _open(server: RedisServer, ttl: int, buckets: int, db: str) -> tuple[Runtime, Ingestor, redis_sync.Redis]:
+    """A runtime on a fresh key prefix (its own dedup window), its Ingestor, and a plain client for stats."""
     settings = Settings(redis_url=server.url, key_prefix=f"d{uuid.uuid4().hex[:6]}", database_url=db,
                         rate_limit_enabled=False, queue_soft_limit=10_000_000, ingest_budget=5.0,
                         redis_timeout=5.0, dedup_ttl=ttl, dedup_buckets=buckets)
     rt = Runtime.open(settings)
-    ingestor = Ingestor(rt)
-    stats = redis_sync.Redis.from_url(server.url)
+    return rt, Ingestor(rt), redis_sync.Redis.from_url(server.url)
+
+
+async def _measure(server: RedisServer, ttl: int, buckets: int, events: int, fill_rate: int,
+                   db: str) -> dict[str, float]:
+    rt, ingestor, stats = _open(server, ttl, buckets, db)
     assert server.proc is not None and server.proc.process is not None
     proc = psutil.Process(server.proc.process.pid)
     out: dict[str, float] = {}
     try:
         for phase in ("empty", "full"):
             if phase == "full":  # a steady stream for the whole window and one bucket more
-                until = time.monotonic() + ttl + ttl / settings.dedup_buckets + 1
+                until = time.monotonic() + ttl + ttl / buckets + 1
                 while time.monotonic() < until:
                     tick = time.monotonic()
                     await _ingest(ingestor, _events(fill_rate // 4))
@@ -79,12 +83,7 @@ async def _memory(server: RedisServer, ttl: int, buckets: int, rate: int, db: st
     """A steady `rate` for 5 windows; from the third on, every second: ids stored (expired ones not yet
     swept included) / ids sent in the last window. Returns (min, max): how flat the id part of memory stays
     (the window's ids plus the bucket being filled and what is not swept yet: 1.0 .. ~1.2 is flat)."""
-    settings = Settings(redis_url=server.url, key_prefix=f"m{uuid.uuid4().hex[:6]}", database_url=db,
-                        rate_limit_enabled=False, queue_soft_limit=10_000_000, ingest_budget=5.0,
-                        redis_timeout=5.0, dedup_ttl=ttl, dedup_buckets=buckets)
-    rt = Runtime.open(settings)
-    ingestor = Ingestor(rt)
-    stats = redis_sync.Redis.from_url(server.url)
+    rt, ingestor, stats = _open(server, ttl, buckets, db)
     ratios: list[float] = []
     sent: list[float] = []  # when each tick's events were sent (a busy machine falls behind `rate`)
     try:
