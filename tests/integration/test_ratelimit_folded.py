@@ -4,12 +4,15 @@ both, the same windows and answers as the limiter's own call, and a lost reply's
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
 from core.keys import Keys
 from core.ratelimit.redis_limiter import RedisLimiter
+from core.settings import Settings
 from tests.integration.conftest import api_client, prepare
 from tests.integration.test_ingest_ambiguity import LoseReplies, counted
 
@@ -73,16 +76,23 @@ async def test_requests_answered_before_ingest_use_the_window_as_before(make_set
     assert await counted(settings) == (1, 1)
 
 
+@asynccontextmanager
+async def limited_client(settings: Settings, lose: int) -> AsyncIterator[tuple[Any, Any, LoseReplies]]:
+    """An API client whose ingest script calls are recorded (and the first `lose` replies lost)."""
+    await prepare(settings)
+    async with api_client(settings) as c:
+        ingestor = c._transport.app.state.ingestor  # type: ignore[attr-defined]
+        calls = LoseReplies(ingestor.script, lose=lose)
+        ingestor.script = calls
+        yield c, ingestor, calls
+
+
 async def test_rerun_of_a_lost_reply_logs_the_request_once(make_settings: Any, own_calls: list[str]) -> None:
     """The call ran (window logged, event counted), its reply was lost, the re-run with the same token finds
     the request's entry and answers it admitted without logging it again."""
     settings = make_settings(rate_limit_enabled=True, rate_limits=LIMITS, redis_shards=1)
-    await prepare(settings)
     keys = Keys.from_settings(settings)
-    async with api_client(settings) as c:
-        ingestor = c._transport.app.state.ingestor  # type: ignore[attr-defined]
-        lossy = LoseReplies(ingestor.script, lose=1)
-        ingestor.script = lossy
+    async with limited_client(settings, lose=1) as (c, ingestor, lossy):
         first = await c.post("/errors/log", json={"message": "E1"})
         assert first.status_code == 202 and lossy.calls == 2  # lost, then re-run
         assert first.headers["x-ratelimit-remaining"] == "2"
@@ -100,12 +110,8 @@ async def test_requests_sharing_one_call_get_the_answers_of_one_call_each(make_s
     (_sliding_window.lua `seen`) and gets each tier set once: still exactly `limit` admitted, each with its
     own remaining count, the rest refused with the blocking entry's wait, each admitted request logged once."""
     settings = make_settings(rate_limit_enabled=True, rate_limits=LIMITS, redis_shards=1)
-    await prepare(settings)
     keys = Keys.from_settings(settings)
-    async with api_client(settings) as c:
-        ingestor = c._transport.app.state.ingestor  # type: ignore[attr-defined]
-        calls = LoseReplies(ingestor.script, lose=0)
-        ingestor.script = calls
+    async with limited_client(settings, lose=0) as (c, ingestor, calls):
         # and a batch: another tier set (its own short window, the shared long one) in the same call
         *answers, batch = await asyncio.gather(*(c.post("/errors/log", json={"message": f"E{i}"}) for i in range(6)),
                                                c.post("/errors/batch", json={"events": [{"message": "B"}]}))
