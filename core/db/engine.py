@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from core.db.failover import failover_creator
 from core.settings import Settings
+
+
+class SqliteEngine(AsyncEngine):
+    """`begin()` opens its transaction with BEGIN IMMEDIATE, `connect()` with a plain (deferred) BEGIN.
+
+    Why: a deferred transaction that reads, then writes, cannot take the write lock once another process
+    has committed since its read began (SQLITE_BUSY_SNAPSHOT): SQLite answers "database is locked" at once,
+    without waiting out busy_timeout, because waiting could not help. The CI run met it creating a project
+    while the workers wrote counts. Every read-then-write transaction here goes through `begin()`, so taking
+    the write lock first (waiting up to busy_timeout for it) makes them wait instead of fail; reads through
+    `connect()` keep WAL's readers-never-block.
+    """
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        async with self.connect() as conn:
+            await conn.execution_options(sqlite_immediate=True)
+            async with conn.begin():
+                yield conn
 
 
 def make_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
@@ -19,7 +40,7 @@ def make_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if url.database:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **overrides)
+        engine = SqliteEngine(create_async_engine(url, connect_args={"timeout": 30}, **overrides).sync_engine)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -37,7 +58,8 @@ def make_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "begin")
         def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN")
+            immediate = conn.get_execution_options().get("sqlite_immediate", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     # pre_ping + recycle below MariaDB's wait_timeout (8 h): no "server has gone away" after idling.

@@ -88,3 +88,31 @@ async def test_a_commit_whose_answer_was_lost_is_run_again_and_the_ledger_skips_
     await engine.dispose()
     assert runs == [True, False]  # the second run found the ledger row
     assert await counts(settings) == {A: 1 + 5, B: 1, "ledger rows": 2}
+
+
+async def test_sqlite_read_then_write_waits_for_another_process_write_instead_of_failing(make_settings: Any) -> None:
+    """Two engines on one SQLite file (two processes, as the stack and `faultline project create` are): a
+    `begin()` transaction that reads, then writes, while the other commits a write in between. A deferred
+    BEGIN fails that write at once with "database is locked" (SQLITE_BUSY_SNAPSHOT, busy_timeout not
+    consulted); `begin()` takes the write lock first, so the other waits for it and both commit."""
+    s = make_settings()
+    await migrate(s)
+    ours, theirs = make_engine(s), make_engine(s)
+
+    async def their_write() -> None:
+        async with theirs.begin() as conn:
+            await repo.apply_count_batch(conn, "theirs", {B: 1})
+
+    try:
+        async with ours.begin() as conn:
+            assert await conn.scalar(select(func.count()).select_from(ErrorGroup)) == 0
+            other = asyncio.create_task(their_write())
+            await asyncio.sleep(0.5)  # with a deferred BEGIN, their write commits here, under our read
+            await repo.apply_count_batch(conn, "ours", {A: 1})
+        await asyncio.wait_for(other, 30)
+        async with ours.connect() as conn:
+            rows = dict((await conn.execute(select(ErrorGroup.fingerprint, ErrorGroup.count))).all())
+    finally:
+        await ours.dispose()
+        await theirs.dispose()
+    assert rows == {A: 1, B: 1}
