@@ -40,7 +40,8 @@ def make_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if url.database:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = SqliteEngine(create_async_engine(url, connect_args={"timeout": 30}, **overrides).sync_engine)
+        plain = create_async_engine(url, connect_args={"timeout": 30}, **overrides)
+        engine: AsyncEngine = SqliteEngine(plain.sync_engine)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
