@@ -43,7 +43,7 @@ def wait_settled(stack: Stack, timeout: float = 90.0) -> None:
             state = pipe.execute()
             if not any(state):
                 return
-            time.sleep(0.5)
+            time.sleep(0.1)  # four cheap reads: polling often costs nothing and ends the wait ~0.25 s sooner
     finally:
         client.close()
     raise TimeoutError(f"pipeline not settled after {timeout}s: stream/retries/pending/flushing = {state}")

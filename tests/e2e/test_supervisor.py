@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from faultline.liveness import Ping
 from faultline.procs import Child
 from faultline.stack import Stack
 from tests.e2e.stack_checks import check_exactly_once, module_stack, node_get, report
@@ -44,6 +45,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield s
         stop.set()
         thread.join(10)
+
+
+def answered_within(ping: Ping, seconds: float) -> Ping:
+    """The same ping, counted a miss once it has not answered within `seconds` (its own timeout is 2 s).
+    A SIGSTOPped process never answers, so each of its misses then costs the supervision round `seconds`
+    instead of 2 s: the same 3 misses in a row, sooner. Only the hung process's ping, only in its test."""
+    def quicker() -> bool | None:
+        answered: list[bool | None] = []
+        thread = threading.Thread(target=lambda: answered.append(ping()), daemon=True)
+        thread.start()
+        thread.join(seconds)
+        return answered[0] if answered else False
+
+    return quicker
 
 
 def ingest(stack: Stack) -> int:
@@ -111,11 +126,15 @@ def stop_until_killed(child: Child, what: str, timeout: float) -> tuple[float, f
     return stopped, time.monotonic() - stopped
 
 
-def test_hung_api_node_is_killed_and_restarted(stack: Stack) -> None:
+def test_hung_api_node_is_killed_and_restarted(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     node = stack.nodes[0]
     port = stack.node_ports[node.name]
+    assert node.liveness is not None
+    # its /health/live probe given up after 1 s, not 2, and sent every 1 s: the same 3 misses, ~4 s sooner
+    monkeypatch.setattr(node.liveness, "ping", answered_within(node.liveness.ping, 1.0))
+    monkeypatch.setattr(node.liveness, "every", 1.0)
     stopped, killed_after = stop_until_killed(node, "node", 30)
-    # 3 probes, each given up after 2 s, 2 s apart: ~8-12 s
+    # 3 probes, each given up after 1 s, 1 s apart: ~3-6 s (~8-12 s with the production 2 s and 2 s)
     assert killed_after < 20, killed_after
     deadline = time.monotonic() + 90  # a cold boot takes 5-10 s here, more when the box is loaded
     while time.monotonic() < deadline and node_get(port, "/health/ready")[0] != 200:
@@ -125,11 +144,14 @@ def test_hung_api_node_is_killed_and_restarted(stack: Stack) -> None:
            f"probes), ready again {time.monotonic() - stopped:.1f}s after SIGSTOP")
 
 
-def test_hung_worker_is_killed_and_replaced(stack: Stack) -> None:
+def test_hung_worker_is_killed_and_replaced(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker's liveness is its heartbeat's freshness (faultline/liveness.py): SIGSTOPped, it stops beating,
     misses its pings, is SIGKILLed and restarted, and the new process beats again."""
     worker = stack.workers[0]
     assert worker.liveness is not None and worker.proc is not None
+    # Its ping is a Redis read that answers at once: asked every 0.5 s rather than 2 s, the 3 misses in a row
+    # come ~1.5 s after the beat went stale (STALE_AFTER, unchanged) instead of ~6 s; the same verdict, sooner.
+    monkeypatch.setattr(worker.liveness, "every", 0.5)
     old_pid = worker.proc.pid
     stopped, killed_after = stop_until_killed(worker, "worker", 60)
     deadline = time.monotonic() + 90
@@ -154,6 +176,9 @@ def test_hung_server_is_killed_restarted_and_nothing_accepted_is_lost(stack: Sta
         time.sleep(0.1)
     assert server.liveness is not None and server.liveness.seen_live, f"{name} was never pinged live"
     monkeypatch.setattr(server.liveness, "misses", 3)  # 8 in production (SERVER_MISSES): 16-32 s
+    # each ping given up after 1 s, not 2, and sent every 1 s: the same 3 misses in a row, ~3 s sooner
+    monkeypatch.setattr(server.liveness, "ping", answered_within(server.liveness.ping, 1.0))
+    monkeypatch.setattr(server.liveness, "every", 1.0)
     port, restarts, pid = server.port, server.restarts, server_pid(stack, name)
     with SteadyLoad(stack.url, stack.ingest_key, clients=20, think=0.1) as load:
         load.wait_requests(100)
@@ -170,7 +195,7 @@ def test_hung_server_is_killed_restarted_and_nothing_accepted_is_lost(stack: Sta
         back_in = first_202_after(stack, stopped)
         load.wait_requests(200)
     assert server.port == port and server_pid(stack, name) != pid
-    # 3 pings, each given up after 2 s, 2 s apart, then the restart
+    # 3 pings, each given up after 1 s, 1 s apart (plus the rest of each supervision round), then the restart
     assert restarted_after < 30, restarted_after
     report(f"supervisor: {name} SIGSTOPped -> SIGKILLed and restarted after {restarted_after:.1f}s, ingest 202 "
            f"again after {back_in:.1f}s; {load.stats.summary()}")
