@@ -57,6 +57,7 @@ def env_of(settings: Settings, **extra: str) -> dict[str, str]:
 @pytest.fixture
 def spawn(request: pytest.FixtureRequest) -> Any:
     """Start `faultline <args>` as a real child process; stopped (SIGTERM, then SIGKILL) at teardown."""
+    import subprocess
     import sys
 
     from faultline.procs import Child, FileSink
@@ -73,6 +74,14 @@ def spawn(request: pytest.FixtureRequest) -> Any:
         return child
 
     yield start
+    # SIGTERM to every child first, then wait for each (SIGKILL after 10 s, as Child.stop): they drain and
+    # exit side by side (a node's drain delay, a scheduler's last sync) instead of one after another
     for child in children:
-        child.stop(timeout=10)
+        child.terminate()
+    for child in children:
+        if child.proc is not None:
+            try:
+                child.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill_group()
     log.close()
