@@ -145,7 +145,9 @@ class ScriptRuns:
             # a lower bound: Redis is past D by then), and the time the loop lost added (api/ingestwait.py)
             answer = await wait_final(runs, n, at + wait + GRACE, stretch=attempt > 0,
                                       probe_at=at + wait - REPLY_MARGIN + 0.005, probe=probe if attempt else None)
-            if run.slot is not None:
+            if run.deadline is None and run.task is not None:  # still waiting for its place: never sent
+                run.task.cancel()
+            elif run.slot is not None:
                 run.slot.give_back()  # still awaited from here, for its reply only
             if answer is not None:
                 if int(answer[0]) != LATE:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from core.dedup import JobStates
@@ -28,20 +29,21 @@ from tests.integration.test_ingest_ambiguity import counted, event
 
 class SlowReplies:
     """TCP proxy to Redis: requests pass at once, each reply chunk is held back `delay` seconds (in order).
-    `stall(loop, s)`: the next request that passes blocks `loop` for s seconds (time.sleep in it: a starved
-    event loop), and its reply is held back s + 50 ms: the loop wakes late, and the reply is later still
-    (a reply already in the socket when the loop wakes is read in time: the GRACE of api/ingestrun.py)."""
+    `stall(loop, s, marker)`: the next request that carries `marker` blocks `loop` for s seconds once it has
+    passed (time.sleep in it: a starved event loop), and its reply is held back s + 50 ms: the loop wakes
+    late, the reply later still (a reply already in the socket when the loop wakes is read in time on the
+    default loop: the GRACE of api/ingestrun.py)."""
 
     def __init__(self, upstream: int) -> None:
         self.upstream, self.delay, self.hold_next = upstream, 0.0, 0.0
-        self.stalling: tuple[asyncio.AbstractEventLoop, float] | None = None
+        self.stalling: tuple[asyncio.AbstractEventLoop, float, bytes] | None = None
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.closing = False
         self.sockets: list[socket.socket] = []
 
-    def stall(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
-        self.stalling = (loop, seconds)
+    def stall(self, loop: asyncio.AbstractEventLoop, seconds: float, marker: bytes) -> None:
+        self.stalling = (loop, seconds, marker)
 
     @property
     def url(self) -> str:
@@ -73,11 +75,11 @@ class SlowReplies:
         try:
             while data := src.recv(65536):
                 if held is None:
-                    dst.sendall(data)
-                    if self.stalling is not None:  # sent: now block the loop, and hold its reply meanwhile
-                        (loop, seconds), self.stalling = self.stalling, None
-                        self.hold_next = seconds + 0.05
+                    if self.stalling is not None and self.stalling[2] in data:  # the client has sent it
+                        (loop, seconds, _), self.stalling = self.stalling, None
+                        self.hold_next = seconds + 0.05  # set before Redis can answer
                         loop.call_soon_threadsafe(time.sleep, seconds)
+                    dst.sendall(data)
                 else:
                     held.put((time.monotonic() + max(self.delay, self.hold_next), data))
                     self.hold_next = 0.0
@@ -135,30 +137,38 @@ async def test_first_runs_late_reply_is_taken_not_a_503(make_settings: Any, slow
     assert [s for s, _ in answers] == [202] * 7, answers
 
 
-async def test_rerun_counted_while_the_event_loop_starved(make_settings: Any, slow: SlowReplies) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_rerun_counted_while_the_event_loop_starved(make_settings: Any, slow: SlowReplies, loop: str) -> None:
     """Run 1 arrives late (refused, nothing counted); the re-run counts at once, then the loop is blocked for
     0.85 s from the moment the re-run was sent, and its reply comes 50 ms after that: past the re-run's wait
     (0.8 s budget) and redis-py's read timeout (0.5 s). The old code answered 503. Now a probe (deadline
-    past) asks Redis, within the time the loop lost."""
+    past) asks Redis, within the time the loop lost. Also on uvloop (as deployed: faultline/uvicorn_worker.py),
+    which runs due timers before it reads sockets."""
     direct = make_settings()
     pid = await prepare(direct)
-    async with api_client(make_settings(redis_url=slow.url)) as c:
-        ingestor = c._transport.app.state.ingestor  # type: ignore[attr-defined]
-        real, calls = ingestor.script, []
+    calls: list[int] = []
 
-        async def starve(**kwargs: Any) -> Any:
-            calls.append(len(calls) + 1)
-            args = list(kwargs["args"])
-            if len(calls) == 1:
-                args[6] = 1  # ARGV[7], the deadline: long past, so run 1 counts nothing
-            elif len(calls) == 2:  # the loop blocks once the re-run has passed the proxy; its reply is held
-                slow.stall(asyncio.get_running_loop(), 0.85)
-            return await real(keys=kwargs["keys"], args=args)
+    async def scenario() -> list[tuple[int, str]]:
+        async with api_client(make_settings(redis_url=slow.url)) as c:
+            ingestor = c._transport.app.state.ingestor  # type: ignore[attr-defined]
+            real = ingestor.script
 
-        answers = [await send(c, 0)]
-        ingestor.script = starve
-        answers.append(await send(c, 1))
-        ingestor.script = real
+            async def starve(**kwargs: Any) -> Any:
+                calls.append(len(calls) + 1)
+                args = list(kwargs["args"])
+                if len(calls) == 1:
+                    args[6] = 1  # ARGV[7], the deadline: long past, so run 1 counts nothing
+                elif len(calls) == 2:  # the loop blocks once the re-run has passed the proxy; its reply is held
+                    slow.stall(asyncio.get_running_loop(), 0.85, real.sha.encode())
+                return await real(keys=kwargs["keys"], args=args)
+
+            answers = [await send(c, 0)]
+            ingestor.script = starve
+            answers.append(await send(c, 1))
+            ingestor.script = real
+            return answers
+
+    answers = await (scenario() if loop == "asyncio" else asyncio.to_thread(uvloop.run, scenario()))
     await assert_503_means_not_counted(direct, pid, answers)
     assert len(calls) >= 2 and answers[1][0] == 202, (calls, answers)
 
@@ -184,3 +194,29 @@ async def test_first_runs_late_reply_while_reruns_fail_at_once(make_settings: An
         slow.delay, ingestor.script = 0.0, real
     await assert_503_means_not_counted(direct, pid, answers)
     assert len(calls) >= 2 and answers[1][0] == 202, (calls, answers)
+
+
+async def test_the_runs_of_a_call_tell_the_same_one_counts(make_settings: Any) -> None:
+    """Quota 10/s: run 1 counts 10 of 14 events, refuses 4, and its reply comes 0.45 s late; the re-run goes
+    out at 0.4 s, when the quota has room for 4 more. It finds run 1's entries, so it only reports (counts
+    nothing): whichever answer is taken (run 1's, first), it tells what was counted. (A re-run that counted
+    the 4 made 14 counted for 10 accepted.)"""
+    settings = make_settings(rate_limit_enabled=True, project_quota_per_second=10)
+    await prepare(settings)
+    async with api_client(settings) as c:
+        ingestor = c._transport.app.state.ingestor  # type: ignore[attr-defined]
+        real, calls = ingestor.script, []
+
+        async def late_first(**kwargs: Any) -> Any:
+            calls.append(len(calls) + 1)
+            result = await real(**kwargs)
+            # both ran in Redis at once; run 1's reply reaches us at 0.45 s, the re-run's at 0.6 s
+            await asyncio.sleep(0.45 if len(calls) == 1 else 0.2)
+            return result
+
+        ingestor.script = late_first
+        r = await c.post("/errors/batch", json={"events": [event(i) for i in range(14)]})
+        ingestor.script = real
+    assert r.status_code == 202 and len(calls) == 2, (r.text, calls)
+    await asyncio.sleep(0.5)
+    assert await counted(settings) == (r.json()["accepted"],) * 2, r.text
