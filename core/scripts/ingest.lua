@@ -154,6 +154,11 @@ if LIMIT_ARGS > 0 then
     local wkeys = {}
     for i = 1, #set.prefixes do wkeys[i] = set.prefixes[i] .. client end
     local d = sliding_window(wkeys, member, set.limits, set.windows, now_us, rerun, windows, frozen)
+    if frozen and d[1] == 0 then  -- a request with an event the counting run counted was admitted there,
+      for i = first, first + count - 1 do  -- though its log entry may have left a short window since
+        if found[i] == -1 then d = {1, 1, 0, 0, now_us}; break end
+      end
+    end
     for k = 1, 5 do decisions[#decisions + 1] = d[k] end
     if d[1] == 0 then
       for i = first, first + count - 1 do refused[i] = true end
