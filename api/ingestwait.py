@@ -23,8 +23,8 @@ from typing import Any
 # unread in the socket of a loop that was starved (a busy process, a GC pause, a descheduled process). Its
 # wait is cut in SLICEs; each slice's lateness beyond LAG_MIN (timer jitter) was time no reply could be read,
 # and is added to the wait, up to LAG_CAP. A frozen or dead Redis seen by a loop that runs on time still gets
-# its 503 at the budget; a starved loop gets it at most LAG_CAP later. (redis-py's socket timeout,
-# redis_timeout = 0.5 s after a run's send, ends its read anyway: a longer cap would buy nothing.)
+# its 503 at the budget; a starved loop gets it at most LAG_CAP later. (With the default budget, redis-py's
+# own read timeout, redis_timeout = 0.5 s after each send, ends the re-run's and the probe's reads about then.)
 SLICE = 0.05
 LAG_MIN = 0.01
 LAG_CAP = 0.25

@@ -220,3 +220,27 @@ async def test_the_runs_of_a_call_tell_the_same_one_counts(make_settings: Any) -
     assert r.status_code == 202 and len(calls) == 2, (r.text, calls)
     await asyncio.sleep(0.5)
     assert await counted(settings) == (r.json()["accepted"],) * 2, r.text
+
+
+async def test_a_report_answers_admitted_what_its_run_admitted_and_counted(make_settings: Any) -> None:
+    """The limiter's window is 300 ms: when the re-run reports, run 1's entry has left it (the key expired).
+    The request's event was counted by run 1, so the report answers it admitted (a 429 says "not counted")."""
+    settings = make_settings(rate_limit_enabled=True, rate_limits="tiny:3/300ms", redis_shards=1)
+    await prepare(settings)
+    async with api_client(settings) as c:
+        ingestor = c._transport.app.state.ingestor  # type: ignore[attr-defined]
+        real, calls = ingestor.script, []
+
+        async def lost_first(**kwargs: Any) -> Any:
+            calls.append(len(calls) + 1)
+            result = await real(**kwargs)
+            if len(calls) == 1:
+                await asyncio.sleep(0.45)  # past run 1's wait: the re-run goes out at 0.4 s
+                raise TimeoutError("reply lost after the script ran")
+            return result
+
+        ingestor.script = lost_first
+        r = await c.post("/errors/log", json=event(1))
+        ingestor.script = real
+    assert (r.status_code, len(calls)) == (202, 2), (r.text, calls)
+    assert await counted(settings) == (1, 1)
