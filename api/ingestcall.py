@@ -25,7 +25,7 @@ from api.ingestrun import SHED, Args, Pending, ScriptRuns
 from api.ingestwait import RedisClock
 from core import metrics
 from core.dedup import TOKEN_BITS
-from core.redis import is_cluster, load_script
+from core.redis import PackedScript, is_cluster, load_script
 from core.runtime import Runtime
 from core.sentinel import ReplicatedScript
 from core.tasks import message_frame
@@ -47,8 +47,14 @@ class ShardCalls(ScriptRuns):
         self.runtime = runtime
         self.keys = runtime.keys
         s = runtime.settings
-        # Sentinel: answered once a replica holds the call's writes (WAIT); else the plain EVALSHA
-        self.script = ReplicatedScript(load_script(runtime.redis, "ingest"), s.wait_replicas, s.redis_wait_timeout)
+        script = load_script(runtime.redis, "ingest")
+        # Sentinel with fencing: answered once a replica holds the call's writes (WAIT); a cluster: the plain
+        # EVALSHA to the keys' slot; else one EVALSHA packed by core/rawpipeline.py (a call carries ~70
+        # arguments + 14 per key-shard section: redis-py's packer cost ~0.6 us each, ~4 us per event on 16
+        # shards' section keys; packed keys are cached)
+        self.script: ReplicatedScript | PackedScript = (
+            ReplicatedScript(script, s.wait_replicas, s.redis_wait_timeout)
+            if s.wait_replicas or is_cluster(runtime.redis) else PackedScript(runtime.redis, script))
         shards = self.keys.shards
         # one lane per shard on a cluster (single-slot calls), one lane for every shard on one server
         self.one_lane = shards == 1 or not is_cluster(runtime.redis)

@@ -1,4 +1,5 @@
-"""Acknowledgements of one stream, batched: XACK + XDEL of everything acked within ~2 ms in one pipeline.
+"""Acknowledgements, batched: XACK + XDEL of everything acked within ~2 ms in one round trip (a pipeline for
+one stream; one script call for several key shards' streams on one server, core/scripts/ack.lua).
 
 XDEL as well as XACK: acknowledged entries leave the stream, so XLEN is the queue depth and the stream never
 grows with history. Batched: under the single-event ingest every event is a message, and one round trip per
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from core.backoff import Backoff, retryable
+from core.redis import PackedScript, is_cluster, load_script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -34,6 +36,8 @@ class AckBatcher:
         self.group = group
         self.ids: dict[str, list[str]] = {}
         self.done: asyncio.Future[None] | None = None
+        # several streams (key shards on one server): one script call (core/scripts/ack.lua) acks them all
+        self.script = None if is_cluster(redis) else PackedScript(redis, load_script(redis, "ack"))
 
     async def ack_many(self, msg_ids: Iterable[tuple[str, str]]) -> None:
         """Ack these (stream, message id)s with whatever else is acked within ACK_LINGER; raises if the ack
@@ -57,11 +61,17 @@ class AckBatcher:
         deadline = time.monotonic() + self.settings.redeliver_after
         while True:
             try:
-                pipe = self.redis.pipeline(transaction=False)
-                for stream, stream_ids in ids.items():
-                    pipe.xack(stream, self.group, *stream_ids)
-                    pipe.xdel(stream, *stream_ids)
-                await pipe.execute()
+                if len(ids) > 1 and self.script is not None:
+                    args: list[str | int] = [self.group]
+                    for stream_ids in ids.values():
+                        args += [len(stream_ids), *stream_ids]
+                    await self.script(keys=list(ids), args=args)
+                else:
+                    pipe = self.redis.pipeline(transaction=False)
+                    for stream, stream_ids in ids.items():
+                        pipe.xack(stream, self.group, *stream_ids)
+                        pipe.xdel(stream, *stream_ids)
+                    await pipe.execute()
                 backoff.ok()
                 done.set_result(None)
                 return

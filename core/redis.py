@@ -187,6 +187,29 @@ async def evalsha_pipelined(redis: Redis, script: AsyncScript,
     return results
 
 
+class PackedScript:
+    """A script called as one EVALSHA packed by core/rawpipeline.py on a pooled connection, instead of
+    redis-py's Script call (its command packer, ~0.6 us an argument, and execute_command's hooks): for a
+    hot call with many arguments, on one server or Sentinel (a cluster client routes by slot: keep the
+    AsyncScript there). Same outcomes: its reply, or its error raised; NOSCRIPT loads the script and sends
+    it again (evalsha_pipelined); no retry of its own (callers that re-send, like ingest, decide)."""
+
+    def __init__(self, redis: Redis, script: AsyncScript) -> None:
+        if is_cluster(redis):
+            raise ValueError("PackedScript is for one server or Sentinel: a cluster routes calls by slot")
+        self.redis, self.script = redis, script
+
+    @property
+    def sha(self) -> str:
+        return str(self.script.sha)
+
+    async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
+        (result,) = await evalsha_pipelined(self.redis, self.script, [(keys, args)])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
 def load_script(redis: Redis, name: str) -> AsyncScript:
     """A script called by SHA (EVALSHA), reloaded transparently after a Redis restart."""
     return redis.register_script(script_source(name))  # type: ignore[return-value]

@@ -35,7 +35,7 @@ from rich.table import Table
 from core.access import key_hash
 from core.keys import Keys
 from faultline.procs import FileSink
-from loadtest import profile, targets
+from loadtest import cmdstats, profile, targets
 from loadtest.procstats import CpuMeter, target_processes
 from loadtest.report import REPORTS, SHARDED, bench_markdown, bench_tables, machine_description, partial_markdown
 from loadtest.wrkrun import WrkResult, parse_output, run_wrk
@@ -101,6 +101,7 @@ def measure(target: Any, path: str, batch: int, args: argparse.Namespace) -> dic
         run_wrk(url, path=path, key=key, batch=batch, seconds=args.warmup, connections=conns)
     if hasattr(target, "settings"):
         targets.wait_drained(target)
+    stats0 = cmdstats.snapshot(target)
     meter = CpuMeter(target_processes(target)).start()
     if path == "envelope":
         result = run_envelope_wrk(target, args.envelopes, args.seconds, conns)
@@ -109,7 +110,9 @@ def measure(target: Any, path: str, batch: int, args: argparse.Namespace) -> dic
     cores = meter.stop()
     drain = targets.wait_drained(target) if hasattr(target, "settings") else 0.0
     # CPU seconds until the queue is drained: the workers' share of this case's events, even the late ones
-    return {"wrk": result, "cores": cores, "drain_s": drain, "cpu_s_drained": meter.cpu_seconds()}
+    cpu_drained = meter.cpu_seconds()
+    return {"wrk": result, "cores": cores, "drain_s": drain, "cpu_s_drained": cpu_drained,
+            "commandstats": cmdstats.delta(stats0, cmdstats.snapshot(target))}
 
 
 def profile_pass(name: str, target: Any, path: str, batch: int, args: argparse.Namespace, out: Path) -> str:

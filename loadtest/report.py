@@ -11,6 +11,7 @@ from typing import Any
 import psutil
 from rich.table import Table
 
+from loadtest.cmdstats import compare_rows
 from loadtest.procstats import grouped_cores
 
 REPORTS = Path(__file__).resolve().parent / "reports"
@@ -69,6 +70,7 @@ def bench_sections(chosen: dict[str, Any], limiter: bool, batch_size: int) -> li
     sections.append(cpu_per_event_section(chosen))
     if SHARDED in chosen:
         sections.append(shard_section(chosen))
+        sections += shard_command_section(chosen)
     roles = sorted({r for res in chosen.values() for r in grouped_cores(res["cores"])})
     cpu_rows = []
     for name, res in chosen.items():
@@ -142,6 +144,18 @@ def shard_section(chosen: dict[str, Any]) -> Section:
             rows)
 
 
+def shard_command_section(chosen: dict[str, Any]) -> list[Section]:
+    """Which Redis commands the shard gap is made of (loadtest/cmdstats.py), same two cases as above."""
+    one, many = chosen["ingest"], chosen[SHARDED]
+    n = many.get("shards", 16)
+    rows = compare_rows(one.get("commandstats", {}), one["wrk"].accepted_events or one["wrk"].ok,
+                        many.get("commandstats", {}), many["wrk"].accepted_events or many["wrk"].ok, str(n))
+    if not rows:
+        return []
+    return [(f"Redis commandstats per event, 1 vs {n} key shards (until drained; script commands counted "
+             "inside evalsha too)", rows)]
+
+
 def bench_tables(chosen: dict[str, Any], limiter: bool, batch_size: int) -> list[Table]:
     tables = []
     for title, rows in bench_sections(chosen, limiter, batch_size):
@@ -164,7 +178,9 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> str:
 
 def partial_markdown(chosen: dict[str, Any], args: argparse.Namespace, machine: str) -> str:
     """`make bench --only ...`: the shard table when both of its cases ran, and every case's CPU per role."""
-    sections = [shard_section(chosen)] if "ingest" in chosen and SHARDED in chosen else []
+    sections = []
+    if "ingest" in chosen and SHARDED in chosen:
+        sections = [shard_section(chosen), *shard_command_section(chosen)]
     roles = sorted({r for res in chosen.values() for r in grouped_cores(res["cpu_s_drained"])})
     rows = [["case", "req/s", "accepted", *(f"{r} CPU s" for r in roles)]]
     for name, res in chosen.items():

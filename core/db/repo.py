@@ -85,16 +85,36 @@ async def apply_count_batch(conn: AsyncConnection, batch_id: str, deltas: Mappin
 
     Must run inside the caller's transaction: the ledger row, the counts and the buckets commit together.
     """
-    try:
-        async with conn.begin_nested():
-            await conn.execute(_batches.insert().values(
-                batch_id=batch_id, applied_at=time.time(), events=sum(deltas.values())))
-    except IntegrityError:
-        return False
-    await _add_hours(conn, hours or {})
-    rows = [{"fingerprint": fp, "count": n} for fp, n in sorted(deltas.items()) if n]
+    return (await apply_count_batches(conn, [(batch_id, deltas, hours)]))[0]
+
+
+CountBatch = tuple[str, Mapping[str, int], Mapping[tuple[int, str, int], int] | None]  # id, deltas, hours
+
+
+async def apply_count_batches(conn: AsyncConnection, batches: Sequence[CountBatch]) -> list[bool]:
+    """Several batches in the caller's ONE transaction (every key shard's on one server, workers/sync.py): a
+    ledger row each, then the deltas of those not applied before, summed, in one upsert (a group's overflow
+    counts can sit in several shards' batches). Per batch: False if the ledger says it was applied."""
+    applied: list[bool] = []
+    counts: dict[str, int] = {}
+    hour_counts: dict[tuple[int, str, int], int] = {}
+    for batch_id, deltas, hours in batches:
+        try:
+            async with conn.begin_nested():
+                await conn.execute(_batches.insert().values(
+                    batch_id=batch_id, applied_at=time.time(), events=sum(deltas.values())))
+        except IntegrityError:
+            applied.append(False)
+            continue
+        applied.append(True)
+        for fp, n in deltas.items():
+            counts[fp] = counts.get(fp, 0) + n
+        for hour, n in (hours or {}).items():
+            hour_counts[hour] = hour_counts.get(hour, 0) + n
+    await _add_hours(conn, hour_counts)
+    rows = [{"fingerprint": fp, "count": n} for fp, n in sorted(counts.items()) if n]
     if not rows:
-        return True
+        return applied
     if _is_mysql(conn):
         m = mysql.insert(_groups).values(rows)
         stmt: Any = m.on_duplicate_key_update(count=_groups.c.count + m.inserted.count)
@@ -103,7 +123,7 @@ async def apply_count_batch(conn: AsyncConnection, batch_id: str, deltas: Mappin
         stmt = s.on_conflict_do_update(index_elements=[_groups.c.fingerprint],
                                        set_={"count": _groups.c.count + s.excluded.count})
     await conn.execute(stmt)
-    return True
+    return applied
 
 
 async def _add_hours(conn: AsyncConnection, hours: Mapping[tuple[int, str, int], int]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+import core.redis
 from core.keys import Keys
 from core.redis import make_redis
 from core.settings import Settings
@@ -156,14 +157,23 @@ async def test_hot_path_makes_one_redis_round_trip(settings: Settings) -> None:
         runtime = c._transport.app.state.runtime  # type: ignore[attr-defined]
         calls: list[tuple[str, str]] = []
         original = runtime.redis.execute_command
+        packed = core.redis.evalsha_many  # the ingest call's own packing (core/redis.py PackedScript)
 
         async def counting(*args: Any, **kwargs: Any) -> Any:
             calls.append((str(args[0]), str(args[1]) if len(args) > 1 else ""))
             return await original(*args, **kwargs)
 
+        async def counting_packed(redis: Any, sha: str, many: list[Any]) -> list[Any]:
+            calls.extend(("EVALSHA", sha) for _ in many)
+            return await packed(redis, sha, many)
+
         runtime.redis.execute_command = counting
-        r = await c.post("/errors/log", json={"message": "counted"})
-        runtime.redis.execute_command = original
+        core.redis.evalsha_many = counting_packed  # type: ignore[assignment]
+        try:
+            r = await c.post("/errors/log", json={"message": "counted"})
+        finally:
+            runtime.redis.execute_command = original
+            core.redis.evalsha_many = packed  # type: ignore[assignment]
         assert r.status_code == 202
         ingest_sha = c._transport.app.state.ingestor.script.sha  # type: ignore[attr-defined]
         # Other commands on this client come from background loops (queue depth, projects, live feed).

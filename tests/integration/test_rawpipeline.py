@@ -11,7 +11,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from core.rawpipeline import evalsha_many
-from core.redis import evalsha_pipelined, make_redis
+from core.redis import PackedScript, evalsha_pipelined, make_redis
 
 ECHO = """
 redis.call('INCR', KEYS[1])
@@ -49,4 +49,18 @@ async def test_a_timed_out_batch_never_leaves_its_reply_to_the_next_caller(make_
     # ... and must not be read as this call's answer
     later = await evalsha_many(redis, script.sha, [(["{y}:n"], ["after", 2])])
     assert later == [[b"{y}:n", b"after", b"2"]]
+    await redis.aclose()
+
+
+async def test_packed_script_answers_raises_and_reloads_like_a_script_call(make_settings: Any) -> None:
+    """core/redis.PackedScript (the one-server ingest call): its reply, its error raised, NOSCRIPT reloaded."""
+    redis = make_redis(make_settings(), timeout=5)
+    packed = PackedScript(redis, redis.register_script(ECHO))  # type: ignore[arg-type]
+    await redis.script_flush()
+    keys = [f"{{p}}:k{i}" for i in range(40)]  # many keys, as a 4-section ingest call: packed from the cache
+    assert await packed(keys=keys, args=["one", 1]) == [b"{p}:k0", b"one", b"1"]
+    assert await packed(keys=keys, args=[b"two", 2.5]) == [b"{p}:k0", b"two", b"2.5"]
+    with pytest.raises(ResponseError, match="boom"):
+        await packed(keys=keys, args=["boom", 3])
+    assert int(await redis.get("{p}:k0")) == 3  # each call ran once (the NOSCRIPT reply ran nothing)
     await redis.aclose()

@@ -11,6 +11,7 @@ import pytest
 
 from core.events import LogErrorIn
 from loadtest import loadreport, verify
+from loadtest.cmdstats import compare_rows, delta
 from loadtest.payloads import HOT_SHARE, REPEAT_SHARE, PayloadMix
 from loadtest.profile import top_costs
 from loadtest.progress import last_aggregated
@@ -159,3 +160,16 @@ def test_profile_top_costs_from_collapsed_stacks(tmp_path: Path) -> None:
     assert by_fn["idle (loop.py)"] == (20.0, 20.0)
     assert rows[0][0] == "encode (json.py)"
     assert "main (app.py)" not in by_fn  # never a leaf: no self time
+
+
+def test_commandstats_delta_and_the_commands_the_gap_is_made_of() -> None:
+    before = {"evalsha": (10, 1000), "hget": (5, 50), "ping": (3, 3)}
+    one = delta(before, {"evalsha": (110, 3000), "hget": (205, 450), "ping": (3, 3)})
+    assert one == {"evalsha": (100, 2000), "hget": (200, 400)}  # unchanged commands are left out
+    assert delta(None, {"hget": (1, 1)}) == {}  # a target without our Redis: nothing, not made-up figures
+    many = {"evalsha": (100, 2400), "hget": (200, 400), "hmget": (50, 100)}
+    rows = compare_rows(one, 100, many, 100, "16")
+    # largest µs-per-event difference first: EVALSHA +4, HMGET (16 shards only) +1, HGET 0
+    assert [r[0] for r in rows[1:]] == ["evalsha", "hmget", "hget"]
+    assert rows[2] == ["hmget", "0.000", "0.500", "0.00", "1.00", "+1.00"]
+    assert compare_rows(one, 0, many, 100, "16") == []
