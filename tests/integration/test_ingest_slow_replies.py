@@ -30,7 +30,7 @@ from tests.integration.test_ingest_ambiguity import counted, event
 class SlowReplies:
     """TCP proxy to Redis: requests pass at once, each reply chunk is held back `delay` seconds (in order).
     `stall(loop, s, marker)`: the next request that carries `marker` blocks `loop` for s seconds once it has
-    passed (time.sleep in it: a starved event loop), and its reply is held back s + 50 ms: the loop wakes
+    passed (time.sleep in it: a starved event loop), and its reply is held back s + 150 ms: the loop wakes
     late, the reply later still (a reply already in the socket when the loop wakes is read in time on the
     default loop: the GRACE of api/ingestrun.py)."""
 
@@ -77,7 +77,7 @@ class SlowReplies:
                 if held is None:
                     if self.stalling is not None and self.stalling[2] in data:  # the client has sent it
                         (loop, seconds, _), self.stalling = self.stalling, None
-                        self.hold_next = seconds + 0.05  # set before Redis can answer
+                        self.hold_next = seconds + 0.15  # set before Redis can answer
                         loop.call_soon_threadsafe(time.sleep, seconds)
                     dst.sendall(data)
                 else:
@@ -140,7 +140,7 @@ async def test_first_runs_late_reply_is_taken_not_a_503(make_settings: Any, slow
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 async def test_rerun_counted_while_the_event_loop_starved(make_settings: Any, slow: SlowReplies, loop: str) -> None:
     """Run 1 arrives late (refused, nothing counted); the re-run counts at once, then the loop is blocked for
-    0.85 s from the moment the re-run was sent, and its reply comes 50 ms after that: past the re-run's wait
+    0.85 s from the moment the re-run was sent, and its reply comes 150 ms after that: past the re-run's wait
     (0.8 s budget) and redis-py's read timeout (0.5 s). The old code answered 503. Now a probe (deadline
     past) asks Redis, within the time the loop lost. Also on uvloop (as deployed: faultline/uvicorn_worker.py),
     which runs due timers before it reads sockets."""
