@@ -18,13 +18,17 @@ call per shard, even pipelined).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 
-from api.ingestrun import SHED, Pending, RedisClock, ScriptRuns
+from api.ingestrun import SHED, Args, Pending, ScriptRuns
+from api.ingestwait import RedisClock
 from core import metrics
+from core.dedup import TOKEN_BITS
 from core.redis import PackedScript, is_cluster, load_script
 from core.runtime import Runtime
 from core.sentinel import ReplicatedScript
+from core.tasks import message_frame
 
 CALLS_IN_FLIGHT = 2
 
@@ -123,7 +127,8 @@ class ShardCalls(ScriptRuns):
             sections.setdefault(p.shard, []).append(p)
         chunk = [p for part in sections.values() for p in part]
         try:
-            result = await self._call(lane, sections, chunk, start)
+            call, n = self._arguments(sections, chunk)
+            result = await self._call(lane, call, n, start)
         except BaseException as exc:
             for p in chunk:
                 if not p.future.done():
@@ -147,3 +152,38 @@ class ShardCalls(ScriptRuns):
                 p.future.set_result((result[offset:offset + p.events],
                                      result[total + offset:total + offset + p.events]))
             offset += p.events
+
+    def _arguments(self, sections: dict[int, list[Pending]],
+                   chunk: list[Pending]) -> tuple[tuple[list[bytes], Args, Args], int]:
+        """ingest.lua's KEYS, its ARGV before and after the deadline (api/ingestrun.py adds that), events."""
+        head, tail = message_frame()
+        token = secrets.randbelow((1 << TOKEN_BITS) - 1) + 1
+        fixed: Args = [*self._constants, head, tail, token]
+        # the limiter checks carried by the chunk's requests (ingest.lua ARGV[16..]): each names its events
+        # Compact: each tier set once per call, then ONE argument per request ("spec|first|count|member|client"):
+        # with a window key, limit and window per tier and request, packing the arguments in redis-py cost
+        # more than the limiter's own Python (py-spy, limiter on).
+        specs: dict[int, int] = {}
+        spec_args: Args = []
+        checks: Args = []
+        first = 1
+        for p in chunk:
+            hit = p.limit
+            if hit is not None:
+                hit.sent = True
+                index = specs.get(id(hit.spec))
+                if index is None:
+                    index = specs[id(hit.spec)] = len(specs) + 1
+                    spec_args += hit.spec
+                checks.append(f"{index}|{first}|{p.events}|{hit.member}|{hit.client}")
+            first += p.events
+        if checks:  # led by the re-run flag (ARGV[17]), which _attempt sets on a re-run, and the tier sets
+            checks = [0, len(specs), *spec_args, *checks]
+        events: Args = [*self._limits, len(checks), *checks]
+        keys: list[bytes] = []
+        for shard, part in sections.items():  # ingest.lua's sections: keys, prefixes, event count, events
+            keys += self._script_keys[shard]
+            events += self._section_heads[shard]
+            events.append(sum(p.events for p in part))
+            events.extend(a for p in part for a in p.args)
+        return (keys, fixed, events), first - 1

@@ -1,30 +1,29 @@
 """One ingest script call and its re-run (api/ingestcall.py makes and coalesces the calls): why a 503 means
 "not counted", always.
 
-Every call carries a token and a deadline (Redis clock): the script refuses to count after the deadline, and an
-unanswered call (timeout or lost connection after sending) is re-run once with the SAME token and event ids;
-the re-run finds what the lost run wrote and reports those events as accepted. Only when the re-run gets no
-answer either does the request get a 503, after both deadlines have passed in Redis, so nothing sent later can
-count (see `ScriptRuns._call`). All within ingest_budget.
+Every call carries a token and a deadline (Redis clock): the script refuses to count after the deadline, and
+only one run of a call counts (a later run that finds its entries only reports them). An unanswered call
+(timeout or lost connection after sending) is re-run once with the SAME token and event ids, the first run
+still awaited; whichever answer settles the call first is taken (api/ingestwait.py). A 503 is answered only
+when no run answered, after every deadline has passed in Redis, so nothing sent can count any more (see
+`ScriptRuns._call`). All within ingest_budget, plus at most LAG_CAP when the event loop was starved.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
 
+from api.ingestwait import RedisClock, Run, Slot, final, wait_final
 from core import metrics
-from core.dedup import TOKEN_BITS
 from core.ratelimit.redis_limiter import FoldedHit
 from core.redis import transport_glitch
 from core.runtime import Runtime
 from core.sentinel import follow_primary
-from core.tasks import message_frame
 
 SHED, LATE = -1, -2  # script statuses (ingest.lua)
 # Time kept between the script's deadline and the moment we stop waiting: covers one bounded script run
@@ -32,8 +31,10 @@ SHED, LATE = -1, -2  # script statuses (ingest.lua)
 REPLY_MARGIN = 0.2  # measured: with 0.15 a machine at load 18 on 2 cores counted ~4 % of its 503s
 RERUN_MIN = 0.15  # time kept for the re-run, whatever the first run took
 GRACE = 0.05  # extra wait for a reply already in the socket of a starved event loop (see _call)
+PROBE_WAIT = 0.1  # for a probe sent only after a re-run failed at once (a broken connection): one round trip
 REFAIL_PAUSE = 0.05  # before re-running a call that failed at once (a failover's closed connections)
 LIMITER_AT = 12  # ARGV[13] of ingest.lua (0-based here): how many limiter arguments follow, the re-run flag first
+Args = list[bytes | str | int]
 
 
 class StoreUnavailable(RedisError):
@@ -42,34 +43,12 @@ class StoreUnavailable(RedisError):
 
 @dataclass(slots=True)
 class Pending:
-    args: list[bytes | str | int]  # PER_EVENT (5) per event
+    args: Args  # PER_EVENT (5) per event
     events: int
     future: asyncio.Future[tuple[list[int], list[int]]]  # (totals, outcomes) per event
     positions: list[int]  # where these events are in the request
     limit: FoldedHit | None = None  # the request's rate-limiter check, decided in the same call
     shard: int = 0  # the key shard of these events (ShardCalls.submit sets it): their section of a call
-
-
-class RedisClock:
-    """A lower bound of (Redis time - local time) in ms: deadlines computed with it fall no later in
-    Redis than meant. Each reply gives one (script start <= reply time); the max over the last 10-20 s
-    is the tightest, and forgets an old sample if the local clock is stepped."""
-
-    def __init__(self) -> None:
-        self.current: float | None = None
-        self.previous: float | None = None
-        self.rotated = time.monotonic()
-
-    def observe(self, redis_ms: float, local_after: float) -> None:
-        sample = redis_ms - local_after * 1000
-        if time.monotonic() - self.rotated > 10:
-            self.previous, self.current, self.rotated = self.current, None, time.monotonic()
-        self.current = sample if self.current is None else max(self.current, sample)
-
-    @property
-    def offset(self) -> float | None:
-        known = [v for v in (self.current, self.previous) if v is not None]
-        return max(known) if known else None
 
 
 class ScriptRuns:
@@ -79,70 +58,75 @@ class ScriptRuns:
     script: Any
     clocks: list[RedisClock]  # per lane (api/ingestcall.py)
     _in_flight: list[asyncio.Semaphore]
-    _script_keys: list[list[bytes]]  # per shard
-    _section_heads: list[list[bytes | str | int]]  # per shard
-    _constants: list[bytes | str | int]
-    _limits: list[bytes | str | int]
 
-    async def _attempt(self, lane: int, keys: list[bytes], fixed: list[bytes | str | int],
-                       events: list[bytes | str | int], began: float, wait: float, rerun: bool) -> list[Any]:
+    def _start(self, lane: int, call: tuple[list[bytes], Args, Args], began: float, wait: float, rerun: bool,
+               probe: bool = False) -> Run:
+        run = Run(slot=None if probe else Slot(self._in_flight[lane]))
+        run.task = asyncio.ensure_future(self._attempt(lane, run, call, began, wait, rerun, probe))
+        return run
+
+    async def _attempt(self, lane: int, run: Run, call: tuple[list[bytes], Args, Args], began: float,
+                       wait: float, rerun: bool, probe: bool) -> list[Any]:
+        keys, fixed, events = call
         clock = self.clocks[lane]
-        if clock.offset is None:
-            secs, micros = await self.runtime.redis.time()
-            clock.observe(secs * 1000 + micros / 1000, time.time())
-        offset = clock.offset or 0.0
-        deadline = max(1, int((began + wait - REPLY_MARGIN) * 1000 + offset))  # 0 = "none" to the script
+        if probe:
+            deadline = 1  # long past: it counts nothing, it reports an earlier run's events or answers late
+        else:
+            if clock.offset is None:
+                secs, micros = await self.runtime.redis.time()
+                clock.observe(secs * 1000 + micros / 1000, time.time())
+            offset = clock.offset or 0.0
+            deadline = max(1, int((began + wait - REPLY_MARGIN) * 1000 + offset))  # 0 = "none" to the script
+        # the limits' and the limiter's arguments follow the deadline (ingest.lua ARGV[9..])
         args = [*fixed, deadline, *events]
         if rerun and args[LIMITER_AT]:  # limiter checks ride in this call: they may find their own entries
             args[LIMITER_AT + 1] = 1
-        async with self._in_flight[lane]:
+        if run.slot is not None:
+            await run.slot.take()
+        try:
+            run.deadline = deadline  # from here on it may reach Redis
             with metrics.timed(metrics.REDIS_SECONDS, "ingest"):
-                return await self.script(keys=keys, args=args)  # type: ignore[no-any-return]
+                result = await self.script(keys=keys, args=args)
+            clock.observe(float(result[1]), time.time())
+            return result  # type: ignore[no-any-return]
+        finally:
+            if run.slot is not None:
+                run.slot.give_back()
 
-    async def _call(self, lane: int, sections: dict[int, list[Pending]], chunk: list[Pending],
-                    start: float) -> list[int]:
-        """One script call (a section per shard of `sections`; `chunk` = their requests in that order), re-run
-        once with the same token if its answer is lost (again while the budget lasts when a re-run fails at
-        once on a broken connection: a failover's).
+    async def _call(self, lane: int, call: tuple[list[bytes], Args, Args], events: int, start: float) -> list[int]:
+        """One script call (`call` = its keys, its arguments before and after the deadline; `events` in it),
+        re-run once with the same token if its answer is late or lost (again while the budget lasts when a
+        re-run fails at once on a broken connection: a failover's).
 
-        Why a 503 after this is "not counted": run i may only count before its deadline D_i, and we stop
-        waiting for it at D_i + REPLY_MARGIN + GRACE (local clock, mapped to Redis by a lower bound of the offset).
-        The re-run starts after D_1, so run 1 can no longer count anything the re-run does not see; we
-        answer 503 only after D_2 too. If any run answers, its answer covers both runs (same token).
+        Why a 503 after this is "not counted": run i may only count before its deadline D_i, and only if no
+        other run of the call counted (ingest.lua). No run is cancelled before the end: the first answer that
+        settles the call is taken (api/ingestwait.py), a late reply of run 1 too. The re-run starts after
+        D_1 (mapped to Redis by a lower bound of the clock offset), so any answer of it covers run 1; at D_2
+        a probe (deadline past) goes out, whose answer covers both. We stop waiting at D_2 + REPLY_MARGIN +
+        GRACE (+ the time the loop lost, <= LAG_CAP) and answer 503. An answer proves "not counted"; a 503
+        without one (no reply at all: Redis frozen or gone, or every reply later than that) is counted in
+        faultline_events_total{outcome="unproven"}.
         """
+        runs: list[Run] = []
+        try:
+            return await self._runs(lane, runs, call, events, start)
+        finally:  # whatever is still out: its reply no longer matters (a frozen Redis: never hang)
+            for run in runs:
+                if run.task is not None and not run.task.done():
+                    run.task.cancel()
+            await asyncio.gather(*(r.task for r in runs if r.task is not None), return_exceptions=True)
+
+    async def _runs(self, lane: int, runs: list[Run], call: tuple[list[bytes], Args, Args], n: int,
+                    start: float) -> list[int]:
         budget = self.runtime.settings.ingest_budget
-        head, tail = message_frame()
-        token = secrets.randbelow((1 << TOKEN_BITS) - 1) + 1
-        fixed: list[bytes | str | int] = [*self._constants, head, tail, token]
-        # the limiter checks carried by the chunk's requests (ingest.lua ARGV[16..]): each names its events
-        # Compact: each tier set once per call, then ONE argument per request ("spec|first|count|member|client"):
-        # with a window key, limit and window per tier and request, packing the arguments in redis-py cost
-        # more than the limiter's own Python (py-spy, limiter on).
-        specs: dict[int, int] = {}
-        spec_args: list[bytes | str | int] = []
-        checks: list[bytes | str | int] = []
-        first = 1
-        for p in chunk:
-            hit = p.limit
-            if hit is not None:
-                hit.sent = True
-                index = specs.get(id(hit.spec))
-                if index is None:
-                    index = specs[id(hit.spec)] = len(specs) + 1
-                    spec_args += hit.spec
-                checks.append(f"{index}|{first}|{p.events}|{hit.member}|{hit.client}")
-            first += p.events
-        if checks:  # led by the re-run flag (ARGV[17]), which _attempt sets on a re-run, and the tier sets
-            checks = [0, len(specs), *spec_args, *checks]
-        events: list[bytes | str | int] = [*self._limits, len(checks), *checks]
-        keys: list[bytes] = []
-        for shard, part in sections.items():  # ingest.lua's sections: keys, prefixes, event count, events
-            keys += self._script_keys[shard]
-            events += self._section_heads[shard]
-            events.append(sum(p.events for p in part))
-            events.extend(a for p in part for a in p.args)
         error: BaseException = StoreUnavailable("event store unavailable")
-        attempt = 0
+        attempt, probed = 0, False
+
+        def probe() -> Run:
+            nonlocal probed
+            probed = True
+            return self._start(lane, call, 0.0, 0.0, True, probe=True)
+
         while True:
             remaining = start + budget - time.monotonic()
             if attempt == 0:
@@ -154,39 +138,32 @@ class ScriptRuns:
                 # the re-run always goes out: with little time left its deadline is already past, so it
                 # counts nothing new but still tells whether the first run counted (it answers "mine")
                 wait = max(RERUN_MIN, remaining) - GRACE
-            began = time.time()  # the deadline is counted from here, like the wait
-            # the limits' and the limiter's arguments follow the deadline (ingest.lua ARGV[9..])
-            run = asyncio.ensure_future(self._attempt(lane, keys, fixed, events, began, wait, attempt > 0))
-            await asyncio.wait({run}, timeout=wait)
-            if not run.done():
-                # A starved event loop (busy machine) wakes up with the reply in its socket AND the timer
-                # due: give the reply GRACE, and a few loop turns, to be read before calling the call lost.
-                await asyncio.wait({run}, timeout=GRACE)
-                for _ in range(3):
-                    if run.done():
-                        break
-                    await asyncio.sleep(0)
-            refused = False  # the call failed at once on a broken connection (no wait for its deadline)
-            if not run.done():
-                run.cancel()
-                await asyncio.gather(run, return_exceptions=True)
-                error = TimeoutError(f"no reply within {wait + GRACE:.2f}s")
-            elif isinstance(run.exception(), RedisError | OSError | RuntimeError) or transport_glitch(run.exception()):
-                # RuntimeError / AttributeError: redis-py writing to a transport a failover just closed
-                error = run.exception()  # type: ignore[assignment]
-                refused = True
-            else:
-                result = run.result()
-                self.clocks[lane].observe(float(result[1]), time.time())
-                if int(result[0]) != LATE:
-                    return [int(x) for x in result]
+            began, at = time.time(), time.monotonic()  # the deadline is counted from here, like the wait
+            run = self._start(lane, call, began, wait, attempt > 0)
+            runs.append(run)
+            # A re-run's wait is the last: a probe once its deadline has passed in Redis (the clock's offset is
+            # a lower bound: Redis is past D by then), and the time the loop lost added (api/ingestwait.py)
+            answer = await wait_final(runs, n, at + wait + GRACE, stretch=attempt > 0,
+                                      probe_at=at + wait - REPLY_MARGIN + 0.005, probe=probe if attempt else None)
+            if run.deadline is None and run.task is not None:  # still waiting for its place: never sent
+                run.task.cancel()
+            elif run.slot is not None:
+                run.slot.give_back()  # still awaited from here, for its reply only
+            if answer is not None:
+                if int(answer[0]) != LATE:
+                    return [int(x) for x in answer]
                 error = StoreUnavailable("event store too slow (call refused after its deadline)")
                 if attempt >= 1:
-                    break
+                    break  # every run answered late or is covered by one that did: nothing counted
                 attempt += 1
                 continue
+            exc = run.failed()
+            # failed at once on a broken connection (no wait for its deadline); RuntimeError / AttributeError:
+            # redis-py writing to a transport a failover just closed
+            refused = isinstance(exc, RedisError | OSError | RuntimeError) or transport_glitch(exc)
+            error = exc if refused and exc is not None else TimeoutError(f"no reply within {wait + GRACE:.2f}s")
             # Not answered: maybe never sent, maybe ran. The re-run (same token) tells which.
-            metrics.EVENTS.labels("ambiguous" if attempt == 0 else "unavailable").inc(sum(p.events for p in chunk))
+            metrics.EVENTS.labels("ambiguous" if attempt == 0 else "unavailable").inc(n)
             attempt += 1
             # A failover (Redis Cluster, Sentinel) breaks the pooled connections to the old primary: every
             # call on one fails at once, while the client learns the new primary within milliseconds. Such
@@ -197,4 +174,11 @@ class ScriptRuns:
             if refused:
                 await follow_primary(self.runtime.redis)  # Sentinel: a failover moved the primary?
                 await asyncio.sleep(REFAIL_PAUSE)
+        if not probed and any(r.deadline is not None and r.answer() is None for r in runs):
+            # ended on a re-run that failed at once while an earlier run may still answer or have counted
+            answer = await wait_final(runs, n, time.monotonic() + PROBE_WAIT, stretch=True, probe=probe)
+            if answer is not None and int(answer[0]) != LATE:
+                return [int(x) for x in answer]
+        if final(runs, n) is None and any(r.deadline is not None for r in runs):
+            metrics.EVENTS.labels("unproven").inc(n)
         raise StoreUnavailable(f"event store unavailable: {error}") from error

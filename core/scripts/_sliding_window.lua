@@ -10,6 +10,8 @@
 -- nothing, so its count and oldest score are kept there after the first request instead of re-read, and
 -- its expiry is set once: 2 commands per tier for each further request of a client instead of 5 (one client
 -- sends many requests per call under load). The answers are those of one call per request.
+-- `frozen`: only report (ingest.lua: an earlier run of the call counted): a member not logged is refused,
+-- and nothing is logged.
 -- Returns {allowed, tier index, remaining, wait µs, now µs}:
 --   refused: the tier that blocks longest, 0, µs until its blocking entry leaves the window (exact)
 --   allowed: the tier with the fewest requests left, that number, µs until its oldest entry leaves
@@ -22,7 +24,7 @@ local function window_of(key, now, window, seen)
   return w
 end
 
-local function sliding_window(keys, member, limits, windows_ms, now, rerun, seen)
+local function sliding_window(keys, member, limits, windows_ms, now, rerun, seen, frozen)
   local n = #keys
   local logged = rerun and redis.call('ZSCORE', keys[1], member) ~= false
   local windows, lefts, states = {}, {}, {}
@@ -48,6 +50,9 @@ local function sliding_window(keys, member, limits, windows_ms, now, rerun, seen
   end
   if block > 0 then
     return {0, block, 0, block_at - now, now}
+  end
+  if frozen and not logged then  -- the counting run refused it (its exact wait is gone: 1 s)
+    return {0, 1, 0, 1000000, now}
   end
   local best = 1
   for i = 1, n do

@@ -32,6 +32,8 @@
 --   overflow group, -w = rate limited by the project's quota, one more event fits in w ms;
 --   status -1 = queue over its soft limit, r1 = depth (nothing counted);
 --   status -2 = the call arrived after its deadline (nothing counted: the caller has given up or will).
+-- A run that finds an earlier run of its call (same token) counted only reports (r = -1 for those events,
+-- the others not counted: o = -1000 if that run's quota refused them), whatever its deadline: one run counts.
 -- Dedup hashes (_dedup.lua) are named here from each section's prefix: every one of them carries the same
 -- {hash tag} as that section's KEYS, so a one-section call stays single-slot on Redis Cluster.
 -- Live feed (core/feed.py): every counted fingerprint is SADDed to the dirty set, which the coalescer drains
@@ -107,7 +109,11 @@ for i = 1, n do
   end
 end
 
--- ---- admission, unless an earlier run of this call already counted (then only answer what it did) ----
+-- ---- admission, unless an earlier run of this call already counted: then this run only REPORTS what that
+-- run did, whatever its deadline, and writes nothing (api/ingestrun.py keeps earlier runs alive and takes
+-- whichever answer comes first: any answer of the call must then tell the same, so only ONE run may count;
+-- and its final past-deadline probe may not count either) ----
+local report = mine
 if not mine then
   -- deadline: never count once the caller may have stopped waiting (it answers 503 = "not counted")
   local deadline = tonumber(ARGV[7])
@@ -126,6 +132,7 @@ end
 local refused, decisions = {}, {}
 if LIMIT_ARGS > 0 then
   local rerun = ARGV[14] == '1'  -- only a re-run may find its requests already logged (one ZSCORE each)
+  local frozen = report or nil  -- a report logs nothing: a request its counting run refused stays refused
   local windows = {}  -- the windows this call has read (_sliding_window.lua): a client's later requests reuse them
   local sets = {}
   local a = 16
@@ -146,7 +153,12 @@ if LIMIT_ARGS > 0 then
     first, count = tonumber(first), tonumber(count)
     local wkeys = {}
     for i = 1, #set.prefixes do wkeys[i] = set.prefixes[i] .. client end
-    local d = sliding_window(wkeys, member, set.limits, set.windows, now_us, rerun, windows)
+    local d = sliding_window(wkeys, member, set.limits, set.windows, now_us, rerun, windows, frozen)
+    if frozen and d[1] == 0 then  -- a request with an event the counting run counted was admitted there,
+      for i = first, first + count - 1 do  -- though its log entry may have left a short window since
+        if found[i] == -1 then d = {1, 1, 0, 0, now_us}; break end
+      end
+    end
     for k = 1, 5 do decisions[#decisions + 1] = d[k] end
     if d[1] == 0 then
       for i = first, first + count - 1 do refused[i] = true end
@@ -251,6 +263,10 @@ for i = 1, n do
     result[i + 2] = 0  -- its request was refused by the rate limiter: not counted, not remembered
   elseif found[i] then
     result[i + 2] = found[i]
+  elseif report then
+    -- not remembered by the run that counted: its project's quota refused it there (a refused request's
+    -- events are `refused` above); still refused, nothing written. 1 s: that run's exact wait is not kept
+    result[i + 2], outcome = 0, -1000
   else
     local fp, body, pid = ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
     -- [limits] checked after dedup (a duplicate costs no quota); a rate-limited event is not remembered,
