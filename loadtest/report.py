@@ -17,6 +17,7 @@ from loadtest.procstats import grouped_cores
 REPORTS = Path(__file__).resolve().parent / "reports"
 HEAD = ["case", "req/s", "events/s", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "429", "5xx", "conn err",
         "wrk CPU", "stack CPU"]
+OWN_HEADS = ("case", "command")  # a section whose first row is its own header (the CPU and commandstats tables)
 
 
 def machine_description() -> str:
@@ -159,7 +160,7 @@ def shard_command_section(chosen: dict[str, Any]) -> list[Section]:
 def bench_tables(chosen: dict[str, Any], limiter: bool, batch_size: int) -> list[Table]:
     tables = []
     for title, rows in bench_sections(chosen, limiter, batch_size):
-        head = rows[0] if rows and rows[0][0] == "case" else HEAD
+        head = rows[0] if rows and rows[0][0] in OWN_HEADS else HEAD
         body = rows[1:] if head is rows[0] else rows
         table = Table(title=title, title_justify="left")
         for i, col in enumerate(head):
@@ -198,7 +199,7 @@ def bench_markdown(chosen: dict[str, Any], limiter: bool, args: argparse.Namespa
              f"--warmup {args.warmup:g} --rounds {args.rounds} --connections {args.connections} "
              f"--batch-size {args.batch_size}`\n"]
     for title, rows in bench_sections(chosen, limiter, args.batch_size):
-        head = rows[0] if rows and rows[0][0] == "case" else HEAD
+        head = rows[0] if rows and rows[0][0] in OWN_HEADS else HEAD
         body = rows[1:] if head is rows[0] else rows
         parts.append(f"## {title}\n\n{markdown_table(head, body)}\n")
     return "\n".join(parts)
