@@ -30,10 +30,11 @@ from asyncmy import converters
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from core.db.models import ErrorGroup, Sample
+from core.db.models import ErrorGroup, GroupHour, Sample
 
 _groups: Table = ErrorGroup.__table__  # type: ignore[assignment]
 _samples: Table = Sample.__table__  # type: ignore[assignment]
+_hours: Table = GroupHour.__table__  # type: ignore[assignment]
 
 GROUP_COLUMNS = ("fingerprint", "project_id", "message", "error_type", "service", "level", "first_seen",
                  "last_seen", "count")
@@ -80,13 +81,31 @@ def _utf8_hex(value: Utf8Hex, mapping: object = None) -> str:
 converters.conversions[Utf8Hex] = _utf8_hex
 
 
+def _add(table: Table, columns: tuple[str, ...], conflict: str, mysql: bool) -> str:
+    """INSERT the rows, or add their `count` to the row there: the count sync's upserts (workers/sync.py). Fixed
+    text for the same reason as the batch writer's: 18,000 groups in one SQLAlchemy multi-row VALUES spent
+    2.9 s of CPU per sync, 54 % of it compiling (py-spy), every 30 s, on the cores ingest runs on."""
+    marks = ", ".join(["%s" if mysql else "?"] * len(columns))
+    head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks}) "
+    if mysql:
+        return head + "ON DUPLICATE KEY UPDATE count = count + VALUES(count)"
+    return head + f"ON CONFLICT ({conflict}) DO UPDATE SET count = {table.name}.count + excluded.count"
+
+
+_COUNTS = ("fingerprint", "count")
+_HOURS = ("project_id", "fingerprint", "hour", "count")
+
 _SQL = {
     "mysql": {
+        "counts": _add(_groups, _COUNTS, "fingerprint", True),
+        "hours": _add(_hours, _HOURS, "project_id, fingerprint, hour", True),
         "groups": _mysql_groups(),
         "samples": f"INSERT IGNORE INTO {_samples.name} ({', '.join(SAMPLE_COLUMNS)}) "
                    f"VALUES ({', '.join(['%s'] * len(SAMPLE_COLUMNS))})",
     },
     "sqlite": {
+        "counts": _add(_groups, _COUNTS, "fingerprint", False),
+        "hours": _add(_hours, _HOURS, "project_id, fingerprint, hour", False),
         "groups": _sqlite_groups(),
         "samples": f"INSERT INTO {_samples.name} ({', '.join(SAMPLE_COLUMNS)}) "
                    f"VALUES ({', '.join(['?'] * len(SAMPLE_COLUMNS))}) ON CONFLICT DO NOTHING",
@@ -121,3 +140,17 @@ async def insert_samples(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]
     params = [(r["event_id"], r["fingerprint"], r["received_at"], text(r["payload"]))
               for r in sorted(rows, key=lambda r: r["event_id"])]
     await conn.exec_driver_sql(statement(conn, "samples"), params)
+
+
+async def add_counts(conn: AsyncConnection, counts: Mapping[str, int]) -> None:
+    """Add each delta to its group's count, creating a count-only placeholder for a group not stored yet."""
+    params = [(fp, n) for fp, n in sorted(counts.items()) if n]  # key order: two syncs lock rows alike
+    if params:
+        await conn.exec_driver_sql(statement(conn, "counts"), params)
+
+
+async def add_hours(conn: AsyncConnection, hours: Mapping[tuple[int, str, int], int]) -> None:
+    """Add each (project, group, hour) delta to its hour bucket (the trend of a group)."""
+    params = [(p, fp, h, n) for (p, fp, h), n in sorted(hours.items()) if n]
+    if params:
+        await conn.exec_driver_sql(statement(conn, "hours"), params)

@@ -8,15 +8,14 @@ writes are prepared SQL text (core/db/bulk.py, re-exported here).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import Table, delete, select, tuple_
-from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.access import key_hash, key_hint
+from core.db import bulk
 from core.db.bulk import insert_samples as insert_samples  # re-exported: the batch writer's statements
 from core.db.bulk import upsert_groups as upsert_groups
 from core.db.models import AppliedBatch, ErrorGroup, GroupHour, Project, ProjectKey
@@ -111,32 +110,9 @@ async def apply_count_batches(conn: AsyncConnection, batches: Sequence[CountBatc
             counts[fp] = counts.get(fp, 0) + n
         for hour, n in (hours or {}).items():
             hour_counts[hour] = hour_counts.get(hour, 0) + n
-    await _add_hours(conn, hour_counts)
-    rows = [{"fingerprint": fp, "count": n} for fp, n in sorted(counts.items()) if n]
-    if not rows:
-        return applied
-    if _is_mysql(conn):
-        m = mysql.insert(_groups).values(rows)
-        stmt: Any = m.on_duplicate_key_update(count=_groups.c.count + m.inserted.count)
-    else:
-        s = sqlite.insert(_groups).values(rows)
-        stmt = s.on_conflict_do_update(index_elements=[_groups.c.fingerprint],
-                                       set_={"count": _groups.c.count + s.excluded.count})
-    await conn.execute(stmt)
+    await bulk.add_hours(conn, hour_counts)
+    await bulk.add_counts(conn, counts)
     return applied
-
-
-async def _add_hours(conn: AsyncConnection, hours: Mapping[tuple[int, str, int], int]) -> None:
-    rows = [{"project_id": p, "fingerprint": fp, "hour": h, "count": n} for (p, fp, h), n in sorted(hours.items()) if n]
-    for chunk in chunks(rows, 1000):
-        if _is_mysql(conn):
-            m = mysql.insert(_hours).values(list(chunk))
-            stmt: Any = m.on_duplicate_key_update(count=_hours.c.count + m.inserted.count)
-        else:
-            s = sqlite.insert(_hours).values(list(chunk))
-            stmt = s.on_conflict_do_update(index_elements=[_hours.c.project_id, _hours.c.fingerprint, _hours.c.hour],
-                                           set_={"count": _hours.c.count + s.excluded.count})
-        await conn.execute(stmt)
 
 
 async def prune_hours(conn: AsyncConnection, before_hour: int) -> int:
@@ -219,8 +195,3 @@ async def delete_project(conn: AsyncConnection, pid: int) -> None:
     """The project and its keys (its keys stop working); its groups stay in the DB for the record."""
     await conn.execute(delete(_keys).where(_keys.c.project_id == pid))
     await conn.execute(delete(_projects).where(_projects.c.id == pid))
-
-
-def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from core.db import repo
 from core.db.engine import make_engine
 from core.db.migrate import migrate
-from core.db.models import ErrorGroup, Sample
+from core.db.models import ErrorGroup, GroupHour, Sample
 from core.keys import Keys
 from core.redis import make_redis
 from core.settings import Settings
@@ -49,6 +49,35 @@ async def test_count_batch_applies_once_and_placeholder_is_filled(settings: Sett
     assert row.count == 3  # the worker's upserts never touch the count
     assert row.message == "first message"  # filled once, then kept
     assert (row.first_seen, row.last_seen) == (100.0, 300.0)
+
+
+async def test_count_batches_sum_into_groups_and_hours_and_create_placeholders(settings: Settings) -> None:
+    """The sync's upserts (core/db/bulk.py add_counts/add_hours, fixed SQL text): several batches in one
+    transaction add up per group and per (project, group, hour); a new group becomes a count-only placeholder
+    with the schema's defaults; an applied batch adds nothing."""
+    engine = make_engine(settings)
+    fps = [f"{i:064x}" for i in range(300)]
+    async with engine.begin() as conn:  # one existing group with details and a count
+        await repo.upsert_groups(conn, [group(fps[0], 1.0)])
+        assert await repo.apply_count_batch(conn, "b0", {fps[0]: 5}, {(1, fps[0], 7): 5})
+    batches: list[repo.CountBatch] = [
+        ("b1", {fp: 1 for fp in fps}, {(1, fp, 7): 1 for fp in fps}),
+        ("b2", {fps[0]: 2, fps[1]: 3, fps[2]: 0}, {(1, fps[0], 7): 2, (1, fps[0], 8): 4, (2, fps[1], 7): 3}),
+        ("b0", {fps[0]: 100}, {(1, fps[0], 7): 100}),  # applied before: nothing
+    ]
+    async with engine.begin() as conn:
+        assert await repo.apply_count_batches(conn, batches) == [True, True, False]
+    async with engine.connect() as conn:
+        counts = dict((await conn.execute(select(ErrorGroup.fingerprint, ErrorGroup.count))).all())
+        hours = {(p, fp, h): n for p, fp, h, n in await conn.execute(
+            select(GroupHour.project_id, GroupHour.fingerprint, GroupHour.hour, GroupHour.count))}
+        placeholder = (await conn.execute(select(ErrorGroup.state, ErrorGroup.regressed, ErrorGroup.message)
+                                          .where(ErrorGroup.fingerprint == fps[5]))).one()
+    await engine.dispose()
+    assert counts == {fps[0]: 5 + 1 + 2, fps[1]: 1 + 3, **{fp: 1 for fp in fps[2:]}}
+    assert hours == {(1, fps[0], 7): 5 + 1 + 2, (1, fps[0], 8): 4, (2, fps[1], 7): 3,
+                     **{(1, fp, 7): 1 for fp in fps[1:]}}
+    assert tuple(placeholder) == ("unresolved", False, None)
 
 
 async def test_sync_survives_a_crash_between_rename_and_commit(settings: Settings) -> None:
