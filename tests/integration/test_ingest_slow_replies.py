@@ -6,12 +6,13 @@ sent), a re-run that fails at once while the first run's reply is still on its w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -196,6 +197,25 @@ async def test_first_runs_late_reply_while_reruns_fail_at_once(make_settings: An
     assert len(calls) >= 2 and answers[1][0] == 202, (calls, answers)
 
 
+@contextlib.contextmanager
+def replies_through(client: Any, after: Callable[[int, Any], Awaitable[Any]]) -> Iterator[list[int]]:
+    """Every run of the API's ingest script (numbered from 1) runs in Redis for real; its reply then goes
+    through `after(run, reply)`, which may hold it back or lose it. Yields the runs' numbers as they start."""
+    ingestor = client._transport.app.state.ingestor
+    real, calls = ingestor.script, list[int]()
+
+    async def wrapper(**kwargs: Any) -> Any:
+        calls.append(len(calls) + 1)
+        run = calls[-1]
+        return await after(run, await real(**kwargs))
+
+    ingestor.script = wrapper
+    try:
+        yield calls
+    finally:
+        ingestor.script = real
+
+
 async def test_the_runs_of_a_call_tell_the_same_one_counts(make_settings: Any) -> None:
     """Quota 10/s: run 1 counts 10 of 14 events, refuses 4, and its reply comes 0.45 s late; the re-run goes
     out at 0.4 s, when the quota has room for 4 more. It finds run 1's entries, so it only reports (counts
@@ -204,19 +224,13 @@ async def test_the_runs_of_a_call_tell_the_same_one_counts(make_settings: Any) -
     settings = make_settings(rate_limit_enabled=True, project_quota_per_second=10)
     await prepare(settings)
     async with api_client(settings) as c:
-        ingestor = c._transport.app.state.ingestor  # type: ignore[attr-defined]
-        real, calls = ingestor.script, []
-
-        async def late_first(**kwargs: Any) -> Any:
-            calls.append(len(calls) + 1)
-            result = await real(**kwargs)
+        async def late_first(run: int, result: Any) -> Any:
             # both ran in Redis at once; run 1's reply reaches us at 0.45 s, the re-run's at 0.6 s
-            await asyncio.sleep(0.45 if len(calls) == 1 else 0.2)
+            await asyncio.sleep(0.45 if run == 1 else 0.2)
             return result
 
-        ingestor.script = late_first
-        r = await c.post("/errors/batch", json={"events": [event(i) for i in range(14)]})
-        ingestor.script = real
+        with replies_through(c, late_first) as calls:
+            r = await c.post("/errors/batch", json={"events": [event(i) for i in range(14)]})
     assert r.status_code == 202 and len(calls) == 2, (r.text, calls)
     await asyncio.sleep(0.5)
     assert await counted(settings) == (r.json()["accepted"],) * 2, r.text
@@ -228,19 +242,13 @@ async def test_a_report_answers_admitted_what_its_run_admitted_and_counted(make_
     settings = make_settings(rate_limit_enabled=True, rate_limits="tiny:3/300ms", redis_shards=1)
     await prepare(settings)
     async with api_client(settings) as c:
-        ingestor = c._transport.app.state.ingestor  # type: ignore[attr-defined]
-        real, calls = ingestor.script, []
-
-        async def lost_first(**kwargs: Any) -> Any:
-            calls.append(len(calls) + 1)
-            result = await real(**kwargs)
-            if len(calls) == 1:
+        async def lost_first(run: int, result: Any) -> Any:
+            if run == 1:
                 await asyncio.sleep(0.45)  # past run 1's wait: the re-run goes out at 0.4 s
                 raise TimeoutError("reply lost after the script ran")
             return result
 
-        ingestor.script = lost_first
-        r = await c.post("/errors/log", json=event(1))
-        ingestor.script = real
+        with replies_through(c, lost_first) as calls:
+            r = await c.post("/errors/log", json=event(1))
     assert (r.status_code, len(calls)) == (202, 2), (r.text, calls)
     assert await counted(settings) == (1, 1)
