@@ -78,6 +78,18 @@ def _cpu(p: psutil.Process) -> float:
         return 0.0
 
 
+def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    """Cumulative CPU seconds (user + system) of each process still running, e.g. to compare two spans."""
+    out: dict[str, float] = {}
+    for name, p in procs.items():
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        out[name] = float(t.user + t.system)
+    return out
+
+
 def rss_bytes(procs: dict[str, psutil.Process]) -> dict[str, int]:
     out: dict[str, int] = {}
     for name, p in procs.items():

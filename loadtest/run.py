@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from rich.console import Console
 from rich.live import Live
 
 from loadtest import loadreport, targets, verify
 from loadtest.payloads import PayloadMix
-from loadtest.procstats import rss_bytes, target_processes
+from loadtest.procstats import cpu_seconds, rss_bytes, target_processes
 from loadtest.progress import last_aggregated, line
 from loadtest.report import REPORTS, machine_description
 from loadtest.scenarios import stages, total_seconds
@@ -36,8 +37,12 @@ REPO = Path(__file__).resolve().parent.parent
 console = Console(width=None if Console().is_terminal else 150)
 
 
-def sample(target: Any) -> dict[str, Any]:
-    point: dict[str, Any] = {"t": time.monotonic(), "rss": rss_bytes(target_processes(target))}
+def sample(target: Any, locust_pid: int | None = None) -> dict[str, Any]:
+    procs = target_processes(target)
+    if locust_pid is not None:  # the load generator shares the cores: its CPU is part of where time goes
+        with contextlib.suppress(psutil.NoSuchProcess):
+            procs["locust"] = psutil.Process(locust_pid)
+    point: dict[str, Any] = {"t": time.monotonic(), "rss": rss_bytes(procs), "cpu": cpu_seconds(procs)}
     if hasattr(target, "settings"):
         with contextlib.suppress(Exception):
             point["redis_bytes"] = targets.redis_memory(target)
@@ -62,7 +67,7 @@ def run_locust(name: str, target: Any, args: argparse.Namespace, out: Path) -> d
     samples: list[dict[str, Any]] = []
     with (out / f"{name}-locust.out").open("w") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        start = time.monotonic()
+        start, wall_start = time.monotonic(), time.time()
         next_sample = start
         usage = None
         # A terminal gets one live line; a log (CI, `tee`) gets the same line every 10 s instead.
@@ -76,7 +81,7 @@ def run_locust(name: str, target: Any, args: argparse.Namespace, out: Path) -> d
                     break
                 now = time.monotonic()
                 if now >= next_sample:
-                    samples.append(sample(target))
+                    samples.append(sample(target, proc.pid))
                     next_sample = now + args.sample_every
                 snap = last_aggregated(out / f"{name}-locust_stats_history.csv")
                 queue = samples[-1].get("queue") if samples else None
@@ -89,13 +94,17 @@ def run_locust(name: str, target: Any, args: argparse.Namespace, out: Path) -> d
                     printed = now
                 time.sleep(1.0)
         elapsed = time.monotonic() - start
-    samples.append(sample(target))
+    final = sample(target)
+    final.pop("cpu")  # locust has exited: CPU spans end at the last sample taken while it ran
+    samples.append(final)
     if not result_json.exists():
         raise RuntimeError(f"locust wrote no tally (exit {proc.returncode}); see {name}-locust.out in {out}")
     tally = json.loads(result_json.read_text())
     cpu = usage.ru_utime + usage.ru_stime if usage else 0.0
+    nginx = getattr(target, "nginx", None)
+    access_log = str(nginx.prefix / "access.log") if nginx is not None else None
     return {"tally": tally, "samples": samples, "locust_cpu_cores": cpu / elapsed, "elapsed_s": elapsed,
-            "start": start}
+            "start": start, "wall_start": wall_start, "access_log": access_log}
 
 
 @dataclass

@@ -1,0 +1,110 @@
+"""Where a soak's time goes, first third vs last third: CPU per process and nginx's own request times.
+
+The client-side p99 (locust) includes the client's CPU contention on a 2-core machine; nginx's `$request_time`
+(deploy/nginx/nginx.conf.tmpl writes it as `rt=`, with the nodes' `urt=`) is what the server took. Both are
+compared over the same span as the drift: after the warm-up, the first third vs the last third of the rest.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from loadtest.stats import summary
+
+# `127.0.0.1 [29/Nov/2026:19:53:00 +0000] "POST /errors/log HTTP/1.1" 202 91 rid=... up=... rt=0.012 urt=0.011`
+LINE = re.compile(r'\[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) .* rt=(?P<rt>[\d.]+) urt=(?P<urt>.*)$')
+TIME_FORMAT = "%d/%b/%Y:%H:%M:%S %z"
+
+
+def parse_line(line: str, path_prefix: str = "POST /errors/log") -> tuple[float, float, float | None] | None:
+    """(epoch seconds the request ended, request time s, upstream time s or None) of one ingest request;
+    None for other requests and lines that are not ours. A request retried on another node has several
+    upstream times ("0.010, 0.004"): their sum is what the nodes took."""
+    m = LINE.search(line)
+    if m is None or not m["request"].startswith(path_prefix):
+        return None
+    end = datetime.strptime(m["time"], TIME_FORMAT).timestamp()
+    ups = [float(u) for u in re.split(r"[,:] *", m["urt"].strip()) if re.fullmatch(r"[\d.]+", u)]
+    return end, float(m["rt"]), sum(ups) if ups else None
+
+
+def read_access_log(path: Path) -> list[tuple[float, float, float | None]]:
+    if not path.exists():
+        return []
+    with path.open(errors="replace") as f:
+        return [row for row in map(parse_line, f) if row is not None]
+
+
+def thirds(t0: float, t1: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The first and the last third of [t0, t1]."""
+    third = (t1 - t0) / 3
+    return (t0, t0 + third), (t1 - third, t1)
+
+
+def _ms(values: Iterable[float]) -> dict[str, float]:
+    return summary([v * 1000 for v in values])
+
+
+def server_latency(rows: Sequence[tuple[float, float, float | None]], start: float, warmup_s: float,
+                   end: float) -> dict[str, Any]:
+    """nginx request time (and the nodes' share) over the run after warm-up, and first vs last third (ms).
+    `start`/`end`: epoch seconds of the run; nginx logs whole seconds, so spans are cut at whole seconds."""
+    t0 = start + warmup_s
+    first, last = thirds(t0, end)
+    inside = [r for r in rows if t0 <= r[0] < end]
+
+    def part(lo: float, hi: float) -> dict[str, Any]:
+        chosen = [r for r in inside if lo <= r[0] < hi]
+        return {"request": _ms(r[1] for r in chosen), "upstream": _ms(r[2] for r in chosen if r[2] is not None)}
+
+    out = {"all": part(t0, end), "first": part(*first), "last": part(*last), "logged": len(rows)}
+    p_first, p_last = out["first"]["request"].get("p99"), out["last"]["request"].get("p99")
+    out["drift_pct"] = 100 * (p_last - p_first) / p_first if p_first and p_last is not None else None
+    return out
+
+
+def _at(samples: Sequence[dict[str, Any]], t: float) -> dict[str, Any]:
+    return min(samples, key=lambda s: abs(s["t"] - t))
+
+
+def cpu_thirds(samples: Sequence[dict[str, Any]], warmup_s: float) -> dict[str, dict[str, float]]:
+    """Cores each process used in the first and the last third after warm-up, from cumulative CPU seconds
+    sampled with the RSS (`cpu` of loadtest/run.py sample()). A process missing at either end of a third
+    (restarted, or gone) is left out of that third rather than shown with a made-up figure."""
+    timed = [s for s in samples if "cpu" in s]
+    if len(timed) < 4:
+        return {}
+    t_start = timed[0]["t"] + warmup_s
+    after = [s for s in timed if s["t"] >= t_start] or timed[-2:]
+    out: dict[str, dict[str, float]] = {}
+    for label, (lo, hi) in zip(("first", "last"), thirds(after[0]["t"], after[-1]["t"]), strict=True):
+        a, b = _at(after, lo), _at(after, hi)
+        wall = b["t"] - a["t"]
+        if wall <= 0:
+            continue
+        for name, used in b["cpu"].items():
+            before = a["cpu"].get(name)
+            if before is not None and used >= before:
+                out.setdefault(name, {})[label] = (used - before) / wall
+    return out
+
+
+def cpu_lines(cores: dict[str, dict[str, float]]) -> list[str]:
+    """One line per process, busiest (last third) first: `api-1/w1 0.31 -> 0.45 cores (+45 %)`."""
+    def key(item: tuple[str, dict[str, float]]) -> float:
+        return -item[1].get("last", 0.0)
+
+    lines = []
+    for name, v in sorted(cores.items(), key=key):
+        first, last = v.get("first"), v.get("last")
+        if first is None or last is None:
+            continue
+        change = f" ({100 * (last - first) / first:+.0f} %)" if first >= 0.005 else ""
+        lines.append(f"{name} {first:.2f} -> {last:.2f} cores{change}")
+    total_first = sum(v.get("first", 0.0) for v in cores.values())
+    total_last = sum(v.get("last", 0.0) for v in cores.values())
+    return [f"all measured processes {total_first:.2f} -> {total_last:.2f} cores", *lines]
