@@ -90,6 +90,13 @@ def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
     return out
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores, every process, ours or not), since boot: beside
+    the per-process figures it shows whether something else took the cores during a run."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
 def rss_bytes(procs: dict[str, psutil.Process]) -> dict[str, int]:
     out: dict[str, int] = {}
     for name, p in procs.items():

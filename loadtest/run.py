@@ -28,7 +28,7 @@ from rich.live import Live
 
 from loadtest import loadreport, targets, verify
 from loadtest.payloads import PayloadMix
-from loadtest.procstats import cpu_seconds, rss_bytes, target_processes
+from loadtest.procstats import cpu_seconds, machine_busy_seconds, rss_bytes, target_processes
 from loadtest.progress import last_aggregated, line
 from loadtest.report import REPORTS, machine_description
 from loadtest.scenarios import stages, total_seconds
@@ -42,7 +42,8 @@ def sample(target: Any, locust_pid: int | None = None) -> dict[str, Any]:
     if locust_pid is not None:  # the load generator shares the cores: its CPU is part of where time goes
         with contextlib.suppress(psutil.NoSuchProcess):
             procs["locust"] = psutil.Process(locust_pid)
-    point: dict[str, Any] = {"t": time.monotonic(), "rss": rss_bytes(procs), "cpu": cpu_seconds(procs)}
+    point: dict[str, Any] = {"t": time.monotonic(), "rss": rss_bytes(procs), "cpu": cpu_seconds(procs),
+                             "machine_busy_s": machine_busy_seconds()}
     if hasattr(target, "settings"):
         with contextlib.suppress(Exception):
             point["redis_bytes"] = targets.redis_memory(target)

@@ -67,6 +67,9 @@ def server_latency(rows: Sequence[tuple[float, float, float | None]], start: flo
     return out
 
 
+MACHINE = "(machine: every process)"
+
+
 def _at(samples: Sequence[dict[str, Any]], t: float) -> dict[str, Any]:
     return min(samples, key=lambda s: abs(s["t"] - t))
 
@@ -86,8 +89,11 @@ def cpu_thirds(samples: Sequence[dict[str, Any]], warmup_s: float) -> dict[str, 
         wall = b["t"] - a["t"]
         if wall <= 0:
             continue
-        for name, used in b["cpu"].items():
-            before = a["cpu"].get(name)
+        spent = dict(b["cpu"])
+        if "machine_busy_s" in a and "machine_busy_s" in b:
+            spent[MACHINE] = b["machine_busy_s"]
+        for name, used in spent.items():
+            before = a["machine_busy_s"] if name == MACHINE else a["cpu"].get(name)
             if before is not None and used >= before:
                 out.setdefault(name, {})[label] = (used - before) / wall
     return out
@@ -98,13 +104,19 @@ def cpu_lines(cores: dict[str, dict[str, float]]) -> list[str]:
     def key(item: tuple[str, dict[str, float]]) -> float:
         return -item[1].get("last", 0.0)
 
+    machine = cores.get(MACHINE, {})
+    procs = {n: v for n, v in cores.items() if n != MACHINE}
     lines = []
-    for name, v in sorted(cores.items(), key=key):
+    for name, v in sorted(procs.items(), key=key):
         first, last = v.get("first"), v.get("last")
         if first is None or last is None:
             continue
         change = f" ({100 * (last - first) / first:+.0f} %)" if first >= 0.005 else ""
         lines.append(f"{name} {first:.2f} -> {last:.2f} cores{change}")
-    total_first = sum(v.get("first", 0.0) for v in cores.values())
-    total_last = sum(v.get("last", 0.0) for v in cores.values())
-    return [f"all measured processes {total_first:.2f} -> {total_last:.2f} cores", *lines]
+    total_first = sum(v.get("first", 0.0) for v in procs.values())
+    total_last = sum(v.get("last", 0.0) for v in procs.values())
+    head = [f"all measured processes {total_first:.2f} -> {total_last:.2f} cores"]
+    if "first" in machine and "last" in machine:  # what else ran: other work on the machine skews a soak
+        head.append(f"machine busy {machine['first']:.2f} -> {machine['last']:.2f} cores, of which not ours "
+                    f"{machine['first'] - total_first:.2f} -> {machine['last'] - total_last:.2f}")
+    return head + lines

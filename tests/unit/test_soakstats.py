@@ -58,7 +58,8 @@ def test_cpu_thirds_gives_cores_per_process_per_third() -> None:
     # (its CPU seconds fall) is left out of that third
     samples, api, redis = [], 0.0, 0.0
     for t in range(0, 101, 5):
-        samples.append({"t": float(t), "cpu": {"api-1/w1": api, "redis": redis, "worker-1": 50.0 - t / 10}})
+        samples.append({"t": float(t), "cpu": {"api-1/w1": api, "redis": redis, "worker-1": 50.0 - t / 10},
+                        "machine_busy_s": 1000.0 + t})  # the machine: 1 core busy throughout
         api += 5 * (0.2 if t < 70 else 0.5)
         redis += 0.5
     samples.append({"t": 101.0, "rss": {}})  # the final sample has no CPU: ignored
@@ -69,7 +70,8 @@ def test_cpu_thirds_gives_cores_per_process_per_third() -> None:
     assert "worker-1" not in cores
     lines = cpu_lines(cores)
     assert lines[0] == "all measured processes 0.30 -> 0.60 cores"
-    assert lines[1] == "api-1/w1 0.20 -> 0.50 cores (+150 %)"
+    assert lines[1] == "machine busy 1.00 -> 1.00 cores, of which not ours 0.70 -> 0.40"
+    assert lines[2] == "api-1/w1 0.20 -> 0.50 cores (+150 %)"
 
 
 def test_cpu_thirds_needs_samples() -> None:
