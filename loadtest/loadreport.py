@@ -16,6 +16,7 @@ from loadtest.soakstats import cpu_lines, cpu_thirds, read_access_log, server_la
 
 # Targets for our stack through nginx (ramp and spike up to 1,000 users).
 TARGET_P95_MS, TARGET_P99_MS, TARGET_API_RSS_MB = 10.0, 25.0, 150.0
+TARGET_DRIFT_PCT = 20.0  # soak: the last third's p99 within 20 % of the first's (issue 15 target 3)
 
 
 @dataclass
@@ -108,7 +109,7 @@ def verdicts(scenario: str, res: dict[str, Any], mem: dict[str, Any]) -> list[st
     p99 = max(r["p99"] for r in rows)
     errors = sum(r["requests"] * r["err_pct"] / 100 for r in rows)
     out = []
-    if scenario in ("ramp", "spike"):
+    if scenario in ("ramp", "spike", "paced"):
         out.append(f"worst stage p95 {p95:.1f} ms (target <= {TARGET_P95_MS:g}): "
                    f"{'meets' if p95 <= TARGET_P95_MS else 'MISSES'}")
         out.append(f"worst stage p99 {p99:.1f} ms (target <= {TARGET_P99_MS:g}): "
@@ -133,9 +134,13 @@ def where_time_goes(res: dict[str, Any], warmup_s: float) -> list[str]:
         lines.append(f"server side (nginx $request_time) after warm-up, p50/p95/p99 ms: "
                      f"{fmt(srv['all']['request'])} over {srv['all']['request'].get('count', 0)} requests; "
                      f"nodes ($upstream_response_time) {fmt(srv['all']['upstream'])}")
+        p99 = srv["all"]["request"].get("p99", float("inf"))
+        lines.append(f"server-side p99 {p99:.1f} ms (target <= {TARGET_P99_MS:g}): "
+                     f"{'meets' if p99 <= TARGET_P99_MS else 'MISSES'}")
         if srv["drift_pct"] is not None:
             lines.append(f"server-side p99 drift: {srv['first']['request']['p99']:.1f} ms (first third) -> "
-                         f"{srv['last']['request']['p99']:.1f} ms (last third), {srv['drift_pct']:+.0f} %; "
+                         f"{srv['last']['request']['p99']:.1f} ms (last third), {srv['drift_pct']:+.0f} % "
+                         f"({'meets' if srv['drift_pct'] <= TARGET_DRIFT_PCT else 'MISSES'}); "
                          f"p50/p95/p99 first {fmt(srv['first']['request'])}, last {fmt(srv['last']['request'])}")
     cores = cpu_thirds(res["samples"], warmup_s)
     if cores:
@@ -165,7 +170,8 @@ def build(args: argparse.Namespace, results: dict[str, Any], machine: str, out: 
               _rich("Per stage (ms)", DETAIL_HEAD, detail)]
     for name, res in results.items():
         mem = memory(res, warmup)
-        drift = p99_drift(res, warmup) if args.scenario == "soak" else None  # ramp/spike change the load
+        steady = args.scenario in ("soak", "paced")  # ramp/spike change the load
+        drift = p99_drift(res, warmup) if steady else None
         lines = [f"locust CPU: {res['locust_cpu_cores']:.2f} cores over {res['elapsed_s']:.0f} s",
                  f"counts: {res['counts']}",
                  f"RSS growth after {warmup:.0f} s warm-up: max {mem['max_growth_pct']:.1f} % "
@@ -176,8 +182,9 @@ def build(args: argparse.Namespace, results: dict[str, Any], machine: str, out: 
                          f"queue depth max {mem['queue_max']}")
         if drift:
             lines.append(f"p99 drift: {drift['first_p99_ms']:.1f} ms (first third) -> "
-                         f"{drift['last_p99_ms']:.1f} ms (last third), {drift['drift_pct']:+.0f} %")
-        if args.scenario == "soak":
+                         f"{drift['last_p99_ms']:.1f} ms (last third), {drift['drift_pct']:+.0f} % (target <= "
+                         f"+{TARGET_DRIFT_PCT:g} %): {'meets' if drift['drift_pct'] <= TARGET_DRIFT_PCT else 'MISSES'}")
+        if steady:
             lines += where_time_goes(res, warmup)
         if name == "ours":
             lines += verdicts(args.scenario, res, mem)

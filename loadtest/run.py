@@ -165,11 +165,11 @@ def run_target(name: str, args: argparse.Namespace, out: Path, sink: Any) -> dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["ramp", "spike", "soak"])
+    parser.add_argument("scenario", choices=["ramp", "spike", "soak", "paced"])
     parser.add_argument("--targets", default="ours,baseline", help="comma list of: ours, baseline")
     parser.add_argument("--stage-seconds", type=float, default=30, help="ramp/spike: seconds per stage")
-    parser.add_argument("--duration", type=float, default=1800, help="soak: seconds (default 30 min)")
-    parser.add_argument("--users", type=int, default=200, help="soak: users")
+    parser.add_argument("--duration", type=float, default=1800, help="soak, paced: seconds (default 30 min)")
+    parser.add_argument("--users", type=int, default=200, help="soak: users; paced: req/s (one user each)")
     parser.add_argument("--db", default="mariadb")
     parser.add_argument("--no-limiter", action="store_true", help="ours: rate limiter off")
     parser.add_argument("--sample-every", type=float, default=5, help="seconds between RSS/Redis samples")

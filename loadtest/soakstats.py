@@ -61,7 +61,7 @@ def server_latency(rows: Sequence[tuple[float, float, float | None]], start: flo
         chosen = [r for r in inside if lo <= r[0] < hi]
         return {"request": _ms(r[1] for r in chosen), "upstream": _ms(r[2] for r in chosen if r[2] is not None)}
 
-    out = {"all": part(t0, end), "first": part(*first), "last": part(*last), "logged": len(rows)}
+    out: dict[str, Any] = {"all": part(t0, end), "first": part(*first), "last": part(*last), "logged": len(rows)}
     p_first, p_last = out["first"]["request"].get("p99"), out["last"]["request"].get("p99")
     out["drift_pct"] = 100 * (p_last - p_first) / p_first if p_first and p_last is not None else None
     return out
