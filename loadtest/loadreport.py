@@ -12,7 +12,7 @@ from typing import Any
 from rich.table import Table
 
 from loadtest.report import markdown_table
-from loadtest.soakstats import cpu_lines, cpu_thirds, read_access_log, server_latency
+from loadtest.soakstats import cpu_lines, cpu_thirds, read_access_log, redis_lines, server_latency
 
 # Targets for our stack through nginx (ramp and spike up to 1,000 users).
 TARGET_P95_MS, TARGET_P99_MS, TARGET_API_RSS_MB = 10.0, 25.0, 150.0
@@ -146,6 +146,9 @@ def where_time_goes(res: dict[str, Any], warmup_s: float) -> list[str]:
     if cores:
         res["cpu_thirds"] = cores
         lines.append("CPU per process, first third -> last third after warm-up: " + "; ".join(cpu_lines(cores)))
+    redis_s = cpu_thirds(res["samples"], warmup_s, field="redis_s")
+    if redis_s:
+        lines.append("Redis time per command (cores), first -> last third: " + "; ".join(redis_lines(redis_s)))
     return lines
 
 

@@ -26,7 +26,7 @@ import psutil
 from rich.console import Console
 from rich.live import Live
 
-from loadtest import loadreport, targets, verify
+from loadtest import cmdstats, loadreport, targets, verify
 from loadtest.payloads import PayloadMix
 from loadtest.procstats import cpu_seconds, machine_busy_seconds, rss_bytes, target_processes
 from loadtest.progress import last_aggregated, line
@@ -45,6 +45,8 @@ def sample(target: Any, locust_pid: int | None = None) -> dict[str, Any]:
     point: dict[str, Any] = {"t": time.monotonic(), "rss": rss_bytes(procs), "cpu": cpu_seconds(procs),
                              "machine_busy_s": machine_busy_seconds()}
     if hasattr(target, "settings"):
+        with contextlib.suppress(Exception):  # where Redis's time goes, per command
+            point["redis_s"] = {name: usec / 1e6 for name, (_, usec) in (cmdstats.snapshot(target) or {}).items()}
         with contextlib.suppress(Exception):
             point["redis_bytes"] = targets.redis_memory(target)
             point["queue"] = targets.queue_depth(target)

@@ -74,11 +74,12 @@ def _at(samples: Sequence[dict[str, Any]], t: float) -> dict[str, Any]:
     return min(samples, key=lambda s: abs(s["t"] - t))
 
 
-def cpu_thirds(samples: Sequence[dict[str, Any]], warmup_s: float) -> dict[str, dict[str, float]]:
+def cpu_thirds(samples: Sequence[dict[str, Any]], warmup_s: float, field: str = "cpu") -> dict[str, dict[str, float]]:
     """Cores each process used in the first and the last third after warm-up, from cumulative CPU seconds
-    sampled with the RSS (`cpu` of loadtest/run.py sample()). A process missing at either end of a third
-    (restarted, or gone) is left out of that third rather than shown with a made-up figure."""
-    timed = [s for s in samples if "cpu" in s]
+    sampled with the RSS (`cpu` of loadtest/run.py sample(); `redis_s`: seconds Redis counted inside each
+    command). A process missing at either end of a third (restarted, or gone) is left out of that third
+    rather than shown with a made-up figure."""
+    timed = [s for s in samples if field in s]
     if len(timed) < 4:
         return {}
     t_start = timed[0]["t"] + warmup_s
@@ -89,11 +90,11 @@ def cpu_thirds(samples: Sequence[dict[str, Any]], warmup_s: float) -> dict[str, 
         wall = b["t"] - a["t"]
         if wall <= 0:
             continue
-        spent = dict(b["cpu"])
-        if "machine_busy_s" in a and "machine_busy_s" in b:
+        spent = dict(b[field])
+        if field == "cpu" and "machine_busy_s" in a and "machine_busy_s" in b:
             spent[MACHINE] = b["machine_busy_s"]
         for name, used in spent.items():
-            before = a["machine_busy_s"] if name == MACHINE else a["cpu"].get(name)
+            before = a["machine_busy_s"] if name == MACHINE else a[field].get(name)
             if before is not None and used >= before:
                 out.setdefault(name, {})[label] = (used - before) / wall
     return out
@@ -120,3 +121,13 @@ def cpu_lines(cores: dict[str, dict[str, float]]) -> list[str]:
         head.append(f"machine busy {machine['first']:.2f} -> {machine['last']:.2f} cores, of which not ours "
                     f"{machine['first'] - total_first:.2f} -> {machine['last'] - total_last:.2f}")
     return head + lines
+
+
+def redis_lines(seconds: dict[str, dict[str, float]], limit: int = 6) -> list[str]:
+    """Redis's own time per command (INFO commandstats; commands run by scripts are counted again inside
+    evalsha), as cores, for the commands that changed most between the thirds."""
+    def change(item: tuple[str, dict[str, float]]) -> float:
+        return -abs(item[1].get("last", 0.0) - item[1].get("first", 0.0))
+
+    return [f"{name} {v.get('first', 0.0):.3f} -> {v.get('last', 0.0):.3f}"
+            for name, v in sorted(seconds.items(), key=change)[:limit]]

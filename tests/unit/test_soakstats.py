@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.soakstats import cpu_lines, cpu_thirds, parse_line, read_access_log, server_latency, thirds
+from loadtest.soakstats import cpu_lines, cpu_thirds, parse_line, read_access_log, redis_lines, server_latency, thirds
 
 T0 = datetime(2026, 11, 29, 19, 53, 0, tzinfo=UTC).timestamp()
 
@@ -72,6 +72,14 @@ def test_cpu_thirds_gives_cores_per_process_per_third() -> None:
     assert lines[0] == "all measured processes 0.30 -> 0.60 cores"
     assert lines[1] == "machine busy 1.00 -> 1.00 cores, of which not ours 0.70 -> 0.40"
     assert lines[2] == "api-1/w1 0.20 -> 0.50 cores (+150 %)"
+
+
+def test_redis_time_per_command_thirds() -> None:
+    samples = [{"t": float(t), "redis_s": {"evalsha": t * 0.2, "hgetall": max(0, t - 70) * 0.05, "get": t * 0.001}}
+               for t in range(0, 101, 5)]
+    seconds = cpu_thirds(samples, warmup_s=10, field="redis_s")
+    assert seconds["hgetall"] == {"first": 0.0, "last": pytest.approx(0.05)}
+    assert redis_lines(seconds, limit=2) == ["hgetall 0.000 -> 0.050", "evalsha 0.200 -> 0.200"]
 
 
 def test_cpu_thirds_needs_samples() -> None:
