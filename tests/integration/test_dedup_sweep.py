@@ -7,13 +7,17 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from api.ingest import Ingestor
 from core.events import LogErrorIn
 from core.runtime import Runtime
+from faultline.services import RedisServer
 
 TTL, BUCKETS = 3, 3  # 1-s buckets, 3-s generations: remembered 3..4 s
 
@@ -45,8 +49,18 @@ async def hgetalls(redis: Redis) -> int:
     return int((await redis.info("commandstats")).get("cmdstat_hgetall", {}).get("calls", 0))
 
 
-async def test_no_sweep_before_anything_can_expire_then_expired_ids_are_swept(make_settings: Any) -> None:
-    settings = make_settings(dedup_ttl=TTL, dedup_buckets=BUCKETS, queue_soft_limit=10_000_000)
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own: its command counters count this test's calls only."""
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    yield server
+    server.stop()
+
+
+async def test_no_sweep_before_anything_can_expire_then_expired_ids_are_swept(make_settings: Any,
+                                                                            own_redis: RedisServer) -> None:
+    settings = make_settings(dedup_ttl=TTL, dedup_buckets=BUCKETS, queue_soft_limit=10_000_000,
+                             redis_url=own_redis.url)
     rt = Runtime.open(settings)
     ingestor, redis = Ingestor(rt), rt.redis
 
