@@ -12,11 +12,10 @@ from typing import Any
 from rich.table import Table
 
 from loadtest.report import markdown_table
-from loadtest.soakstats import cpu_lines, cpu_thirds, read_access_log, redis_lines, server_latency
+from loadtest.soakstats import TARGET_DRIFT_PCT, where_time_goes
 
 # Targets for our stack through nginx (ramp and spike up to 1,000 users).
 TARGET_P95_MS, TARGET_P99_MS, TARGET_API_RSS_MB = 10.0, 25.0, 150.0
-TARGET_DRIFT_PCT = 20.0  # soak: the last third's p99 within 20 % of the first's (issue 15 target 3)
 
 
 @dataclass
@@ -120,38 +119,6 @@ def verdicts(scenario: str, res: dict[str, Any], mem: dict[str, Any]) -> list[st
     return out
 
 
-def where_time_goes(res: dict[str, Any], warmup_s: float) -> list[str]:
-    """Server-side latency (nginx $request_time) and CPU per process, first third vs last third after warm-up."""
-    lines = []
-    if res.get("access_log") and res.get("wall_start"):
-        rows = read_access_log(Path(res["access_log"]))
-        srv = server_latency(rows, res["wall_start"], warmup_s, res["wall_start"] + res["elapsed_s"])
-        res["server_latency"] = srv  # kept in results.json
-
-        def fmt(part: dict[str, Any]) -> str:
-            return "/".join(f"{part.get(p, float('nan')):.1f}" for p in ("p50", "p95", "p99"))
-
-        lines.append(f"server side (nginx $request_time) after warm-up, p50/p95/p99 ms: "
-                     f"{fmt(srv['all']['request'])} over {srv['all']['request'].get('count', 0)} requests; "
-                     f"nodes ($upstream_response_time) {fmt(srv['all']['upstream'])}")
-        p99 = srv["all"]["request"].get("p99", float("inf"))
-        lines.append(f"server-side p99 {p99:.1f} ms (target <= {TARGET_P99_MS:g}): "
-                     f"{'meets' if p99 <= TARGET_P99_MS else 'MISSES'}")
-        if srv["drift_pct"] is not None:
-            lines.append(f"server-side p99 drift: {srv['first']['request']['p99']:.1f} ms (first third) -> "
-                         f"{srv['last']['request']['p99']:.1f} ms (last third), {srv['drift_pct']:+.0f} % "
-                         f"({'meets' if srv['drift_pct'] <= TARGET_DRIFT_PCT else 'MISSES'}); "
-                         f"p50/p95/p99 first {fmt(srv['first']['request'])}, last {fmt(srv['last']['request'])}")
-    cores = cpu_thirds(res["samples"], warmup_s)
-    if cores:
-        res["cpu_thirds"] = cores
-        lines.append("CPU per process, first third -> last third after warm-up: " + "; ".join(cpu_lines(cores)))
-    redis_s = cpu_thirds(res["samples"], warmup_s, field="redis_s")
-    if redis_s:
-        lines.append("Redis time per command (cores), first -> last third: " + "; ".join(redis_lines(redis_s)))
-    return lines
-
-
 def jsonable(results: dict[str, Any]) -> dict[str, Any]:
     return {n: {k: v for k, v in r.items() if k != "start"} for n, r in results.items()}
 
@@ -188,7 +155,7 @@ def build(args: argparse.Namespace, results: dict[str, Any], machine: str, out: 
                          f"{drift['last_p99_ms']:.1f} ms (last third), {drift['drift_pct']:+.0f} % (target <= "
                          f"+{TARGET_DRIFT_PCT:g} %): {'meets' if drift['drift_pct'] <= TARGET_DRIFT_PCT else 'MISSES'}")
         if steady:
-            lines += where_time_goes(res, warmup)
+            lines += where_time_goes(res, warmup, TARGET_P99_MS)
         if name == "ours":
             lines += verdicts(args.scenario, res, mem)
         md.append(f"## {name}\n\n" + "\n".join(f"- {ln}" for ln in lines) + "\n")

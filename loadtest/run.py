@@ -22,35 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 from rich.console import Console
 from rich.live import Live
 
-from loadtest import cmdstats, loadreport, targets, verify
+from loadtest import loadreport, targets, verify
 from loadtest.payloads import PayloadMix
-from loadtest.procstats import cpu_seconds, machine_busy_seconds, rss_bytes, target_processes
+from loadtest.procstats import sample
 from loadtest.progress import last_aggregated, line
 from loadtest.report import REPORTS, machine_description
 from loadtest.scenarios import stages, total_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 console = Console(width=None if Console().is_terminal else 150)
-
-
-def sample(target: Any, locust_pid: int | None = None) -> dict[str, Any]:
-    procs = target_processes(target)
-    if locust_pid is not None:  # the load generator shares the cores: its CPU is part of where time goes
-        with contextlib.suppress(psutil.NoSuchProcess):
-            procs["locust"] = psutil.Process(locust_pid)
-    point: dict[str, Any] = {"t": time.monotonic(), "rss": rss_bytes(procs), "cpu": cpu_seconds(procs),
-                             "machine_busy_s": machine_busy_seconds()}
-    if hasattr(target, "settings"):
-        with contextlib.suppress(Exception):  # where Redis's time goes, per command
-            point["redis_s"] = {name: usec / 1e6 for name, (_, usec) in (cmdstats.snapshot(target) or {}).items()}
-        with contextlib.suppress(Exception):
-            point["redis_bytes"] = targets.redis_memory(target)
-            point["queue"] = targets.queue_depth(target)
-    return point
 
 
 def run_locust(name: str, target: Any, args: argparse.Namespace, out: Path) -> dict[str, Any]:

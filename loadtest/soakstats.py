@@ -15,6 +15,8 @@ from typing import Any
 
 from loadtest.stats import summary
 
+TARGET_DRIFT_PCT = 20.0  # soak: the last third's p99 within 20 % of the first's (issue 15 target 3)
+
 # `127.0.0.1 [29/Nov/2026:19:53:00 +0000] "POST /errors/log HTTP/1.1" 202 91 rid=... up=... rt=0.012 urt=0.011`
 LINE = re.compile(r'\[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) .* rt=(?P<rt>[\d.]+) urt=(?P<urt>.*)$')
 TIME_FORMAT = "%d/%b/%Y:%H:%M:%S %z"
@@ -61,7 +63,8 @@ def server_latency(rows: Sequence[tuple[float, float, float | None]], start: flo
         chosen = [r for r in inside if lo <= r[0] < hi]
         return {"request": _ms(r[1] for r in chosen), "upstream": _ms(r[2] for r in chosen if r[2] is not None)}
 
-    out: dict[str, Any] = {"all": part(t0, end), "first": part(*first), "last": part(*last), "logged": len(rows)}
+    out: dict[str, Any] = {"all": part(t0, end), "first": part(*first), "last": part(*last), "logged": len(rows),
+                           "span_s": end - t0}
     p_first, p_last = out["first"]["request"].get("p99"), out["last"]["request"].get("p99")
     out["drift_pct"] = 100 * (p_last - p_first) / p_first if p_first and p_last is not None else None
     return out
@@ -131,3 +134,38 @@ def redis_lines(seconds: dict[str, dict[str, float]], limit: int = 6) -> list[st
 
     return [f"{name} {v.get('first', 0.0):.3f} -> {v.get('last', 0.0):.3f}"
             for name, v in sorted(seconds.items(), key=change)[:limit]]
+
+
+def where_time_goes(res: dict[str, Any], warmup_s: float, target_p99_ms: float) -> list[str]:
+    """Server-side latency (nginx $request_time) and CPU per process, first third vs last third after warm-up."""
+    lines = []
+    if res.get("access_log") and res.get("wall_start"):
+        rows = read_access_log(Path(res["access_log"]))
+        srv = server_latency(rows, res["wall_start"], warmup_s, res["wall_start"] + res["elapsed_s"])
+        res["server_latency"] = srv  # kept in results.json
+
+        def fmt(part: dict[str, Any]) -> str:
+            return "/".join(f"{part.get(p, float('nan')):.1f}" for p in ("p50", "p95", "p99"))
+
+        span = (srv["span_s"] or 1.0) / 3
+        lines.append(f"requests/s (nginx log) first third {srv['first']['request'].get('count', 0) / span:.0f}, "
+                     f"last third {srv['last']['request'].get('count', 0) / span:.0f}")
+        lines.append(f"server side (nginx $request_time) after warm-up, p50/p95/p99 ms: "
+                     f"{fmt(srv['all']['request'])} over {srv['all']['request'].get('count', 0)} requests; "
+                     f"nodes ($upstream_response_time) {fmt(srv['all']['upstream'])}")
+        p99 = srv["all"]["request"].get("p99", float("inf"))
+        lines.append(f"server-side p99 {p99:.1f} ms (target <= {target_p99_ms:g}): "
+                     f"{'meets' if p99 <= target_p99_ms else 'MISSES'}")
+        if srv["drift_pct"] is not None:
+            lines.append(f"server-side p99 drift: {srv['first']['request']['p99']:.1f} ms (first third) -> "
+                         f"{srv['last']['request']['p99']:.1f} ms (last third), {srv['drift_pct']:+.0f} % "
+                         f"({'meets' if srv['drift_pct'] <= TARGET_DRIFT_PCT else 'MISSES'}); "
+                         f"p50/p95/p99 first {fmt(srv['first']['request'])}, last {fmt(srv['last']['request'])}")
+    cores = cpu_thirds(res["samples"], warmup_s)
+    if cores:
+        res["cpu_thirds"] = cores
+        lines.append("CPU per process, first third -> last third after warm-up: " + "; ".join(cpu_lines(cores)))
+    redis_s = cpu_thirds(res["samples"], warmup_s, field="redis_s")
+    if redis_s:
+        lines.append("Redis time per command (cores), first -> last third: " + "; ".join(redis_lines(redis_s)))
+    return lines
