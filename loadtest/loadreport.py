@@ -12,6 +12,7 @@ from typing import Any
 from rich.table import Table
 
 from loadtest.report import markdown_table
+from loadtest.soakstats import TARGET_DRIFT_PCT, where_time_goes
 
 # Targets for our stack through nginx (ramp and spike up to 1,000 users).
 TARGET_P95_MS, TARGET_P99_MS, TARGET_API_RSS_MB = 10.0, 25.0, 150.0
@@ -107,7 +108,7 @@ def verdicts(scenario: str, res: dict[str, Any], mem: dict[str, Any]) -> list[st
     p99 = max(r["p99"] for r in rows)
     errors = sum(r["requests"] * r["err_pct"] / 100 for r in rows)
     out = []
-    if scenario in ("ramp", "spike"):
+    if scenario in ("ramp", "spike", "paced"):
         out.append(f"worst stage p95 {p95:.1f} ms (target <= {TARGET_P95_MS:g}): "
                    f"{'meets' if p95 <= TARGET_P95_MS else 'MISSES'}")
         out.append(f"worst stage p99 {p99:.1f} ms (target <= {TARGET_P99_MS:g}): "
@@ -139,7 +140,8 @@ def build(args: argparse.Namespace, results: dict[str, Any], machine: str, out: 
               _rich("Per stage (ms)", DETAIL_HEAD, detail)]
     for name, res in results.items():
         mem = memory(res, warmup)
-        drift = p99_drift(res, warmup) if args.scenario == "soak" else None  # ramp/spike change the load
+        steady = args.scenario in ("soak", "paced")  # ramp/spike change the load
+        drift = p99_drift(res, warmup) if steady else None
         lines = [f"locust CPU: {res['locust_cpu_cores']:.2f} cores over {res['elapsed_s']:.0f} s",
                  f"counts: {res['counts']}",
                  f"RSS growth after {warmup:.0f} s warm-up: max {mem['max_growth_pct']:.1f} % "
@@ -150,7 +152,10 @@ def build(args: argparse.Namespace, results: dict[str, Any], machine: str, out: 
                          f"queue depth max {mem['queue_max']}")
         if drift:
             lines.append(f"p99 drift: {drift['first_p99_ms']:.1f} ms (first third) -> "
-                         f"{drift['last_p99_ms']:.1f} ms (last third), {drift['drift_pct']:+.0f} %")
+                         f"{drift['last_p99_ms']:.1f} ms (last third), {drift['drift_pct']:+.0f} % (target <= "
+                         f"+{TARGET_DRIFT_PCT:g} %): {'meets' if drift['drift_pct'] <= TARGET_DRIFT_PCT else 'MISSES'}")
+        if steady:
+            lines += where_time_goes(res, warmup, TARGET_P99_MS)
         if name == "ours":
             lines += verdicts(args.scenario, res, mem)
         md.append(f"## {name}\n\n" + "\n".join(f"- {ln}" for ln in lines) + "\n")

@@ -16,14 +16,15 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import orjson
-from locust import LoadTestShape, constant, events, task
+from locust import LoadTestShape, constant, constant_throughput, events, task
 from locust.contrib.fasthttp import FastHttpUser
 
 from loadtest.payloads import PayloadMix
 from loadtest.scenarios import stage_at, stages
 from loadtest.stats import classify, summary
 
-PLAN = stages(os.environ.get("LOADTEST_SCENARIO", "ramp"),
+PLAN_NAME = os.environ.get("LOADTEST_SCENARIO", "ramp")
+PLAN = stages(PLAN_NAME,
               stage_seconds=float(os.environ.get("LOADTEST_STAGE_SECONDS", "30")),
               duration=float(os.environ.get("LOADTEST_DURATION", "1800")),
               users=int(os.environ.get("LOADTEST_USERS", "200")))
@@ -97,7 +98,8 @@ def _dump(**_: Any) -> None:
 
 
 class ErrorReporter(FastHttpUser):
-    wait_time = constant(1)  # like a k6 VU: one request, then sleep(1)
+    # like a k6 VU: one request, then sleep(1); paced: one request per second on the clock (an open rate)
+    wait_time = constant_throughput(1) if PLAN_NAME == "paced" else constant(1)
     # 30 s: past this a real SDK gives up; the client-side timeout shows up as a connection error
     network_timeout = 30.0
     connection_timeout = 30.0

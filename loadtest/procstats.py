@@ -5,6 +5,7 @@ Names are stable across runs ("api-1", "api-1/w1", "redis", ...) so reports can 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import psutil
 
 from faultline.procs import Child
+from loadtest import cmdstats, targets
 
 
 def _with_children(name: str, pid: int | None) -> dict[str, psutil.Process]:
@@ -78,6 +80,25 @@ def _cpu(p: psutil.Process) -> float:
         return 0.0
 
 
+def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    """Cumulative CPU seconds (user + system) of each process still running, e.g. to compare two spans."""
+    out: dict[str, float] = {}
+    for name, p in procs.items():
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        out[name] = float(t.user + t.system)
+    return out
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores, every process, ours or not), since boot: beside
+    the per-process figures it shows whether something else took the cores during a run."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
 def rss_bytes(procs: dict[str, psutil.Process]) -> dict[str, int]:
     out: dict[str, int] = {}
     for name, p in procs.items():
@@ -95,3 +116,19 @@ def grouped_cores(cores: dict[str, float]) -> dict[str, float]:
         role = name.split("/")[0].rsplit("-", 1)[0]
         groups[role] = groups.get(role, 0.0) + value
     return groups
+
+
+def sample(target: Any, locust_pid: int | None = None) -> dict[str, Any]:
+    procs = target_processes(target)
+    if locust_pid is not None:  # the load generator shares the cores: its CPU is part of where time goes
+        with contextlib.suppress(psutil.NoSuchProcess):
+            procs["locust"] = psutil.Process(locust_pid)
+    point: dict[str, Any] = {"t": time.monotonic(), "rss": rss_bytes(procs), "cpu": cpu_seconds(procs),
+                             "machine_busy_s": machine_busy_seconds()}
+    if hasattr(target, "settings"):
+        with contextlib.suppress(Exception):  # where Redis's time goes, per command
+            point["redis_s"] = {name: usec / 1e6 for name, (_, usec) in (cmdstats.snapshot(target) or {}).items()}
+        with contextlib.suppress(Exception):
+            point["redis_bytes"] = targets.redis_memory(target)
+            point["queue"] = targets.queue_depth(target)
+    return point

@@ -27,22 +27,13 @@ from rich.live import Live
 
 from loadtest import loadreport, targets, verify
 from loadtest.payloads import PayloadMix
-from loadtest.procstats import rss_bytes, target_processes
+from loadtest.procstats import sample
 from loadtest.progress import last_aggregated, line
 from loadtest.report import REPORTS, machine_description
 from loadtest.scenarios import stages, total_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 console = Console(width=None if Console().is_terminal else 150)
-
-
-def sample(target: Any) -> dict[str, Any]:
-    point: dict[str, Any] = {"t": time.monotonic(), "rss": rss_bytes(target_processes(target))}
-    if hasattr(target, "settings"):
-        with contextlib.suppress(Exception):
-            point["redis_bytes"] = targets.redis_memory(target)
-            point["queue"] = targets.queue_depth(target)
-    return point
 
 
 def run_locust(name: str, target: Any, args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -62,7 +53,7 @@ def run_locust(name: str, target: Any, args: argparse.Namespace, out: Path) -> d
     samples: list[dict[str, Any]] = []
     with (out / f"{name}-locust.out").open("w") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        start = time.monotonic()
+        start, wall_start = time.monotonic(), time.time()
         next_sample = start
         usage = None
         # A terminal gets one live line; a log (CI, `tee`) gets the same line every 10 s instead.
@@ -76,7 +67,7 @@ def run_locust(name: str, target: Any, args: argparse.Namespace, out: Path) -> d
                     break
                 now = time.monotonic()
                 if now >= next_sample:
-                    samples.append(sample(target))
+                    samples.append(sample(target, proc.pid))
                     next_sample = now + args.sample_every
                 snap = last_aggregated(out / f"{name}-locust_stats_history.csv")
                 queue = samples[-1].get("queue") if samples else None
@@ -89,13 +80,17 @@ def run_locust(name: str, target: Any, args: argparse.Namespace, out: Path) -> d
                     printed = now
                 time.sleep(1.0)
         elapsed = time.monotonic() - start
-    samples.append(sample(target))
+    final = sample(target)
+    final.pop("cpu")  # locust has exited: CPU spans end at the last sample taken while it ran
+    samples.append(final)
     if not result_json.exists():
         raise RuntimeError(f"locust wrote no tally (exit {proc.returncode}); see {name}-locust.out in {out}")
     tally = json.loads(result_json.read_text())
     cpu = usage.ru_utime + usage.ru_stime if usage else 0.0
+    nginx = getattr(target, "nginx", None)
+    access_log = str(nginx.prefix / "access.log") if nginx is not None else None
     return {"tally": tally, "samples": samples, "locust_cpu_cores": cpu / elapsed, "elapsed_s": elapsed,
-            "start": start}
+            "start": start, "wall_start": wall_start, "access_log": access_log}
 
 
 @dataclass
@@ -155,11 +150,11 @@ def run_target(name: str, args: argparse.Namespace, out: Path, sink: Any) -> dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["ramp", "spike", "soak"])
+    parser.add_argument("scenario", choices=["ramp", "spike", "soak", "paced"])
     parser.add_argument("--targets", default="ours,baseline", help="comma list of: ours, baseline")
     parser.add_argument("--stage-seconds", type=float, default=30, help="ramp/spike: seconds per stage")
-    parser.add_argument("--duration", type=float, default=1800, help="soak: seconds (default 30 min)")
-    parser.add_argument("--users", type=int, default=200, help="soak: users")
+    parser.add_argument("--duration", type=float, default=1800, help="soak, paced: seconds (default 30 min)")
+    parser.add_argument("--users", type=int, default=200, help="soak: users; paced: req/s (one user each)")
     parser.add_argument("--db", default="mariadb")
     parser.add_argument("--no-limiter", action="store_true", help="ours: rate limiter off")
     parser.add_argument("--sample-every", type=float, default=5, help="seconds between RSS/Redis samples")

@@ -14,12 +14,18 @@ local function dedup_open(prefix, meta, ttl, nb, now_s)
   local len = math.ceil(ttl / nb)
   local cur = math.floor(now_s / len)
   local gen = math.floor(cur / nb)
-  local m = redis.call('HMGET', meta, 'gs:' .. gen, 'gs:' .. (gen - 1), 'gn:' .. (gen - 1))
+  local m = redis.call('HMGET', meta, 'gs:' .. gen, 'gs:' .. (gen - 1), 'gn:' .. (gen - 1), 'gf:' .. (gen - 1))
   local prev_shards, prev_ids = tonumber(m[2]), tonumber(m[3] or '1')
   -- A hash of the previous generation is read by ~ids/nb/S lookups a bucket: sweeping on a share of them
   -- makes it ~2 sweeps per hash and bucket (so expired ids linger ~half a bucket) at ~2 nb entries read per
   -- new id, whatever the rate (a few ids per hash at a low rate: every lookup sweeps its small hash).
   local share = prev_shards and math.min(1, 2 * nb * prev_shards / math.max(1, prev_ids)) or 0
+  -- No sweep while nothing there can have expired: its oldest id was written in its first bucket (gf), valid
+  -- until nb buckets later. Each sweep reads a whole hash; after a start part-way through a generation (a
+  -- deploy, a restart) they found nothing for up to a whole window: a 1,000-user soak ran 12,800 HGETALLs of
+  -- ~1,000 ids, 3.6 s of Redis, that deleted nothing (loadtest/reports, redis commandstats).
+  local first = tonumber(m[4])
+  if first and cur - first <= nb then share = 0 end
   return {prefix = prefix .. 'g', meta = meta, len = len, nb = nb, cur = cur, gen = gen,
           shards = {[gen] = tonumber(m[1]), [gen - 1] = prev_shards}, expiring = {}, written = 0,
           sweep_below = math.ceil(256 * share)}
