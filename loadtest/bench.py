@@ -116,18 +116,20 @@ def measure(target: Any, path: str, batch: int, args: argparse.Namespace) -> dic
 
 
 def profile_pass(name: str, target: Any, path: str, batch: int, args: argparse.Namespace, out: Path) -> str:
-    """Two unmeasured runs of a case with py-spy on the first API process and every worker: one for the flame
-    graphs, one for the raw stacks of the report's table."""
+    """Two unmeasured runs of a case with py-spy on the first API process (the floor's: its first node) and
+    every worker: one for the flame graphs, one for the raw stacks of the report's table."""
     pids = {n: p.pid for n, p in target_processes(target).items()
-            if n == "api-1/w1" or (n.startswith("worker-") and "/" not in n)}
+            if n in ("api-1/w1", "node-1/w1") or (n.startswith("worker-") and "/" not in n)}
     conns = args.batch_connections if batch else args.connections
     raws: list[profile.Recording] = []
     for fmt in ("flamegraph", "raw"):
         recordings = profile.record(pids, args.seconds, out / "profile" / name, fmt)
-        run_wrk(target.url, path=path, key=target.ingest_key, batch=batch, seconds=args.seconds, connections=conns)
+        run_wrk(target.url, path=path, key=getattr(target, "ingest_key", ""), batch=batch, seconds=args.seconds,
+                connections=conns)
         for rec in recordings:
             rec.proc.wait()
-        targets.wait_drained(target)
+        if hasattr(target, "settings"):
+            targets.wait_drained(target)
         raws = recordings
     return profile.markdown(raws, name)
 
@@ -192,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated cases to run (e.g. 'ingest,ingest sharded': issue 12's shard "
                              "table alone, ~1 min); only the targets they need are started")
     parser.add_argument("--profile", action="store_true",
-                        help="after the measured rounds, one pass of ingest, batch and ingest sharded under "
-                             "py-spy: flame graphs and the top costs per process in the report")
+                        help="after the measured rounds, one pass of ingest, floor, limiter on, batch and ingest "
+                             "sharded under py-spy: flame graphs and the top costs per process in the report")
     args = parser.parse_args(argv)
     only = {c.strip() for c in args.only.split(",") if c.strip()}
     wanted = (lambda name: not only or name in only)  # noqa: E731
@@ -260,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             report = full_report(chosen, limiter, args, machine)
         if args.profile:
             for name, target, path, batch in cases:
-                if name in ("ingest", "batch", SHARDED):
+                # the floor and the limiter too: what an API process pays beyond the floor's, and for the limiter
+                if name in ("ingest", "floor", "limiter on", "batch", SHARDED):
                     console.print(f"  profile pass: {name} under py-spy ...")
                     report += profile_pass(name, target, path, batch, args, out)
         (out / "bench.md").write_text(report)
