@@ -76,6 +76,7 @@ def run_fault(key: str, args: argparse.Namespace, base: Path, log: Any) -> dict[
         t0 = time.monotonic()
         time.sleep(args.before)
         try:
+            row["fault_wall"] = time.time()  # beside the clients' wall-clock tries (503-but-counted examples)
             inject(fault)
         except Exception as exc:  # a fault that could not be injected is a failed row, not a crash
             row["error"] = f"{type(exc).__name__}: {exc}"
@@ -94,6 +95,7 @@ def run_fault(key: str, args: argparse.Namespace, base: Path, log: Any) -> dict[
         row.update(_requests(load, fault), refusals=dict(load.answers), settled=settled, settle_s=round(settle_s, 1),
                    left_in_redis=unsettled,
                    refused_but_counted=view["refused_but_counted"], dedup_misses=view["dedup_misses"],
+                   refused_but_counted_examples=view["refused_but_counted_examples"],
                    unknown_outcome=sum(view["unknown"].values()), never_accepted=view["never_accepted"],
                    groups_without_details=no_details, dead_letter_records=len(dead_records),
                    # samples (the last few per group) of events no client was told 202 about

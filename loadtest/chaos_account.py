@@ -61,7 +61,8 @@ def client_view(events: Mapping[str, EventRecord]) -> dict[str, Any]:
             template_fp.setdefault(rec.template, rec.fingerprint)
     unknown: Counter[str | None] = Counter()
     refused_but_counted = dedup_misses = refused_only = 0
-    for rec in events.values():
+    contradicted: dict[str, list[tuple[int, float, float]]] = {}  # a few of them: (status, sent, answered)
+    for event_id, rec in events.items():
         dedup_misses += rec.dedup_misses
         if rec.fingerprint is None:
             if any(ambiguous(s) for s in rec.statuses):
@@ -72,7 +73,11 @@ def client_view(events: Mapping[str, EventRecord]) -> dict[str, Any]:
         before = rec.statuses[:rec.statuses.index(202)]
         if rec.duplicate_first_202 and before and not any(ambiguous(s) for s in before):
             refused_but_counted += 1  # every earlier answer was 429/503 "not counted", yet it was
+            if len(contradicted) < 5:
+                tries = zip(rec.statuses, rec.tries, strict=False)  # unit tests' records carry no times
+                contradicted[event_id] = [(s, round(a, 3), round(b, 3)) for s, (a, b) in tries]
     return {"accepted": accepted, "unknown": dict(unknown), "refused_but_counted": refused_but_counted,
+            "refused_but_counted_examples": contradicted,
             "dedup_misses": dedup_misses, "never_accepted": refused_only}
 
 

@@ -42,6 +42,7 @@ class EventRecord:
     fingerprint: str | None = None  # from the first 202
     duplicate_first_202: bool = False  # the first 202 said "duplicate" (already counted by an earlier try)
     dedup_misses: int = 0  # deliberate re-sends of an accepted id NOT answered "duplicate"
+    tries: list[tuple[float, float]] = field(default_factory=list)  # wall-clock (sent, answered) per attempt
 
     @property
     def accepted(self) -> bool:
@@ -144,7 +145,7 @@ class ChaosLoad:
     async def _send(self, session: aiohttp.ClientSession, event_id: str, body: bytes,
                     deliberate_resend: bool) -> tuple[int, float]:
         record = self.events[event_id]
-        start = time.monotonic()
+        start, sent = time.monotonic(), time.time()
         retry_after = 0.5
         try:
             async with session.post(self.url, data=body) as resp:
@@ -157,6 +158,7 @@ class ChaosLoad:
             self.answers[f"transport {type(exc).__name__}"] += 1
         self.requests.append(Request(start, time.monotonic() - start, status))
         record.statuses.append(status)
+        record.tries.append((sent, time.time()))
         if status not in (202, TRANSPORT):
             self.answers[f"{status} {_error_code(raw)}"] += 1
         if status == 202:
