@@ -108,10 +108,11 @@ class Keys:
 
     consumer_group: str = "workers"
 
-    def ingest_keys(self) -> list[str]:
-        """KEYS of core/scripts/ingest.lua, in its order (one shard: one slot)."""
+    def ingest_keys(self, dedup: Keys | None = None) -> list[str]:
+        """KEYS of core/scripts/ingest.lua, in its order (one shard: one slot); `dedup` = the keys whose dedup
+        layout this shard uses when not its own (one server: the global tag's, core/deduphome.py)."""
         return [self.stream, self.pending_counts, self.live_counts, self.feed_dirty, self.feed_groups,
-                self.dedup_meta, self.live_new, self.quota_conf, self.quota_state, self.dropped]
+                (dedup or self).dedup_meta, self.live_new, self.quota_conf, self.quota_state, self.dropped]
 
     # --- dedup + job state of events (core/dedup.py, ingest.lua, dedup_state.lua) ---
     # time-bucketed, sharded hashes "<prefix><bucket>:<shard>" of 6-byte digests of (project, event id)

@@ -17,8 +17,12 @@
 -- folds the limiter of the ingest routes into this call on one key shard):
 -- "<tier set>|<first event>|<event count>|<member>|<client>" (window key = its tier's prefix .. client),
 -- then per section: dedup key prefix, new-groups key prefix, feed index key prefix (per-project keys =
--- prefix .. project id: same {hash tag} as the section's KEYS), its event count c, then c x (dedup seed,
--- dedup digest, fingerprint, event JSON, project id) (core/dedup.py). Events are numbered across sections.
+-- prefix .. project id: same {hash tag} as the section's KEYS), the old dedup key prefix and meta hash
+-- to read as well ('' = none), its event count c, then c x (dedup seed, dedup digest, fingerprint, event
+-- JSON, project id) (core/dedup.py). Events are numbered across sections.
+-- Dedup layout (core/deduphome.py): sections naming the same dedup meta (one server: every shard's ids
+-- live in the global tag's layout) share ONE dedup state: one meta read and one id count per call; a
+-- section's old layout (its shard's own, before the upgrade) is only looked up, never written.
 -- The call's task (every counted event, whatever its section) is ONE message on the FIRST section's stream:
 -- workers find each event's shard from its fingerprint (core/dedup.py JobStates.by_shard); the queue check
 -- is that stream's length against one stream's share of the soft limit (the caller makes the first section
@@ -74,9 +78,10 @@ do
     local sec = {stream = KEYS[k + 1], pending = KEYS[k + 2], live = KEYS[k + 3], dirty = KEYS[k + 4],
                  summaries = KEYS[k + 5], meta = KEYS[k + 6], live_new = KEYS[k + 7], quota_conf = KEYS[k + 8],
                  quota_state = KEYS[k + 9], dropped = KEYS[k + 10], dedup_prefix = ARGV[a],
-                 new_groups = ARGV[a + 1], feed_index = ARGV[a + 2]}
-    local c = tonumber(ARGV[a + 3])
-    a = a + 4
+                 new_groups = ARGV[a + 1], feed_index = ARGV[a + 2], old_prefix = ARGV[a + 3],
+                 old_meta = ARGV[a + 4]}
+    local c = tonumber(ARGV[a + 5])
+    a = a + 6
     for _ = 1, c do
       n = n + 1
       at[n], sec_of[n] = a - 1, sec  -- event i's arguments are ARGV[at[i] + 1 .. at[i] + PER_EVENT]
@@ -90,8 +95,19 @@ local n = #at
 -- ---- dedup lookup (before any write: a re-run must see only what earlier runs wrote) ----
 local token = tonumber(ARGV[6])
 local ttl, nb = tonumber(ARGV[1]), tonumber(ARGV[2])
+local opened, states = {}, {}  -- dedup meta -> its state: sections sharing a layout open it once
+local function open(prefix, meta)
+  local d = opened[meta]
+  if not d then
+    d = dedup_open(prefix, meta, ttl, nb, now_s)
+    opened[meta] = d
+    states[#states + 1] = d
+  end
+  return d
+end
 for _, sec in ipairs(sections) do
-  sec.d = dedup_open(sec.dedup_prefix, sec.meta, ttl, nb, now_s)
+  sec.d = open(sec.dedup_prefix, sec.meta)
+  if sec.old_prefix ~= '' then sec.old = open(sec.old_prefix, sec.old_meta) end
 end
 local found, seen = {}, {}
 local mine = false
@@ -103,6 +119,7 @@ for i = 1, n do
   else
     seen[id] = true
     local v = dedup_find(sec.d, tonumber(ARGV[base + 1]), ARGV[base + 2])
+    if not v and sec.old then v = dedup_find(sec.old, tonumber(ARGV[base + 1]), ARGV[base + 2]) end
     if v then
       if math.floor(v / 8) == token then found[i] = -1; mine = true else found[i] = 0 end
     end
@@ -334,8 +351,8 @@ for _, sec in ipairs(sections) do
       redis.call('HSET', sec.quota_state, pid .. ':s', math.ceil(p.s), pid .. ':m', math.ceil(p.m))
     end
   end
-  dedup_close(sec.d)
 end
+for _, d in ipairs(states) do dedup_close(d) end
 if #bodies > 0 then
   redis.call('XADD', sections[1].stream, '*', 'data', ARGV[4] .. table.concat(bodies, ',') .. ARGV[5])
 end
