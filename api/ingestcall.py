@@ -76,14 +76,15 @@ class ShardCalls(ScriptRuns):
         # What every script call sends unchanged (ingest.lua's KEYS and ARGV), built once: per shard its
         # section's keys and prefixes (per-project keys = prefix + id)
         # (bytes: redis-py's encoder passes them through; a 16-shard call carries ~4 sections' 13 of them)
-        # Dedup layout (core/deduphome.py): on one server every shard's section names the global tag's, and
-        # while a shard's own layout of before may still hold ids, the section names it too (looked up only)
+        # Dedup layout and quotas (core/deduphome.py): on one server every shard's section names the global
+        # tag's; while a shard's own dedup layout of before may still hold ids, the section names it too
+        # (looked up only)
         homes = [deduphome.home(runtime.redis, self.keys, i) for i in range(shards)]
         self.legacy = deduphome.Legacy(runtime.redis, self.keys)
         self._script_keys = [[key.encode() for key in k.ingest_keys(home)]
                              for k, home in zip(self.keys.all_shards, homes, strict=True)]
         self._section_heads: list[list[bytes | str | int]] = [
-            [home.dedup_prefix.encode(), k.new_groups("").encode(), k.feed_index("").encode(), b"", b""]
+            [home.dedup_prefix.encode(), home.new_groups("").encode(), k.feed_index("").encode(), b"", b""]
             for k, home in zip(self.keys.all_shards, homes, strict=True)]
         self._legacy_heads: list[list[bytes | str | int]] = [
             [*head[:3], k.dedup_prefix.encode(), k.dedup_meta.encode()]
@@ -91,10 +92,11 @@ class ShardCalls(ScriptRuns):
         # the soft limit is the whole queue's: each shard's stream takes its share (a call's task goes to the
         # stream of its first section, the shard of its first event: tasks spread as the events do)
         self._constants: list[bytes | str | int] = [s.dedup_ttl, s.dedup_buckets, -(-s.queue_soft_limit // shards)]
-        # per-project quota and new-group cap (core/ratelimit/quota.py): each shard admits its share
+        # per-project quota and new-group cap (core/ratelimit/quota.py): on a cluster each shard admits its
+        # share; on one server the shards share one state, which admits the whole limit
         self._limits: list[bytes | str | int] = [
             s.project_quota_per_second, s.project_quota_per_minute, s.project_new_groups_per_hour,
-            1 if s.rate_limit_enabled else 0, shards]
+            1 if s.rate_limit_enabled else 0, 1 if deduphome.shared(runtime.redis, self.keys) else shards]
 
     def submit(self, shard: int, pending: Pending) -> None:
         """Joins this loop turn's calls of `shard`'s lane (flushed at the end of the turn)."""

@@ -6,6 +6,7 @@ ingest call carrying a loop turn's events of 16 shards (a section each, mostly o
 opens one meta hash (one HMGET) and adds one id count (one HINCRBY) per call instead of one per section,
 and the batch writer's two job-state calls read one meta instead of 16 (issue 12 must-show 6). It also
 deduplicates an event id across shards: a resend whose fingerprint moved to another shard is still caught.
+Project quotas follow the same rule (`shared`; core/ratelimit/quota.py): one state per project, exact.
 
 Upgrade: a stack that ran several shards on one server before kept its ids in each shard's own layout. They
 are still READ (never written) while any shard's meta hash exists: `Legacy.active()` checks that with one

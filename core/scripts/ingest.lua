@@ -9,8 +9,9 @@
 -- ARGV[1] dedup TTL s, ARGV[2] dedup buckets per TTL, ARGV[3] queue soft limit of ONE shard's stream,
 -- ARGV[4] message head, ARGV[5] message tail, ARGV[6] call token, ARGV[7] deadline in Redis ms (0 = none),
 -- ARGV[8..10] default per-second quota, per-minute quota, new groups per hour (0 = no limit), ARGV[11] limits
--- on (1) / off (0), ARGV[12] key shards (the limits above are the project's whole; each shard's section
--- admits its share into its own state, see core/ratelimit/quota.py),
+-- on (1) / off (0), ARGV[12] shares (the limits above are the project's whole; on a cluster each shard's
+-- section admits its 1/shards share into its own state; on one server 1: every section names the same quota
+-- keys, see core/ratelimit/quota.py),
 -- ARGV[13] M = how many ARGV follow for the request rate limiter (0 = none), ARGV[14] 1 when this call is a
 -- re-run of a call whose reply was lost, else 0, ARGV[15] S = tier sets, then S x (tier count t, then
 -- t x (window key prefix, limit, window ms)), then ONE per limited request of this call (api/ratelimit.py
@@ -192,11 +193,18 @@ local function share(limit)  -- a shard's part of a project-wide limit (0 = no l
   return math.ceil(limit / shares)
 end
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])  -- µs, from the TIME read above
--- per section (each shard keeps its own share and state): project id -> {ps, pm, cap, s, m, pruned}, read
--- once per call, state written at the end
+-- per quota state (a cluster: each shard keeps its own share and state; one server: every section names
+-- the same, the shards share it): project id -> {ps, pm, cap, s, m, pruned}, read once per call, state
+-- written at the end
+local quotas, quota_order = {}, {}
 local function project(sec, pid)
-  sec.projects = sec.projects or {}
-  local p = sec.projects[pid]
+  local projects = quotas[sec.quota_state]
+  if not projects then
+    projects = {}
+    quotas[sec.quota_state] = projects
+    quota_order[#quota_order + 1] = sec.quota_state
+  end
+  local p = projects[pid]
   if p then return p end
   p = {ps = tonumber(ARGV[8]), pm = tonumber(ARGV[9]), cap = tonumber(ARGV[10])}
   local conf = redis.call('HGET', sec.quota_conf, pid)
@@ -209,7 +217,7 @@ local function project(sec, pid)
   p.ps, p.pm, p.cap = share(p.ps), share(p.pm), share(p.cap)
   local st = redis.call('HMGET', sec.quota_state, pid .. ':s', pid .. ':m')
   p.s, p.m = tonumber(st[1]) or 0, tonumber(st[2]) or 0
-  sec.projects[pid] = p
+  projects[pid] = p
   return p
 end
 -- GCRA, `rate` events per `window` µs with a burst of `rate`: returns the new TAT, or nil and the wait (µs)
@@ -344,11 +352,11 @@ end
 for _, h in pairs(hours) do
   redis.call('HINCRBY', h.sec.pending, h.field, h.n)
 end
-for _, sec in ipairs(sections) do
+for _, key in ipairs(quota_order) do
   -- [limits] quota state, once per project touched
-  for pid, p in pairs(sec.projects or {}) do
+  for pid, p in pairs(quotas[key]) do
     if p.dirty then
-      redis.call('HSET', sec.quota_state, pid .. ':s', math.ceil(p.s), pid .. ':m', math.ceil(p.m))
+      redis.call('HSET', key, pid .. ':s', math.ceil(p.s), pid .. ':m', math.ceil(p.m))
     end
   end
 end
