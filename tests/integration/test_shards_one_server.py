@@ -18,6 +18,7 @@ from core.redis import make_redis
 from core.settings import Settings
 from tests.integration.conftest import api_client, prepare
 from tests.integration.test_ingest_sections import SHARDS, batch, counted
+from workers.main import _oldest_age
 
 pytestmark = pytest.mark.asyncio
 
@@ -121,3 +122,15 @@ async def test_a_projects_quota_and_group_cap_are_exact_over_every_shard(make_se
         await redis.aclose()
     assert len(live) == 5 and overflow_fingerprint(pid) in live  # 4 groups of its own, then its overflow
     assert sum(live.values()) == body["accepted"]
+
+
+async def test_queue_age_sees_the_global_tags_stream(make_settings: Any) -> None:
+    settings = make_settings(redis_shards=SHARDS)
+    keys = Keys.from_settings(settings)
+    redis = make_redis(settings, timeout=5)
+    try:
+        secs, _ = await redis.time()
+        await redis.xadd(keys.root.stream, {"data": b"{}"}, id=f"{(secs - 30) * 1000}-0")  # 30 s old
+        assert 29 <= await _oldest_age(redis, keys) <= 60
+    finally:
+        await redis.aclose()
