@@ -6,9 +6,8 @@ On top of taskiq-redis's RedisStreamBroker:
 - ack = XACK + XDEL, batched (core/acks.py): XLEN is the queue depth, the stream never grows with history;
 - RetryMiddleware (core/retry.py): exponential backoff with jitter, then the dead-letter list;
 - one stream per key shard (core/keys.py). On one server (or Sentinel's primary) ONE reader reads every
-  shard's stream and reclaims them with one pipeline, so 16 shards cost what 1 does: every ingest task goes
-  to the global tag's stream there, the reader blocks on that one and reads the shards' streams (retries)
-  without blocking every COLD_EVERY.
+  shard's stream with one XREADGROUP and reclaims them with one pipeline, so 16 shards cost what 1 does
+  (every ingest task goes to the global tag's stream there: the shards' streams carry retries only).
   On Redis Cluster, one reader per shard (its own blocking XREADGROUP and reclaim): the cluster client
   refuses an XREADGROUP over several slots, and a loop per shard keeps a failover of one primary from
   stalling the others;
@@ -44,7 +43,6 @@ from core.settings import Settings
 
 log = logging.getLogger("faultline.broker")
 READ_LINGER = 0.025  # s at most between a short read and the next one (see _read)
-COLD_EVERY = 2.0  # s between reads of the shards' streams on one server (retries: their backoff is seconds)
 Delivery = tuple[str, str, bytes, dict[str, Any]]  # stream, message id, raw message, the message parsed
 Fetched = list[tuple[str, bytes, dict[bytes, bytes]]]  # stream, message id, fields
 
@@ -168,14 +166,11 @@ class FaultlineBroker(RedisStreamBroker):
     async def _read(self, streams: list[str], inbox: asyncio.Queue[tuple[str, bytes, bytes]]) -> None:
         name = streams[0] if len(streams) == 1 else f"{len(streams)} streams"
         backoff = Backoff.for_loop(f"stream listener {self.consumer_name} {name}", log, self.settings)
-        # Several streams are read by one reader on one server only, where every ingest task goes to the
-        # global tag's stream (core/deduphome.py): the blocking read waits on that one ("hot"), the shards'
-        # streams (retries, tasks of before an upgrade) are read without blocking every COLD_EVERY s, or at
-        # once again while they return full reads. A blocking XREADGROUP over 17 streams cost ~3x the Redis
-        # µs per call of one over 1 (commandstats, bench). XREADGROUP's COUNT is per stream.
+        # XREADGROUP's COUNT is per stream. Several streams are read at once on one server only, where every
+        # ingest task goes to the global tag's stream (core/deduphome.py): it gets the whole count, the
+        # shards' streams (retries, tasks of before an upgrade) are low traffic
         per_stream = self.count or 200
-        hot, cold = streams[-1:], streams[:-1]  # Keys.streams: the shards', then the global tag's
-        next_reclaim = next_cold = 0.0
+        next_reclaim = 0.0
         while not self._stopping:  # besides the cancel: a client library that swallowed it cannot keep it going
             got: Fetched = []
             try:
@@ -184,17 +179,12 @@ class FaultlineBroker(RedisStreamBroker):
                 if time.monotonic() >= next_reclaim:
                     next_reclaim = time.monotonic() + self.reclaim_every
                     got += await self._reclaim(streams)
-                replies: list[Any] = []
-                if cold and time.monotonic() >= next_cold:
-                    replies += await self.redis.xreadgroup(
-                        self.consumer_group_name, self.consumer_name, dict.fromkeys(cold, ">"), count=per_stream) or []
-                    busy = any(len(messages) >= per_stream for _, messages in replies)
-                    next_cold = 0.0 if busy else time.monotonic() + COLD_EVERY
-                replies += await self.redis.xreadgroup(
-                    self.consumer_group_name, self.consumer_name, dict.fromkeys(hot, ">"),
-                    block=None if got or replies else self.block, count=per_stream) or []
+                fetched: Any = await self.redis.xreadgroup(
+                    self.consumer_group_name, self.consumer_name, dict.fromkeys(streams, ">"), block=self.block,
+                    count=per_stream,
+                )
                 full = False
-                for stream, messages in replies:
+                for stream, messages in fetched or []:
                     full = full or len(messages) >= per_stream
                     got += [(as_str(stream), mid, msg) for mid, msg in messages if msg]
                 backoff.ok()

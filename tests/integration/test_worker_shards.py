@@ -1,6 +1,5 @@
 """Key shards on ONE Redis server, seen from the worker (issue 12: sharding must cost what 1 shard does there):
-one reader: a blocking XREADGROUP on the global tag's stream (every ingest task), the shards' streams (retries)
-without blocking every COLD_EVERY; every event is stored and counted once,
+one reader reads every shard's stream with one blocking XREADGROUP, every event is stored and counted once,
 and a dead consumer's message in any shard is still reclaimed after redeliver_after."""
 
 from __future__ import annotations
@@ -74,8 +73,7 @@ async def test_one_reader_over_every_shard_stores_counts_and_reclaims(make_setti
         assert sum([int(await redis.zcard(k.retries)) for k in keys.all_shards]) == 0
         queued = sum([int(await redis.xlen(k.stream)) for k in keys.streams])
         assert queued == 0  # every message acked and deleted, in every shard
-        # Idle: one blocked XREADGROUP a second on the global stream, one over the shards' every COLD_EVERY (2 s),
-        # +1 a second of the alert evaluator: not one per shard
+        # Idle: one blocked XREADGROUP a second for all 9 streams (+1 of the alert evaluator), not one per shard
         before = await _xreadgroup_calls(redis)
         await asyncio.sleep(3)
         calls = await _xreadgroup_calls(redis) - before
