@@ -6,8 +6,7 @@ On top of taskiq-redis's RedisStreamBroker:
 - ack = XACK + XDEL, batched (core/acks.py): XLEN is the queue depth, the stream never grows with history;
 - RetryMiddleware (core/retry.py): exponential backoff with jitter, then the dead-letter list;
 - one stream per key shard (core/keys.py). On one server (or Sentinel's primary) ONE reader reads every
-  shard's stream with one XREADGROUP and reclaims them with one pipeline, so 16 shards cost what 1 does
-  (every ingest task goes to the global tag's stream there: the shards' streams carry retries only).
+  shard's stream with one XREADGROUP and reclaims them with one pipeline, so 16 shards cost what 1 does.
   On Redis Cluster, one reader per shard (its own blocking XREADGROUP and reclaim): the cluster client
   refuses an XREADGROUP over several slots, and a loop per shard keeps a failover of one primary from
   stalling the others;
@@ -43,6 +42,7 @@ from core.settings import Settings
 
 log = logging.getLogger("faultline.broker")
 READ_LINGER = 0.025  # s at most between a short read and the next one (see _read)
+MIN_PER_STREAM = 32  # messages per stream and read when one XREADGROUP reads many streams (see _read)
 Delivery = tuple[str, str, bytes, dict[str, Any]]  # stream, message id, raw message, the message parsed
 Fetched = list[tuple[str, bytes, dict[bytes, bytes]]]  # stream, message id, fields
 
@@ -166,10 +166,11 @@ class FaultlineBroker(RedisStreamBroker):
     async def _read(self, streams: list[str], inbox: asyncio.Queue[tuple[str, bytes, bytes]]) -> None:
         name = streams[0] if len(streams) == 1 else f"{len(streams)} streams"
         backoff = Backoff.for_loop(f"stream listener {self.consumer_name} {name}", log, self.settings)
-        # XREADGROUP's COUNT is per stream. Several streams are read at once on one server only, where every
-        # ingest task goes to the global tag's stream (core/deduphome.py): it gets the whole count, the
-        # shards' streams (retries, tasks of before an upgrade) are low traffic
+        # XREADGROUP's COUNT is per stream: over many streams, a share of it (at least MIN_PER_STREAM, so a
+        # shard that takes most of the traffic is not throttled), which keeps one read near `count` messages
         per_stream = self.count or 200
+        if len(streams) > 1:
+            per_stream = max(MIN_PER_STREAM, -(-per_stream // len(streams)))
         next_reclaim = 0.0
         while not self._stopping:  # besides the cancel: a client library that swallowed it cannot keep it going
             got: Fetched = []
