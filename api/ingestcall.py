@@ -89,11 +89,9 @@ class ShardCalls(ScriptRuns):
         self._legacy_heads: list[list[bytes | str | int]] = [
             [*head[:3], k.dedup_prefix.encode(), k.dedup_meta.encode()]
             for k, head in zip(self.keys.all_shards, self._section_heads, strict=True)]
-        # the soft limit is the whole queue's: on a cluster each shard's stream takes its share (a call's task
-        # goes to the stream of its first section, the shard of its first event: tasks spread as the events
-        # do); on one server every task goes to the global tag's stream (core/deduphome.py), which takes it all
-        streams = 1 if deduphome.shared(runtime.redis, self.keys) else shards
-        self._constants: list[bytes | str | int] = [s.dedup_ttl, s.dedup_buckets, -(-s.queue_soft_limit // streams)]
+        # the soft limit is the whole queue's: each shard's stream takes its share (a call's task goes to the
+        # stream of its first section, the shard of its first event: tasks spread as the events do)
+        self._constants: list[bytes | str | int] = [s.dedup_ttl, s.dedup_buckets, -(-s.queue_soft_limit // shards)]
         # per-project quota and new-group cap (core/ratelimit/quota.py): on a cluster each shard admits its
         # share; on one server the shards share one state, which admits the whole limit
         self._limits: list[bytes | str | int] = [

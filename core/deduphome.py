@@ -7,9 +7,6 @@ opens one meta hash (one HMGET) and adds one id count (one HINCRBY) per call ins
 and the batch writer's two job-state calls read one meta instead of 16 (issue 12 must-show 6). It also
 deduplicates an event id across shards: a resend whose fingerprint moved to another shard is still caught.
 Project quotas follow the same rule (`shared`; core/ratelimit/quota.py): one state per project, exact.
-So do the ingest tasks: on one server every call's task goes to the global tag's stream (workers read it
-with the shards' streams in one XREADGROUP anyway), so reads and acks touch one stream as with one shard: a
-blocking XREADGROUP's work grows with the streams that hold messages (4x its Redis µs per event at 16).
 
 Upgrade: a stack that ran several shards on one server before kept its ids in each shard's own layout. They
 are still READ (never written) while any shard's meta hash exists: `Legacy.active()` checks that with one

@@ -109,11 +109,11 @@ class Keys:
     consumer_group: str = "workers"
 
     def ingest_keys(self, shared: Keys | None = None) -> list[str]:
-        """KEYS of core/scripts/ingest.lua, in its order (one shard: one slot); `shared` = the keys whose task
-        stream, dedup layout and quota keys this shard uses when not its own (one server: the global tag's,
+        """KEYS of core/scripts/ingest.lua, in its order (one shard: one slot); `shared` = the keys whose dedup
+        layout and quota keys this shard uses when not its own (one server: the global tag's,
         core/deduphome.py)."""
         home = shared or self
-        return [home.stream, self.pending_counts, self.live_counts, self.feed_dirty, self.feed_groups,
+        return [self.stream, self.pending_counts, self.live_counts, self.feed_dirty, self.feed_groups,
                 home.dedup_meta, self.live_new, home.quota_conf, home.quota_state, home.dropped]
 
     # --- dedup + job state of events (core/dedup.py, ingest.lua, dedup_state.lua) ---

@@ -27,8 +27,7 @@
 -- The call's task (every counted event, whatever its section) is ONE message on the FIRST section's stream:
 -- workers find each event's shard from its fingerprint (core/dedup.py JobStates.by_shard); the queue check
 -- is that stream's length against one stream's share of the soft limit (the caller makes the first section
--- the shard of its first event, so tasks spread over the streams as evenly as the events do). On one
--- server every section names the global tag's stream (core/deduphome.py): one stream, the whole limit.
+-- the shard of its first event, so tasks spread over the streams as evenly as the events do).
 -- Returns {status, redis_ms, r1..rn, o1..on, l1..lL} where l = 5 figures per limited request in ARGV order,
 -- {allowed, tier index, remaining, wait µs, now µs} (_sliding_window.lua); a refused request's events are
 -- neither counted nor remembered (r = 0, o = 0):
@@ -195,7 +194,7 @@ end
 -- A group's counts go to its event's section (its shard's hashes: the scheduler syncs them per shard).
 local bodies = {}
 local result = {0, now_ms}
-local groups, order = {}, {}  -- section's live hash .. fp -> {n = events counted here, pid, sec, indexes, bodies}
+local groups, order = {}, {}  -- section's stream .. fp -> {n = events counted here, pid, sec, indexes, bodies}
 local hours = {}  -- "<fp>@<project>@<hour>" -> {sec, events counted here}
 for i = 1, n do
   local base, sec = at[i], sec_of[i]
@@ -220,7 +219,7 @@ for i = 1, n do
     else
       -- [limits] a new group over the project's cap is counted into its overflow group (a group counted
       -- earlier in this call exists, though its increment is still to come)
-      if limits_on and project(sec, pid).cap > 0 and not groups[sec.live .. fp]
+      if limits_on and project(sec, pid).cap > 0 and not groups[sec.stream .. fp]
           and redis.call('HEXISTS', sec.live, fp) == 0 and not group_admitted(sec, pid, fp) then
         local ofp = overflow_fp(pid)
         body = overflow_body(body, fp, ofp, project(sec, pid).cap)
@@ -229,7 +228,7 @@ for i = 1, n do
         redis.call('HINCRBY', sec.dropped, pid .. ':overflow', 1)
       end
       dedup_put(sec.d, tonumber(ARGV[base + 1]), ARGV[base + 2], token * 8 + QUEUED)
-      local gk = sec.live .. fp
+      local gk = sec.stream .. fp
       local g = groups[gk]
       if not g then
         g = {n = 0, fp = fp, pid = pid, sec = sec, events = {}, bodies = {}}
@@ -241,7 +240,7 @@ for i = 1, n do
       -- the hour bucket of the group page's chart rides in the same hash, so the sync applies it with the
       -- count, exactly once (field "<fp>@<project>@<hour>"; workers/sync.py tells the two kinds apart)
       local field = fp .. '@' .. pid .. '@' .. hour
-      local hk = sec.pending .. field
+      local hk = sec.stream .. field
       local h = hours[hk]
       if not h then h = {sec = sec, field = field, n = 0}; hours[hk] = h end
       h.n = h.n + 1

@@ -118,14 +118,15 @@ async def test_lost_reply_of_a_multi_shard_call_counts_nothing_twice(make_settin
 
 
 async def test_a_full_queue_sheds_the_whole_call(make_settings: Any) -> None:
+    # 16 per stream: one shard's share of the soft limit
     settings = make_settings(redis_shards=SHARDS, queue_soft_limit=16 * SHARDS)
     await prepare(settings)
     keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
     try:
-        # one server: every task goes to the global tag's stream, which takes the whole soft limit
-        for _ in range(16 * SHARDS):
-            await redis.xadd(keys.root.stream, {"data": b"{}"})
+        for k in keys.all_shards:  # every shard's stream at its share: whichever stream a task goes to is full
+            for _ in range(16):
+                await redis.xadd(k.stream, {"data": b"{}"})
     finally:
         await redis.aclose()
     async with api_client(settings) as c:
