@@ -82,7 +82,7 @@ async def _start_broker(broker: FaultlineBroker, settings: Settings, finish: asy
 async def _oldest_age(redis: Redis, keys: Keys) -> float:
     """Seconds since the oldest unacked task of any stream was enqueued (stream ids: Redis-clock ms). One
     pipeline for every stream's first entry (a cluster client splits it by node), then Redis's clock. Every
-    stream workers read: on one server with several shards, ingest's tasks are on the global tag's."""
+    stream workers read: with several shards the global tag's holds the alert deliveries' tasks."""
     pipe = redis.pipeline(transaction=False)
     for shard in keys.streams:
         pipe.xrange(shard.stream, count=1)

@@ -120,6 +120,8 @@ async def test_a_projects_quota_and_group_cap_are_exact_over_every_shard(make_se
 
 
 async def test_queue_age_sees_the_global_tags_stream(make_settings: Any) -> None:
+    # with several shards the global tag's stream carries tasks too (alert deliveries): an unacked one is
+    # the queue's oldest as much as a shard's
     settings = make_settings(redis_shards=SHARDS)
     keys = Keys.from_settings(settings)
     redis = make_redis(settings, timeout=5)
