@@ -76,19 +76,9 @@ class ShardCalls(ScriptRuns):
         # What every script call sends unchanged (ingest.lua's KEYS and ARGV), built once: per shard its
         # section's keys and prefixes (per-project keys = prefix + id)
         # (bytes: redis-py's encoder passes them through; a 16-shard call carries ~4 sections' 13 of them)
-        # Dedup layout and quotas (core/deduphome.py): on one server every shard's section names the global
-        # tag's; while a shard's own dedup layout of before may still hold ids, the section names it too
-        # (looked up only)
-        homes = [deduphome.home(runtime.redis, self.keys, i) for i in range(shards)]
+        # dedup layout and quota keys: the global tag's for every shard on one server (core/deduphome.py)
         self.legacy = deduphome.Legacy(runtime.redis, self.keys)
-        self._script_keys = [[key.encode() for key in k.ingest_keys(home)]
-                             for k, home in zip(self.keys.all_shards, homes, strict=True)]
-        self._section_heads: list[list[bytes | str | int]] = [
-            [home.dedup_prefix.encode(), home.new_groups("").encode(), k.feed_index("").encode(), b"", b""]
-            for k, home in zip(self.keys.all_shards, homes, strict=True)]
-        self._legacy_heads: list[list[bytes | str | int]] = [
-            [*head[:3], k.dedup_prefix.encode(), k.dedup_meta.encode()]
-            for k, head in zip(self.keys.all_shards, self._section_heads, strict=True)]
+        self._script_keys, self._section_heads, self._legacy_heads = deduphome.ingest_sections(runtime.redis, self.keys)
         # the soft limit is the whole queue's: each shard's stream takes its share (a call's task goes to the
         # stream of its first section, the shard of its first event: tasks spread as the events do)
         self._constants: list[bytes | str | int] = [s.dedup_ttl, s.dedup_buckets, -(-s.queue_soft_limit // shards)]
@@ -119,7 +109,7 @@ class ShardCalls(ScriptRuns):
         task.add_done_callback(self._calls.discard)
 
     async def _check_legacy(self) -> None:
-        with contextlib.suppress(Exception):  # Redis failing: the calls fail too; checked again next flush
+        with contextlib.suppress(Exception):  # Redis failing: the last answer stands, asked again in a minute
             await self.legacy.refresh()
 
     async def _run(self, lane: int, batch: list[Pending], start: float) -> None:

@@ -37,6 +37,22 @@ def home(redis: Redis, keys: Keys, shard: int) -> Keys:
     return keys.root if shared(redis, keys) else keys.shard(shard)
 
 
+Section = list[bytes | str | int]
+
+
+def ingest_sections(redis: Redis, keys: Keys) -> tuple[list[list[bytes]], list[Section], list[Section]]:
+    """Per shard, ingest.lua's section KEYS and its section head without / with the shard's own old dedup
+    layout to read as well (core/scripts/ingest.lua's header: dedup prefix, new-groups prefix, feed index
+    prefix, old dedup prefix, old dedup meta)."""
+    homes = [home(redis, keys, i) for i in range(keys.shards)]
+    script_keys = [[key.encode() for key in k.ingest_keys(h)] for k, h in zip(keys.all_shards, homes, strict=True)]
+    heads: list[Section] = [[h.dedup_prefix.encode(), h.new_groups("").encode(), k.feed_index("").encode(), b"", b""]
+                            for k, h in zip(keys.all_shards, homes, strict=True)]
+    old: list[Section] = [[*head[:3], k.dedup_prefix.encode(), k.dedup_meta.encode()]
+                          for k, head in zip(keys.all_shards, heads, strict=True)]
+    return script_keys, heads, old
+
+
 class Legacy:
     """Whether some shard's own dedup layout (before the shared one) may still hold ids in the window."""
 
