@@ -18,12 +18,15 @@ call per shard, even pipelined).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from api.ingestrun import SHED, Args, Pending, ScriptRuns
 from api.ingestwait import RedisClock
-from core import metrics
+from core import deduphome, metrics
 from core.dedup import TOKEN_BITS
 from core.redis import PackedScript, is_cluster, load_script
 from core.runtime import Runtime
@@ -73,17 +76,17 @@ class ShardCalls(ScriptRuns):
         # What every script call sends unchanged (ingest.lua's KEYS and ARGV), built once: per shard its
         # section's keys and prefixes (per-project keys = prefix + id)
         # (bytes: redis-py's encoder passes them through; a 16-shard call carries ~4 sections' 13 of them)
-        self._script_keys = [[key.encode() for key in k.ingest_keys()] for k in self.keys.all_shards]
-        self._section_heads: list[list[bytes | str | int]] = [
-            [k.dedup_prefix.encode(), k.new_groups("").encode(), k.feed_index("").encode()]
-            for k in self.keys.all_shards]
+        # dedup layout and quota keys: the global tag's for every shard on one server (core/deduphome.py)
+        self.legacy = deduphome.Legacy(runtime.redis, self.keys)
+        self._script_keys, self._section_heads, self._legacy_heads = deduphome.ingest_sections(runtime.redis, self.keys)
         # the soft limit is the whole queue's: each shard's stream takes its share (a call's task goes to the
         # stream of its first section, the shard of its first event: tasks spread as the events do)
         self._constants: list[bytes | str | int] = [s.dedup_ttl, s.dedup_buckets, -(-s.queue_soft_limit // shards)]
-        # per-project quota and new-group cap (core/ratelimit/quota.py): each shard admits its share
+        # per-project quota and new-group cap (core/ratelimit/quota.py): on a cluster each shard admits its
+        # share; on one server the shards share one state, which admits the whole limit
         self._limits: list[bytes | str | int] = [
             s.project_quota_per_second, s.project_quota_per_minute, s.project_new_groups_per_hour,
-            1 if s.rate_limit_enabled else 0, shards]
+            1 if s.rate_limit_enabled else 0, 1 if deduphome.shared(runtime.redis, self.keys) else shards]
 
     def submit(self, shard: int, pending: Pending) -> None:
         """Joins this loop turn's calls of `shard`'s lane (flushed at the end of the turn)."""
@@ -94,11 +97,20 @@ class ShardCalls(ScriptRuns):
 
     def _flush(self) -> None:
         batches, self._pending = self._pending, {}
+        if self.legacy.due():  # in the background: until it answers, calls keep reading the old layout
+            self._spawn(self._check_legacy())
         start = time.monotonic()
         for lane, batch in batches.items():  # the lanes' calls run concurrently
-            task = asyncio.ensure_future(self._run(lane, batch, start))
-            self._calls.add(task)
-            task.add_done_callback(self._calls.discard)
+            self._spawn(self._run(lane, batch, start))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def _check_legacy(self) -> None:
+        with contextlib.suppress(Exception):  # Redis failing: the last answer stands, asked again in a minute
+            await self.legacy.refresh()
 
     async def _run(self, lane: int, batch: list[Pending], start: float) -> None:
         cap = self.runtime.settings.ingest_call_max_events
@@ -181,9 +193,10 @@ class ShardCalls(ScriptRuns):
             checks = [0, len(specs), *spec_args, *checks]
         events: Args = [*self._limits, len(checks), *checks]
         keys: list[bytes] = []
+        heads = self._legacy_heads if self.legacy.known else self._section_heads
         for shard, part in sections.items():  # ingest.lua's sections: keys, prefixes, event count, events
             keys += self._script_keys[shard]
-            events += self._section_heads[shard]
+            events += heads[shard]
             events.append(sum(p.events for p in part))
             events.extend(a for p in part for a in p.args)
         return (keys, fixed, events), first - 1

@@ -6,8 +6,9 @@ small hash, so ids of different projects never collide and an entry costs ~15-20
 
     {fl}:dd:g<generation>:<shard>   field = 6-byte digest, value = (token * 128 + bucket % 128) * 8 + state
 
-(`{fl}` = the hash tag of the key shard of the event's fingerprint, core/keys.py: an event's dedup entry
-lives beside its group's counts, so ingest stays one single-slot script call per key shard.)
+(`{fl}` = on Redis Cluster the hash tag of the key shard of the event's fingerprint, core/keys.py: an
+event's dedup entry lives beside its group's counts, so ingest stays one single-slot script call per key
+shard; on one server the global tag, for every shard: core/deduphome.py.)
 
 - Time buckets of ceil(ttl / DEDUP_BUCKETS) s of Redis time (one clock for every node). An id is valid while
   the bucket it was written in is the current one or one of the DEDUP_BUCKETS before it, so it is
@@ -44,8 +45,9 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from core import deduphome
 from core.keys import Keys
-from core.redis import is_cluster, load_script
+from core.redis import load_script
 from core.settings import Settings
 
 DIGEST_BYTES = 6  # 48 bits per shard: a false duplicate among ~1,000 ids checked has p ~ 4e-12
@@ -91,6 +93,7 @@ class JobStates:
         self.settings = settings
         self.redis = redis
         self._script: AsyncScript | None = None  # registered on first use: a writer may never need it
+        self.legacy = deduphome.Legacy(redis, keys)
 
     @property
     def script(self) -> AsyncScript:
@@ -98,19 +101,28 @@ class JobStates:
             self._script = load_script(self.redis, "dedup_state")
         return self._script
 
-    def _calls(self, mode: str, code: int, sections: list[tuple[int, list[DedupId]]]) -> list[ScriptCall]:
-        """dedup_state.lua's (keys, args): every shard's section in one call on one server, a call per shard
-        on a cluster (a script's keys must share a slot there)."""
-        groups = [sections] if not is_cluster(self.redis) else [[section] for section in sections]
+    async def _calls(self, mode: str, code: int, sections: list[tuple[int, list[DedupId]]],
+                     shared_ids: list[DedupId] | None = None) -> list[ScriptCall]:
+        """dedup_state.lua's (keys, args): on one server ONE call and section, the shared layout's (plus each
+        shard's old layout while it may hold ids, core/deduphome.py); a call per shard on a cluster (a
+        script's keys must share a slot there). `shared_ids`: the shared layout's ids, if not all sections'."""
+        layouts: list[tuple[Keys, list[DedupId]]]
+        if deduphome.shared(self.redis, self.keys):
+            layouts = [(self.keys.root, shared_ids or [i for _, ids in sections for i in ids])]
+            if await self.legacy.active():
+                layouts += [(self.keys.shard(shard), ids) for shard, ids in sections]
+            groups = [layouts]
+        else:  # a cluster, or one shard
+            groups = [[(self.keys.shard(shard), ids)] for shard, ids in sections]
         s = self.settings
         calls: list[ScriptCall] = []
         for group in groups:
             args: list[Any] = [s.dedup_ttl, s.dedup_buckets, mode, code]
-            for shard, ids in group:
-                args += [self.keys.shard(shard).dedup_prefix, len(ids)]
+            for k, ids in group:
+                args += [k.dedup_prefix, len(ids)]
                 for i in ids:
                     args += i.args()
-            calls.append(([self.keys.shard(shard).dedup_meta for shard, _ in group], args))
+            calls.append(([k.dedup_meta for k, _ in group], args))
         return calls
 
     def by_shard(self, events: Iterable[tuple[int, str, str]]) -> dict[int, list[DedupId]]:
@@ -127,7 +139,7 @@ class JobStates:
         by_shard = events if isinstance(events, dict) else self.by_shard(events)
         if not by_shard:
             return 0
-        calls = self._calls("set", code, list(by_shard.items()))
+        calls = await self._calls("set", code, list(by_shard.items()))
         return sum(int(n) for n in await asyncio.gather(*(self.script(keys=k, args=a) for k, a in calls)))
 
     async def get(self, events: list[tuple[int, str]]) -> list[int | None]:
@@ -136,7 +148,8 @@ class JobStates:
         if not events:
             return []
         ids = [dedup_id(p, e) for p, e in events]
-        calls = self._calls("get", 0, [(i, ids) for i in range(self.keys.shards)])
+        # every shard's layout (on one server: the shared one, and the old ones while they may hold ids)
+        calls = await self._calls("get", 0, [(i, ids) for i in range(self.keys.shards)], shared_ids=ids)
         replies = await asyncio.gather(*(self.script(keys=k, args=a) for k, a in calls))
         found: list[int | None] = [None] * len(ids)
         for raw in replies:  # one value per event and shard, shard after shard

@@ -108,10 +108,13 @@ class Keys:
 
     consumer_group: str = "workers"
 
-    def ingest_keys(self) -> list[str]:
-        """KEYS of core/scripts/ingest.lua, in its order (one shard: one slot)."""
+    def ingest_keys(self, shared: Keys | None = None) -> list[str]:
+        """KEYS of core/scripts/ingest.lua, in its order (one shard: one slot); `shared` = the keys whose dedup
+        layout and quota keys this shard uses when not its own (one server: the global tag's,
+        core/deduphome.py)."""
+        home = shared or self
         return [self.stream, self.pending_counts, self.live_counts, self.feed_dirty, self.feed_groups,
-                self.dedup_meta, self.live_new, self.quota_conf, self.quota_state, self.dropped]
+                home.dedup_meta, self.live_new, home.quota_conf, home.quota_state, home.dropped]
 
     # --- dedup + job state of events (core/dedup.py, ingest.lua, dedup_state.lua) ---
     # time-bucketed, sharded hashes "<prefix><bucket>:<shard>" of 6-byte digests of (project, event id)

@@ -80,10 +80,11 @@ async def _start_broker(broker: FaultlineBroker, settings: Settings, finish: asy
 
 
 async def _oldest_age(redis: Redis, keys: Keys) -> float:
-    """Seconds since the oldest unacked task of any shard was enqueued (stream ids: Redis-clock ms). One
-    pipeline for every shard's first entry (a cluster client splits it by node), then Redis's clock."""
+    """Seconds since the oldest unacked task of any stream was enqueued (stream ids: Redis-clock ms). One
+    pipeline for every stream's first entry (a cluster client splits it by node), then Redis's clock. Every
+    stream workers read: with several shards the global tag's holds the alert deliveries' tasks."""
     pipe = redis.pipeline(transaction=False)
-    for shard in keys.all_shards:
+    for shard in keys.streams:
         pipe.xrange(shard.stream, count=1)
     firsts: list[Any] = await pipe.execute()
     enqueued = [int(first[0][0].split(b"-")[0]) for first in firsts if first]

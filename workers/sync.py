@@ -161,7 +161,7 @@ async def housekeeping(engine: AsyncEngine, hourly_days: int = 14) -> None:
 async def prune_consumers(redis: Redis, keys: Keys, idle_ms: int = 3_600_000) -> int:
     """Forget stream consumers (one per worker process ever started) idle for an hour with nothing pending."""
     removed = 0
-    for shard in keys.all_shards:
+    for shard in keys.streams:  # every stream workers read (the global tag's too when sharded)
         try:
             consumers = await redis.xinfo_consumers(shard.stream, shard.consumer_group)
         except Exception:

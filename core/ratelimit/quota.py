@@ -12,13 +12,17 @@ a batch of 100 events costs 100 from the quota and an event is either counted or
 The DB (table project_quotas) is the truth; Redis holds a copy (`Keys.quota_conf`) that the script reads;
 API nodes copy it at start-up, and again when they see (once a minute) that Redis lost it.
 
-Key shards (core/keys.py): the script runs per shard and may touch that shard's slot only, so every shard
-has its own copy of the overrides and its own GCRA state and new-group log, and admits `ceil(limit /
-shards)` of each limit. Accuracy: a project spread over many groups gets its whole quota (within +shards
-events of rounding); a project whose traffic sits in few groups gets only the share of the shards those
-groups fall in (one hot group: 1/shards of the quota) - the price of one atomic single-slot call per event
-and no cross-shard round trip on the hot path. Set FAULTLINE_REDIS_SHARDS=1 where quotas must be exact per
-project (one Redis server or Sentinel carries the load anyway; shards pay off on a cluster only).
+Key shards (core/keys.py) on Redis Cluster: the script runs per shard and may touch that shard's slot only,
+so every shard has its own copy of the overrides and its own GCRA state and new-group log, and admits
+`ceil(limit / shards)` of each limit. Accuracy: a project spread over many groups gets its whole quota
+(within +shards events of rounding); a project whose traffic sits in few groups gets only the share of the
+shards those groups fall in (one hot group: 1/shards of the quota) - the price of one atomic single-slot
+call per event and no cross-shard round trip on the hot path.
+On one server (redis://, Sentinel) the shards share the global tag's copy, state and log (`homes`): one
+script call carries every shard's events there, so quotas are exact per project whatever the shards, and a
+call reads a project's quota once, not once per shard's section. Upgrading a sharded one-server stack
+starts that shared state empty: for the first window a project may get one more burst and, for an hour,
+`cap` more new groups; the shards' own dropped counters are still summed.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from redis.asyncio import Redis
 from sqlalchemy import Table, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from core import deduphome
 from core.db.models import ProjectQuota
 from core.keys import Keys
 from core.redis import as_str, replace_hash
@@ -87,22 +92,26 @@ async def save_quota(conn: AsyncConnection, project_id: int, quota: Quota) -> No
         await conn.execute(_quotas.insert().values(project_id=project_id, updated_at=time.time(), **asdict(quota)))
 
 
+def homes(redis: Redis, keys: Keys) -> tuple[Keys, ...]:
+    """The keys holding quota copies and state: every shard's own on a cluster, the shared ones on one server."""
+    return (keys.root,) if deduphome.shared(redis, keys) else keys.all_shards
+
+
 async def mirror(redis: Redis, keys: Keys, quotas: dict[int, Quota]) -> None:
-    """Make every shard's Redis copy equal to `quotas`, each in one transaction (never a moment without
-    overrides)."""
+    """Make every Redis copy equal to `quotas`, each in one transaction (never a moment without overrides)."""
     mapping = {MIRRORED: "1", **{str(pid): q.encode() for pid, q in quotas.items()}}
-    for shard in keys.all_shards:
+    for shard in homes(redis, keys):
         await replace_hash(redis, shard.quota_conf, mapping)
 
 
 async def is_mirrored(redis: Redis, keys: Keys) -> bool:
-    """Every shard's copy is there (a failed-over or restarted node may have lost its part)."""
-    found = await asyncio.gather(*(redis.hexists(s.quota_conf, MIRRORED) for s in keys.all_shards))  # type: ignore[misc]
+    """Every copy is there (a failed-over or restarted node may have lost its part)."""
+    found = await asyncio.gather(*(redis.hexists(s.quota_conf, MIRRORED) for s in homes(redis, keys)))  # type: ignore[misc]
     return all(found)
 
 
 async def mirror_one(redis: Redis, keys: Keys, project_id: int, quota: Quota) -> None:
-    for shard in keys.all_shards:
+    for shard in homes(redis, keys):
         if quota == Quota():
             await redis.hdel(shard.quota_conf, str(project_id))  # type: ignore[misc]
         else:
@@ -114,8 +123,10 @@ async def dropped_counts(redis: Redis, keys: Keys, project_ids: list[int]) -> di
     if not project_ids:
         return {}
     fields = [f"{pid}:{reason}" for pid in project_ids for reason in REASONS]
-    replies: list[list[Any]] = await asyncio.gather(*(redis.hmget(s.dropped, fields)  # type: ignore[misc]
-                                                      for s in keys.all_shards))
+    # every shard's own counters too on one server: those counted before the shared ones existed
+    where = {s.dropped for s in (*keys.all_shards, *homes(redis, keys))}
+    replies: list[list[Any]] = await asyncio.gather(*(redis.hmget(k, fields)  # type: ignore[misc]
+                                                      for k in sorted(where)))
     out: dict[int, dict[str, int]] = {pid: {} for pid in project_ids}
     for n, field in enumerate(fields):
         pid, reason = field.split(":")

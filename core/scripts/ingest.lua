@@ -9,16 +9,21 @@
 -- ARGV[1] dedup TTL s, ARGV[2] dedup buckets per TTL, ARGV[3] queue soft limit of ONE shard's stream,
 -- ARGV[4] message head, ARGV[5] message tail, ARGV[6] call token, ARGV[7] deadline in Redis ms (0 = none),
 -- ARGV[8..10] default per-second quota, per-minute quota, new groups per hour (0 = no limit), ARGV[11] limits
--- on (1) / off (0), ARGV[12] key shards (the limits above are the project's whole; each shard's section
--- admits its share into its own state, see core/ratelimit/quota.py),
+-- on (1) / off (0), ARGV[12] shares (the limits above are the project's whole; on a cluster each shard's
+-- section admits its 1/shards share into its own state; on one server 1: every section names the same quota
+-- keys, see core/ratelimit/quota.py),
 -- ARGV[13] M = how many ARGV follow for the request rate limiter (0 = none), ARGV[14] 1 when this call is a
 -- re-run of a call whose reply was lost, else 0, ARGV[15] S = tier sets, then S x (tier count t, then
 -- t x (window key prefix, limit, window ms)), then ONE per limited request of this call (api/ratelimit.py
 -- folds the limiter of the ingest routes into this call on one key shard):
 -- "<tier set>|<first event>|<event count>|<member>|<client>" (window key = its tier's prefix .. client),
 -- then per section: dedup key prefix, new-groups key prefix, feed index key prefix (per-project keys =
--- prefix .. project id: same {hash tag} as the section's KEYS), its event count c, then c x (dedup seed,
--- dedup digest, fingerprint, event JSON, project id) (core/dedup.py). Events are numbered across sections.
+-- prefix .. project id: same {hash tag} as the section's KEYS), the old dedup key prefix and meta hash
+-- to read as well ('' = none), its event count c, then c x (dedup seed, dedup digest, fingerprint, event
+-- JSON, project id) (core/dedup.py). Events are numbered across sections.
+-- Dedup layout (core/deduphome.py): sections naming the same dedup meta (one server: every shard's ids
+-- live in the global tag's layout) share ONE dedup state: one meta read and one id count per call; a
+-- section's old layout (its shard's own, before the upgrade) is only looked up, never written.
 -- The call's task (every counted event, whatever its section) is ONE message on the FIRST section's stream:
 -- workers find each event's shard from its fingerprint (core/dedup.py JobStates.by_shard); the queue check
 -- is that stream's length against one stream's share of the soft limit (the caller makes the first section
@@ -39,7 +44,7 @@
 -- Live feed (core/feed.py): every counted fingerprint is SADDed to the dirty set, which the coalescer drains
 -- every 250 ms; on a first sighting a small group summary is stored once (HSETNX) for its error:new, and the
 -- fingerprint is noted in the live-new set so the scheduler rebases its live total on the DB's (workers/prune.py).
--- Per-project quota and new-group cap: see the [limits] section and core/ratelimit/quota.py.
+-- Per-project quota and new-group cap: _limits.lua ([limits] marks its uses here) and core/ratelimit/quota.py.
 local LIMIT_ARGS = tonumber(ARGV[13])
 local FIXED_ARGS, PER_EVENT, NKEYS = 13 + LIMIT_ARGS, 5, 10
 local QUEUED = 0
@@ -74,9 +79,10 @@ do
     local sec = {stream = KEYS[k + 1], pending = KEYS[k + 2], live = KEYS[k + 3], dirty = KEYS[k + 4],
                  summaries = KEYS[k + 5], meta = KEYS[k + 6], live_new = KEYS[k + 7], quota_conf = KEYS[k + 8],
                  quota_state = KEYS[k + 9], dropped = KEYS[k + 10], dedup_prefix = ARGV[a],
-                 new_groups = ARGV[a + 1], feed_index = ARGV[a + 2]}
-    local c = tonumber(ARGV[a + 3])
-    a = a + 4
+                 new_groups = ARGV[a + 1], feed_index = ARGV[a + 2], old_prefix = ARGV[a + 3],
+                 old_meta = ARGV[a + 4]}
+    local c = tonumber(ARGV[a + 5])
+    a = a + 6
     for _ = 1, c do
       n = n + 1
       at[n], sec_of[n] = a - 1, sec  -- event i's arguments are ARGV[at[i] + 1 .. at[i] + PER_EVENT]
@@ -90,8 +96,19 @@ local n = #at
 -- ---- dedup lookup (before any write: a re-run must see only what earlier runs wrote) ----
 local token = tonumber(ARGV[6])
 local ttl, nb = tonumber(ARGV[1]), tonumber(ARGV[2])
+local opened, states = {}, {}  -- dedup meta -> its state: sections sharing a layout open it once
+local function open(prefix, meta)
+  local d = opened[meta]
+  if not d then
+    d = dedup_open(prefix, meta, ttl, nb, now_s)
+    opened[meta] = d
+    states[#states + 1] = d
+  end
+  return d
+end
 for _, sec in ipairs(sections) do
-  sec.d = dedup_open(sec.dedup_prefix, sec.meta, ttl, nb, now_s)
+  sec.d = open(sec.dedup_prefix, sec.meta)
+  if sec.old_prefix ~= '' then sec.old = open(sec.old_prefix, sec.old_meta) end
 end
 local found, seen = {}, {}
 local mine = false
@@ -103,6 +120,7 @@ for i = 1, n do
   else
     seen[id] = true
     local v = dedup_find(sec.d, tonumber(ARGV[base + 1]), ARGV[base + 2])
+    if not v and sec.old then v = dedup_find(sec.old, tonumber(ARGV[base + 1]), ARGV[base + 2]) end
     if v then
       if math.floor(v / 8) == token then found[i] = -1; mine = true else found[i] = 0 end
     end
@@ -167,85 +185,7 @@ if LIMIT_ARGS > 0 then
   end
 end
 
--- ==== [limits] per-project event quota + new-group cap (core/ratelimit/quota.py says why) =============
-local limits_on = ARGV[11] == '1'
-local shares = tonumber(ARGV[12])
-local function share(limit)  -- a shard's part of a project-wide limit (0 = no limit stays 0)
-  if limit == 0 or shares == 1 then return limit end
-  return math.ceil(limit / shares)
-end
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])  -- µs, from the TIME read above
--- per section (each shard keeps its own share and state): project id -> {ps, pm, cap, s, m, pruned}, read
--- once per call, state written at the end
-local function project(sec, pid)
-  sec.projects = sec.projects or {}
-  local p = sec.projects[pid]
-  if p then return p end
-  p = {ps = tonumber(ARGV[8]), pm = tonumber(ARGV[9]), cap = tonumber(ARGV[10])}
-  local conf = redis.call('HGET', sec.quota_conf, pid)
-  if conf then  -- "per_second|per_minute|new_groups_per_hour", empty = default
-    local a, b, c = string.match(conf, '^(%d*)|(%d*)|(%d*)$')
-    if a and a ~= '' then p.ps = tonumber(a) end
-    if b and b ~= '' then p.pm = tonumber(b) end
-    if c and c ~= '' then p.cap = tonumber(c) end
-  end
-  p.ps, p.pm, p.cap = share(p.ps), share(p.pm), share(p.cap)
-  local st = redis.call('HMGET', sec.quota_state, pid .. ':s', pid .. ':m')
-  p.s, p.m = tonumber(st[1]) or 0, tonumber(st[2]) or 0
-  sec.projects[pid] = p
-  return p
-end
--- GCRA, `rate` events per `window` µs with a burst of `rate`: returns the new TAT, or nil and the wait (µs)
-local function gcra(tat, rate, window)
-  if rate == 0 then return tat, 0 end
-  local step = window / rate
-  local base = math.max(tat, now)
-  if base + step - now <= window then return base + step, 0 end
-  return nil, base + step - window - now
-end
--- 0 = admitted (the state moves on), else µs until one more event of this project fits
-local function quota_wait(sec, pid)
-  local p = project(sec, pid)
-  local s, ws = gcra(p.s, p.ps, 1000000)
-  local m, wm = gcra(p.m, p.pm, 60000000)
-  if s == nil or m == nil then return math.max(ws, wm, 1) end
-  p.s, p.m, p.dirty = s, m, true
-  return 0
-end
--- a first sighting: may the project create one more group this hour? (sliding log, at most cap entries)
-local function group_admitted(sec, pid, fp)
-  local p = project(sec, pid)
-  local key = sec.new_groups .. pid
-  if not p.pruned then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 3600000000)
-    p.pruned = true
-  end
-  if redis.call('ZCARD', key) >= p.cap then return false end
-  redis.call('ZADD', key, now, fp)
-  redis.call('PEXPIRE', key, 3600000)
-  return true
-end
-local function overflow_fp(pid)
-  return redis.sha1hex('faultline:overflow:' .. pid) .. string.sub(redis.sha1hex('faultline:overflow2:' .. pid), 1, 24)
-end
--- the event as counted in the overflow group: its fingerprint and message replaced, the originals kept
--- in context.faultline_overflow (the sample shows what the event was)
-local function overflow_body(body, fp, ofp, cap)
-  local ok, ev = pcall(cjson.decode, body)
-  if not ok or type(ev) ~= 'table' then
-    local a, b = string.find(body, '"fingerprint":"' .. fp .. '"', 1, true)
-    if not a then return body end
-    return string.sub(body, 1, a - 1) .. '"fingerprint":"' .. ofp .. '"' .. string.sub(body, b + 1)
-  end
-  local ctx = type(ev.context) == 'table' and ev.context or {}
-  ctx.faultline_overflow = {fingerprint = ev.fingerprint, message = ev.message}
-  ev.context = ctx
-  ev.fingerprint = ofp
-  ev.message = 'Too many new error groups: this project created more than ' .. cap ..
-               ' new groups in the last hour; events of further new groups are counted here'
-  return cjson.encode(ev)
-end
--- ==== [/limits] ========================================================================================
+--#include _limits.lua
 
 -- ---- count and enqueue ----
 -- The counts of a call are added once per group, not once per event (60 % of events hit 5 groups): event k
@@ -327,15 +267,8 @@ end
 for _, h in pairs(hours) do
   redis.call('HINCRBY', h.sec.pending, h.field, h.n)
 end
-for _, sec in ipairs(sections) do
-  -- [limits] quota state, once per project touched
-  for pid, p in pairs(sec.projects or {}) do
-    if p.dirty then
-      redis.call('HSET', sec.quota_state, pid .. ':s', math.ceil(p.s), pid .. ':m', math.ceil(p.m))
-    end
-  end
-  dedup_close(sec.d)
-end
+quota_save()  -- [limits] quota state, once per project touched
+for _, d in ipairs(states) do dedup_close(d) end
 if #bodies > 0 then
   redis.call('XADD', sections[1].stream, '*', 'data', ARGV[4] .. table.concat(bodies, ',') .. ARGV[5])
 end

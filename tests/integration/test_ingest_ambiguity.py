@@ -111,7 +111,7 @@ async def test_late_call_counts_nothing(make_settings: Any) -> None:
 
 # core/scripts/ingest.lua: ARGV[13] counts the limiter's arguments after it; then per section (10 KEYS each)
 # 3 prefixes and an event count, then 5 per event
-FIXED_ARGS, PER_EVENT, SECTION_HEAD, SECTION_KEYS = 13, 5, 4, 10
+FIXED_ARGS, PER_EVENT, SECTION_HEAD, SECTION_KEYS = 13, 5, 6, 10
 
 
 def events_of(kwargs: dict[str, Any]) -> int:
