@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ from core.db.engine import make_engine
 from core.db.migrate import migrate
 from core.settings import Settings
 from faultline.asgi import create
+from faultline.services import RedisServer
 
 INGEST_KEY = "test-ingest-key-0123456789"
 
@@ -36,6 +38,14 @@ async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             client.headers.update({"X-Faultline-Key": INGEST_KEY,
                                    "Authorization": f"Bearer {settings.admin_token}"})
             yield client
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (no AOF): it may SIGSTOP it, its command counters count its calls only."""
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

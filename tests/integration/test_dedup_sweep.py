@@ -7,11 +7,8 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from redis.asyncio import Redis
 
 from api.ingest import Ingestor
@@ -47,14 +44,6 @@ async def generation_ids(redis: Redis, gen: int) -> int:
 
 async def hgetalls(redis: Redis) -> int:
     return int((await redis.info("commandstats")).get("cmdstat_hgetall", {}).get("calls", 0))
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own: its command counters count this test's calls only."""
-    server = RedisServer(tmp_path / "redis", appendonly=False).start()
-    yield server
-    server.stop()
 
 
 async def test_no_sweep_before_anything_can_expire_then_expired_ids_are_swept(make_settings: Any,

@@ -7,11 +7,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from core.counts import split_deltas
 from core.dedup import JobStates
@@ -139,14 +135,6 @@ async def test_coalesced_requests_are_split_into_bounded_calls(make_settings: An
         assert sum(sizes) == sum(shapes) and len(sizes) > 1
         assert all(s <= 10 for s in sizes if s != 12)
         assert await counted(settings) == (sum(shapes), sum(shapes))
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of this test alone: it gets SIGSTOPped."""
-    server = RedisServer(tmp_path / "redis", appendonly=False).start()
-    yield server
-    server.stop()
 
 
 async def test_frozen_redis_answers_503_within_1s_and_counts_none_of_them(make_settings: Any,
