@@ -9,8 +9,10 @@ Cases (each: warm-up, then a measured run; the queue is drained between cases so
   ingest sharded  ingest on a second stack with FAULTLINE_REDIS_SHARDS=16 on its one Redis server: what
               key sharding costs where it buys nothing (issue 12: <= 10 % CPU per event); --shards 0 skips
 All targets are up at once and the cases alternate per round, so drift from other load on this shared
-machine hits every case alike. The figures of a closed-loop generator at saturation: latency is roughly
-connections / throughput; quote p99 at a paced rate from `make loadtest`, not from here.
+machine hits every case alike; every second round runs them in reverse order (A B C, C B A, ...), so a case's
+place in the run (what the stacks that ran before it still do) does not favour one side of a ratio.
+The figures of a closed-loop generator at saturation: latency is roughly connections / throughput;
+quote p99 at a paced rate from `make loadtest`, not from here.
 """
 
 from __future__ import annotations
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c for c in cases if wanted(c[0])]
         results: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in cases}
         for rnd in range(args.rounds):
-            for name, target, path, batch in cases:
+            for name, target, path, batch in (cases if rnd % 2 == 0 else cases[::-1]):
                 console.print(f"  round {rnd + 1}/{args.rounds}: {name} ...", end=" ")
                 res = measure(target, path, batch, args)
                 res["shards"] = args.shards if name == SHARDED else 1
