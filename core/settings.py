@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     spike_warmup: float = Field(default=10.0, ge=0.0)
     # Bootstrap project key: `faultline up` creates the "default" project with it.
     ingest_key: str | None = None
+    # Seconds between two reloads of an API node's project-key cache (core/runtime.py): a revoked key stops
+    # working on every node within this. A new key works at once (a cache miss asks Redis).
+    projects_refresh: float = Field(default=10.0, ge=1.0)
 
     # Limits on what a client may send; nginx's client_max_body_size is rendered from max_body_bytes.
     max_body_bytes: int = 1_048_576

@@ -84,7 +84,10 @@ def up(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> I
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAULTLINE_")}
     env.update({"FAULTLINE_SYNC_INTERVAL": "1", "FAULTLINE_ADMIN_TOKEN": "admin-token-for-the-cli-test",
                 "FAULTLINE_INGEST_KEY": KEY_B, "FAULTLINE_DRAIN_DELAY": "1",
-                "FAULTLINE_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT), "PYTHONUNBUFFERED": "1"})
+                "FAULTLINE_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT), "PYTHONUNBUFFERED": "1",
+                # nodes reload their key cache every 1 s, not 10 s: a revoked key is refused sooner, by the
+                # same reload (test_cli_commands_act_on_this_stack waits for it)
+                "FAULTLINE_PROJECTS_REFRESH": "1"})
     proc = subprocess.Popen([sys.executable, "-m", "faultline", "up", "--port", str(port), "--db", "sqlite",
                              "--nodes", "2", "--workers", "1", "--no-rate-limit"], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -142,7 +145,7 @@ def test_cli_commands_act_on_this_stack(up: Up) -> None:
     assert rotated.returncode == 0, rotated.stderr
     new_key = rotated.stdout.strip()
     assert post(up.port, new_key, "rotated") == 202
-    deadline = time.monotonic() + 25  # each node refreshes its key cache every 10 s
+    deadline = time.monotonic() + 25  # each node reloads its key cache every 1 s here (FAULTLINE_PROJECTS_REFRESH)
     refused = 0  # in a row, so that both nodes behind nginx have dropped the key
     while refused < 6 and time.monotonic() < deadline:
         refused = refused + 1 if post(up.port, demo_key, "revoked?") == 401 else 0
