@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,8 +176,10 @@ def test_cli_commands_act_on_this_stack(up: Up) -> None:
 def test_cli_refuses_without_a_stack(up: Up, tmp_path: Path) -> None:
     """Elsewhere (no stack.json, no explicit URLs): refuse, saying what to do; never write anywhere."""
     env = {**up.env, "FAULTLINE_DATA_DIR": str(tmp_path / "nothing-here")}
-    for args in (("project", "create", "lost"), ("dlq", "list"), ("worker-check",), ("status",)):
-        result = up.cli(*args, env=env)
+    commands = (("project", "create", "lost"), ("dlq", "list"), ("worker-check",), ("status",))
+    with ThreadPoolExecutor(len(commands)) as pool:  # four CLI processes side by side: ~1 s of imports each
+        results = list(pool.map(lambda args: up.cli(*args, env=env), commands))
+    for args, result in zip(commands, results, strict=True):
         assert result.returncode != 0, (args, result.stdout)
         assert "faultline up" in result.stderr and "FAULTLINE_REDIS_URL" in result.stderr, result.stderr
     assert not (tmp_path / "nothing-here").exists()
