@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from core.db.engine import make_engine
 from core.settings import Settings, sqlite_url
@@ -188,7 +190,8 @@ def test_cli_refuses_without_a_stack(up: Up, tmp_path: Path) -> None:
 def test_stack_redis_requires_its_password(up: Up) -> None:
     info = json.loads((up.cwd / ".faultline" / "stack.json").read_text())
     port = next(p["port"] for p in info["processes"] if p["name"] == "redis")
-    anonymous = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    # refused at once: redis-py's default retry would re-ask 3 times with backoff (~4 s) before raising
+    anonymous = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
     with pytest.raises(redis.AuthenticationError):
         anonymous.ping()
     anonymous.close()
