@@ -177,7 +177,7 @@ async def test_a_real_api_process_logs_a_bad_token_flood_in_a_few_lines(
     are refused, and its whole output about them is a few lines, not one (or three) per attempt."""
     from tests.conftest import ARTIFACTS
 
-    settings = make_settings(socket_log_interval=2.0)
+    settings = make_settings(socket_log_interval=2.0, drain_delay=0)  # stopped at once after the flood
     await prepare(settings)
     port = free_port()
     log_file = ARTIFACTS / f"{request.node.name}.children.log"
