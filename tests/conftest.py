@@ -25,7 +25,6 @@ from faultline.mariadb import MariaDBServer
 from faultline.procs import FileSink
 from faultline.services import RedisServer
 from faultline.stack import Stack, StackConfig
-from tests import schema_template
 
 # Property tests draw the same examples on every run (derandomize): `make test` in CI must not pass or fail by
 # luck; to hunt for new counterexamples run them with HYPOTHESIS_PROFILE=explore.
@@ -83,7 +82,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture(scope="session")
 def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer]:
     server = MariaDBServer(tmp_path_factory.mktemp("mariadb")).start()
-    schema_template.MARIADB_PORTS.add(server.port)  # its test databases get the schema by a copy
     yield server
     server.stop()
 

@@ -12,16 +12,16 @@ import pytest
 
 from core.db import repo
 from core.db.engine import make_engine
+from core.db.migrate import migrate
 from core.settings import Settings
 from faultline.asgi import create
 from faultline.services import RedisServer
-from tests.schema_template import migrated
 
 INGEST_KEY = "test-ingest-key-0123456789"
 
 
 async def prepare(settings: Settings, key: str = INGEST_KEY) -> int:
-    await migrated(settings)  # the schema at head (a copy of it, tests/schema_template.py)
+    await migrate(settings)
     engine = make_engine(settings)
     async with engine.begin() as conn:
         pid, _ = await repo.ensure_project(conn, "test", key)

@@ -11,11 +11,11 @@ from sqlalchemy import func, select
 
 from core.db import repo
 from core.db.engine import make_engine
+from core.db.migrate import migrate
 from core.db.models import ErrorGroup, GroupHour, Sample
 from core.keys import Keys
 from core.redis import make_redis
 from core.settings import Settings
-from tests.schema_template import migrated
 from workers import retention
 from workers.sync import prune_consumers, sync_counts
 
@@ -23,7 +23,7 @@ from workers.sync import prune_consumers, sync_counts
 @pytest.fixture
 async def settings(make_settings: Any, db_url: str) -> Settings:
     s = make_settings(database_url=db_url)
-    await migrated(s)
+    await migrate(s)
     return s
 
 
