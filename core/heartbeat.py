@@ -23,7 +23,8 @@ from core.redis import replace_hash
 from core.settings import Settings
 
 log = logging.getLogger("faultline.heartbeat")
-INTERVAL = 2.0  # one small pipeline every 2 s: cheap, and worker-check sees progress within 2 s
+INTERVAL = 2.0  # one small pipeline every 2 s: cheap, and worker-check sees progress within 2 s (the default
+# of FAULTLINE_HEARTBEAT_INTERVAL, which may only shorten it)
 TTL = 20  # 10 missed beats: a stuck loop, not a slow one
 
 
@@ -72,11 +73,12 @@ async def beat_once(redis: Redis, keys: Keys, role: str, name: str, progress: Pr
 
 
 async def beat_forever(redis: Redis, keys: Keys, role: str, name: str, settings: Settings,
-                       progress: Progress | None = None, interval: float = INTERVAL) -> None:
+                       progress: Progress | None = None, interval: float | None = None) -> None:
     # Redis down: the key expires and `worker-check` (without --local) reports it, which is right for an
     # operator; the liveness file goes on; the beat resumes by itself.
     backoff = Backoff.for_loop(f"{role} {name} heartbeat", log, settings)
     backoff.give_up_after = None  # the consumer loops decide when to give up, not the beat
+    every = settings.heartbeat_interval if interval is None else interval
     while True:
         if settings.liveness_dir is not None:  # first, and whatever Redis does: the kubelet reads this one
             try:
@@ -91,7 +93,7 @@ async def beat_forever(redis: Redis, keys: Keys, role: str, name: str, settings:
             await backoff.failed(exc)
             continue
         backoff.ok()
-        await asyncio.sleep(interval)
+        await asyncio.sleep(every)
 
 
 async def read(redis: Redis, keys: Keys, role: str, name: str) -> dict[str, float] | None:

@@ -22,7 +22,6 @@ from core.settings import Settings
 from core.taskstop import cancel_and_wait
 
 log = logging.getLogger("faultline.runtime")
-PROJECTS_EVERY = 10  # ticks of watch(): a key created elsewhere is also found on a cache miss (lookup_project)
 
 
 @dataclass
@@ -79,10 +78,13 @@ class Runtime:
     async def watch(self, every: float = 1.0) -> None:
         """Refresh the project cache in the background, never on the request path; each tick also tells
         the liveness probe the loop still runs its background work."""
+        # the project cache every settings.projects_refresh s (in ticks); a key created elsewhere is also
+        # found on a cache miss (lookup_project)
+        projects_every = max(1, round(self.settings.projects_refresh / every))
         tick = 0
         while True:
             self.last_tick = time.monotonic()
-            if tick % PROJECTS_EVERY == 0:
+            if tick % projects_every == 0:
                 try:
                     await self.refresh_projects()
                 except Exception as exc:

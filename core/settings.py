@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     spike_warmup: float = Field(default=10.0, ge=0.0)
     # Bootstrap project key: `faultline up` creates the "default" project with it.
     ingest_key: str | None = None
+    # Seconds between two reloads of an API node's project-key cache (core/runtime.py): a revoked key stops
+    # working on every node within this. A new key works at once (a cache miss asks Redis).
+    projects_refresh: float = Field(default=10.0, ge=1.0)
 
     # Limits on what a client may send; nginx's client_max_body_size is rendered from max_body_bytes.
     max_body_bytes: int = 1_048_576
@@ -250,6 +253,9 @@ class Settings(BaseSettings):
     # (s) while the queue holds messages. Healthy workers "fetch" at least once per second (an empty
     # XREADGROUP blocks 1 s), so 30 s means stuck, not busy, and stays under a kubelet's default 3x10 s.
     worker_stall_after: float = Field(default=30.0, gt=0.0)
+    # Seconds between two heartbeats of a worker or scheduler (core/heartbeat.py). Shorter only: the key's
+    # TTL (20 s) and the supervisor's staleness (5 beats of 2 s, faultline/liveness.py) are sized for 2 s.
+    heartbeat_interval: float = Field(default=2.0, gt=0.0, le=2.0)
     # Workers and schedulers also write their heartbeat to a file here (`<dir>/<role>-<name>.json`), read by
     # `faultline worker-check --local`: a liveness check that needs no Redis, so a Redis outage never
     # restarts them (their loops ride it out with backoff). Unset: no file (the Redis heartbeat only).

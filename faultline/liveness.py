@@ -29,7 +29,8 @@ from core.redisurl import make_sync_redis
 Ping = Callable[[], bool | None]
 # A beat older than this is a miss: 5 beats lost, well past a loop that is merely busy (a beat is one small
 # pipeline), and under the key's TTL so the probe reads an old beat rather than nothing.
-STALE_AFTER = 5 * INTERVAL
+STALE_BEATS = 5
+STALE_AFTER = STALE_BEATS * INTERVAL
 
 
 def http_ok(url: str, timeout: float = 2.0) -> Ping:

@@ -36,10 +36,14 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # `FAULTLINE_REDIS_SHARDS=4 pytest tests/...` runs it sharded; FAULTLINE_* variables reach the stacks' children.
 
 ARTIFACTS = Path(os.environ.get("FAULTLINE_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
-# Test stacks drain 1 s, not the default 5 s: the default waits for a load balancer's readiness probes to
-# notice; a test stack's nginx is reloaded by the stack itself, and every stopped stack would wait 4 s more.
-# The drain tests set their own (tests/e2e/test_drain.py, test_probes.py).
+# In-process APIs (make_settings) and stacks that stop nodes under traffic (BASE_ENV) drain 1 s, not the
+# default 5 s: the default waits for a load balancer's readiness probes to notice; a test stack's nginx is
+# reloaded by the stack itself. The drain tests set their own (tests/e2e/test_drain.py, test_probes.py).
 TEST_DRAIN_DELAY = "1"
+# A stack whose nodes are stopped only at its teardown drains 0 s: the stack stops nginx first, so a node's
+# drain delay there served nobody and cost each stack stop ~1 s. Tests that stop a node under traffic set
+# their own (BASE_ENV in tests/e2e/stack_checks.py, test_feed_drain.py, test_probes.py, the chaos harness).
+STACK_DRAIN_DELAY = "0"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -131,7 +135,7 @@ def stack_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Ca
         kwargs.setdefault("port", 0)
         kwargs.setdefault("db", "sqlite")
         # Rate limiting off unless the test sets FAULTLINE_RATE_LIMIT_ENABLED in env (see make_settings).
-        kwargs["env"] = {"FAULTLINE_RATE_LIMIT_ENABLED": "false", "FAULTLINE_DRAIN_DELAY": TEST_DRAIN_DELAY,
+        kwargs["env"] = {"FAULTLINE_RATE_LIMIT_ENABLED": "false", "FAULTLINE_DRAIN_DELAY": STACK_DRAIN_DELAY,
                          **kwargs.get("env", {})}
         cfg = StackConfig(base_dir=tmp_path / f"stack{len(stacks)}", sink=sink, **kwargs)
         stack = Stack(cfg)
@@ -151,7 +155,7 @@ def logged_stack(base_dir: Path, log_name: str, keep: list[str] | None = None, *
     stopped on exit (for module-scoped stacks shared by several tests)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     sink = FileSink(ARTIFACTS / f"{log_name}.log", keep=keep)
-    config["env"] = {"FAULTLINE_DRAIN_DELAY": TEST_DRAIN_DELAY, **config.get("env", {})}
+    config["env"] = {"FAULTLINE_DRAIN_DELAY": STACK_DRAIN_DELAY, **config.get("env", {})}
     try:
         stack = Stack(StackConfig(base_dir=base_dir, port=0, sink=sink, **config))
         try:

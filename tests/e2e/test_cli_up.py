@@ -20,11 +20,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from core.db.engine import make_engine
 from core.settings import Settings, sqlite_url
@@ -84,7 +87,10 @@ def up(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> I
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAULTLINE_")}
     env.update({"FAULTLINE_SYNC_INTERVAL": "1", "FAULTLINE_ADMIN_TOKEN": "admin-token-for-the-cli-test",
                 "FAULTLINE_INGEST_KEY": KEY_B, "FAULTLINE_DRAIN_DELAY": "1",
-                "FAULTLINE_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT), "PYTHONUNBUFFERED": "1"})
+                "FAULTLINE_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT), "PYTHONUNBUFFERED": "1",
+                # nodes reload their key cache every 1 s, not 10 s: a revoked key is refused sooner, by the
+                # same reload (test_cli_commands_act_on_this_stack waits for it)
+                "FAULTLINE_PROJECTS_REFRESH": "1"})
     proc = subprocess.Popen([sys.executable, "-m", "faultline", "up", "--port", str(port), "--db", "sqlite",
                              "--nodes", "2", "--workers", "1", "--no-rate-limit"], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -142,7 +148,7 @@ def test_cli_commands_act_on_this_stack(up: Up) -> None:
     assert rotated.returncode == 0, rotated.stderr
     new_key = rotated.stdout.strip()
     assert post(up.port, new_key, "rotated") == 202
-    deadline = time.monotonic() + 25  # each node refreshes its key cache every 10 s
+    deadline = time.monotonic() + 25  # each node reloads its key cache every 1 s here (FAULTLINE_PROJECTS_REFRESH)
     refused = 0  # in a row, so that both nodes behind nginx have dropped the key
     while refused < 6 and time.monotonic() < deadline:
         refused = refused + 1 if post(up.port, demo_key, "revoked?") == 401 else 0
@@ -172,8 +178,10 @@ def test_cli_commands_act_on_this_stack(up: Up) -> None:
 def test_cli_refuses_without_a_stack(up: Up, tmp_path: Path) -> None:
     """Elsewhere (no stack.json, no explicit URLs): refuse, saying what to do; never write anywhere."""
     env = {**up.env, "FAULTLINE_DATA_DIR": str(tmp_path / "nothing-here")}
-    for args in (("project", "create", "lost"), ("dlq", "list"), ("worker-check",), ("status",)):
-        result = up.cli(*args, env=env)
+    commands = (("project", "create", "lost"), ("dlq", "list"), ("worker-check",), ("status",))
+    with ThreadPoolExecutor(len(commands)) as pool:  # four CLI processes side by side: ~1 s of imports each
+        results = list(pool.map(lambda args: up.cli(*args, env=env), commands))
+    for args, result in zip(commands, results, strict=True):
         assert result.returncode != 0, (args, result.stdout)
         assert "faultline up" in result.stderr and "FAULTLINE_REDIS_URL" in result.stderr, result.stderr
     assert not (tmp_path / "nothing-here").exists()
@@ -182,7 +190,8 @@ def test_cli_refuses_without_a_stack(up: Up, tmp_path: Path) -> None:
 def test_stack_redis_requires_its_password(up: Up) -> None:
     info = json.loads((up.cwd / ".faultline" / "stack.json").read_text())
     port = next(p["port"] for p in info["processes"] if p["name"] == "redis")
-    anonymous = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    # refused at once: redis-py's default retry would re-ask 3 times with backoff (~4 s) before raising
+    anonymous = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
     with pytest.raises(redis.AuthenticationError):
         anonymous.ping()
     anonymous.close()

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from faultline.services import free_port, require, wait_http_ok
 from faultline.stack import Stack
+from tests.conftest import STACK_DRAIN_DELAY
 from tests.e2e.stack_checks import module_stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +58,8 @@ def exported(text: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {"FAULTLINE_RATE_LIMIT_ENABLED": "true", "FAULTLINE_RATE_LIMITS": "short:5/s,medium:1000/m"}
+    env = {"FAULTLINE_RATE_LIMIT_ENABLED": "true", "FAULTLINE_RATE_LIMITS": "short:5/s,medium:1000/m",
+           "FAULTLINE_DRAIN_DELAY": STACK_DRAIN_DELAY}  # its nodes stop only at teardown
     with module_stack(tmp_path_factory.mktemp("stack"), "test_dashboards", nodes=1, workers=1, schedulers=1,
                       db="sqlite", env=env) as (st, _lines):
         yield st

@@ -25,7 +25,7 @@ from core.redis import make_redis
 from faultline.procs import FileSink
 from faultline.stack import Stack, StackConfig
 from tests.browser import chromium
-from tests.conftest import ARTIFACTS, TEST_DRAIN_DELAY
+from tests.conftest import ARTIFACTS, STACK_DRAIN_DELAY
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -103,7 +103,7 @@ def start_stack(base: Path, log_name: str, **env: str) -> Stack:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     sink = FileSink(ARTIFACTS / log_name)
     env = {"FAULTLINE_RATE_LIMIT_ENABLED": "false", "FAULTLINE_DASHBOARD_TOKEN": DASHBOARD_TOKEN,
-           "FAULTLINE_DRAIN_DELAY": TEST_DRAIN_DELAY, **env}
+           "FAULTLINE_DRAIN_DELAY": STACK_DRAIN_DELAY, **env}
     return Stack(StackConfig(base_dir=base, port=0, sink=sink, env=env)).start()
 
 

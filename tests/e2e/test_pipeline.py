@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import time
@@ -48,9 +49,16 @@ async def test_events_through_nginx_spread_over_three_nodes_and_show_up_counted(
         fps = {body["fingerprint"] for _, body in results}
         assert len(fps) == 1
         fp = fps.pop()
-        await asyncio.sleep(1.5)  # nginx flushes its access log every second
-        log = (Path(stack.nginx.prefix) / "access.log").read_text()  # type: ignore[union-attr]
-        upstreams = set(re.findall(r"POST /errors/log HTTP/1.1\" 202 .* up=(\S+)", log))
+        access_log = Path(stack.nginx.prefix) / "access.log"  # type: ignore[union-attr]
+        upstreams: set[str] = set()
+
+        async def logged() -> bool:  # nginx flushes its access log every second: all 90 lines within ~1 s
+            nonlocal upstreams
+            lines = re.findall(r"POST /errors/log HTTP/1.1\" 202 .* up=(\S+)", access_log.read_text())
+            upstreams = set(lines)
+            return len(lines) >= 90
+        with contextlib.suppress(AssertionError):
+            await wait_for(logged, 1.5, "the 90 requests in nginx's access log")
         assert len(upstreams) == 3, upstreams
 
         async def counted() -> bool:

@@ -23,7 +23,7 @@ from core.keys import Keys
 from core.redis import make_redis
 from faultline.procs import Child, FileSink
 from faultline.stack import Stack, StackConfig
-from tests.conftest import ARTIFACTS, TEST_DRAIN_DELAY
+from tests.conftest import ARTIFACTS, STACK_DRAIN_DELAY
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +32,7 @@ SHORT_LIMIT, SHORT_WINDOW = 20, 2.0
 BURST_LIMIT = 50
 ENV = {
     "FAULTLINE_RATE_LIMIT_ENABLED": "true",
-    "FAULTLINE_DRAIN_DELAY": TEST_DRAIN_DELAY,
+    "FAULTLINE_DRAIN_DELAY": STACK_DRAIN_DELAY,
     "FAULTLINE_RATE_LIMITS": f"short:{SHORT_LIMIT}/{int(SHORT_WINDOW)}s,long:100000/h",
     # GET /errors gets a 30 s window of 50 so a 200-request burst surely lands inside one window
     "FAULTLINE_RATE_LIMIT_ROUTES": (f"POST /errors/log=on; POST /errors/batch=short:2/s; "

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from faultline.stack import Stack
+from tests.conftest import STACK_DRAIN_DELAY
 from tests.e2e.sentry_support import dsn, groups, project_of
 from tests.e2e.stack_checks import module_stack
 
@@ -26,7 +27,8 @@ WINDOW_S = 4
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {"FAULTLINE_RATE_LIMIT_ENABLED": "true", "FAULTLINE_RATE_LIMITS": "short:100000/s",
-           "FAULTLINE_RATE_LIMIT_ROUTES": f"POST /api/*=sentry:3/{WINDOW_S}s"}
+           "FAULTLINE_RATE_LIMIT_ROUTES": f"POST /api/*=sentry:3/{WINDOW_S}s",
+           "FAULTLINE_DRAIN_DELAY": STACK_DRAIN_DELAY}  # its node stops only at teardown
     with module_stack(tmp_path_factory.mktemp("sentry-rl"), "e2e_sentry_ratelimit", nodes=1, workers=1,
                       env=env) as (st, _):
         yield st

@@ -18,6 +18,7 @@ import pytest
 from core.fingerprint import client_fingerprint
 from core.sentry.grouping import group_key
 from faultline.stack import Stack
+from tests.conftest import STACK_DRAIN_DELAY
 from tests.e2e.sentry_support import add_project, dsn, get_json, groups, project_of
 from tests.e2e.stack_checks import module_stack
 
@@ -28,7 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with module_stack(tmp_path_factory.mktemp("sentry-sdks"), "e2e_sentry_sdks", nodes=2, workers=1) as (st, _):
+    with module_stack(tmp_path_factory.mktemp("sentry-sdks"), "e2e_sentry_sdks", nodes=2, workers=1,
+                      env={"FAULTLINE_DRAIN_DELAY": STACK_DRAIN_DELAY}) as (st, _):  # nodes stop only at teardown
         yield st
 
 

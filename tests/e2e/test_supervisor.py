@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from faultline.liveness import Ping
+from core.keys import Keys
+from faultline.liveness import STALE_BEATS, Ping, heartbeat_fresh
 from faultline.procs import Child
 from faultline.stack import Stack
 from tests.e2e.stack_checks import check_exactly_once, module_stack, node_get, report
@@ -28,12 +29,17 @@ from tests.e2e.steady_load import SteadyLoad
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mariadb]
 RECOVERY_S = 15.0  # "within a few seconds" on a quiet machine; margin for the shared 2-core box
+# Workers and schedulers beat every 0.5 s here, not 2 s (FAULTLINE_HEARTBEAT_INTERVAL): the hung worker's test
+# judges staleness in beats (faultline/liveness.STALE_BEATS), so its verdict comes in a quarter of the time.
+# The other tests keep the supervisor's stock staleness (10 s), only more beats inside it.
+BEAT = 0.5
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base: Path = tmp_path_factory.mktemp("supervised")
-    with module_stack(base, "supervisor", nodes=2, workers=1, db="mariadb") as (s, _lines):
+    with module_stack(base, "supervisor", nodes=2, workers=1, db="mariadb",
+                      env={"FAULTLINE_HEARTBEAT_INTERVAL": str(BEAT)}) as (s, _lines):
         stop = threading.Event()
 
         def supervise() -> None:  # what loadtest/chaos.py does: a round every few hundred ms
@@ -149,8 +155,11 @@ def test_hung_worker_is_killed_and_replaced(stack: Stack, monkeypatch: pytest.Mo
     misses its pings, is SIGKILLed and restarted, and the new process beats again."""
     worker = stack.workers[0]
     assert worker.liveness is not None and worker.proc is not None
-    # Its ping is a Redis read that answers at once: asked every 0.5 s rather than 2 s, the 3 misses in a row
-    # come ~1.5 s after the beat went stale (STALE_AFTER, unchanged) instead of ~6 s; the same verdict, sooner.
+    # Stale after the same 5 beats lost as in production (STALE_BEATS), of this module's 0.5-s beat: 2.5 s
+    # instead of 10 s. Its ping is a Redis read that answers at once: asked every 0.5 s rather than 2 s, the
+    # 3 misses in a row come ~1.5 s after the beat went stale instead of ~6 s; the same verdict, sooner.
+    key = Keys.from_settings(stack.settings()).heartbeat("worker", worker.name)
+    monkeypatch.setattr(worker.liveness, "ping", heartbeat_fresh(stack.redis_url, key, STALE_BEATS * BEAT))
     monkeypatch.setattr(worker.liveness, "every", 0.5)
     old_pid = worker.proc.pid
     stopped, killed_after = stop_until_killed(worker, "worker", 60)

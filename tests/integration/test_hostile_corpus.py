@@ -118,7 +118,8 @@ for _name, _text in REGEX_SHAPES.items():
 
 @pytest.fixture
 def node(make_settings: Any, spawn: Any) -> Iterator[tuple[str, psutil.Process]]:
-    s: Settings = make_settings(queue_soft_limit=10_000_000, queue_hard_limit=20_000_000)
+    # drain 0 s: the node is stopped only at teardown, with nothing left to serve
+    s: Settings = make_settings(queue_soft_limit=10_000_000, queue_hard_limit=20_000_000, drain_delay=0)
     asyncio.run(prepare(s))
     port = free_port()
     child = spawn("api-hostile", ["api", "--port", str(port)], s)

@@ -266,7 +266,9 @@ async def test_redis_frozen_10s_everything_recovers_by_itself(
 
 
 async def test_worker_check_fails_for_a_stuck_worker_with_work_waiting(make_settings: Any, spawn: Any) -> None:
-    settings = make_settings(worker_stall_after=2.0)
+    # beats every 0.5 s, not 2 s: worker-check reads the progress a beat carries, so it sees the worker fetch
+    # again (and its 30 events written) within 0.5 s instead of 2 s; the stall itself is judged on time alone
+    settings = make_settings(worker_stall_after=2.0, heartbeat_interval=0.5)
     await prepare(settings)
     worker = spawn("worker-s", ["worker"], settings)
 
@@ -298,7 +300,7 @@ async def test_worker_check_fails_for_a_stuck_worker_with_work_waiting(make_sett
 
     await wait_for(drained, 20, "the worker to drain the stream once it runs again", every=0.2)
 
-    async def reported() -> bool:  # the heartbeat carries the progress within one beat (2 s)
+    async def reported() -> bool:  # the heartbeat carries the progress within one beat (0.5 s here)
         beat = await beat_of(settings, "worker-s")
         return bool(beat) and float(beat["written"]) >= 30 and float(beat["fetched"]) >= 1
 

@@ -31,7 +31,7 @@ EXAMPLES = 12  # per operation and mode; the whole file stays under a minute on 
 
 @pytest.fixture
 def node(make_settings: Any, spawn: Any) -> Iterator[tuple[str, Settings]]:
-    s: Settings = make_settings()
+    s: Settings = make_settings(drain_delay=0)  # the node is stopped only at teardown, with nothing left to serve
     asyncio.run(prepare(s))
     port = free_port()
     spawn("api-schema", ["api", "--port", str(port)], s)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from faultline.mariadb import MariaDBServer
 from faultline.services import RedisServer
@@ -17,8 +19,9 @@ from faultline.services import RedisServer
 def test_redis_requires_the_password(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "redis", password="redis-secret-0123456789").start()
     try:
+        # refused at once: redis-py's default retry would re-ask 3 times with backoff (~4 s) before raising
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=5).ping()
+            redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=5, retry=Retry(NoBackoff(), 0)).ping()
         assert redis.Redis.from_url(server.url, socket_timeout=5).ping()
         assert "redis-secret" not in " ".join(server.proc.command_parts)  # type: ignore[union-attr]  # not in `ps`
     finally:
