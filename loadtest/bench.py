@@ -38,8 +38,9 @@ from core.access import key_hash
 from core.keys import Keys
 from faultline.procs import FileSink
 from loadtest import cmdstats, profile, targets
+from loadtest.partialreport import partial_markdown
 from loadtest.procstats import CpuMeter, target_processes
-from loadtest.report import REPORTS, SHARDED, bench_markdown, bench_tables, machine_description, partial_markdown
+from loadtest.report import REPORTS, SHARDED, bench_markdown, bench_tables, machine_description
 from loadtest.wrkrun import WrkResult, parse_output, run_wrk
 
 ENVELOPE_SCRIPT = Path(__file__).resolve().parent / "wrk" / "envelope.lua"

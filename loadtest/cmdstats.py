@@ -60,3 +60,14 @@ def compare_rows(one: Stats, one_events: int, many: Stats, many_events: int, lab
         cn, un = per(many, name, many_events)
         rows.append([name, f"{c1:.3f}", f"{cn:.3f}", f"{u1:.2f}", f"{un:.2f}", f"{un - u1:+.2f}"])
     return rows
+
+
+def case_rows(stats: Stats, events: int, limit: int = 12) -> list[list[str]]:
+    """One case's commands by Redis µs per event, largest first (`make bench --only ...`: which commands a
+    case's Redis time is made of, e.g. the batch path's per-event dedup calls)."""
+    if not stats or not events:
+        return []
+    rows = [["command", "calls/event", "µs/event", "µs/call"]]
+    for name, (calls, usec) in sorted(stats.items(), key=lambda kv: -kv[1][1])[:limit]:
+        rows.append([name, f"{calls / events:.3f}", f"{usec / events:.2f}", f"{usec / calls:.2f}"])
+    return rows

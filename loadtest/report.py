@@ -177,23 +177,6 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def partial_markdown(chosen: dict[str, Any], args: argparse.Namespace, machine: str) -> str:
-    """`make bench --only ...`: the shard table when both of its cases ran, and every case's CPU per role."""
-    sections = []
-    if "ingest" in chosen and SHARDED in chosen:
-        sections = [shard_section(chosen), *shard_command_section(chosen)]
-    roles = sorted({r for res in chosen.values() for r in grouped_cores(res["cpu_s_drained"])})
-    rows = [["case", "req/s", "accepted", *(f"{r} CPU s" for r in roles)]]
-    for name, res in chosen.items():
-        per_role = grouped_cores(res["cpu_s_drained"])
-        rows.append([name, f"{res['wrk'].rps:,.0f}", f"{res['wrk'].accepted_events or res['wrk'].ok:,}",
-                     *(f"{per_role.get(r, 0.0):.2f}" for r in roles)])
-    sections.append(("CPU seconds per role until drained", rows))
-    parts = [f"# make bench --only {args.only}\n\n{machine}\n"]
-    parts += [f"## {title}\n\n{markdown_table(rows[0], rows[1:])}\n" for title, rows in sections]
-    return "\n".join(parts)
-
-
 def bench_markdown(chosen: dict[str, Any], limiter: bool, args: argparse.Namespace, machine: str) -> str:
     parts = [f"# make bench\n\n{machine}\n\n`python -m loadtest.bench --seconds {args.seconds:g} "
              f"--warmup {args.warmup:g} --rounds {args.rounds} --connections {args.connections} "
