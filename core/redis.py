@@ -28,6 +28,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, SlotNotCoveredError, TimeoutError
 
+from core.clusterclient import ClusterClient
 from core.rawpipeline import evalsha_many
 from core.redisurl import parse_url
 from core.sentinel import FencedSentinelConnection, FencedSentinelPool
@@ -62,7 +63,7 @@ def make_redis(settings: Settings, *, pool_size: int | None = None, timeout: flo
         # failing calls in flight on healthy primaries ("'NoneType' object has no attribute 'writelines'";
         # a lost reply re-sent: the count sync's lost batch of issue 12) and slowing ingest past its
         # deadline (a 503). A dead node (connection errors) still reloads the map, lazily.
-        cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],
+        cluster = ClusterClient(startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],
                                max_connections=size, health_check_interval=30, reinitialize_steps=0, **common)
         return cast(Redis, cluster)  # speaks every command Faultline uses on one slot at a time
     if target.kind == "sentinel":
