@@ -15,6 +15,7 @@ from core.db.engine import make_engine
 from core.db.migrate import migrate
 from core.settings import Settings
 from faultline.asgi import create
+from faultline.redis_topology import LocalRedisCluster
 from faultline.services import RedisServer
 
 INGEST_KEY = "test-ingest-key-0123456789"
@@ -46,6 +47,17 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis", appendonly=False).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalRedisCluster]:
+    """A local Redis Cluster of this test's own (3 primaries + 3 replicas), every node stopped by its pid."""
+    c = LocalRedisCluster(tmp_path / "cluster")
+    try:
+        yield c.start()
+    finally:
+        for node in c.nodes:
+            node.stop()
 
 
 @pytest.fixture

@@ -12,25 +12,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from redis.crc import key_slot
 
 from core.redis import make_redis
 from core.settings import Settings
 from faultline.redis_topology import LocalRedisCluster, _client
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalRedisCluster]:
-    c = LocalRedisCluster(tmp_path / "cluster")
-    try:
-        yield c.start()
-    finally:
-        for node in c.nodes:
-            node.stop()
 
 
 def _owner(cluster: LocalRedisCluster, slot: int) -> int:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,16 +25,6 @@ from faultline.redis_topology import LocalRedisCluster, _client, kill
 
 RELOAD_EXTRA = 0.3  # s added to each slot-map reload
 DEADLINE = 0.2  # s per call, then cancelled (asyncio.wait_for), like an ingest run
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalRedisCluster]:
-    c = LocalRedisCluster(tmp_path / "cluster")
-    try:
-        yield c.start()
-    finally:
-        for node in c.nodes:
-            node.stop()
 
 
 def _whole_without(cluster: LocalRedisCluster, dead: int) -> bool:
