@@ -73,12 +73,11 @@ async def beat_once(redis: Redis, keys: Keys, role: str, name: str, progress: Pr
 
 
 async def beat_forever(redis: Redis, keys: Keys, role: str, name: str, settings: Settings,
-                       progress: Progress | None = None, interval: float | None = None) -> None:
+                       progress: Progress | None = None) -> None:
     # Redis down: the key expires and `worker-check` (without --local) reports it, which is right for an
     # operator; the liveness file goes on; the beat resumes by itself.
     backoff = Backoff.for_loop(f"{role} {name} heartbeat", log, settings)
     backoff.give_up_after = None  # the consumer loops decide when to give up, not the beat
-    every = settings.heartbeat_interval if interval is None else interval
     while True:
         if settings.liveness_dir is not None:  # first, and whatever Redis does: the kubelet reads this one
             try:
@@ -93,7 +92,7 @@ async def beat_forever(redis: Redis, keys: Keys, role: str, name: str, settings:
             await backoff.failed(exc)
             continue
         backoff.ok()
-        await asyncio.sleep(every)
+        await asyncio.sleep(settings.heartbeat_interval)
 
 
 async def read(redis: Redis, keys: Keys, role: str, name: str) -> dict[str, float] | None:

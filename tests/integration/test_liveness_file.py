@@ -38,11 +38,10 @@ def test_verdicts() -> None:
 
 async def test_the_file_is_written_while_redis_is_unreachable(tmp_path: Path) -> None:
     settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", liveness_dir=tmp_path / "live",
-                        loop_backoff_max=0.2)
+                        loop_backoff_max=0.2, heartbeat_interval=0.1)
     redis = make_redis(settings, timeout=0.2)
     progress = heartbeat.Progress()
-    beat = asyncio.create_task(heartbeat.beat_forever(redis, Keys("lv"), "worker", "w-1", settings, progress,
-                                                      interval=0.1))
+    beat = asyncio.create_task(heartbeat.beat_forever(redis, Keys("lv"), "worker", "w-1", settings, progress))
     try:
         async def beats_twice() -> bool:
             first = liveness.read(tmp_path / "live", "worker", "w-1")
