@@ -5,16 +5,14 @@ SENTINEL FAILOVER here) and reconnects only on READONLY (when the old primary is
 the old primary takes writes through the replica not yet re-pointed, and drops them when it is demoted:
 acknowledged events lost (the ingest's WAIT narrows that, api/ingest.py) and, for the background writers
 (count sync, acks), work undone and done again (counted twice). Here:
-- every pool subscribes to each Sentinel's failover events; at `+try-failover` (the leader's first event,
-  ~0.5 s before it sends SLAVEOF NO ONE: 4-5 Sentinel ticks) it fences: closes every connection, in use or
-  not, and connects to no primary but the promoted one (or after FENCE_MAX, or when that Sentinel's
-  failover aborts). `+selected-slave`, one tick before the promotion, was too close: a process stalled
-  ~100 ms on a busy machine still wrote to the old primary after it (acknowledged, then dropped);
+- every pool subscribes to each Sentinel's failover events; at `+selected-slave` (published one Sentinel
+  tick, 50-100 ms, before the chosen replica is promoted) it fences: closes every connection, in use or
+  not, and connects to no primary but the promoted one (or after FENCE_MAX, if the failover came to nothing);
 - the primary is asked with `SENTINEL GET-MASTER-ADDR-BY-NAME`, which names the promoted replica as soon
   as the Sentinels saw it promoted;
 - a NOREPLICAS answer (min-replicas-to-write: a primary left without replicas) asks the Sentinels again.
 What remains: a write the old primary ran after the promotion but before this process read the event (a
-process stalled > ~0.5 s) is still lost. docs/scaling.md has the measurements.
+process stalled > 50 ms on a busy machine) is still lost. docs/scaling.md has the measurements.
 """
 
 from __future__ import annotations
@@ -30,26 +28,16 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError, TimeoutError
 
 FENCE_MAX = 15.0  # s without writes at most, if a failover is announced and never completes
-# the leader's events, in order (tests/unit/test_sentinel_events.py has their text); the later ones fence a
-# process whose subscription missed the first
-FAILOVER_STARTS = ("+try-failover", "+selected-slave", "+failover-state-send-slaveof-noone")
+FAILOVER_STARTS = ("+selected-slave", "+failover-state-send-slaveof-noone")
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def about(service: str, event: str) -> bool:
-    """Does a Sentinel event's text concern `service`? An event on the primary itself names it first
-    ('master faultline 127.0.0.1 6379': +try-failover, -failover-abort-*); one on a replica names the primary
-    after '@' ('slave 127.0.0.1:6380 127.0.0.1 6380 @ faultline 127.0.0.1 6379': +selected-slave)."""
-    return event.split(" ", 2)[:2] == ["master", service] or f" @ {service} " in f" {event} "
-
-
 class FencedSentinelPool(SentinelConnectionPool):
     fenced_from: tuple[str, int] | None = None
     fenced_until = 0.0
-    fenced_by: frozenset[int] = frozenset()  # the Sentinels whose failover fenced (all aborted: lifted)
     _watchers: list[asyncio.Task[None]] | None = None
 
     async def get_master_address(self) -> Any:
@@ -68,7 +56,7 @@ class FencedSentinelPool(SentinelConnectionPool):
         if self.fenced_from is not None:
             if address == self.fenced_from and time.monotonic() < self.fenced_until:
                 raise ConnectionError(f"failover of {self.service_name} under way: waiting for the new primary")
-            self.fenced_from, self.fenced_by = None, frozenset()
+            self.fenced_from = None
         if self.master_address != address:
             self.master_address = address
             await self.disconnect(inuse_connections=False)  # idle connections to the old one go
@@ -81,27 +69,13 @@ class FencedSentinelPool(SentinelConnectionPool):
         self.fenced_from, self.fenced_until = self.master_address, time.monotonic() + FENCE_MAX
         asyncio.ensure_future(self.disconnect(inuse_connections=True))
 
-    def on_event(self, sentinel: int, channel: str, event: str) -> None:
-        """One failover event of Sentinel number `sentinel` (its index in the manager's list)."""
-        if not about(self.service_name, event):
-            return
-        if not channel.startswith("-failover-abort"):
-            self.fenced_by = (self.fenced_by if self.fenced_from is not None else frozenset()) | {sentinel}
-            self.fence()
-        elif sentinel in self.fenced_by:
-            # lifted once every Sentinel that fenced aborted: after a SIGKILL several try, the losers of the
-            # vote abort while the leader's failover goes on
-            self.fenced_by -= {sentinel}
-            if not self.fenced_by:
-                self.fenced_from = None
-
     def _watch(self) -> None:
         if self._watchers is None:
-            self._watchers = [asyncio.ensure_future(self._listen(i, s))
-                              for i, s in enumerate(self.sentinel_manager.sentinels)]
+            self._watchers = [asyncio.ensure_future(self._listen(s)) for s in self.sentinel_manager.sentinels]
 
-    async def _listen(self, index: int, sentinel: Redis) -> None:
+    async def _listen(self, sentinel: Redis) -> None:
         """One Sentinel's failover events (each publishes only its own: the failover leader is any of them)."""
+        mark = f"@ {self.service_name} "
         while True:
             pubsub = sentinel.pubsub()
             try:
@@ -109,8 +83,12 @@ class FencedSentinelPool(SentinelConnectionPool):
                 await pubsub.psubscribe("-failover-abort*")
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                    if message is not None:
-                        self.on_event(index, _text(message["channel"]), _text(message["data"]))
+                    if message is None or mark not in _text(message["data"]) + " ":
+                        continue
+                    if _text(message["channel"]).startswith("-failover-abort"):
+                        self.fenced_from = None
+                    else:
+                        self.fence()
             except asyncio.CancelledError:
                 raise
             except Exception:  # that Sentinel is down or restarting: the others still speak
