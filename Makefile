@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | md5sum | cut -c1-8)
 
-.PHONY: up test lint typecheck unit bench loadtest memsoak chaos system venv node checkov kubectl clean
+.PHONY: up test lint typecheck unit bench loadtest loadtest-wrk memsoak chaos system venv node checkov kubectl clean
 
 up: system venv node
 	$(VENV)/bin/faultline up $(ARGS)
@@ -47,6 +47,10 @@ bench: system venv
 
 loadtest: system venv
 	$(PY) -m loadtest.run $(SCENARIO) $(ARGS)
+
+# The soak and the paced rate with wrk as the client (loadtest/wrkload.py): SCENARIO=soak|paced
+loadtest-wrk: system venv
+	$(PY) -m loadtest.wrkload $(SCENARIO) $(ARGS)
 
 # Redis memory under ~1,000 events/s for 600 s (short dedup window): flatness, bytes per id, extrapolation
 memsoak: system venv

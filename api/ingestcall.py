@@ -1,11 +1,15 @@
 """The ingest script calls of an API process (api/ingest.py makes their arguments): coalesced per loop turn,
 bounded in flight; each call and its re-run follow api/ingestrun.py, where a 503 means "not counted".
 
-Requests that arrive in the same event-loop turn share script calls and queued tasks: under load a node has
-tens of requests in flight; coalescing them costs no latency (the flush runs later in the same loop turn) and
-turns N Redis round trips + N worker tasks into a few. A call holds whole requests up to
-ingest_call_max_events, so it stays short and a request is counted all or none; the calls of one flush go out
-together, at most CALLS_IN_FLIGHT at a time per lane.
+Requests share script calls and queued tasks (group commit): a request joins its lane's queue, and a call
+takes everything queued (whole requests, up to ingest_call_max_events, so it stays short and a request is
+counted all or none) at the moment it gets one of the lane's CALLS_IN_FLIGHT places. Requests of one
+event-loop turn thus share a call at no latency cost (the flush runs later in the same turn), and requests
+that arrive while every place is taken share the next one: the slower Redis answers, the more each call
+carries. A batch fixed at its loop turn would instead queue for a place as its own call: at ~1,000 req/s
+over 3 nodes (one request per turn) a round trip slowed to ~8 ms by a busy CPU lets 2 places carry ~250
+calls/s per node, fewer than arrive, and the queue grew until the calls' deadlines refused them (a soak's
+stalls of 0.6-1 s with hundreds of 503s; /tmp/exp-style wrk soak: 891 x 503 in 2 min before, 0 after).
 
 Lanes: a call carries one section per key shard it touches (core/scripts/ingest.lua). On Redis Cluster a
 script's keys must share a slot, so each shard is its own lane (one single-slot call per shard, concurrent).
@@ -21,11 +25,12 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
-from api.ingestrun import SHED, Args, Pending, ScriptRuns
-from api.ingestwait import RedisClock
+from api.ingestrun import SHED, Args, Pending, ScriptRuns, StoreUnavailable
+from api.ingestwait import RedisClock, Slot
 from core import deduphome, metrics
 from core.dedup import TOKEN_BITS
 from core.redis import PackedScript, is_cluster, load_script
@@ -63,7 +68,10 @@ class ShardCalls(ScriptRuns):
         self.one_lane = shards == 1 or not is_cluster(runtime.redis)
         lanes = 1 if self.one_lane else shards
         self.clocks = [RedisClock() for _ in range(lanes)]  # a cluster's nodes may have clocks of their own
-        self._pending: dict[int, list[Pending]] = {}  # lane -> this loop turn's requests
+        self._queued: dict[int, deque[Pending]] = {}  # lane -> requests waiting for a call
+        self._queued_events: dict[int, int] = {}  # lane -> events in them
+        self._callers: dict[int, int] = {}  # lane -> callers waiting for a place (each takes up to a call's cap)
+        self._scheduled = False
         # Redis writes the replies of one event-loop turn after running every command of that turn: many
         # scripts in flight at once delay each reply by all of their run times, past REPLY_MARGIN. A few
         # per process and shard keep that delay ~ nodes x one bounded call (a shard's calls carry only its
@@ -89,19 +97,75 @@ class ShardCalls(ScriptRuns):
             1 if s.rate_limit_enabled else 0, 1 if deduphome.shared(runtime.redis, self.keys) else shards]
 
     def submit(self, shard: int, pending: Pending) -> None:
-        """Joins this loop turn's calls of `shard`'s lane (flushed at the end of the turn)."""
-        if not self._pending:
+        """Queues a request's part for `shard`'s lane; a call takes it once it holds a place (after this loop
+        turn at the earliest). Its future gets (totals, outcomes) per event, or QueueFull / StoreUnavailable."""
+        if not self._scheduled:
+            self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
         pending.shard = shard
-        self._pending.setdefault(0 if self.one_lane else shard, []).append(pending)
+        pending.start = time.monotonic()
+        lane = 0 if self.one_lane else shard
+        self._queued.setdefault(lane, deque()).append(pending)
+        self._queued_events[lane] = self._queued_events.get(lane, 0) + pending.events
 
     def _flush(self) -> None:
-        batches, self._pending = self._pending, {}
+        self._scheduled = False
         if self.legacy.due():  # in the background: until it answers, calls keep reading the old layout
             self._spawn(self._check_legacy())
-        start = time.monotonic()
-        for lane, batch in batches.items():  # the lanes' calls run concurrently
-            self._spawn(self._run(lane, batch, start))
+        cap = self.runtime.settings.ingest_call_max_events
+        for lane, events in self._queued_events.items():
+            # a caller per `cap` queued events (each takes up to that many): the calls of a big flush go out
+            # together; whole requests may pack worse, which _caller's own check covers
+            self._add_callers(lane, -(-events // cap))
+
+    def _add_callers(self, lane: int, wanted: int) -> None:
+        for _ in range(wanted - self._callers.get(lane, 0)):
+            self._callers[lane] = self._callers.get(lane, 0) + 1
+            self._spawn(self._caller(lane))
+
+    def _take(self, lane: int) -> list[Pending]:
+        """Whole requests from the head of the lane's queue, up to ingest_call_max_events (at least one)."""
+        cap = self.runtime.settings.ingest_call_max_events
+        queue = self._queued.get(lane)
+        batch: list[Pending] = []
+        size = 0
+        while queue and (not batch or size + queue[0].events <= cap):
+            p = queue.popleft()
+            batch.append(p)
+            size += p.events
+        if size:
+            self._queued_events[lane] -= size
+        return batch
+
+    async def _caller(self, lane: int) -> None:
+        slot = Slot(self._in_flight[lane])
+        try:
+            await slot.take()
+        except BaseException:  # cancelled (shutdown): no request may be left waiting for ever
+            self._callers[lane] -= 1
+            if not self._callers[lane]:
+                self._fail(self._take_all(lane), StoreUnavailable("ingest call cancelled"))
+            raise
+        self._callers[lane] -= 1
+        try:
+            batch = self._take(lane)
+            if self._queued.get(lane):  # left over (requests are taken whole): never without a caller
+                self._add_callers(lane, 1)
+            if batch:  # the budget of the call is its oldest request's
+                await self._settle(lane, batch, min(p.start for p in batch), slot)
+        finally:
+            slot.give_back()
+
+    def _take_all(self, lane: int) -> list[Pending]:
+        batch = list(self._queued.pop(lane, ()))
+        self._queued_events.pop(lane, None)
+        return batch
+
+    @staticmethod
+    def _fail(batch: list[Pending], exc: BaseException) -> None:
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(exc)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -112,26 +176,7 @@ class ShardCalls(ScriptRuns):
         with contextlib.suppress(Exception):  # Redis failing: the last answer stands, asked again in a minute
             await self.legacy.refresh()
 
-    async def _run(self, lane: int, batch: list[Pending], start: float) -> None:
-        cap = self.runtime.settings.ingest_call_max_events
-        chunks: list[list[Pending]] = [[]]
-        size = 0
-        for p in batch:
-            if chunks[-1] and size + p.events > cap:
-                chunks.append([])
-                size = 0
-            chunks[-1].append(p)
-            size += p.events
-        if len(chunks) == 1:
-            await self._settle(lane, chunks[0], start)
-            return
-        # Sent together (the shard's in-flight bound still applies): one after the other, each later call
-        # waited for the round trip of the one before (a busy loop's reply handling included) out of a
-        # budget counted from this flush, and a flush of several batches ran its last calls out of time
-        # (late-call 503s under `make bench`'s batch case).
-        await asyncio.gather(*(self._settle(lane, chunk, start) for chunk in chunks))
-
-    async def _settle(self, lane: int, batch: list[Pending], start: float) -> None:
+    async def _settle(self, lane: int, batch: list[Pending], start: float, slot: Slot) -> None:
         # a section per shard, the first one the shard of the first request's events (its stream gets the
         # task); the events and the answers follow this order
         sections: dict[int, list[Pending]] = {}
@@ -140,11 +185,9 @@ class ShardCalls(ScriptRuns):
         chunk = [p for part in sections.values() for p in part]
         try:
             call, n = self._arguments(sections, chunk)
-            result = await self._call(lane, call, n, start)
+            result = await self._call(lane, call, n, start, slot)
         except BaseException as exc:
-            for p in chunk:
-                if not p.future.done():
-                    p.future.set_exception(exc)
+            self._fail(chunk, exc)
             if not isinstance(exc, Exception):
                 raise
             return

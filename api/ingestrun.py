@@ -49,6 +49,7 @@ class Pending:
     positions: list[int]  # where these events are in the request
     limit: FoldedHit | None = None  # the request's rate-limiter check, decided in the same call
     shard: int = 0  # the key shard of these events (ShardCalls.submit sets it): their section of a call
+    start: float = 0.0  # monotonic time it was queued: a call's budget is its oldest request's
 
 
 class ScriptRuns:
@@ -60,8 +61,9 @@ class ScriptRuns:
     _in_flight: list[asyncio.Semaphore]
 
     def _start(self, lane: int, call: tuple[list[bytes], Args, Args], began: float, wait: float, rerun: bool,
-               probe: bool = False) -> Run:
-        run = Run(slot=None if probe else Slot(self._in_flight[lane]))
+               probe: bool = False, slot: Slot | None = None) -> Run:
+        """`slot`: the place the call's caller already holds (the first run's), else one is taken."""
+        run = Run(slot=None if probe else slot if slot is not None and slot.held else Slot(self._in_flight[lane]))
         run.task = asyncio.ensure_future(self._attempt(lane, run, call, began, wait, rerun, probe))
         return run
 
@@ -81,7 +83,7 @@ class ScriptRuns:
         args = [*fixed, deadline, *events]
         if rerun and args[LIMITER_AT]:  # limiter checks ride in this call: they may find their own entries
             args[LIMITER_AT + 1] = 1
-        if run.slot is not None:
+        if run.slot is not None and not run.slot.held:
             await run.slot.take()
         try:
             run.deadline = deadline  # from here on it may reach Redis
@@ -93,7 +95,8 @@ class ScriptRuns:
             if run.slot is not None:
                 run.slot.give_back()
 
-    async def _call(self, lane: int, call: tuple[list[bytes], Args, Args], events: int, start: float) -> list[int]:
+    async def _call(self, lane: int, call: tuple[list[bytes], Args, Args], events: int, start: float,
+                    slot: Slot | None = None) -> list[int]:
         """One script call (`call` = its keys, its arguments before and after the deadline; `events` in it),
         re-run once with the same token if its answer is late or lost (again while the budget lasts when a
         re-run fails at once on a broken connection: a failover's).
@@ -109,7 +112,7 @@ class ScriptRuns:
         """
         runs: list[Run] = []
         try:
-            return await self._runs(lane, runs, call, events, start)
+            return await self._runs(lane, runs, call, events, start, slot)
         finally:  # whatever is still out: its reply no longer matters (a frozen Redis: never hang)
             for run in runs:
                 if run.task is not None and not run.task.done():
@@ -117,7 +120,7 @@ class ScriptRuns:
             await asyncio.gather(*(r.task for r in runs if r.task is not None), return_exceptions=True)
 
     async def _runs(self, lane: int, runs: list[Run], call: tuple[list[bytes], Args, Args], n: int,
-                    start: float) -> list[int]:
+                    start: float, slot: Slot | None = None) -> list[int]:
         budget = self.runtime.settings.ingest_budget
         error: BaseException = StoreUnavailable("event store unavailable")
         attempt, probed = 0, False
@@ -139,7 +142,7 @@ class ScriptRuns:
                 # counts nothing new but still tells whether the first run counted (it answers "mine")
                 wait = max(RERUN_MIN, remaining) - GRACE
             began, at = time.time(), time.monotonic()  # the deadline is counted from here, like the wait
-            run = self._start(lane, call, began, wait, attempt > 0)
+            run = self._start(lane, call, began, wait, attempt > 0, slot=slot if attempt == 0 else None)
             runs.append(run)
             # A re-run's wait is the last: a probe once its deadline has passed in Redis (the clock's offset is
             # a lower bound: Redis is past D by then), and the time the loop lost added (api/ingestwait.py)

@@ -137,6 +137,37 @@ async def test_coalesced_requests_are_split_into_bounded_calls(make_settings: An
         assert await counted(settings) == (sum(shapes), sum(shapes))
 
 
+async def test_requests_queued_behind_slow_calls_share_the_next_call(make_settings: Any) -> None:
+    """Group commit (api/ingestcall.py): requests that arrive one per loop turn while every place of the lane
+    is taken by a slow call join ONE next call, instead of each queueing as its own call. Before it, 60
+    requests 2 ms apart behind 60 ms calls made 60 calls, the late ones past their deadline (503s).
+    A 2 s budget (first-run deadline 0.75 s after a request arrives, not 0.15 s): room for a loaded CI loop."""
+    settings = make_settings(ingest_budget=2.0)
+    await prepare(settings)
+    async with api_client(settings) as c:
+        ingestor = c._transport.app.state.ingestor  # type: ignore[attr-defined]
+        real = ingestor.script
+        calls = 0
+
+        async def slow(**kwargs: Any) -> Any:  # a busy Redis: every round trip 60 ms
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0.06)
+            return await real(**kwargs)
+
+        ingestor.script = slow
+
+        async def send(i: int) -> int:
+            await asyncio.sleep(0.002 * i)  # one request per loop turn: no two arrive together
+            r = await c.post("/errors/log", json=event(i))
+            return r.status_code
+
+        statuses = await asyncio.gather(*(send(i) for i in range(60)))
+        assert statuses == [202] * 60
+        assert calls <= 20  # ~120 ms of arrivals / 60 ms x 2 places: ~6, + slack for a slow CI loop
+        assert await counted(settings) == (60, 60)
+
+
 async def test_frozen_redis_answers_503_within_1s_and_counts_none_of_them(make_settings: Any,
                                                                          own_redis: RedisServer) -> None:
     # A 0.6 s budget (default 0.8) for the 1 s bound: the app, its 30 concurrent clients and the feed
