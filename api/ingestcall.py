@@ -8,8 +8,9 @@ event-loop turn thus share a call at no latency cost (the flush runs later in th
 that arrive while every place is taken share the next one: the slower Redis answers, the more each call
 carries. A batch fixed at its loop turn would instead queue for a place as its own call: at ~1,000 req/s
 over 3 nodes (one request per turn) a round trip slowed to ~8 ms by a busy CPU lets 2 places carry ~250
-calls/s per node, fewer than arrive, and the queue grew until the calls' deadlines refused them (a soak's
-stalls of 0.6-1 s with hundreds of 503s; /tmp/exp-style wrk soak: 891 x 503 in 2 min before, 0 after).
+calls/s per node, fewer than arrive, and the queue grew until the calls' deadlines refused them: the soaks'
+stalls of 0.6-1 s on every node at once (`python -m loadtest.wrkload soak --duration 300`, back to back:
+before, 1,662 x 503 and nginx p99 69 -> 840 ms first -> last third; after, 0 x 503 and 71 -> 70 ms).
 
 Lanes: a call carries one section per key shard it touches (core/scripts/ingest.lua). On Redis Cluster a
 script's keys must share a slot, so each shard is its own lane (one single-slot call per shard, concurrent).

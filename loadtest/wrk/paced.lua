@@ -5,7 +5,8 @@
 --        in turn, so a slow answer does not delay the next request while a connection is free);
 --        < 0: every connection pauses -gap ms after each answer (a k6/locust user: request, sleep 1 s);
 --   per_thread: connections per thread (their first requests are spread over one gap, not sent at once).
--- The tally goes to the file named by $WRK_TALLY: one "fingerprint count" line per group, "#other n" last.
+-- The tally goes to the file named by $WRK_TALLY: one "fingerprint count" line per group, then
+-- "#unanswered n": requests sent that got no answer (timed out, or in flight when the run ended).
 
 dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "ingest.lua")
 
@@ -21,7 +22,13 @@ local function now_ms()
 end
 
 local gap, per_thread, calls, next_at = 1000, 1, 0, nil
-tally = {}
+tally, sent, answered = {}, 0, 0
+
+local ingest_request = request
+function request()
+   sent = sent + 1
+   return ingest_request()
+end
 
 local ingest_init = init
 function init(args)
@@ -44,6 +51,7 @@ function delay()
 end
 
 function response(status, headers, body)
+   answered = answered + 1
    if count(status) then
       local fp = string.match(body, '"fingerprint":"([^"]+)"')
       local dup = string.find(body, '"duplicate":true', 1, true)
@@ -56,11 +64,14 @@ function done(summary, latency, requests)
    report_done(summary, latency, requests)
    local path = os.getenv("WRK_TALLY")
    if not path then return end
-   local all = {}
+   local all, unanswered = {}, 0
    for _, thread in ipairs(threads) do
       for fp, n in pairs(thread:get("tally") or {}) do all[fp] = (all[fp] or 0) + n end
+      unanswered = unanswered + thread:get("sent") - thread:get("answered")
    end
    local f = assert(io.open(path, "w"))
    for fp, n in pairs(all) do f:write(fp, " ", n, "\n") end
+   -- sent without an answer (timed out, or still in flight when the run ended): counted or not, unknown
+   f:write("#unanswered ", unanswered, "\n")
    f:close()
 end

@@ -81,10 +81,11 @@ def test_fleet_nodes_all_serve_and_nginx_spreads_over_them(floor: Fleet) -> None
 def test_wrk_paced_and_closed_loop_schedules(floor: Fleet, tmp_path: Path) -> None:
     """loadtest/wrk/paced.lua: an open rate sends about rate x seconds whatever the connections; a closed
     loop of N users pausing 1 s sends about N per second (each user's first request spread over 1 s)."""
-    paced, _ = run_paced(wrk_argv(floor.url, "", "paced", 100, 3), tmp_path / "paced.txt")
+    paced, _, _ = run_paced(wrk_argv(floor.url, "", "paced", 100, 3), tmp_path / "paced.txt")
     assert 200 <= paced.requests <= 330 and paced.ok == paced.requests  # 300 on time; CI may slip some
-    closed, _ = run_paced(wrk_argv(floor.url, "", "soak", 20, 3), tmp_path / "closed.txt")
+    closed, _, lost = run_paced(wrk_argv(floor.url, "", "soak", 20, 3), tmp_path / "closed.txt")
     assert 30 <= closed.requests <= 70 and closed.ok == closed.requests  # 20 users x ~3 s: ~60
+    assert 0 <= lost <= 20  # at most one request per user in flight when wrk stopped
     # open rate with many idle connections vs. wrk's own closed loop of 8 connections: orders apart
     unpaced = run_wrk(floor.url, seconds=1, connections=8)
     assert unpaced.requests > 2 * paced.requests
