@@ -152,8 +152,8 @@ class ShardCalls(ScriptRuns):
             batch = self._take(lane)
             if self._queued.get(lane):  # left over (requests are taken whole): never without a caller
                 self._add_callers(lane, 1)
-            if batch:  # the budget of the call is its oldest request's
-                await self._settle(lane, batch, min(p.start for p in batch), slot)
+            if batch:  # the budget of the call is its oldest request's (the queue is in arrival order)
+                await self._settle(lane, batch, batch[0].start, slot)
         finally:
             slot.give_back()
 

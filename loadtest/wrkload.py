@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -32,7 +29,7 @@ from loadtest import soakstats, targets, verify
 from loadtest.procstats import grouped_cores, sample
 from loadtest.report import REPORTS, machine_description
 from loadtest.run import warm_up
-from loadtest.wrkrun import parse_output
+from loadtest.wrkrun import run_argv, wrk_binary
 
 SCRIPT = Path(__file__).resolve().parent / "wrk" / "paced.lua"
 THREADS = 2
@@ -48,9 +45,7 @@ def cpu_pressure_us() -> int | None:
 
 
 def wrk_argv(url: str, key: str, scenario: str, load: int, seconds: float) -> list[str]:
-    binary = shutil.which("wrk")
-    if not binary:
-        raise SystemExit("wrk not found: run `sudo apt-get install -y wrk`")
+    binary = wrk_binary()
     if scenario == "paced":  # each connection sends ~2 req/s: 500 ms of headroom before the rate slips
         connections, gap = max(THREADS, load // 2), 1000 * THREADS / load
     else:
@@ -62,14 +57,7 @@ def wrk_argv(url: str, key: str, scenario: str, load: int, seconds: float) -> li
 
 def run_wrk(argv: list[str], tally_path: Path) -> tuple[Any, Counter[str], int]:
     """wrk's result, the events it saw accepted by fingerprint, and the requests sent but never answered."""
-    with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ,
-                                                                                 "WRK_TALLY": str(tally_path)})
-        _, status, usage = os.wait4(proc.pid, 0)
-        out.seek(0)
-        text = out.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"wrk failed:\n{text[-2000:]}")
+    result = run_argv(argv, env={**os.environ, "WRK_TALLY": str(tally_path)})
     accepted: Counter[str] = Counter()
     unanswered = 0
     for line in tally_path.read_text().splitlines():
@@ -78,7 +66,7 @@ def run_wrk(argv: list[str], tally_path: Path) -> tuple[Any, Counter[str], int]:
             unanswered = int(n)
         else:
             accepted[fp] += int(n)
-    return parse_output(text, usage.ru_utime + usage.ru_stime), accepted, unanswered
+    return result, accepted, unanswered
 
 
 def sampler(target: Any, every: float, samples: list[dict[str, Any]], stop: threading.Event) -> None:

@@ -60,16 +60,17 @@ def parse_output(stdout: str, cpu_seconds: float) -> WrkResult:
         accepted_events=d["accepted"], cpu_seconds=cpu_seconds)
 
 
-def run_wrk(url: str, *, path: str = "/errors/log", key: str = "", batch: int = 0, seconds: float = 8,
-            connections: int = 64, threads: int = 2, timeout_s: float = 5) -> WrkResult:
+def wrk_binary() -> str:
     binary = shutil.which("wrk")
     if not binary:
         raise SystemExit("wrk not found: run `sudo apt-get install -y wrk`")
-    argv = [binary, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-            f"--timeout={max(1, round(timeout_s))}s",
-            "-s", str(SCRIPT), url, "--", path, key, str(batch)]
+    return binary
+
+
+def run_argv(argv: list[str], env: dict[str, str] | None = None) -> WrkResult:
+    """Run wrk with `argv` (its script prints the WRKJSON line) and return its figures and its own CPU."""
     with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -77,3 +78,11 @@ def run_wrk(url: str, *, path: str = "/errors/log", key: str = "", batch: int = 
     if proc.returncode != 0:
         raise RuntimeError(f"wrk exited with {proc.returncode}:\n{text[-2000:]}")
     return parse_output(text, usage.ru_utime + usage.ru_stime)
+
+
+def run_wrk(url: str, *, path: str = "/errors/log", key: str = "", batch: int = 0, seconds: float = 8,
+            connections: int = 64, threads: int = 2, timeout_s: float = 5) -> WrkResult:
+    argv = [wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+            f"--timeout={max(1, round(timeout_s))}s",
+            "-s", str(SCRIPT), url, "--", path, key, str(batch)]
+    return run_argv(argv)
