@@ -111,9 +111,13 @@ def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         target.stop()
         sink_file.close()
     psi = (psi1 - psi0) / 1e6 / (wall1 - wall0) if psi0 is not None and psi1 is not None else None
+    # what grows over the run, process by process and Redis command by command: where a drift comes from
+    thirds = {"cpu": soakstats.cpu_thirds(samples, args.warmup_s),
+              "redis_s": soakstats.cpu_thirds(samples, args.warmup_s, field="redis_s")}
     return {"scenario": args.scenario, "load": args.load, "duration_s": args.duration, "argv": argv,
             "wrk": vars(wrk) | {"rps": wrk.rps, "generator_cores": wrk.generator_cores},
-            "server": server, "counts": counts, "cores": cores_by_role(samples), "cpu_pressure": psi}
+            "server": server, "counts": counts, "cores": cores_by_role(samples), "cpu_pressure": psi,
+            "thirds": thirds}
 
 
 def counts_word(counts: dict[str, Any]) -> str:
@@ -145,6 +149,13 @@ def markdown(res: dict[str, Any], machine: str, command: str) -> str:
              f"| CPU cores by role | {', '.join(f'{k} {v:.2f}' for k, v in res['cores'].items())}; wrk "
              f"{w['generator_cores']:.2f} |",
              f"| CPU pressure (PSI some) | {pressure} of the time some task waited for a core |"]
+    span = (s["span_s"] or 1.0) / 3
+    lines += ["", f"First third -> last third: {first.get('count', 0) / span:.0f} -> {last.get('count', 0) / span:.0f}"
+              " req/s (nginx log)"]
+    if res["thirds"]["cpu"]:
+        lines += ["- CPU per process: " + "; ".join(soakstats.cpu_lines(res["thirds"]["cpu"]))]
+    if res["thirds"]["redis_s"]:
+        lines += ["- Redis time per command (cores): " + "; ".join(soakstats.redis_lines(res["thirds"]["redis_s"]))]
     return "\n".join(lines) + "\n"
 
 
