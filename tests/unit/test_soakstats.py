@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.soakstats import cpu_lines, cpu_thirds, parse_line, read_access_log, redis_lines, server_latency, thirds
+from loadtest.soakstats import (
+    MACHINE,
+    cpu_lines,
+    cpu_thirds,
+    parse_line,
+    read_access_log,
+    redis_lines,
+    server_latency,
+    thirds,
+)
 
 T0 = datetime(2026, 11, 29, 19, 53, 0, tzinfo=UTC).timestamp()
 
@@ -72,6 +81,14 @@ def test_cpu_thirds_gives_cores_per_process_per_third() -> None:
     assert lines[0] == "all measured processes 0.30 -> 0.60 cores"
     assert lines[1] == "machine busy 1.00 -> 1.00 cores, of which not ours 0.70 -> 0.40"
     assert lines[2] == "api-1/w1 0.20 -> 0.50 cores (+150 %)"
+
+
+def test_machine_busy_below_our_processes_is_not_reported_as_other_work() -> None:
+    # a lightly loaded VM's /proc/stat counted less busy time than its processes' own counters
+    cores = {"api-1/w1": {"first": 0.3, "last": 0.3}, MACHINE: {"first": 0.1, "last": 0.1}}
+    lines = cpu_lines(cores)
+    assert "what else ran is unknown" in lines[1]
+    assert "of which not ours" not in lines[1]
 
 
 def test_redis_time_per_command_thirds() -> None:
