@@ -81,9 +81,15 @@ class DrainingServer(Server):
 
 
 class Worker(UvicornWorker):
-    # timeout_keep_alive comes from gunicorn's `keepalive` (gunicorn_conf: FAULTLINE_KEEPALIVE_TIMEOUT)
+    # timeout_keep_alive comes from gunicorn's `keepalive` (gunicorn_conf: FAULTLINE_KEEPALIVE_TIMEOUT).
+    # proxy_headers off: the app reads X-Forwarded-For itself, from FAULTLINE_TRUSTED_PROXIES only
+    # (api/clientip.py), and must see its real socket peer. uvicorn's own rewrite (on by default, for
+    # peers at 127.0.0.1) replaced the peer with the forwarded client whenever nginx ran on the same host,
+    # so a node no longer recognised nginx's X-Edge-Request-ID and a POST nginx replayed after an upstream
+    # timeout counted twice for any client not on 127.0.0.1 (tests/e2e/test_edge.py); it also cost a
+    # middleware frame per request.
     CONFIG_KWARGS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "lifespan": "on",
-                                     "access_log": False}
+                                     "access_log": False, "proxy_headers": False}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
