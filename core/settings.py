@@ -198,16 +198,16 @@ class Settings(BaseSettings):
     # A message unacked this long belongs to a dead worker and is claimed by a live one. A batch
     # flush takes < 1 s, so 15 s never steals a running task yet redelivers "within seconds".
     redeliver_after: float = 15.0
-    # Messages a worker holds at once (read, not yet acked): at least write_batch_delay x its message rate,
-    # or the readers wait for room before a batch is even due. 1,000 per 0.25 s: 4,000 messages/s per
-    # worker, as 200 per 0.05 s allowed before.
-    worker_concurrency: int = 1000
-    # The batching writer flushes at this many events or after this delay, whichever comes first. A group
-    # row and up to samples_per_group samples are written per group and BATCH, so a longer batch writes
-    # fewer rows per event (60 % of events hit 5 groups): 0.25 s / 2,000 instead of 0.05 s / 500 took the
-    # workers from 25 to 17 and MariaDB from 15.5 to 7.2 µs CPU per event under `make bench ARGS="--rounds 3
-    # --only ingest,floor"` (2026-11-30, back to back). The price: a group's row and samples land up to
-    # 0.25 s later (counts and the live feed come from Redis and do not wait for it).
+    # Messages a worker holds at once (read, not yet acked); it bounds a worker's memory (a message may carry
+    # 1,000 events). The writer starts a batch early once half of them wait for it (workers/handoff.py).
+    worker_concurrency: int = 200
+    # The batching writer flushes at this many events or after this delay, whichever comes first (or at
+    # worker_concurrency / 2 messages). A group row and up to samples_per_group samples are written per
+    # group and BATCH, so a longer batch writes fewer rows per event (60 % of events hit 5 groups):
+    # 0.25 s / 2,000 instead of 0.05 s / 500 took the workers from 25 to 17 and MariaDB from 15.5 to 7.2 µs
+    # CPU per event under `make bench ARGS="--rounds 3 --only ingest,floor"` (2026-11-30, back to back).
+    # The price: a group's row and samples land up to 0.25 s later (counts and the live feed come from
+    # Redis and do not wait for them).
     write_batch_size: int = 2000
     write_batch_delay: float = 0.25
     # GET /jobs/{id} says "running" for events whose batch write has taken this long (workers/jobstate.py:

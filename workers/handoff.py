@@ -38,10 +38,15 @@ Item = tuple[Sequence[AnyEvent], Handoff, int]  # a task's events, its hand-over
 
 
 class Pending:
-    """Collects for up to `delay` s from the first task waiting, or until `size` events wait."""
+    """Collects for up to `delay` s from the first task waiting, or until `size` events or `tasks` tasks wait.
 
-    def __init__(self, size: int, delay: float) -> None:
+    `tasks`: the stream readers stop at worker_concurrency messages in flight (workers/persist.py); when half
+    of them wait here, waiting out the delay would only keep the readers idle (small messages at a high rate
+    would be throttled to worker_concurrency per delay)."""
+
+    def __init__(self, size: int, delay: float, tasks: int | None = None) -> None:
         self.size, self.delay = size, delay
+        self.max_tasks = tasks or 1 << 30
         self.items: list[Item] = []
         self.events = 0
         self._ready, self._full = asyncio.Event(), asyncio.Event()
@@ -53,26 +58,26 @@ class Pending:
             self.events += len(events)
         if tasks:
             self._ready.set()
-            if self.events >= self.size:
+            if self.events >= self.size or len(self.items) >= self.max_tasks:
                 self._full.set()
         return handoff
 
     async def batch(self) -> list[Item]:
         """The next batch: tasks from the front up to `size` events (at least one task)."""
         await self._ready.wait()
-        if self.events < self.size:
+        if not self._full.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._full.wait(), self.delay)
         n = events = 0
         for evs, _, _ in self.items:
             n += 1
             events += len(evs)
-            if events >= self.size:
+            if events >= self.size or n >= self.max_tasks:
                 break
         taken, self.items = self.items[:n], self.items[n:]
         self.events -= events
         if not self.items:
             self._ready.clear()
-        if self.events < self.size:
+        if self.events < self.size and len(self.items) < self.max_tasks:
             self._full.clear()
         return taken

@@ -49,7 +49,8 @@ class BatchWriter:
         # failed tasks themselves are parked for a later retry by core/retry.py, never dead-lettered.
         self.outage = Backoff.for_loop("batch writer: database", log, settings)
         self.outage.give_up_after = None
-        self.pending = Pending(settings.write_batch_size, settings.write_batch_delay)
+        self.pending = Pending(settings.write_batch_size, settings.write_batch_delay,
+                               max(1, settings.worker_concurrency // 2))
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
