@@ -68,8 +68,12 @@ class AccessLog:
         if not log.isEnabledFor(level):
             return
         client = scope.get("client")
-        log.log(level, "rid=%s %s %s %d %.1fms client=%s", request_id, scope["method"], loggable_path(scope), status,
-                (time.perf_counter() - started) * 1000, client[0] if client else "-")
+        # the socket peer is the proxy when there is one (uvicorn's proxy-headers rewrite is off: the app
+        # trusts X-Forwarded-For only from FAULTLINE_TRUSTED_PROXIES); what the proxy says, as it says it
+        forwarded = next((v for k, v in scope["headers"] if k == b"x-forwarded-for"), None)
+        log.log(level, "rid=%s %s %s %d %.1fms client=%s%s", request_id, scope["method"], loggable_path(scope), status,
+                (time.perf_counter() - started) * 1000, client[0] if client else "-",
+                f" forwarded={forwarded[:100].decode('latin-1')!r}" if forwarded else "")
 
 
 class RequestIdMiddleware:

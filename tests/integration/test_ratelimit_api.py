@@ -193,7 +193,11 @@ async def test_request_id_is_kept_generated_and_logged(limited: Callable[..., Se
         assert len(generated) == 32 and int(generated, 16) >= 0
         r = await c.get("/errors/" + "0" * 64, headers={"X-Request-ID": "rid-404-check"})
         assert r.status_code == 404
+        r = await c.get("/errors/" + "1" * 64, headers={"X-Request-ID": "rid-fwd", "X-Forwarded-For": "203.0.113.9"})
+        assert r.status_code == 404
     assert any("rid=rid-404-check" in m and " 404 " in m for m in caplog.messages)
+    # the peer as the socket says, and what a proxy forwarded as it said it (quoted: a client may write it)
+    assert any("rid=rid-fwd" in m and "forwarded='203.0.113.9'" in m for m in caplog.messages), caplog.messages
     assert not any("edge-abc.123" in m for m in caplog.messages)  # a 200 is logged only at DEBUG
 
 
