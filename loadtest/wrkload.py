@@ -142,7 +142,8 @@ def markdown(res: dict[str, Any], machine: str, command: str) -> str:
              f" / {a.get('p99', 0):.0f} / {a.get('max', 0):.0f} ms |",
              f"| server p99 first third / last third | {first.get('p99', 0):.0f} / {last.get('p99', 0):.0f} ms "
              f"(drift {'n/a' if drift is None else f'{drift:+.0f} %'}; target within "
-             f"{soakstats.TARGET_DRIFT_PCT:.0f} %) |",
+             f"{soakstats.TARGET_DRIFT_PCT:.0f} % or the log's {soakstats.LOG_RESOLUTION_MS:.0f} ms: "
+             f"{ {True: 'meets', False: 'MISSES', None: 'n/a'}[s.get('drift_ok')] }) |",
              f"| counts | {counts_word(res['counts'])}: {res['counts']['in_db']:,} in the DB for "
              f"{res['counts']['accepted']:,} accepted, {res['counts']['unknown_outcome']} sent but unanswered (a "
              "timeout, or in flight when wrk stopped: may have counted) |",

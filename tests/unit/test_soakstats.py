@@ -11,6 +11,7 @@ from loadtest.soakstats import (
     MACHINE,
     cpu_lines,
     cpu_thirds,
+    drift_ok,
     parse_line,
     read_access_log,
     redis_lines,
@@ -89,6 +90,14 @@ def test_machine_busy_below_our_processes_is_not_reported_as_other_work() -> Non
     lines = cpu_lines(cores)
     assert "what else ran is unknown" in lines[1]
     assert "of which not ours" not in lines[1]
+
+
+def test_drift_is_judged_at_the_logs_resolution() -> None:
+    assert drift_ok(100.0, 119.0) and not drift_ok(100.0, 121.0)  # 20 % of the first third's p99
+    assert drift_ok(2.0, 3.0) and drift_ok(5.0, 6.0)  # one whole ms: all nginx's log can tell apart
+    assert not drift_ok(2.0, 4.0)
+    assert drift_ok(100.0, 60.0)  # faster is no drift
+    assert drift_ok(None, 3.0) is None
 
 
 def test_redis_time_per_command_thirds() -> None:
