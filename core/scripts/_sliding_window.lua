@@ -10,6 +10,9 @@
 -- nothing, so its count and oldest score are kept there after the first request instead of re-read, and
 -- its expiry is set once: 2 commands per tier for each further request of a client instead of 5 (one client
 -- sends many requests per call under load). The answers are those of one call per request.
+-- With `seen`, the members admitted in a call are logged at its end, ONE ZADD (and PEXPIRE) per key for all
+-- of them (sliding_window_flush): a client's requests of one call all score `now`, so the set's order is the
+-- same as with a ZADD each, and the counts this call decides on are kept in `seen` meanwhile.
 -- `frozen`: only report (ingest.lua: an earlier run of the call counted): a member not logged is refused,
 -- and nothing is logged.
 -- Returns {allowed, tier index, remaining, wait µs, now µs}:
@@ -40,9 +43,13 @@ local function sliding_window(keys, member, limits, windows_ms, now, rerun, seen
     lefts[i] = limit - count - 1
     if count >= limit and not logged then
       -- room again when the entry `limit` places from the newest leaves (the oldest, unless the limit
-      -- was lowered since those entries were logged)
-      local e = redis.call('ZRANGE', keys[i], count - limit, count - limit, 'WITHSCORES')
-      local free_at = tonumber(e[2]) + window
+      -- was lowered since those entries were logged); past the set's end it is one of this call's own,
+      -- not logged yet, which score `now`
+      local free_at = now + window
+      if count - limit < w.count - (w.add and #w.add / 2 or 0) then
+        local e = redis.call('ZRANGE', keys[i], count - limit, count - limit, 'WITHSCORES')
+        free_at = tonumber(e[2]) + window
+      end
       if free_at > block_at then
         block, block_at = i, free_at
       end
@@ -58,13 +65,23 @@ local function sliding_window(keys, member, limits, windows_ms, now, rerun, seen
   for i = 1, n do
     if not logged then
       local w = states[i]
-      redis.call('ZADD', keys[i], now, member)
-      w.count = w.count + 1
-      if not w.expiring then
-        -- every entry is older than `now`, so the whole set may go when the newest one leaves its window
-        redis.call('PEXPIRE', keys[i], math.ceil(windows[i] / 1000))
-        w.expiring = true
+      if seen then  -- logged by sliding_window_flush at the end of the call
+        local add = w.add
+        if not add then
+          add = {}
+          w.add, w.ttl_ms = add, math.ceil(windows[i] / 1000)
+        end
+        add[#add + 1] = now
+        add[#add + 1] = member
+      else
+        redis.call('ZADD', keys[i], now, member)
+        if not w.expiring then
+          -- every entry is older than `now`, so the whole set may go when the newest one leaves its window
+          redis.call('PEXPIRE', keys[i], math.ceil(windows[i] / 1000))
+          w.expiring = true
+        end
       end
+      w.count = w.count + 1
     end
     if lefts[i] < lefts[best] then
       best = i
@@ -72,10 +89,25 @@ local function sliding_window(keys, member, limits, windows_ms, now, rerun, seen
   end
   local w = states[best]
   if w.oldest == nil then
-    -- read once per key and call (the set holds this request's entry by now): later entries of this call
-    -- all score `now`, so they never change which one is oldest
+    -- read once per key and call: entries of this call all score `now`, so they never change which one is
+    -- oldest; a set empty before this call (its entries not logged yet) has this request's as the oldest
     local oldest = redis.call('ZRANGE', keys[best], 0, 0, 'WITHSCORES')
-    w.oldest = tonumber(oldest[2])
+    w.oldest = tonumber(oldest[2]) or now
   end
   return {1, best, math.max(lefts[best], 0), w.oldest + windows[best] - now, now}
+end
+
+-- Log what sliding_window admitted with `seen`: one ZADD per key (in slices, within Lua's unpack limit),
+-- then its expiry: every entry is older than or at `now`, so the set may go when the newest leaves its window.
+local function sliding_window_flush(seen)
+  for key, w in pairs(seen) do
+    local add = w.add
+    if add then
+      for first = 1, #add, 1000 do
+        redis.call('ZADD', key, unpack(add, first, math.min(first + 999, #add)))
+      end
+      redis.call('PEXPIRE', key, w.ttl_ms)
+      w.add = nil
+    end
+  end
 end

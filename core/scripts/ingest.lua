@@ -183,6 +183,7 @@ if LIMIT_ARGS > 0 then
     end
     a = a + 1
   end
+  sliding_window_flush(windows)  -- the admitted requests' log entries: one ZADD per window key
 end
 
 --#include _limits.lua
