@@ -27,7 +27,7 @@ async def test_a_few_small_tasks_wait_for_the_delay() -> None:
 async def test_enough_events_start_a_batch_at_once_and_the_rest_waits() -> None:
     pending = Pending(size=10, delay=5.0, tasks=100)
     pending.add([["e"] * 4] * 4)  # 16 events: the batch takes whole tasks up to 10 events (3 tasks, 12)
-    tasks, events, _ = await asyncio.wait_for(timed_batch(pending), 1.0)  # not the 5 s delay
+    tasks, events, _ = await asyncio.wait_for(timed_batch(pending), 3.0)  # not the 5 s delay
     assert (tasks, events) == (3, 12)
     assert pending.events == 4 and len(pending.items) == 1
 
@@ -40,7 +40,7 @@ async def test_enough_waiting_tasks_start_a_batch_before_the_delay() -> None:
     await asyncio.sleep(0.05)
     assert not waiter.done()  # 30 tasks, 30 events: below both bounds, it waits
     pending.add([["e"]] * 30)  # 60 tasks waiting: the batch goes now, with 50 of them
-    tasks, events, _ = await asyncio.wait_for(waiter, 1.0)  # not the 5 s delay
+    tasks, events, _ = await asyncio.wait_for(waiter, 3.0)  # not the 5 s delay
     assert (tasks, events) == (50, 50)
     assert len(pending.items) == 10
     # the 10 left are below both bounds again: the next batch waits for its delay
