@@ -20,10 +20,14 @@ import redis as redis_sync
 
 from faultline.services import RedisServer, Supervised, free_port, require
 
-# Failure detection: 1 s for a cluster node or a Sentinel-watched primary. Production clusters use
-# longer (15 s is Redis's default) to ride out network blips; on loopback a dead process is dead.
+# Failure detection: 1 s for a cluster node, 1.5 s for a Sentinel-watched primary. Production uses longer
+# (15 s cluster-node-timeout, 30 s down-after-milliseconds are Redis's defaults) to ride out network blips;
+# on loopback a dead process is dead. Sentinel's 1.5 s, not 1 s: a Sentinel re-pointed at a just-promoted
+# replica must get a PING answer within it, and once (CI, 2026-11-30) one did not within 1 s: it failed the new
+# primary over again, the first one stayed a primary until Sentinel converted it ~10 s later, and the second,
+# short of a replica, refused writes (min-replicas-to-write) all that time (tests/e2e/test_redis_sentinel.py).
 NODE_TIMEOUT_MS = 1000
-SENTINEL_DOWN_AFTER_MS = 1000
+SENTINEL_DOWN_AFTER_MS = 1500
 SERVICE = "faultline"
 
 

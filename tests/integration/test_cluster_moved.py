@@ -11,6 +11,7 @@ calls broken each, "writelines" among them; with ours (core/redis.py, reinitiali
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 
 from redis.crc import key_slot
@@ -59,7 +60,11 @@ async def test_planned_failover_breaks_no_call_on_other_primaries(cluster: Local
         with _client(replica, None) as c:
             c.execute_command("CLUSTER", "FAILOVER")
         failed_over.set()
-        await asyncio.sleep(3.0)
+        # the promotion takes ~1-2 s (offsets, then a vote of the primaries); a loaded machine stretches it
+        deadline = time.monotonic() + 10.0
+        while replica not in await asyncio.to_thread(cluster.primary_ports) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)  # calls go on over the new layout: both kinds of slot must be served
     finally:
         stop.set()
         await asyncio.gather(*tasks)
