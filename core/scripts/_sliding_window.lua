@@ -6,24 +6,23 @@
 -- `rerun`: the call may be the re-run of a call whose reply was lost (ingest.lua): a member already in the
 -- first window was admitted by that run, and is answered as admitted without being logged again.
 -- `seen`: {} shared by the requests of one script call (ingest.lua checks many per call, all at the same
--- `now`), nil for one request per call (ratelimit.lua). Pruning a key again at the same `now` removes
--- nothing, so its count and oldest score are kept there after the first request instead of re-read, and
--- its expiry is set once: 2 commands per tier for each further request of a client instead of 5 (one client
--- sends many requests per call under load). The answers are those of one call per request.
--- With `seen`, the members admitted in a call are logged at its end, ONE ZADD (and PEXPIRE) per key for all
--- of them (sliding_window_flush): a client's requests of one call all score `now`, so the set's order is the
--- same as with a ZADD each, and the counts this call decides on are kept in `seen` meanwhile.
+-- `now`; ratelimit.lua one). Pruning a key again at the same `now` removes nothing, so its count and oldest
+-- score are kept there after the first request instead of re-read: 2 commands per tier for each further
+-- request of a client instead of 5 (one client sends many requests per call under load). The members a call
+-- admits are logged at its end, ONE ZADD (and PEXPIRE) per key for all of them (sliding_window_flush, which
+-- the script calls): a client's requests of one call all score `now`, so the set's order is the same as with
+-- a ZADD each. The answers are those of one call per request.
 -- `frozen`: only report (ingest.lua: an earlier run of the call counted): a member not logged is refused,
 -- and nothing is logged.
 -- Returns {allowed, tier index, remaining, wait µs, now µs}:
 --   refused: the tier that blocks longest, 0, µs until its blocking entry leaves the window (exact)
 --   allowed: the tier with the fewest requests left, that number, µs until its oldest entry leaves
 local function window_of(key, now, window, seen)
-  local w = seen and seen[key]
+  local w = seen[key]
   if w then return w end
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  w = {count = redis.call('ZCARD', key), oldest = nil, expiring = false}
-  if seen then seen[key] = w end
+  w = {count = redis.call('ZCARD', key), oldest = nil}
+  seen[key] = w
   return w
 end
 
@@ -65,22 +64,13 @@ local function sliding_window(keys, member, limits, windows_ms, now, rerun, seen
   for i = 1, n do
     if not logged then
       local w = states[i]
-      if seen then  -- logged by sliding_window_flush at the end of the call
-        local add = w.add
-        if not add then
-          add = {}
-          w.add, w.ttl_ms = add, math.ceil(windows[i] / 1000)
-        end
-        add[#add + 1] = now
-        add[#add + 1] = member
-      else
-        redis.call('ZADD', keys[i], now, member)
-        if not w.expiring then
-          -- every entry is older than `now`, so the whole set may go when the newest one leaves its window
-          redis.call('PEXPIRE', keys[i], math.ceil(windows[i] / 1000))
-          w.expiring = true
-        end
+      local add = w.add  -- logged by sliding_window_flush at the end of the call
+      if not add then
+        add = {}
+        w.add, w.ttl_ms = add, math.ceil(windows[i] / 1000)
       end
+      add[#add + 1] = now
+      add[#add + 1] = member
       w.count = w.count + 1
     end
     if lefts[i] < lefts[best] then

@@ -8,4 +8,8 @@ for i = 1, #KEYS do
   limits[i] = tonumber(ARGV[2 * i])
   windows[i] = tonumber(ARGV[2 * i + 1])
 end
-return sliding_window(KEYS, ARGV[1], limits, windows, tonumber(t[1]) * 1000000 + tonumber(t[2]), false)
+local seen = {}
+local decision = sliding_window(KEYS, ARGV[1], limits, windows, tonumber(t[1]) * 1000000 + tonumber(t[2]), false,
+                                seen)
+sliding_window_flush(seen)
+return decision
